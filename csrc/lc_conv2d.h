@@ -1,0 +1,42 @@
+// Shared declarations of lc_cuda's operators: the validated geometry of one call, the argument
+// checks every backend runs first, and the unfold + bmm fallback.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace lc_cuda {
+
+// Every size of one local_conv2d call, after check_forward_args / check_backward_args has
+// checked the tensors against each other.
+struct Geometry {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, out_h, out_w, kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+
+  int64_t locations() const { return out_h * out_w; }
+  int64_t patch_size() const { return in_channels * kernel_h * kernel_w; }
+};
+
+Geometry check_forward_args(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation);
+
+Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& weight, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// The unfold + batched-matmul fallback. It runs on any device ATen supports, with the output
+// locations as the bmm batch and no loop over samples.
+at::Tensor unfold_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const Geometry& geometry);
+
+// Outputs not selected by output_mask are returned as empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const Geometry& geometry, bool shared_bias, std::array<bool, 3> output_mask);
+
+}  // namespace lc_cuda

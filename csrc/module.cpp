@@ -1,0 +1,29 @@
+// The Python module lc_cuda._C. Importing it loads this library, whose static initialisers
+// register the lc_cuda operators with the dispatcher; its one function reports the build.
+#include <Python.h>
+
+#include "lc_cuda_build_config.h"
+
+namespace {
+
+PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:O,s:O}",                     //
+                       "torch_version", LC_CUDA_BUILD_TORCH_VERSION,          //
+                       "cuda_version", LC_CUDA_BUILD_CUDA_VERSION,            //
+                       "arch_list", LC_CUDA_BUILD_ARCH_LIST,                  //
+                       "arch_flags", LC_CUDA_BUILD_ARCH_FLAGS,                //
+                       "with_cuda", LC_CUDA_BUILD_WITH_CUDA ? Py_True : Py_False,
+                       "cuda_kernels", LC_CUDA_BUILD_CUDA_KERNELS ? Py_True : Py_False,
+                       "debug", LC_CUDA_BUILD_DEBUG ? Py_True : Py_False);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS, "What this extension was built with."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

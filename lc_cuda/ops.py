@@ -1,0 +1,316 @@
+"""The functional API, and the fake and autograd rules of the lc_cuda operators.
+
+The operators' schemas, argument checks and kernels live in csrc/. This module normalises the
+Python arguments (ints or pairs, 'valid' and 'same'), and registers with torch.library:
+  - fake kernels, for torch.compile and other tracing;
+  - autograd for the forward op, whose backward is the lc_cuda backward op;
+  - autograd for the backward op. The op is bilinear, so the derivatives of its gradients are
+    again forward and backward ops: double backward (and higher) needs no other kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _extension  # noqa: F401  (registers torch.ops.lc_cuda)
+
+_forward_op = torch.ops.lc_cuda.local_conv2d.default
+_backward_op = torch.ops.lc_cuda.local_conv2d_backward.default
+
+IntOrSeq = int | Sequence[int]
+
+
+def ntuple(value: IntOrSeq, n: int, name: str) -> tuple[int, ...]:
+    """An int, or a sequence of n ints, as an n-tuple; `name` goes into the error message."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if (
+        isinstance(value, Sequence)
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(value)
+    expected = "an int" if n == 1 else f"an int or a sequence of {n} ints"
+    raise TypeError(f"{name} must be {expected}, got {value!r}")
+
+
+def same_padding(kernel_size: int, dilation: int) -> tuple[int, int]:
+    """(before, after) padding that keeps the size at stride 1. For an even span the extra
+    element goes after, as Conv2d does."""
+    total = dilation * (kernel_size - 1)
+    return total // 2, total - total // 2
+
+
+def output_size(
+    input_size: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int] | str,
+    dilation: Sequence[int],
+) -> tuple[int, ...]:
+    """Output extent per spatial dimension: (in + 2*pad - dilation*(kernel-1) - 1) // stride + 1.
+
+    Raises ValueError, naming the dimension, where the dilated kernel is wider than the padded
+    input or a value is out of range.
+    """
+    for name, values, minimum in (
+        ("input_size", input_size, 1),
+        ("kernel_size", kernel_size, 1),
+        ("stride", stride, 1),
+        ("dilation", dilation, 1),
+    ):
+        if min(values) < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {tuple(values)}")
+    if padding == "same":
+        if max(stride) != 1:
+            raise ValueError(f"padding='same' needs stride 1, got stride={tuple(stride)}")
+        return tuple(input_size)
+    if padding == "valid":
+        padding = (0,) * len(input_size)
+    if min(padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {tuple(padding)}")
+    sizes = []
+    for dim, (n, k, s, p, d) in enumerate(zip(input_size, kernel_size, stride, padding, dilation)):
+        span = d * (k - 1) + 1
+        if span > n + 2 * p:
+            raise ValueError(
+                f"kernel does not fit the padded input in spatial dim {dim}: dilated kernel {span} "
+                f"(dilation * (kernel - 1) + 1) > padded input {n + 2 * p} "
+                f"(input {n} + 2 * padding {p})"
+            )
+        sizes.append((n + 2 * p - span) // s + 1)
+    return tuple(sizes)
+
+
+def _check_padding_arg(padding: IntOrSeq | str, n: int) -> tuple[int, ...] | str:
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        return padding
+    return ntuple(padding, n, "padding")
+
+
+def _local_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: IntOrSeq,
+    padding: IntOrSeq | str,
+    dilation: IntOrSeq,
+    force_unfold: bool,
+) -> Tensor:
+    stride = ntuple(stride, 2, "stride")
+    dilation = ntuple(dilation, 2, "dilation")
+    padding = _check_padding_arg(padding, 2)
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        padding = (0, 0)  # where weight or dilation is malformed, the operator reports it
+        if weight.dim() == 6 and min(dilation) > 0:
+            (top, bottom), (left, right) = (
+                same_padding(k, d) for k, d in zip(weight.shape[-2:], dilation)
+            )
+            if (bottom, right) != (top, left):
+                # An odd total padding cannot be split evenly: the extra row and column are
+                # padded explicitly, after the input, as Conv2d does.
+                input = F.pad(input, (0, right - left, 0, bottom - top))
+            padding = (top, left)
+    return _forward_op(input, weight, bias, stride, padding, dilation, force_unfold)
+
+
+def local_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+) -> Tensor:
+    """Locally-connected 2D convolution: a Conv2d whose filters differ at every output location.
+
+    Args:
+        input: (N, C_in, H, W).
+        weight: (OH, OW, C_out, C_in, KH, KW), one Conv2d filter bank per output location.
+        bias: None, (C_out, OH, OW) for one bias per location, or (C_out,) shared.
+        stride, dilation: an int or a (height, width) pair.
+        padding: an int, a pair, 'valid' or 'same' (stride 1 only).
+
+    Returns (N, C_out, OH, OW), contiguous, with
+    out[n, o, i, j] = bias + sum_{c,p,q} weight[i, j, o, c, p, q] *
+                      input_padded[n, c, i*stride_h + p*dilation_h, j*stride_w + q*dilation_w].
+    """
+    return _local_conv2d(input, weight, bias, stride, padding, dilation, force_unfold=False)
+
+
+def unfold_local_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+) -> Tensor:
+    """local_conv2d computed by the unfold + batched-matmul fallback on every device.
+
+    The same operator, autograd, compile and autocast behaviour as local_conv2d; only the
+    kernels differ. It is the baseline the CUDA kernels are measured against.
+    """
+    return _local_conv2d(input, weight, bias, stride, padding, dilation, force_unfold=True)
+
+
+def local_conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """Locally-connected 1D convolution, computed by local_conv2d on views (no copies).
+
+    Args:
+        input: (N, C_in, L).
+        weight: (OL, C_out, C_in, K).
+        bias: None, (C_out, OL) for one bias per location, or (C_out,) shared.
+        stride, dilation: an int (or a 1-sequence).
+        padding: an int (or a 1-sequence), 'valid' or 'same' (stride 1 only).
+
+    Returns (N, C_out, OL).
+    """
+    if input.dim() != 3:
+        raise ValueError(
+            f"input must be 3-D (N, C_in, L), got {input.dim()}-D of shape {tuple(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(
+            "weight must be 4-D (OL, C_out, C_in, K), "
+            f"got {weight.dim()}-D of shape {tuple(weight.shape)}"
+        )
+    if bias is not None and bias.dim() not in (1, 2):
+        raise ValueError(
+            f"bias must be (C_out, OL) or (C_out,), got {bias.dim()}-D of shape "
+            f"{tuple(bias.shape)}"
+        )
+    (stride,) = ntuple(stride, 1, "stride")
+    (dilation,) = ntuple(dilation, 1, "dilation")
+    padding = _check_padding_arg(padding, 1)
+    out = local_conv2d(
+        input.unsqueeze(2),
+        weight.unsqueeze(0).unsqueeze(4),
+        bias.unsqueeze(1) if bias is not None and bias.dim() == 2 else bias,
+        (1, stride),
+        padding if isinstance(padding, str) else (0, padding[0]),
+        (1, dilation),
+    )
+    return out.squeeze(2)
+
+
+@torch.library.register_fake("lc_cuda::local_conv2d")
+def _local_conv2d_fake(input, weight, bias, stride, padding, dilation, force_unfold=False):
+    torch._check(input.dim() == 4, lambda: f"input must be 4-D, got {input.dim()}-D")
+    torch._check(weight.dim() == 6, lambda: f"weight must be 6-D, got {weight.dim()}-D")
+    out_h, out_w, out_channels = weight.shape[:3]
+    return input.new_empty((input.shape[0], out_channels, out_h, out_w))
+
+
+@torch.library.register_fake("lc_cuda::local_conv2d_backward")
+def _local_conv2d_backward_fake(
+    grad_output,
+    input,
+    weight,
+    stride,
+    padding,
+    dilation,
+    shared_bias,
+    output_mask,
+    force_unfold=False,
+):
+    bias_shape = grad_output.shape[1:2] if shared_bias else grad_output.shape[1:]
+    return (
+        input.new_empty(input.shape if output_mask[0] else (0,)),
+        weight.new_empty(weight.shape if output_mask[1] else (0,)),
+        grad_output.new_empty(bias_shape if output_mask[2] else (0,)),
+    )
+
+
+def _forward_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, force_unfold = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.shared_bias = bias is not None and bias.dim() == 1
+    ctx.force_unfold = force_unfold
+
+
+def _forward_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    output_mask = list(ctx.needs_input_grad[:3])
+    grads = _backward_op(
+        grad_output, input, weight, *ctx.geometry, ctx.shared_bias, output_mask, ctx.force_unfold
+    )
+    grads = [grad if needed else None for grad, needed in zip(grads, output_mask)]
+    return *grads, None, None, None, None
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_output, input, weight, stride, padding, dilation, shared_bias, output_mask, force = inputs
+    ctx.save_for_backward(grad_output, input, weight)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.shared_bias = shared_bias
+    ctx.output_mask = output_mask
+    ctx.force_unfold = force
+
+
+def _backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
+    """Derivatives of (grad_input, grad_weight, grad_bias) = backward(grad_output, input, weight).
+
+    grad_input is linear in (grad_output, weight), grad_weight in (grad_output, input), and
+    grad_bias in grad_output, so with g* the incoming gradients:
+      d/d grad_output = forward(g_input, weight) + forward(input, g_weight) + broadcast(g_bias)
+      d/d input       = grad_input computed with weight := g_weight
+      d/d weight      = grad_weight computed with input := g_input
+    """
+    grad_output, input, weight = ctx.saved_tensors
+    geometry, force = ctx.geometry, ctx.force_unfold
+    g_input, g_weight, g_bias = (
+        grad if produced else None
+        for grad, produced in zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.output_mask)
+    )
+    needs_grad_output, needs_input, needs_weight = ctx.needs_input_grad[:3]
+
+    grad_grad_output = None
+    if needs_grad_output:
+        terms = []
+        if g_input is not None:
+            terms.append(_forward_op(g_input, weight, None, *geometry, force))
+        if g_weight is not None:
+            terms.append(_forward_op(input, g_weight, None, *geometry, force))
+        if g_bias is not None:
+            per_sample = g_bias.view(-1, 1, 1) if ctx.shared_bias else g_bias
+            terms.append(per_sample.expand_as(grad_output))
+        grad_grad_output = sum(terms) if terms else None
+
+    grad_input = None
+    if needs_input and g_weight is not None:
+        grad_input = _backward_op(
+            grad_output, input, g_weight, *geometry, False, [True, False, False], force
+        )[0]
+    grad_weight = None
+    if needs_weight and g_input is not None:
+        grad_weight = _backward_op(
+            grad_output, g_input, weight, *geometry, False, [False, True, False], force
+        )[1]
+    return grad_grad_output, grad_input, grad_weight, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "lc_cuda::local_conv2d", _forward_backward, setup_context=_forward_setup_context
+)
+torch.library.register_autograd(
+    "lc_cuda::local_conv2d_backward", _backward_backward, setup_context=_backward_setup_context
+)
