@@ -61,7 +61,8 @@ Geometry check_forward_args(const at::Tensor& input, const at::Tensor& weight,
   check_pair(stride, "stride", 1);
   check_pair(dilation, "dilation", 1);
   check_pair(padding, "padding", 0);
-  TORCH_CHECK(input.size(1) >= 1, "input.shape[1] (C_in) must be at least 1, got ",
+  TORCH_CHECK(input.size(1) >= 1 && input.size(2) >= 1 && input.size(3) >= 1,
+              "input C_in, H and W (dims 1, 2, 3) must be at least 1, got input.shape ",
               input.sizes());
   TORCH_CHECK(weight.size(2) >= 1 && weight.size(4) >= 1 && weight.size(5) >= 1,
               "weight C_out, KH and KW (dims 2, 4, 5) must be at least 1, got weight.shape ",

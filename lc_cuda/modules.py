@@ -146,9 +146,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_size(input)
-        return local_conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation
-        )
+        return local_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     @classmethod
     def from_conv2d(
@@ -193,9 +191,7 @@ def _dense_filters(conv: nn.Conv2d) -> Tensor:
     """conv.weight as (C_out, C_in, KH, KW), zero where a grouped conv does not connect."""
     if conv.groups == 1:
         return conv.weight
-    dense = conv.weight.new_zeros(
-        (conv.out_channels, conv.in_channels, *conv.kernel_size)
-    )
+    dense = conv.weight.new_zeros((conv.out_channels, conv.in_channels, *conv.kernel_size))
     outs, ins = conv.out_channels // conv.groups, conv.in_channels // conv.groups
     for group in range(conv.groups):
         dense[group * outs : (group + 1) * outs, group * ins : (group + 1) * ins] = conv.weight[

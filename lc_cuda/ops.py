@@ -194,8 +194,7 @@ def local_conv1d(
         )
     if bias is not None and bias.dim() not in (1, 2):
         raise ValueError(
-            f"bias must be (C_out, OL) or (C_out,), got {bias.dim()}-D of shape "
-            f"{tuple(bias.shape)}"
+            f"bias must be (C_out, OL) or (C_out,), got {bias.dim()}-D of shape {tuple(bias.shape)}"
         )
     (stride,) = ntuple(stride, 1, "stride")
     (dilation,) = ntuple(dilation, 1, "dilation")
@@ -211,12 +210,50 @@ def local_conv1d(
     return out.squeeze(2)
 
 
+def _fake_output_shape(input, weight, bias, stride, padding, dilation) -> tuple:
+    """The meta kernel's checks: the C++ checks' conditions, so that meta and fake tensors
+    (torch.compile, deferred init) fail where real ones would, instead of taking a wrong shape."""
+    torch._check(
+        input.dim() == 4, lambda: f"input must be 4-D (N, C_in, H, W), got {input.dim()}-D"
+    )
+    torch._check(
+        weight.dim() == 6,
+        lambda: f"weight must be 6-D (OH, OW, C_out, C_in, KH, KW), got {weight.dim()}-D",
+    )
+    for name, tensor in (("input", input), ("weight", weight), ("bias", bias)):
+        if tensor is None:
+            continue
+        message = (
+            f"{name} dtype/device must match input and be floating-point: got {tensor.dtype} "
+            f"on {tensor.device}, expected {input.dtype} on {input.device}"
+        )
+        torch._check(
+            tensor.dtype.is_floating_point
+            and tensor.dtype == input.dtype
+            and tensor.device == input.device,
+            lambda message=message: message,
+        )
+    out_hw = output_size(input.shape[2:], weight.shape[4:], stride, padding, dilation)
+    expected = (*out_hw, weight.shape[2], input.shape[1], *weight.shape[4:])
+    torch._check(
+        tuple(weight.shape) == expected,
+        lambda: f"weight.shape is not valid: got {list(weight.shape)}, expected {list(expected)}",
+    )
+    out_channels = weight.shape[2]
+    if bias is not None:
+        torch._check(
+            tuple(bias.shape) in ((out_channels,), (out_channels, *out_hw)),
+            lambda: (
+                f"bias.shape is not valid: got {list(bias.shape)}, expected "
+                f"{[out_channels, *out_hw]} (C_out, OH, OW) or [{out_channels}] (C_out,)"
+            ),
+        )
+    return (input.shape[0], out_channels, *out_hw)
+
+
 @torch.library.register_fake("lc_cuda::local_conv2d")
 def _local_conv2d_fake(input, weight, bias, stride, padding, dilation, force_unfold=False):
-    torch._check(input.dim() == 4, lambda: f"input must be 4-D, got {input.dim()}-D")
-    torch._check(weight.dim() == 6, lambda: f"weight must be 6-D, got {weight.dim()}-D")
-    out_h, out_w, out_channels = weight.shape[:3]
-    return input.new_empty((input.shape[0], out_channels, out_h, out_w))
+    return input.new_empty(_fake_output_shape(input, weight, bias, stride, padding, dilation))
 
 
 @torch.library.register_fake("lc_cuda::local_conv2d_backward")
@@ -231,7 +268,15 @@ def _local_conv2d_backward_fake(
     output_mask,
     force_unfold=False,
 ):
-    bias_shape = grad_output.shape[1:2] if shared_bias else grad_output.shape[1:]
+    out_shape = _fake_output_shape(input, weight, None, stride, padding, dilation)
+    torch._check(
+        tuple(grad_output.shape) == out_shape and grad_output.dtype == input.dtype,
+        lambda: (
+            f"grad_output.shape is not valid: got {list(grad_output.shape)}, expected "
+            f"{list(out_shape)} (N, C_out, OH, OW)"
+        ),
+    )
+    bias_shape = out_shape[1:2] if shared_bias else out_shape[1:]
     return (
         input.new_empty(input.shape if output_mask[0] else (0,)),
         weight.new_empty(weight.shape if output_mask[1] else (0,)),
@@ -279,7 +324,9 @@ def _backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
     geometry, force = ctx.geometry, ctx.force_unfold
     g_input, g_weight, g_bias = (
         grad if produced else None
-        for grad, produced in zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.output_mask)
+        for grad, produced in zip(
+            (grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.output_mask
+        )
     )
     needs_grad_output, needs_input, needs_weight = ctx.needs_input_grad[:3]
 

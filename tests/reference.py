@@ -4,9 +4,10 @@ patch, written without unfold, as_strided or bmm."""
 import torch
 
 
-def reference_local_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0),
-                           dilation=(1, 1)):
-    """out[n, o, i, j] = bias + sum_{c,p,q} w[i, j, o, c, p, q] * xpad[n, c, i*sh + p*dh, j*sw + q*dw].
+def reference_local_conv2d(
+    input, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)
+):
+    """out[n, o, i, j] = bias + sum_{c,p,q} w[i, j, o, c, p, q] * xpad[n, c, i*sh+p*dh, j*sw+q*dw].
 
     padding is (top, bottom, left, right), so that asymmetric ('same', even kernel) cases can be
     checked too. Computes in float64 and returns float64; autograd flows through it.
@@ -16,7 +17,7 @@ def reference_local_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 
     n, c, h, w = input.shape
     padded = input.new_zeros((n, c, h + top + bottom, w + left + right))
     padded[:, :, top : top + h, left : left + w] = input
-    out_h, out_w, out_channels, _, kernel_h, kernel_w = weight.shape
+    out_h, out_w, _, _, kernel_h, kernel_w = weight.shape
     (stride_h, stride_w), (dil_h, dil_w) = stride, dilation
     rows = []
     for i in range(out_h):

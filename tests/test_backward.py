@@ -20,13 +20,22 @@ def gradients(function, input, weight, bias, grad_output, *args):
 def check_gradients(input, weight, bias, stride, padding, dilation, seed=1):
     pads = (padding[0], padding[0], padding[1], padding[1])
     out = lc_cuda.local_conv2d(input, weight, bias, stride, padding, dilation)
-    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                              dtype=torch.float64).to(input.device)
-    got = gradients(lc_cuda.local_conv2d, input, weight, bias, grad_output, stride, padding,
-                    dilation)
-    expected = gradients(reference_local_conv2d, input.double(), weight.double(),
-                         None if bias is None else bias.double(), grad_output, stride, pads,
-                         dilation)
+    grad_output = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).to(input.device)
+    got = gradients(
+        lc_cuda.local_conv2d, input, weight, bias, grad_output, stride, padding, dilation
+    )
+    expected = gradients(
+        reference_local_conv2d,
+        input.double(),
+        weight.double(),
+        None if bias is None else bias.double(),
+        grad_output,
+        stride,
+        pads,
+        dilation,
+    )
     for name, g, e in zip(("input", "weight", "bias"), got, expected):
         assert g.shape == e.shape, name
         assert_matches_reference(g.cpu(), e.cpu(), input.dtype)
@@ -58,11 +67,13 @@ def test_gradients_match_reference(device, dtype, bias):
     dw=st.integers(1, 3),
     bias=st.sampled_from(["none", "shared", "per_location"]),
 )
-def test_random_geometry_gradients(device, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw,
-                                   bias):
+def test_random_geometry_gradients(
+    device, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias
+):
     assume(dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw)
-    args = make_case(n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias,
-                     torch.float64, device)
+    args = make_case(
+        n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias, torch.float64, device
+    )
     check_gradients(*args, (sh, sw), (ph, pw), (dh, dw))
 
 
@@ -83,13 +94,20 @@ def test_gradients_with_same_padding_even_kernel(device):
 @pytest.mark.parametrize("bias", ["none", "shared", "per_location"])
 @pytest.mark.parametrize("function", [lc_cuda.local_conv2d, lc_cuda.unfold_local_conv2d])
 def test_gradcheck_and_gradgradcheck(device, bias, function):
-    input, weight, bias_tensor = make_case(2, 2, (5, 4), 2, (2, 3), (2, 1), (1, 1), (1, 1), bias,
-                                           torch.float64, device)
+    input, weight, bias_tensor = make_case(
+        2, 2, (5, 4), 2, (2, 3), (2, 1), (1, 1), (1, 1), bias, torch.float64, device
+    )
     tensors = [t.requires_grad_() for t in (input, weight, bias_tensor) if t is not None]
 
     def call(*tensors):
-        return function(tensors[0], tensors[1], tensors[2] if len(tensors) == 3 else None,
-                        (2, 1), (1, 1), (1, 1))
+        return function(
+            tensors[0],
+            tensors[1],
+            tensors[2] if len(tensors) == 3 else None,
+            (2, 1),
+            (1, 1),
+            (1, 1),
+        )
 
     assert torch.autograd.gradcheck(call, tensors)
     assert torch.autograd.gradgradcheck(call, tensors)

@@ -10,27 +10,31 @@ from reference import assert_matches_reference, expected_size, reference_local_c
 import lc_cuda
 
 
-def make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, device,
-              seed=0):
+def make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, device, seed=0):
     """Random input, weight and bias for symmetric padding (pad_h, pad_w)."""
     generator = torch.Generator().manual_seed(seed)
     (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, kernel, stride, padding, dilation
     out_h = expected_size(h, kh, sh, ph, ph, dh)
     out_w = expected_size(w, kw, sw, pw, pw, dw)
     input = torch.randn((n, c_in, h, w), generator=generator, dtype=torch.float64)
-    weight = torch.randn((out_h, out_w, c_out, c_in, kh, kw), generator=generator,
-                         dtype=torch.float64)
+    weight = torch.randn(
+        (out_h, out_w, c_out, c_in, kh, kw), generator=generator, dtype=torch.float64
+    )
     bias_shape = {"none": None, "shared": (c_out,), "per_location": (c_out, out_h, out_w)}[bias]
-    bias = None if bias_shape is None else torch.randn(bias_shape, generator=generator,
-                                                       dtype=torch.float64)
+    bias = (
+        None
+        if bias_shape is None
+        else torch.randn(bias_shape, generator=generator, dtype=torch.float64)
+    )
     cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
     return cast(input), cast(weight), cast(bias)
 
 
 def check(input, weight, bias, stride, padding, dilation, function=lc_cuda.local_conv2d):
     out = function(input, weight, bias, stride, padding, dilation)
-    expected = reference_local_conv2d(input, weight, bias, stride,
-                                      (padding[0], padding[0], padding[1], padding[1]), dilation)
+    expected = reference_local_conv2d(
+        input, weight, bias, stride, (padding[0], padding[0], padding[1], padding[1]), dilation
+    )
     assert_matches_reference(out.cpu(), expected.cpu(), input.dtype)
     assert out.is_contiguous()
     return out
@@ -63,22 +67,26 @@ def test_matches_reference_all_dtypes(device, dtype, bias):
     dw=st.integers(1, 3),
     bias=st.sampled_from(["none", "shared", "per_location"]),
 )
-def test_random_geometry(device, function, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw,
-                         bias):
+def test_random_geometry(
+    device, function, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias
+):
     # A kernel wider than the padded input is covered by the bad-input tests.
     assume(dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw)
-    args = make_case(n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias,
-                     torch.float64, device)
+    args = make_case(
+        n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias, torch.float64, device
+    )
     check(*args, (sh, sw), (ph, pw), (dh, dw), function=function)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_unfold_fallback_equals_local_conv2d(device):
-    input, weight, bias = make_case(2, 3, (8, 8), 4, (3, 3), (1, 1), (1, 1), (1, 1), "shared",
-                                    torch.float32, device)
+    input, weight, bias = make_case(
+        2, 3, (8, 8), 4, (3, 3), (1, 1), (1, 1), (1, 1), "shared", torch.float32, device
+    )
     out = lc_cuda.local_conv2d(input, weight, bias, 1, 1)
-    torch.testing.assert_close(lc_cuda.unfold_local_conv2d(input, weight, bias, 1, 1), out,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        lc_cuda.unfold_local_conv2d(input, weight, bias, 1, 1), out, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -107,16 +115,20 @@ def test_same_padding_matches_conv2d_split(device, kernel, dilation):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_valid_padding_is_zero_padding(device):
-    input, weight, bias = make_case(2, 2, (6, 5), 3, (3, 2), (1, 1), (0, 0), (1, 1), "none",
-                                    torch.float64, device)
-    torch.testing.assert_close(lc_cuda.local_conv2d(input, weight, None, 1, "valid"),
-                               lc_cuda.local_conv2d(input, weight, None, 1, 0))
+    input, weight, _ = make_case(
+        2, 2, (6, 5), 3, (3, 2), (1, 1), (0, 0), (1, 1), "none", torch.float64, device
+    )
+    torch.testing.assert_close(
+        lc_cuda.local_conv2d(input, weight, None, 1, "valid"),
+        lc_cuda.local_conv2d(input, weight, None, 1, 0),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_zero_returns_empty_output(device):
-    input, weight, bias = make_case(0, 3, (5, 5), 4, (3, 3), (1, 1), (0, 0), (1, 1),
-                                    "per_location", torch.float32, device)
+    input, weight, bias = make_case(
+        0, 3, (5, 5), 4, (3, 3), (1, 1), (0, 0), (1, 1), "per_location", torch.float32, device
+    )
     out = lc_cuda.local_conv2d(input, weight, bias)
     assert out.shape == (0, 4, 3, 3)
     assert out.device == input.device
@@ -124,8 +136,9 @@ def test_batch_zero_returns_empty_output(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_channels_last_and_expanded_inputs(device):
-    input, weight, bias = make_case(4, 3, (8, 7), 2, (3, 3), (2, 1), (1, 0), (1, 2),
-                                    "per_location", torch.float64, device)
+    input, weight, bias = make_case(
+        4, 3, (8, 7), 2, (3, 3), (2, 1), (1, 0), (1, 2), "per_location", torch.float64, device
+    )
     args = ((2, 1), (1, 0), (1, 2))
     expected = lc_cuda.local_conv2d(input, weight, bias, *args)
     variants = {
@@ -137,15 +150,25 @@ def test_non_contiguous_channels_last_and_expanded_inputs(device):
     }
     for name, variant in variants.items():
         reference = variant.contiguous()
-        torch.testing.assert_close(lc_cuda.local_conv2d(variant, weight, bias, *args),
-                                   lc_cuda.local_conv2d(reference, weight, bias, *args), msg=name)
-    torch.testing.assert_close(lc_cuda.local_conv2d(variants["channels_last"], weight, bias,
-                                                    *args), expected)
+        torch.testing.assert_close(
+            lc_cuda.local_conv2d(variant, weight, bias, *args),
+            lc_cuda.local_conv2d(reference, weight, bias, *args),
+            msg=name,
+        )
+    torch.testing.assert_close(
+        lc_cuda.local_conv2d(variants["channels_last"], weight, bias, *args), expected
+    )
     # Non-contiguous weight and bias too.
     torch.testing.assert_close(
-        lc_cuda.local_conv2d(input, weight.transpose(0, 1).contiguous().transpose(0, 1),
-                             bias.transpose(1, 2).contiguous().transpose(1, 2), *args),
-        expected, msg="strided weight and bias")
+        lc_cuda.local_conv2d(
+            input,
+            weight.transpose(0, 1).contiguous().transpose(0, 1),
+            bias.transpose(1, 2).contiguous().transpose(1, 2),
+            *args,
+        ),
+        expected,
+        msg="strided weight and bias",
+    )
 
 
 def test_local_conv1d_matches_2d_with_unit_height():
@@ -155,12 +178,24 @@ def test_local_conv1d_matches_2d_with_unit_height():
     weight = torch.randn(out_len, c_out, c_in, k, dtype=torch.float64)
     bias = torch.randn(c_out, out_len, dtype=torch.float64)
     out = lc_cuda.local_conv1d(input, weight, bias, stride=2, padding=1, dilation=2)
-    expected = lc_cuda.local_conv2d(input.unsqueeze(2), weight.unsqueeze(0).unsqueeze(4),
-                                    bias.unsqueeze(1), (1, 2), (0, 1), (1, 2)).squeeze(2)
+    expected = lc_cuda.local_conv2d(
+        input.unsqueeze(2),
+        weight.unsqueeze(0).unsqueeze(4),
+        bias.unsqueeze(1),
+        (1, 2),
+        (0, 1),
+        (1, 2),
+    ).squeeze(2)
     assert out.shape == (n, c_out, out_len)
     torch.testing.assert_close(out, expected)
-    reference = reference_local_conv2d(input.unsqueeze(2), weight.unsqueeze(0).unsqueeze(4),
-                                       bias.unsqueeze(1), (1, 2), (0, 0, 1, 1), (1, 2))
+    reference = reference_local_conv2d(
+        input.unsqueeze(2),
+        weight.unsqueeze(0).unsqueeze(4),
+        bias.unsqueeze(1),
+        (1, 2),
+        (0, 0, 1, 1),
+        (1, 2),
+    )
     assert_matches_reference(out, reference.squeeze(2), torch.float64)
 
 
@@ -169,8 +204,9 @@ def test_local_conv1d_same_and_shared_bias():
     weight = torch.randn(10, 4, 3, 4, dtype=torch.float64)
     bias = torch.randn(4, dtype=torch.float64)
     out = lc_cuda.local_conv1d(input, weight, bias, padding="same")
-    expected = reference_local_conv2d(input.unsqueeze(2), weight.unsqueeze(0).unsqueeze(4), bias,
-                                      (1, 1), (0, 0, 1, 2), (1, 1)).squeeze(2)
+    expected = reference_local_conv2d(
+        input.unsqueeze(2), weight.unsqueeze(0).unsqueeze(4), bias, (1, 1), (0, 0, 1, 2), (1, 1)
+    ).squeeze(2)
     assert_matches_reference(out, expected, torch.float64)
 
 

@@ -10,20 +10,53 @@ from test_forward import make_case
 import lc_cuda
 
 OPCHECK_CASES = {
-    "no_bias": dict(n=2, size=(6, 5), kernel=(3, 2), stride=(1, 2), padding=(1, 0),
-                    dilation=(1, 1), bias="none"),
-    "shared_bias_dilated": dict(n=3, size=(7, 7), kernel=(2, 2), stride=(2, 1), padding=(0, 1),
-                                dilation=(2, 3), bias="shared"),
-    "per_location_bias": dict(n=1, size=(5, 6), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
-                              dilation=(1, 1), bias="per_location"),
-    "empty_batch": dict(n=0, size=(4, 4), kernel=(2, 2), stride=(1, 1), padding=(0, 0),
-                        dilation=(1, 1), bias="per_location"),
+    "no_bias": dict(
+        n=2, size=(6, 5), kernel=(3, 2), stride=(1, 2), padding=(1, 0), dilation=(1, 1), bias="none"
+    ),
+    "shared_bias_dilated": dict(
+        n=3,
+        size=(7, 7),
+        kernel=(2, 2),
+        stride=(2, 1),
+        padding=(0, 1),
+        dilation=(2, 3),
+        bias="shared",
+    ),
+    "per_location_bias": dict(
+        n=1,
+        size=(5, 6),
+        kernel=(3, 3),
+        stride=(1, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+        bias="per_location",
+    ),
+    "empty_batch": dict(
+        n=0,
+        size=(4, 4),
+        kernel=(2, 2),
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        bias="per_location",
+    ),
 }
 
 
 def case_tensors(case, dtype, device, requires_grad=True):
-    input, weight, bias = make_case(case["n"], 2, case["size"], 3, case["kernel"], case["stride"],
-                                    case["padding"], case["dilation"], case["bias"], dtype, device)
+    input, weight, bias = make_case(
+        case["n"],
+        2,
+        case["size"],
+        3,
+        case["kernel"],
+        case["stride"],
+        case["padding"],
+        case["dilation"],
+        case["bias"],
+        dtype,
+        device,
+    )
     if requires_grad:
         for tensor in (input, weight, bias):
             if tensor is not None:
@@ -38,8 +71,9 @@ def test_opcheck_forward_and_backward(device, name, force_unfold):
     case = OPCHECK_CASES[name]
     input, weight, bias = case_tensors(case, torch.float64, device)
     geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
-    torch.library.opcheck(torch.ops.lc_cuda.local_conv2d.default,
-                          (input, weight, bias, *geometry, force_unfold))
+    torch.library.opcheck(
+        torch.ops.lc_cuda.local_conv2d.default, (input, weight, bias, *geometry, force_unfold)
+    )
     out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry, force_unfold)
     grad_output = torch.randn_like(out).requires_grad_()
     for mask in ([True, True, True], [True, False, False], [False, True, True]):
@@ -52,10 +86,10 @@ def test_opcheck_forward_and_backward(device, name, force_unfold):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph_forward_and_backward(device):
     torch._dynamo.reset()
-    input, weight, bias = case_tensors(OPCHECK_CASES["shared_bias_dilated"], torch.float32,
-                                       device)
-    other_input, other_weight, other_bias = (t.detach().clone().requires_grad_()
-                                             for t in (input, weight, bias))
+    input, weight, bias = case_tensors(OPCHECK_CASES["shared_bias_dilated"], torch.float32, device)
+    other_input, other_weight, other_bias = (
+        t.detach().clone().requires_grad_() for t in (input, weight, bias)
+    )
 
     def layer(input, weight, bias):
         return torch.tanh(lc_cuda.local_conv2d(input, weight, bias, (2, 1), (0, 1), (2, 3)))
@@ -80,8 +114,11 @@ def test_compile_fullgraph_inductor_module_and_same_padding():
 
 @pytest.mark.parametrize(
     "device, dtype",
-    [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
-     pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda)],
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    ],
 )
 def test_autocast_runs_in_autocast_dtype(device, dtype):
     input, weight, bias = case_tensors(OPCHECK_CASES["per_location_bias"], torch.float32, device)
@@ -96,8 +133,9 @@ def test_autocast_runs_in_autocast_dtype(device, dtype):
 
 def test_autocast_under_compile():
     torch._dynamo.reset()
-    input, weight, bias = case_tensors(OPCHECK_CASES["per_location_bias"], torch.float32, "cpu",
-                                       requires_grad=False)
+    input, weight, bias = case_tensors(
+        OPCHECK_CASES["per_location_bias"], torch.float32, "cpu", requires_grad=False
+    )
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def layer(input, weight, bias):
@@ -123,14 +161,24 @@ def test_fallback_has_no_per_sample_loop(direction):
     """The ATen ops the fallback runs, and how often, do not depend on the batch size."""
 
     def run(n):
-        input, weight, bias = make_case(n, 3, (9, 9), 4, (3, 3), (1, 1), (1, 1), (1, 1),
-                                        "per_location", torch.float32, "cpu")
+        input, weight, bias = make_case(
+            n, 3, (9, 9), 4, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", torch.float32, "cpu"
+        )
         geometry = ([1, 1], [1, 1], [1, 1])
         if direction == "forward":
-            return op_calls_made_by_lc_cuda(torch.ops.lc_cuda.local_conv2d, input, weight, bias, *geometry)
+            return op_calls_made_by_lc_cuda(
+                torch.ops.lc_cuda.local_conv2d, input, weight, bias, *geometry
+            )
         grad_output = torch.randn(n, 4, 9, 9)
-        return op_calls_made_by_lc_cuda(torch.ops.lc_cuda.local_conv2d_backward, grad_output, input,
-                              weight, *geometry, False, [True, True, True])
+        return op_calls_made_by_lc_cuda(
+            torch.ops.lc_cuda.local_conv2d_backward,
+            grad_output,
+            input,
+            weight,
+            *geometry,
+            False,
+            [True, True, True],
+        )
 
     counts = run(1)
     assert counts == run(16)
@@ -140,8 +188,15 @@ def test_fallback_has_no_per_sample_loop(direction):
 
 def test_build_info_describes_this_build():
     info = lc_cuda.build_info()
-    assert set(info) == {"torch_version", "cuda_version", "arch_list", "arch_flags", "with_cuda",
-                         "cuda_kernels", "debug"}
+    assert set(info) == {
+        "torch_version",
+        "cuda_version",
+        "arch_list",
+        "arch_flags",
+        "with_cuda",
+        "cuda_kernels",
+        "debug",
+    }
     assert info["torch_version"] == torch.__version__
     assert isinstance(info["arch_list"], list)
     if info["with_cuda"]:

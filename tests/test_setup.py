@@ -1,0 +1,101 @@
+"""setup.py's toolkit discovery and build record, tested without compiling anything."""
+
+import importlib.util
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+SETUP_PY = Path(__file__).resolve().parent.parent / "setup.py"
+
+
+@pytest.fixture(scope="module")
+def setup_module():
+    spec = importlib.util.spec_from_file_location("lc_cuda_setup", SETUP_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() itself runs only under __main__
+    return module
+
+
+def executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def fake_toolkit(root: Path) -> Path:
+    """Just the files the build needs, and an nvcc that reports its TOP like the real one."""
+    executable(root / "bin" / "nvcc", f'#!/bin/sh\necho "#$ TOP={root}/bin/.."\n')
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime.h").write_text("")
+    (root / "lib64").mkdir()
+    (root / "lib64" / "libcudart.so").write_text("")
+    return root
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    return monkeypatch
+
+
+def test_explicit_cuda_home_is_used(setup_module, clean_env, tmp_path):
+    toolkit = fake_toolkit(tmp_path / "cuda-x")
+    clean_env.setenv("CUDA_HOME", str(toolkit))
+    assert setup_module.find_cuda_home() == toolkit
+
+
+def test_explicit_cuda_home_that_is_no_toolkit_fails_loudly(setup_module, clean_env, tmp_path):
+    clean_env.setenv("CUDA_PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"CUDA_PATH={tmp_path} is not a CUDA toolkit"):
+        setup_module.find_cuda_home()
+
+
+def test_wrapper_script_on_path_resolves_to_the_real_toolkit(setup_module, clean_env, tmp_path):
+    """/usr/local/bin/nvcc exec'ing the toolkit's nvcc: torch would guess /usr/local."""
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0")
+    wrapper_dir = tmp_path / "local" / "bin"
+    executable(wrapper_dir / "nvcc", f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    clean_env.setenv("PATH", str(wrapper_dir))
+    assert setup_module.find_cuda_home() == toolkit.resolve()
+
+
+def test_symlinked_nvcc_resolves_to_its_toolkit(setup_module, clean_env, tmp_path):
+    toolkit = fake_toolkit(tmp_path / "cuda-12.8")
+    link_dir = tmp_path / "links"
+    link_dir.mkdir()
+    (link_dir / "nvcc").symlink_to(toolkit / "bin" / "nvcc")
+    clean_env.setenv("PATH", str(link_dir))
+    assert setup_module.find_cuda_home() == toolkit.resolve()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_this_machines_toolkit_is_found(setup_module):
+    home = setup_module.find_cuda_home()
+    assert home is not None and setup_module.is_cuda_toolkit(home)
+    assert setup_module.nvcc_version(home)[0].isdigit()
+
+
+def test_arch_names(setup_module):
+    flags = [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90a,code=[compute_90a,sm_90a]",
+        "-gencode=arch=compute_80,code=compute_80",
+        "-gencode=arch=compute_90,code=sm_90",
+    ]
+    assert setup_module.arch_names(flags) == ["sm_90", "compute_90a", "sm_90a", "compute_80"]
+
+
+def test_build_config_header(setup_module, tmp_path):
+    header = tmp_path / "config.h"
+    setup_module.write_build_config(
+        header, {"torch_version": "2.14.1", "with_cuda": True, "debug": False}
+    )
+    text = header.read_text()
+    assert '#define LC_CUDA_BUILD_TORCH_VERSION "2.14.1"' in text
+    assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in text
+    assert "#define LC_CUDA_BUILD_DEBUG 0" in text
