@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -155,11 +156,12 @@ def main(argv=None) -> int:
                     failures += 1
                     cells.append(f"MISMATCH {error:.1e}")
                     continue
-                ms = median_ms(lambda m=method: run_once(m, tensors, case, direction), repeats,
-                               device)
+                ms = median_ms(partial(run_once, method, tensors, case, direction), repeats, device)
                 cells.append(f"{ms:9.3f} ms")
-            print(f"{case.name:<20} {direction:<17} {batch:>4} " + "".join(f"{c:>16}" for c in cells),
-                  flush=True)
+            print(
+                f"{case.name:<20} {direction:<17} {batch:>4} " + "".join(f"{c:>16}" for c in cells),
+                flush=True,
+            )
     if failures:
         print(f"{failures} method(s) disagreed with the fallback", file=sys.stderr)
     return 1 if failures else 0
