@@ -101,7 +101,9 @@ def write_build_config(path: Path, fields: dict[str, str | bool]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def extension_modules():
+def extension_modules(generated: Path = ROOT / "build" / "generated"):
+    """The extension to build, and the build_ext command; writes the build record header into
+    `generated`."""
     force_cuda = os.environ.get("FORCE_CUDA", "")
     if force_cuda not in ("", "0", "1"):
         raise RuntimeError(f"FORCE_CUDA must be 0 or 1, got {force_cuda!r}")
@@ -132,7 +134,6 @@ def extension_modules():
     cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     arch_flags = cpp_extension._get_cuda_arch_flags() if with_cuda else []
 
-    generated = ROOT / "build" / "generated"
     write_build_config(
         generated / "lc_cuda_build_config.h",
         {

@@ -99,3 +99,47 @@ def test_build_config_header(setup_module, tmp_path):
     assert '#define LC_CUDA_BUILD_TORCH_VERSION "2.14.1"' in text
     assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in text
     assert "#define LC_CUDA_BUILD_DEBUG 0" in text
+
+
+def build_record(directory: Path) -> str:
+    return (directory / "lc_cuda_build_config.h").read_text()
+
+
+def test_cpu_only_build_and_debug_flags(setup_module, monkeypatch, tmp_path):
+    monkeypatch.setenv("FORCE_CUDA", "0")
+    monkeypatch.setenv("DEBUG", "1")
+    (extension,), cmdclass = setup_module.extension_modules(tmp_path)
+    assert "cudart" not in extension.libraries
+    assert extension.extra_compile_args["cxx"] == ["-O0", "-g"]
+    assert not any(source.endswith(".cu") for source in extension.sources)
+    record = build_record(tmp_path)
+    assert "#define LC_CUDA_BUILD_WITH_CUDA 0" in record
+    assert "#define LC_CUDA_BUILD_DEBUG 1" in record
+    assert "build_ext" in cmdclass
+
+
+def test_force_cuda_must_be_0_or_1(setup_module, monkeypatch, tmp_path):
+    monkeypatch.setenv("FORCE_CUDA", "yes")
+    with pytest.raises(RuntimeError, match="FORCE_CUDA must be 0 or 1, got 'yes'"):
+        setup_module.extension_modules(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_cuda_build_honours_arch_list_and_nvcc_flags(setup_module, monkeypatch, tmp_path):
+    import torch
+
+    if torch.version.cuda is None:
+        pytest.skip("torch has no CUDA")
+    monkeypatch.delenv("CUDA_HOME", raising=False)  # extension_modules sets it; undone after
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    monkeypatch.setenv("NVCC_FLAGS", "-Xptxas -v --keep")
+    monkeypatch.delenv("DEBUG", raising=False)
+    (extension,), _ = setup_module.extension_modules(tmp_path)
+    assert "cudart" in extension.libraries
+    nvcc_flags = extension.extra_compile_args["nvcc"]
+    assert nvcc_flags[-3:] == ["-Xptxas", "-v", "--keep"]
+    assert "-O3" in nvcc_flags
+    record = build_record(tmp_path)
+    assert '#define LC_CUDA_BUILD_ARCH_LIST "sm_80 sm_90"' in record
+    assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in record
