@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from cases import geometries, make_case
 from conftest import DEVICES
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 from reference import assert_matches_reference, reference_local_conv2d
-from test_forward import make_case
 
 import lc_cuda
 
@@ -51,30 +50,9 @@ def test_gradients_match_reference(device, dtype, bias):
 
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=40, deadline=None)
-@given(
-    n=st.integers(1, 3),
-    c_in=st.integers(1, 3),
-    c_out=st.integers(1, 3),
-    h=st.integers(1, 8),
-    w=st.integers(1, 8),
-    kh=st.integers(1, 4),
-    kw=st.integers(1, 4),
-    sh=st.integers(1, 3),
-    sw=st.integers(1, 3),
-    ph=st.integers(0, 2),
-    pw=st.integers(0, 2),
-    dh=st.integers(1, 3),
-    dw=st.integers(1, 3),
-    bias=st.sampled_from(["none", "shared", "per_location"]),
-)
-def test_random_geometry_gradients(
-    device, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias
-):
-    assume(dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw)
-    args = make_case(
-        n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias, torch.float64, device
-    )
-    check_gradients(*args, (sh, sw), (ph, pw), (dh, dw))
+@given(geometry=geometries(max_size=8))
+def test_random_geometry_gradients(device, geometry):
+    check_gradients(*geometry.tensors(torch.float64, device), *geometry.args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

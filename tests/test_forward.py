@@ -2,32 +2,12 @@
 
 import pytest
 import torch
+from cases import geometries, make_case
 from conftest import DEVICES
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 from reference import assert_matches_reference, expected_size, reference_local_conv2d
 
 import lc_cuda
-
-
-def make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, device, seed=0):
-    """Random input, weight and bias for symmetric padding (pad_h, pad_w)."""
-    generator = torch.Generator().manual_seed(seed)
-    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, kernel, stride, padding, dilation
-    out_h = expected_size(h, kh, sh, ph, ph, dh)
-    out_w = expected_size(w, kw, sw, pw, pw, dw)
-    input = torch.randn((n, c_in, h, w), generator=generator, dtype=torch.float64)
-    weight = torch.randn(
-        (out_h, out_w, c_out, c_in, kh, kw), generator=generator, dtype=torch.float64
-    )
-    bias_shape = {"none": None, "shared": (c_out,), "per_location": (c_out, out_h, out_w)}[bias]
-    bias = (
-        None
-        if bias_shape is None
-        else torch.randn(bias_shape, generator=generator, dtype=torch.float64)
-    )
-    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-    return cast(input), cast(weight), cast(bias)
 
 
 def check(input, weight, bias, stride, padding, dilation, function=lc_cuda.local_conv2d):
@@ -51,31 +31,9 @@ def test_matches_reference_all_dtypes(device, dtype, bias):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("function", [lc_cuda.local_conv2d, lc_cuda.unfold_local_conv2d])
 @settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(1, 3),
-    c_in=st.integers(1, 3),
-    c_out=st.integers(1, 3),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    kh=st.integers(1, 4),
-    kw=st.integers(1, 4),
-    sh=st.integers(1, 3),
-    sw=st.integers(1, 3),
-    ph=st.integers(0, 2),
-    pw=st.integers(0, 2),
-    dh=st.integers(1, 3),
-    dw=st.integers(1, 3),
-    bias=st.sampled_from(["none", "shared", "per_location"]),
-)
-def test_random_geometry(
-    device, function, n, c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias
-):
-    # A kernel wider than the padded input is covered by the bad-input tests.
-    assume(dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw)
-    args = make_case(
-        n, c_in, (h, w), c_out, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias, torch.float64, device
-    )
-    check(*args, (sh, sw), (ph, pw), (dh, dw), function=function)
+@given(geometry=geometries())
+def test_random_geometry(device, function, geometry):
+    check(*geometry.tensors(torch.float64, device), *geometry.args, function=function)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
+from cases import make_case
 from conftest import DEVICES
-from test_forward import make_case
 
 import lc_cuda
 
