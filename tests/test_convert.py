@@ -188,7 +188,7 @@ def test_from_flax_matches_conv_local(dims):
     params = layer.init(jax.random.PRNGKey(0), x)["params"]
     params = {**params, "bias": jax.random.normal(jax.random.PRNGKey(1), params["bias"].shape)}
     expected = torch.movedim(
-        torch.from_numpy(np.asarray(layer.apply({"params": params}, x))), -1, 1
+        torch.tensor(np.asarray(layer.apply({"params": params}, x))), -1, 1
     )
     weight, bias = convert.from_flax(params["kernel"], params["bias"], kernel_size)
     function = lc_cuda.local_conv2d if dims == 2 else lc_cuda.local_conv1d
