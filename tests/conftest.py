@@ -1,5 +1,12 @@
+import importlib.util
+
 import pytest
 import torch
+
+# TensorFlow (the interop tests) bundles an LLVM that makes a later `import triton` (torch.compile,
+# or an optimizer step) segfault; the other order works. So triton is loaded first.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):

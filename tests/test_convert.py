@@ -77,13 +77,11 @@ def test_from_keras_matches_keras_layer(
     torch.testing.assert_close(
         module(channels_first(x, data_format)), expected, rtol=1e-5, atol=1e-5
     )
-    # And back: the same kernel (Keras' masked-out entries of implementation 2 are zero here)
-    # and bias, so that a Keras layer given them computes the same.
+    # And back: the same kernel (for implementation 2, on Keras' own mask of used entries, and
+    # zero elsewhere) and bias, so that a Keras layer given them computes the same.
     kernel_back, bias_back = convert.to_keras(module, data_format, implementation)
-    if implementation == 1:
-        np.testing.assert_array_equal(kernel_back, weights[0])
-    else:
-        np.testing.assert_array_equal(kernel_back, weights[0] * (kernel_back != 0))
+    mask = 1 if implementation == 1 else np.asarray(layer.kernel_mask)
+    np.testing.assert_array_equal(kernel_back, weights[0] * mask)
     if use_bias:
         np.testing.assert_array_equal(bias_back, weights[1])
     layer.set_weights([kernel_back, bias_back] if use_bias else [kernel_back])
@@ -187,9 +185,7 @@ def test_from_flax_matches_conv_local(dims):
     x = np.random.default_rng(2).standard_normal((2, *size, 3)).astype(np.float32)
     params = layer.init(jax.random.PRNGKey(0), x)["params"]
     params = {**params, "bias": jax.random.normal(jax.random.PRNGKey(1), params["bias"].shape)}
-    expected = torch.movedim(
-        torch.tensor(np.asarray(layer.apply({"params": params}, x))), -1, 1
-    )
+    expected = torch.movedim(torch.tensor(np.asarray(layer.apply({"params": params}, x))), -1, 1)
     weight, bias = convert.from_flax(params["kernel"], params["bias"], kernel_size)
     function = lc_cuda.local_conv2d if dims == 2 else lc_cuda.local_conv1d
     got = function(torch.movedim(torch.from_numpy(x), -1, 1), weight, bias, strides)

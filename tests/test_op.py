@@ -84,6 +84,22 @@ def test_opcheck_forward_and_backward(device, name, force_unfold):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
+def test_outputs_are_fresh_tensors_not_views(device, name):
+    """A view of a kernel's temporary would surprise autograd users (and FSDP's hooks)."""
+    case = OPCHECK_CASES[name]
+    input, weight, bias = case_tensors(case, torch.float32, device, requires_grad=False)
+    geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
+    out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry)
+    grads = torch.ops.lc_cuda.local_conv2d_backward(
+        torch.randn_like(out), input, weight, *geometry, False, [True, True, True]
+    )
+    for tensor in (out, *grads):
+        assert not tensor._is_view()
+        assert tensor.is_contiguous() and tensor.storage_offset() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph_forward_and_backward(device):
     torch._dynamo.reset()
     input, weight, bias = case_tensors(OPCHECK_CASES["shared_bias_dilated"], torch.float32, device)

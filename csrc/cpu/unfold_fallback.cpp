@@ -75,9 +75,11 @@ at::Tensor unfold_forward(const at::Tensor& input, const at::Tensor& weight,
                 bias_per_location(*bias, g).expand({g.locations(), g.batch, g.out_channels}),
                 patches, filters_t)
           : at::bmm(patches, filters_t);
-  return out_by_location.permute({1, 2, 0})
-      .contiguous()
-      .view({g.batch, g.out_channels, g.out_h, g.out_w});
+  // Outputs are fresh tensors, never views of a temporary: a view would reach the caller as
+  // an autograd view of a tensor it never saw.
+  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, out_by_location.options());
+  out.view({g.batch, g.out_channels, g.locations()}).copy_(out_by_location.permute({1, 2, 0}));
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
@@ -95,8 +97,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
   }
   at::Tensor grad_weight = empty();
   if (output_mask[1]) {
-    grad_weight = at::bmm(grad_by_location.transpose(1, 2), gather_patches(input, g))
-                      .view(weight.sizes());
+    grad_weight = at::empty(weight.sizes(), weight.options());
+    auto grad_filters = grad_weight.view({g.locations(), g.out_channels, g.patch_size()});
+    at::bmm_out(grad_filters, grad_by_location.transpose(1, 2), gather_patches(input, g));
   }
   at::Tensor grad_bias = empty();
   if (output_mask[2]) {
