@@ -131,7 +131,11 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
     )
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
-    cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    cuda_sources = sorted(
+        str(p.relative_to(ROOT))
+        for pattern in ("*.cu", "*.cpp")
+        for p in (ROOT / "csrc" / "cuda").glob(pattern)
+    )
     arch_flags = cpp_extension._get_cuda_arch_flags() if with_cuda else []
 
     write_build_config(

@@ -5,12 +5,15 @@
 
 On a machine without a GPU the batch is cut to --cpu-batch so the run takes seconds. Each
 method's output is checked against lc_cuda.unfold_local_conv2d before it is timed; a mismatch
-fails the run.
+fails the run. The last lines give, per dtype and direction, the geometric mean over the cases
+of each method's speed-up over the fallback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import sys
 import time
@@ -104,13 +107,21 @@ def median_ms(function, repeats: int, device) -> float:
     return statistics.median(times)
 
 
-def cross_check(results, reference, dtype) -> float:
+# Largest error relative to the reference's scale that a method may show, per dtype.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+def cross_check(results, reference) -> float:
     """The largest error relative to the reference's scale, over all returned tensors."""
     worst = 0.0
     for got, want in zip(results, reference):
         scale = want.detach().abs().max().clamp_min(1e-30)
         worst = max(worst, ((got.detach() - want.detach()).abs().max() / scale).item())
     return worst
+
+
+def geometric_mean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
 def main(argv=None) -> int:
@@ -124,46 +135,83 @@ def main(argv=None) -> int:
         choices=["forward", "forward+backward"],
         default=["forward", "forward+backward"],
     )
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "float64", "float16", "bfloat16"],
+        default=["float32"],
+    )
     parser.add_argument("--cpu-batch", type=int, default=4, help="batch size without a GPU")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", help="write every measurement to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
     repeats = args.repeats or (5 if args.quick else 20)
     names = args.cases or [c.name for c in CASES if not args.quick or c.name in QUICK_CASES]
     cases = [c for c in CASES if c.name in names]
     info = lc_cuda.build_info()
     print(
         f"lc_cuda on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})"
-        f", {args.dtype}, CUDA kernels {'present' if info['cuda_kernels'] else 'absent'}, "
-        f"median of {repeats}"
+        f", CUDA kernels {'present' if info['cuda_kernels'] else 'absent'}, median of {repeats}"
     )
-    print(f"{'case':<20} {'direction':<17} {'N':>4} " + "".join(f"{m:>16}" for m in args.methods))
-    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
-    failures = 0
-    for case in cases:
-        batch = case.batch if device.type == "cuda" else min(case.batch, args.cpu_batch)
-        tensors = make_tensors(case, batch, dtype, device)
+    header = f"{'case':<20} {'dtype':<9} {'direction':<17} {'N':>4} "
+    print(header + "".join(f"{m:>16}" for m in args.methods))
+    records, failures = [], 0
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for case in cases:
+            batch = case.batch if device.type == "cuda" else min(case.batch, args.cpu_batch)
+            tensors = make_tensors(case, batch, dtype, device)
+            for direction in args.directions:
+                reference = run_once(METHODS["lc_cuda_unfold"], tensors, case, direction)
+                cells = []
+                for name in args.methods:
+                    method = METHODS[name]
+                    error = cross_check(run_once(method, tensors, case, direction), reference)
+                    record = dict(
+                        case=case.name,
+                        dtype=dtype_name,
+                        direction=direction,
+                        batch=batch,
+                        method=name,
+                        error=error,
+                    )
+                    if error > TOLERANCE[dtype]:
+                        failures += 1
+                        cells.append(f"MISMATCH {error:.1e}")
+                    else:
+                        timed = partial(run_once, method, tensors, case, direction)
+                        record["ms"] = median_ms(timed, repeats, device)
+                        cells.append(f"{record['ms']:9.3f} ms")
+                    records.append(record)
+                line = f"{case.name:<20} {dtype_name:<9} {direction:<17} {batch:>4} "
+                print(line + "".join(f"{c:>16}" for c in cells), flush=True)
+            del tensors
+    print("\ngeometric mean speed-up over lc_cuda_unfold (higher is faster):")
+    for dtype_name in args.dtypes:
         for direction in args.directions:
-            reference = run_once(METHODS["lc_cuda_unfold"], tensors, case, direction)
+            times = {
+                (r["case"], r["method"]): r["ms"]
+                for r in records
+                if r["dtype"] == dtype_name and r["direction"] == direction and "ms" in r
+            }
             cells = []
             for name in args.methods:
-                method = METHODS[name]
-                error = cross_check(run_once(method, tensors, case, direction), reference, dtype)
-                if error > tolerance:
-                    failures += 1
-                    cells.append(f"MISMATCH {error:.1e}")
-                    continue
-                ms = median_ms(partial(run_once, method, tensors, case, direction), repeats, device)
-                cells.append(f"{ms:9.3f} ms")
-            print(
-                f"{case.name:<20} {direction:<17} {batch:>4} " + "".join(f"{c:>16}" for c in cells),
-                flush=True,
+                ratios = [
+                    times[(c.name, "lc_cuda_unfold")] / times[(c.name, name)]
+                    for c in cases
+                    if (c.name, name) in times and (c.name, "lc_cuda_unfold") in times
+                ]
+                cells.append(f"{name} {geometric_mean(ratios):.2f}x")
+            print(f"  {dtype_name:<9} {direction:<17} " + ", ".join(cells))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(
+                {"device": str(device), "build_info": info, "records": records}, file, indent=1
             )
     if failures:
-        print(f"{failures} method(s) disagreed with the fallback", file=sys.stderr)
+        print(f"{failures} measurement(s) disagreed with the fallback", file=sys.stderr)
     return 1 if failures else 0
 
 

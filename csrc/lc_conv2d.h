@@ -39,4 +39,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const Geometry& geometry, bool shared_bias, std::array<bool, 3> output_mask);
 
+// The hand-written CUDA kernels (csrc/cuda/, CUDA builds only). Outputs are new contiguous
+// tensors; inputs may have any strides.
+at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, const Geometry& geometry);
+at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                           const Geometry& geometry);
+at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                            const Geometry& geometry);
+
 }  // namespace lc_cuda

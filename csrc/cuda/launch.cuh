@@ -1,0 +1,73 @@
+// What the three kernel launchers share: the index-type choice, the ConvShape built from a
+// checked Geometry, and the tile-width choice.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/native/CanUse32BitIndexMath.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <type_traits>
+
+#include "cuda/local_conv2d_kernels.cuh"
+#include "lc_conv2d.h"
+
+namespace lc_cuda {
+namespace launch {
+
+// Calls body(int32_t{}) when every tensor's element offsets fit in 32 bits, else
+// body(int64_t{}): 64-bit index arithmetic only where some tensor needs it.
+template <typename Body>
+void with_index_type(std::initializer_list<at::Tensor> tensors, Body&& body) {
+  for (const auto& tensor : tensors) {
+    if (!at::native::canUse32BitIndexMath(tensor)) return body(int64_t{});
+  }
+  body(int32_t{});
+}
+
+template <typename index_t>
+kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& input) {
+  const auto s = input.strides();
+  return {static_cast<index_t>(g.batch),      static_cast<index_t>(g.in_channels),
+          static_cast<index_t>(g.in_h),       static_cast<index_t>(g.in_w),
+          static_cast<index_t>(g.out_channels), static_cast<index_t>(g.out_h),
+          static_cast<index_t>(g.out_w),      static_cast<index_t>(g.kernel_h),
+          static_cast<index_t>(g.kernel_w),   static_cast<index_t>(g.stride_h),
+          static_cast<index_t>(g.stride_w),   static_cast<index_t>(g.pad_h),
+          static_cast<index_t>(g.pad_w),      static_cast<index_t>(g.dilation_h),
+          static_cast<index_t>(g.dilation_w), static_cast<index_t>(s[0]),
+          static_cast<index_t>(s[1]),         static_cast<index_t>(s[2]),
+          static_cast<index_t>(s[3])};
+}
+
+// Calls body(std::integral_constant<int, W>{}) with the narrowest tile width W in {16, 32, 64}
+// that covers `channels`, so that layers with 16 channels do not compute 48 empty columns.
+template <typename Body>
+void with_channel_tile(int64_t channels, Body&& body) {
+  if (channels <= 16) return body(std::integral_constant<int, 16>{});
+  if (channels <= 32) return body(std::integral_constant<int, 32>{});
+  body(std::integral_constant<int, 64>{});
+}
+
+inline unsigned int ceil_div(int64_t a, int64_t b) {
+  return static_cast<unsigned int>((a + b - 1) / b);
+}
+
+// Grid y and z are limited to 65535 blocks. The batch dimension is walked with a grid-stride
+// loop, so its grid size is capped; a tile count that cannot be capped is checked.
+inline unsigned int capped_blocks(int64_t count) {
+  return static_cast<unsigned int>(std::min<int64_t>(count, 65535));
+}
+
+inline unsigned int checked_blocks(int64_t count, const char* what) {
+  TORCH_CHECK(count <= 65535, "lc_cuda: too many ", what, " tiles for one launch: ", count,
+              " > 65535");
+  return static_cast<unsigned int>(count);
+}
+
+}  // namespace launch
+}  // namespace lc_cuda

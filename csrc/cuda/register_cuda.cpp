@@ -1,0 +1,59 @@
+// The CUDA implementations of the lc_cuda operators: the hand-written kernels, or the unfold
+// fallback where the caller forces it (unfold_local_conv2d) or LC_CUDA_BACKEND=unfold is set.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "lc_conv2d.h"
+
+namespace lc_cuda {
+namespace {
+
+// Read at every call, so that setting the variable in a running process takes effect.
+bool use_unfold(bool force_unfold) {
+  if (force_unfold) return true;
+  const char* value = std::getenv("LC_CUDA_BACKEND");
+  const std::string backend = value == nullptr ? "" : value;
+  TORCH_CHECK(backend.empty() || backend == "auto" || backend == "unfold",
+              "LC_CUDA_BACKEND must be 'auto' or 'unfold' (or unset), got '", backend, "'");
+  return backend == "unfold";
+}
+
+at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation,
+                             bool force_unfold) {
+  const Geometry g = check_forward_args(input, weight, bias, stride, padding, dilation);
+  if (use_unfold(force_unfold)) return unfold_forward(input, weight, bias, g);
+  return cuda_forward(input, weight, bias, g);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool shared_bias,
+    std::array<bool, 3> output_mask, bool force_unfold) {
+  const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
+  if (use_unfold(force_unfold)) {
+    return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
+  }
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  return {
+      output_mask[0] ? cuda_grad_input(grad_output, weight, g) : empty(),
+      output_mask[1] ? cuda_grad_weight(grad_output, input, g) : empty(),
+      // A tree reduction over the batch (and locations): deterministic, no atomics.
+      output_mask[2] ? (shared_bias ? grad_output.sum({0, 2, 3}) : grad_output.sum(0)) : empty(),
+  };
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lc_cuda, CUDA, m) {
+  m.impl("local_conv2d", &local_conv2d_cuda);
+  m.impl("local_conv2d_backward", &local_conv2d_backward_cuda);
+}
+
+}  // namespace lc_cuda

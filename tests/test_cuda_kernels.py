@@ -1,0 +1,171 @@
+"""The hand-written CUDA kernels: accuracy per dtype, determinism, 64-bit indexing, CPU
+agreement. Everything here needs a GPU and a build with kernels; elsewhere it is skipped.
+(The shared tests in test_forward, test_backward, test_op and test_modules also run on CUDA.)"""
+
+import pytest
+import torch
+from cases import geometries, make_case
+from hypothesis import given, settings
+from reference import reference_local_conv2d, relative_error
+
+import lc_cuda
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not lc_cuda.build_info()["cuda_kernels"], reason="this build has no CUDA kernels"
+    ),
+]
+
+GEOMETRIES = {
+    # name: n, c_in, (h, w), c_out, kernel, stride, padding, dilation
+    "deepface_like": (8, 16, (15, 13), 16, (5, 5), (1, 1), (0, 0), (1, 1)),
+    "strided_dilated": (5, 3, (17, 11), 20, (3, 2), (2, 3), (1, 2), (2, 1)),
+    "wide_channels": (3, 70, (6, 6), 70, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "pointwise": (65, 33, (4, 4), 40, (1, 1), (1, 1), (0, 0), (1, 1)),
+}
+
+
+def run_all(input, weight, bias, args, function=lc_cuda.local_conv2d):
+    """The output and the gradients of input, weight (and bias) for a fixed grad_output."""
+    leaves = [t.detach().requires_grad_() for t in (input, weight, bias) if t is not None]
+    out = function(leaves[0], leaves[1], leaves[2] if bias is not None else None, *args)
+    grad_output = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    ).to(out)
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad_output))
+
+
+def reference_all(input, weight, bias, args):
+    stride, padding, dilation = args
+    pads = (padding[0], padding[0], padding[1], padding[1])
+    return run_all(
+        *(None if t is None else t.double().cpu() for t in (input, weight, bias)),
+        (stride, pads, dilation),
+        function=reference_local_conv2d,
+    )
+
+
+def tensors(name, dtype, bias="per_location"):
+    n, c_in, size, c_out, kernel, stride, padding, dilation = GEOMETRIES[name]
+    return make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, "cuda")
+
+
+def geometry_args(name):
+    return GEOMETRIES[name][5:]
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("bias", ["shared", "per_location"])
+def test_float32_and_float64_within_tolerance(name, bias):
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        got = run_all(*tensors(name, dtype, bias), geometry_args(name))
+        expected = reference_all(*tensors(name, dtype, bias), geometry_args(name))
+        for label, g, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), got, expected):
+            error = relative_error(g.cpu(), e)
+            assert error <= tolerance, f"{dtype} {label}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_error_at_most_twice_the_fallbacks(name, dtype):
+    args = tensors(name, dtype)
+    expected = reference_all(*args, geometry_args(name))
+    kernels = run_all(*args, geometry_args(name))
+    fallback = run_all(*args, geometry_args(name), function=lc_cuda.unfold_local_conv2d)
+    for label, k, f, e in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), kernels, fallback, expected
+    ):
+        kernel_error, fallback_error = relative_error(k.cpu(), e), relative_error(f.cpu(), e)
+        # A floor of one rounding step, where the fallback happens to be nearly exact.
+        floor = torch.finfo(dtype).eps
+        assert kernel_error <= 2 * max(fallback_error, floor), (
+            f"{label}: kernels {kernel_error:.3g} vs fallback {fallback_error:.3g}"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bitwise_deterministic(name, dtype):
+    first = run_all(*tensors(name, dtype), geometry_args(name))
+    second = run_all(*tensors(name, dtype), geometry_args(name))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(geometry=geometries(max_size=12))
+def test_cpu_and_cuda_agree(geometry):
+    cpu = geometry.tensors(torch.float64, "cpu")
+    got = run_all(*(None if t is None else t.cuda() for t in cpu), geometry.args)
+    for g, e in zip(got, run_all(*cpu, geometry.args)):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-10, atol=1e-10)
+
+
+def test_non_contiguous_weight_grad_output_and_batch_one_launch_paths():
+    input, weight, bias = tensors("strided_dilated", torch.float32)
+    transposed_weight = weight.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not transposed_weight.is_contiguous()
+    for args in ((input, transposed_weight, bias), (input[:1], weight, bias)):
+        got = lc_cuda.local_conv2d(*args, (2, 3), (1, 2), (2, 1))
+        expected = lc_cuda.unfold_local_conv2d(*args, (2, 3), (1, 2), (2, 1))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_above_two_to_the_31_elements_uses_64_bit_indexing():
+    """An input and an output of 2^31 + 2^16 elements each, in bfloat16 (4.3 GB apiece)."""
+    n, size = 32769, 256
+    assert n * size * size > 2**31
+    input = (
+        torch.randn(1, 1, size, size, device="cuda", dtype=torch.bfloat16)
+        .expand(n, -1, -1, -1)
+        .contiguous()
+    )
+    input[-1].mul_(-2)  # the last sample, past the 32-bit range, differs from the first
+    weight = torch.randn(size, size, 1, 1, 1, 1, device="cuda", dtype=torch.bfloat16)
+    out = lc_cuda.local_conv2d(input, weight)
+    assert out.shape == (n, 1, size, size)
+    expected_last = (input[-1, 0].float() * weight[:, :, 0, 0, 0, 0].float()).to(torch.bfloat16)
+    torch.testing.assert_close(out[-1, 0], expected_last)
+    torch.testing.assert_close(
+        out[0, 0], (-0.5 * input[-1, 0].float() * weight[:, :, 0, 0, 0, 0].float()).bfloat16()
+    )
+    del out
+    grad_weight = torch.ops.lc_cuda.local_conv2d_backward(
+        torch.ones(n, 1, size, size, device="cuda", dtype=torch.bfloat16),
+        input,
+        weight,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        False,
+        [False, True, False],
+    )[1]
+    # sum over the batch of the input: (n - 1) copies of x and one of -2x
+    expected = ((n - 3) * input[0, 0].float()).view(size, size, 1, 1, 1, 1)
+    torch.testing.assert_close(grad_weight.float(), expected, rtol=2e-2, atol=1e-2)
+
+
+def test_backend_variable_is_validated(monkeypatch):
+    input, weight, bias = tensors("pointwise", torch.float32)
+    monkeypatch.setenv("LC_CUDA_BACKEND", "cudnn")
+    with pytest.raises(RuntimeError, match="LC_CUDA_BACKEND must be 'auto' or 'unfold'"):
+        lc_cuda.local_conv2d(input, weight, bias)
+
+
+def test_unfold_backend_runs_the_fallback(monkeypatch):
+    """With LC_CUDA_BACKEND=unfold the profile shows the fallback's bmm, not the kernels."""
+    input, weight, bias = tensors("pointwise", torch.float32)
+
+    def kernel_names():
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as p:
+            lc_cuda.local_conv2d(input, weight, bias)
+            torch.cuda.synchronize()
+        return " ".join(event.name for event in p.events())
+
+    assert "forward_kernel" in kernel_names()
+    monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
+    names = kernel_names()
+    assert "forward_kernel" not in names and "aten::baddbmm" in names

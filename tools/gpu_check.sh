@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU check, in one run on a fresh GPU machine: build the extension, run the CUDA tests,
+# run compute-sanitizer memcheck and racecheck over every kernel in every dtype, run the
+# benchmark. Logs go to $OUT (the device tool's output folder) or ./gpu_check_logs; a summary
+# is printed last. Exits non-zero if any step failed.
+#
+#   bash tools/gpu_check.sh            # about 5 minutes on one H200
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD/gpu_check_logs}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+summary=()
+failed=0
+
+step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records the outcome
+  local name=$1 start result
+  shift
+  start=$(date +%s)
+  if "$@" >"$out/$name.log" 2>&1; then result=ok; else result="FAILED (exit $?)"; failed=1; fi
+  summary+=("$(printf '%-10s %-18s %4d s   %s' "$name" "$result" $(($(date +%s) - start)) \
+    "$(grep -E '[0-9]+ (passed|failed)|ERROR SUMMARY|mismatches|error:' "$out/$name.log" \
+       | tail -n 1 | cut -c1-100)")")
+  echo "== $name: $result"
+  tail -n 15 "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+step build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 NVCC_FLAGS="-Xptxas -v" \
+  "$python" setup.py build_ext --inplace
+if [ $failed -eq 0 ]; then
+  step tests "$python" -m pytest -m cuda -q -p no:cacheprovider
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$python" tools/exercise_kernels.py
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$python" tools/exercise_kernels.py
+  step bench "$python" benchmarks/bench.py --dtypes float32 bfloat16 --json "$out/bench.json"
+fi
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+grep -A 8 "geometric mean" "$out/bench.log" 2>/dev/null
+exit $failed
