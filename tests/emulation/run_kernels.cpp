@@ -1,0 +1,193 @@
+// Runs lc_cuda's CUDA kernels on the CPU (cuda_on_cpu.h) for a set of geometries, every tile
+// width, float and double, 32- and 64-bit indices, and compares them with direct float64 sums
+// written here independently (grad_input as a scatter, not a gather). Prints one line per
+// mismatch and a final count; exits 1 on any mismatch.
+#include "cuda_on_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "cuda/local_conv2d_kernels.cuh"
+
+#ifdef WITH_C10_HALF
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#endif
+
+using namespace lc_cuda::kernels;
+
+struct Case {
+  int n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw;
+  int bias;  // 0 none, 1 shared, 2 per location
+  bool channels_last;
+  int out_h() const { return (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
+  int out_w() const { return (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
+};
+
+struct Data {
+  std::vector<double> input, weight, bias, grad_output;  // input in its physical layout
+  long sn, sc, sh, sw;                                    // input strides
+};
+
+Data make_data(const Case& c, unsigned seed) {
+  std::mt19937 random(seed);
+  std::normal_distribution<double> normal;
+  auto fill = [&](size_t count) {
+    std::vector<double> v(count);
+    for (auto& x : v) x = normal(random);
+    return v;
+  };
+  Data d;
+  const long L = long(c.out_h()) * c.out_w();
+  d.input = fill(size_t(c.n) * c.c_in * c.h * c.w);
+  d.weight = fill(size_t(L) * c.c_out * c.c_in * c.kh * c.kw);
+  d.bias = fill(c.bias == 0 ? 0 : c.bias == 1 ? c.c_out : size_t(c.c_out) * L);
+  d.grad_output = fill(size_t(c.n) * c.c_out * L);
+  if (c.channels_last) {
+    d.sn = long(c.h) * c.w * c.c_in, d.sc = 1, d.sh = long(c.w) * c.c_in, d.sw = c.c_in;
+  } else {
+    d.sn = long(c.c_in) * c.h * c.w, d.sc = long(c.h) * c.w, d.sh = c.w, d.sw = 1;
+  }
+  return d;
+}
+
+double x_at(const Case& c, const Data& d, long n, long ch, long y, long x) {
+  if (y < 0 || y >= c.h || x < 0 || x >= c.w) return 0;
+  return d.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw];
+}
+
+long w_index(const Case& c, long l, long o, long ch, long p, long q) {
+  return (((l * c.c_out + o) * c.c_in + ch) * c.kh + p) * c.kw + q;
+}
+
+// The three reference results, by direct sums in float64.
+void reference(const Case& c, const Data& d, std::vector<double>& out, std::vector<double>& gin,
+               std::vector<double>& gw) {
+  const long OH = c.out_h(), OW = c.out_w(), L = OH * OW;
+  out.assign(size_t(c.n) * c.c_out * L, 0);
+  gin.assign(size_t(c.n) * c.c_in * c.h * c.w, 0);
+  gw.assign(d.weight.size(), 0);
+  for (long n = 0; n < c.n; ++n)
+    for (long o = 0; o < c.c_out; ++o)
+      for (long i = 0; i < OH; ++i)
+        for (long j = 0; j < OW; ++j) {
+          const long l = i * OW + j;
+          double sum = c.bias == 0 ? 0 : c.bias == 1 ? d.bias[o] : d.bias[o * L + l];
+          const double g = d.grad_output[(n * c.c_out + o) * L + l];
+          for (long ch = 0; ch < c.c_in; ++ch)
+            for (long p = 0; p < c.kh; ++p)
+              for (long q = 0; q < c.kw; ++q) {
+                const long y = i * c.sh - c.ph + p * c.dh, x = j * c.sw - c.pw + q * c.dw;
+                const long wi = w_index(c, l, o, ch, p, q);
+                sum += d.weight[wi] * x_at(c, d, n, ch, y, x);
+                gw[wi] += g * x_at(c, d, n, ch, y, x);
+                if (y >= 0 && y < c.h && x >= 0 && x < c.w)
+                  gin[((n * c.c_in + ch) * c.h + y) * c.w + x] += g * d.weight[wi];
+              }
+          out[(n * c.c_out + o) * L + l] = sum;
+        }
+}
+
+template <typename index_t>
+ConvShape<index_t> shape_of(const Case& c, const Data& d) {
+  return {index_t(c.n),  index_t(c.c_in), index_t(c.h),  index_t(c.w),  index_t(c.c_out),
+          index_t(c.out_h()), index_t(c.out_w()), index_t(c.kh), index_t(c.kw), index_t(c.sh),
+          index_t(c.sw), index_t(c.ph), index_t(c.pw), index_t(c.dh), index_t(c.dw),
+          index_t(d.sn), index_t(d.sc), index_t(d.sh), index_t(d.sw)};
+}
+
+unsigned blocks(long count, long tile) { return unsigned((count + tile - 1) / tile); }
+
+int mismatches = 0;
+
+void compare(const char* what, const Case& c, int case_index, const std::vector<double>& got,
+             const std::vector<double>& want, double tolerance) {
+  double scale = 1e-30, error = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    scale = std::max(scale, std::abs(want[i]));
+    error = std::max(error, std::abs(got[i] - want[i]));
+  }
+  if (got.size() != want.size() || !(error / scale <= tolerance)) {
+    ++mismatches;
+    std::printf("MISMATCH case %d %s: relative error %.3g (sizes %zu, %zu)\n", case_index, what,
+                error / scale, got.size(), want.size());
+  }
+}
+
+template <typename scalar_t, typename index_t, int WIDTH>
+void run_case(const Case& c, int case_index, const Data& d) {
+  auto cast = [](const std::vector<double>& v) { return std::vector<scalar_t>(v.begin(), v.end()); };
+  const auto input = cast(d.input), weight = cast(d.weight), bias = cast(d.bias);
+  const auto grad_output = cast(d.grad_output);
+  // The reference sums the values the kernels see, rounded to scalar_t: what differs is the
+  // kernels' accumulation order and precision, and the rounding of their outputs.
+  auto widen = [](const std::vector<scalar_t>& v) {
+    std::vector<double> wide;
+    for (const auto& x : v) wide.push_back(static_cast<double>(x));
+    return wide;
+  };
+  Data rounded = d;
+  rounded.input = widen(input), rounded.weight = widen(weight), rounded.bias = widen(bias);
+  rounded.grad_output = widen(grad_output);
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+  const auto s = shape_of<index_t>(c, d);
+  const long L = long(c.out_h()) * c.out_w();
+  const double epsilon = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
+  const double tolerance = sizeof(scalar_t) == 8 ? 1e-12 : std::max(1e-5, epsilon);
+
+  using TF = Tiles<64, WIDTH, 16, 4, 4>;  // forward: batch x C_out
+  std::vector<scalar_t> got_out(out.size());
+  launch_on_cpu(dim3{unsigned(L), blocks(c.n, 64), blocks(c.c_out, WIDTH)}, TF::THREADS,
+                forward_kernel<scalar_t, index_t, TF>, input.data(), weight.data(),
+                c.bias ? bias.data() : nullptr, c.bias == 1, got_out.data(), s);
+  compare("forward", c, case_index, std::vector<double>(got_out.begin(), got_out.end()), out,
+          tolerance);
+
+  // grad_input writes a contiguous (N, C_in, H, W) tensor whatever the input's layout.
+  std::vector<scalar_t> got_gin(gin.size());
+  launch_on_cpu(dim3{unsigned(c.h * c.w), blocks(c.n, 64), blocks(c.c_in, WIDTH)}, TF::THREADS,
+                grad_input_kernel<scalar_t, index_t, TF>, grad_output.data(), weight.data(),
+                got_gin.data(), s);
+  compare("grad_input", c, case_index, std::vector<double>(got_gin.begin(), got_gin.end()), gin,
+          tolerance);
+
+  using TW = Tiles<WIDTH, 64, 16, 4, 4>;  // grad_weight: C_out x patch columns
+  std::vector<scalar_t> got_gw(gw.size());
+  const long patch = long(c.c_in) * c.kh * c.kw;
+  launch_on_cpu(dim3{unsigned(L), blocks(c.c_out, WIDTH), blocks(patch, 64)}, TW::THREADS,
+                grad_weight_kernel<scalar_t, index_t, TW>, grad_output.data(), input.data(),
+                got_gw.data(), s);
+  compare("grad_weight", c, case_index, std::vector<double>(got_gw.begin(), got_gw.end()), gw,
+          tolerance);
+}
+
+int main() {
+  const std::vector<Case> cases = {
+      // n c_in h w c_out kh kw sh sw ph pw dh dw bias channels_last
+      {3, 2, 7, 6, 3, 3, 2, 1, 2, 1, 0, 1, 1, 1, false},
+      {5, 3, 9, 8, 4, 2, 3, 2, 1, 0, 1, 2, 1, 2, true},
+      {2, 20, 5, 5, 20, 3, 3, 1, 1, 1, 1, 1, 1, 0, false},
+      {67, 1, 4, 3, 2, 1, 1, 1, 1, 0, 0, 1, 1, 2, false},  // batch beyond one 64-sample tile
+      {1, 2, 6, 7, 1, 3, 3, 3, 2, 2, 2, 1, 3, 1, true},    // stride > kernel: uncovered pixels
+      {2, 3, 5, 5, 70, 2, 2, 1, 1, 0, 0, 1, 1, 2, false},  // C_out beyond one 64-wide tile
+      {2, 70, 3, 3, 2, 1, 2, 1, 1, 0, 0, 1, 1, 1, false},  // patch beyond one 64-wide tile
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Data d = make_data(cases[i], unsigned(i));
+    run_case<float, int32_t, 16>(cases[i], int(i), d);
+    run_case<double, int64_t, 32>(cases[i], int(i), d);
+    run_case<float, int64_t, 64>(cases[i], int(i), d);
+    run_case<double, int32_t, 64>(cases[i], int(i), d);
+#ifdef WITH_C10_HALF
+    run_case<c10::Half, int32_t, 32>(cases[i], int(i), d);
+    run_case<c10::BFloat16, int64_t, 16>(cases[i], int(i), d);
+#endif
+  }
+  std::printf("%zu cases: %d mismatches\n", cases.size(), mismatches);
+  return mismatches == 0 ? 0 : 1;
+}
