@@ -1,218 +1,402 @@
-"""Times lc_cuda against the unfold + matmul snippet users write, on layers from real models.
+"""lc_cuda against the unfold + matmul snippet, torch.compile, JAX, cuDNN and the roofline.
 
-    python benchmarks/bench.py            # every case, forward and forward+backward
-    python benchmarks/bench.py --quick    # fewer repeats, the small cases only
+    python benchmarks/bench.py                 # every case, method, dtype and direction
+    python benchmarks/bench.py --quick         # four small cases, fewer repeats
 
-On a machine without a GPU the batch is cut to --cpu-batch so the run takes seconds. Each
-method's output is checked against lc_cuda.unfold_local_conv2d before it is timed; a mismatch
-fails the run. The last lines give, per dtype and direction, the geometric mean over the cases
-of each method's speed-up over the fallback.
+On a GPU every method runs in float32 (exact and with TF32 allowed), bfloat16 and float16. On a
+machine without one, the batch is cut to --cpu-batch and the fallback is compared with the
+naive snippet in float32 and bfloat16, in about a minute.
+
+Per case, dtype and direction the run measures each method's median time, its multiple of the
+roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
+measured in the same run, its throughput and (on a GPU) its peak extra memory. Every method's
+results are first checked against lc_cuda's fallback; a mismatch is reported and fails the run
+(exit 1). A method that runs out of memory or fails is reported, and the run goes on.
+
+Outputs in --out: results.json, results.csv and chart_<dtype>.png; with --results-md, a
+RESULTS.md made from them (benchmarks/report.py remakes it from the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.util
 import json
 import math
-import statistics
+import os
+import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from functools import partial
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from cases import CASES, CASES_BY_NAME, DIRECTIONS, QUICK_CASES, Case
+from ceilings import PRECISIONS, measure_ceilings, precision
+from methods import JAX, METHODS, Method
+from report import print_table, write_all
+from timing import median_ms, peak_extra_bytes
 
 import lc_cuda
+from lc_cuda import convert
+
+HERE = Path(__file__).resolve().parent
+L2_BYTES = 60 * 2**20  # the H200's L2; smaller working sets are rotated through several copies
+# Largest error relative to the reference's scale that a method may show, per precision.
+TOLERANCE = {"float32": 1e-4, "float32_tf32": 5e-3, "bfloat16": 4e-2, "float16": 5e-3}
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    batch: int
-    in_channels: int
-    size: int
-    out_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    source: str
+class Progress:
+    """tqdm where it is installed, a line per step otherwise."""
 
-    @property
-    def out_size(self) -> int:
-        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+    def __init__(self, total: int):
+        try:
+            from tqdm import tqdm
 
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr)
+        except ImportError:
+            self.bar, self.done, self.total = None, 0, total
 
-CASES = [
-    Case("deepface_L4", 128, 16, 63, 16, 9, 1, 0, "DeepFace"),
-    Case("deepface_L5", 128, 16, 55, 16, 7, 2, 0, "DeepFace"),
-    Case("deepface_L6", 128, 16, 25, 16, 5, 1, 0, "DeepFace"),
-    Case("convnet_local3", 128, 64, 6, 64, 3, 1, 1, "cuda-convnet CIFAR-10 layers-conv-local"),
-    Case("yolov1_local", 64, 1024, 7, 256, 3, 1, 1, "YOLOv1 [local]"),
-    Case("lc_resnet_stem", 32, 3, 224, 64, 7, 2, 3, "locally-connected ResNet stem"),
-    Case("cunn232_c1", 64, 1, 64, 16, 3, 1, 1, "Torch cunn regression case"),
-    Case("mid_32x32_c64", 64, 64, 32, 64, 3, 1, 1, "mid-size map"),
-    Case("wide_16x16_c128_k1", 256, 128, 16, 128, 1, 1, 0, "per-pixel linear"),
-]
-QUICK_CASES = {"deepface_L6", "convnet_local3", "cunn232_c1", "wide_16x16_c128_k1"}
-
-
-def naive_snippet(input, weight, bias, stride, padding):
-    """The unfold + matmul layer found in the wild: F.unfold, then one einsum over locations."""
-    out_h, out_w, out_channels = weight.shape[:3]
-    columns = F.unfold(input, weight.shape[-2:], padding=padding, stride=stride)  # (N, K, L)
-    filters = weight.reshape(out_h * out_w, out_channels, -1)  # (L, C_out, K)
-    out = torch.einsum("nkl,lok->nol", columns, filters).reshape(-1, out_channels, out_h, out_w)
-    return out + bias
-
-
-METHODS = {
-    "lc_cuda": lambda x, w, b, s, p: lc_cuda.local_conv2d(x, w, b, s, p),
-    "lc_cuda_unfold": lambda x, w, b, s, p: lc_cuda.unfold_local_conv2d(x, w, b, s, p),
-    "naive_snippet": naive_snippet,
-}
-
-
-def make_tensors(case: Case, batch: int, dtype, device):
-    shape = (case.out_size, case.out_size, case.out_channels, case.in_channels)
-    input = torch.randn(batch, case.in_channels, case.size, case.size, device=device, dtype=dtype)
-    weight = torch.randn(*shape, case.kernel, case.kernel, device=device, dtype=dtype)
-    weight /= (case.in_channels * case.kernel**2) ** 0.5
-    bias = torch.randn(case.out_channels, case.out_size, case.out_size, device=device, dtype=dtype)
-    return [t.requires_grad_() for t in (input, weight, bias)]
-
-
-def run_once(method, tensors, case: Case, direction: str):
-    out = method(*tensors, case.stride, case.padding)
-    if direction == "forward+backward":
-        return torch.autograd.grad(out, tensors, torch.ones_like(out))
-    return (out,)
-
-
-def median_ms(function, repeats: int, device) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+    def step(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text[:60])
+            self.bar.update()
         else:
-            start = time.perf_counter()
-            function()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+            self.done += 1
+            print(f"[{self.done}/{self.total}] {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-# Largest error relative to the reference's scale that a method may show, per dtype.
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+def make_sets(case: Case, batch: int, dtype, device, count: int) -> list[dict]:
+    """`count` independent input sets: input, local weight and per-location bias, the Conv2d
+    weight and bias for cuDNN, and a grad_output."""
+    sets = []
+    for _ in range(count):
+        k, o, c, out = case.kernel, case.out_channels, case.in_channels, case.out_size
+        scale = (c * k * k) ** -0.5
+        sets.append({
+            "input": torch.randn(batch, c, case.size, case.size, device=device, dtype=dtype),
+            "weight": torch.randn(out, out, o, c, k, k, device=device, dtype=dtype) * scale,
+            "bias": torch.randn(o, out, out, device=device, dtype=dtype),
+            "conv_weight": torch.randn(o, c, k, k, device=device, dtype=dtype) * scale,
+            "conv_bias": torch.randn(o, device=device, dtype=dtype),
+            "grad_output": torch.randn(batch, o, out, out, device=device, dtype=dtype),
+        })  # fmt: skip
+    return sets
 
 
-def cross_check(results, reference) -> float:
-    """The largest error relative to the reference's scale, over all returned tensors."""
+def set_bytes(case: Case, batch: int, element_size: int) -> int:
+    return case.counts("forward+backward", batch, element_size)[0]
+
+
+class Runner:
+    """One method in one direction over rotating input sets: call(i) runs on set i % len."""
+
+    def __init__(self, method: Method, sets: list[dict], case: Case, direction: str):
+        self.method, self.case, self.direction = method, case, direction
+        self.prepared = [self._prepare(tensors) for tensors in sets]
+
+    def _arguments(self, tensors: dict, requires_grad: tuple[bool, bool, bool]):
+        names = (
+            ("input", "weight", "bias")
+            if self.method.weights == "local"
+            else ("input", "conv_weight", "conv_bias")
+        )
+        return [tensors[n].detach().requires_grad_(g) for n, g in zip(names, requires_grad)]
+
+    def _prepare(self, tensors: dict):
+        needs = {
+            "forward": (False,) * 3,
+            "forward+backward": (True,) * 3,
+            "grad_input": (True, False, False),
+            "grad_weight": (False, True, True),
+        }
+        leaves = self._arguments(tensors, needs[self.direction])
+        if self.direction in ("grad_input", "grad_weight"):
+            # The forward runs once, outside the timing; each call runs the backward alone.
+            out = self._forward(leaves)
+            return leaves, out, tensors["grad_output"]
+        return leaves, None, tensors["grad_output"]
+
+    def _forward(self, leaves):
+        return self.method.function(*leaves, self.case.stride, self.case.padding)
+
+    def __call__(self, i: int):
+        leaves, out, grad_output = self.prepared[i % len(self.prepared)]
+        if self.direction == "forward":
+            with torch.no_grad():
+                return (self._forward(leaves),)
+        if self.direction == "forward+backward":
+            return torch.autograd.grad(self._forward(leaves), leaves, grad_output)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        return torch.autograd.grad(out, wanted, grad_output, retain_graph=True)
+
+
+def reference_for(method: Method, tensors: dict, case: Case, direction: str):
+    """The fallback's results on the same inputs (for cuDNN: its weights tiled per location,
+    and gradients summed back over locations)."""
+    if method.weights == "local":
+        local = tensors
+    else:
+        out = case.out_size
+        local = dict(tensors)
+        local["weight"] = tensors["conv_weight"].expand(out, out, *tensors["conv_weight"].shape)
+        local["bias"] = tensors["conv_bias"].view(-1, 1, 1).expand(-1, out, out)
+    results = list(Runner(METHODS["lc_cuda_unfold"], [local], case, direction)(0))
+    if method.weights == "conv":
+        if direction == "forward+backward":
+            results = [results[0], results[1].sum((0, 1)), results[2].sum((1, 2))]
+        elif direction == "grad_weight":
+            results = [results[0].sum((0, 1)), results[1].sum((1, 2))]
+    return results
+
+
+def relative_error(results, reference) -> float:
     worst = 0.0
     for got, want in zip(results, reference):
-        scale = want.detach().abs().max().clamp_min(1e-30)
-        worst = max(worst, ((got.detach() - want.detach()).abs().max() / scale).item())
+        got, want = got.detach().double(), want.detach().double()
+        worst = max(worst, ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item())
     return worst
 
 
-def geometric_mean(values):
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+def floor_ms(case: Case, direction: str, batch: int, element_size: int, ceilings: dict, key):
+    bytes_, flops = case.counts(direction, batch, element_size)
+    rate = ceilings["matmul_TFLOPs"].get(key) or ceilings["matmul_TFLOPs"]["float32"]
+    return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9)), bytes_, flops
+
+
+def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
+    record = {}
+    try:
+        runner = Runner(method, sets, case, direction)
+        error = relative_error(runner(0), reference_for(method, sets[0], case, direction))
+        record["error"] = error
+        if not error <= TOLERANCE[key]:
+            record["status"] = f"MISMATCH {error:.2g}"
+            return record
+        record["ms"] = median_ms(runner, repeats, device)
+        peak = peak_extra_bytes(runner, device)
+        record["peak_extra_MB"] = None if peak is None else peak / 2**20
+        record["status"] = "ok"
+    except torch.cuda.OutOfMemoryError:
+        record["status"] = "out of memory"
+    except Exception as failure:  # reported; the run goes on
+        record["status"] = f"failed: {type(failure).__name__}: {str(failure)[:120]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
+
+
+def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[dict]:
+    """JAX in its own process, on the same inputs (saved as float32 .npz files)."""
+    records = []
+    with tempfile.TemporaryDirectory() as folder:
+        tasks = []
+        for case in cases:
+            tensors = sets_of(case)[0]
+            reference = lc_cuda.unfold_local_conv2d(
+                tensors["input"], tensors["weight"], tensors["bias"], case.stride, case.padding
+            )
+            path = os.path.join(folder, f"{case.name}.npz")
+            arrays = {
+                name: tensors[name].float().cpu().numpy()
+                for name in ("input", "bias", "grad_output")
+            }
+            arrays["rhs"] = convert.to_jax(tensors["weight"].float())
+            arrays["reference"] = reference.float().cpu().numpy()
+            np.savez(path, **arrays)
+            tasks.append(
+                {
+                    "case": case.name,
+                    "dtype": key,
+                    "npz": path,
+                    "kernel": case.kernel,
+                    "stride": case.stride,
+                    "padding": case.padding,
+                    "directions": directions,
+                    "repeats": repeats,
+                }
+            )
+        tasks_path, results_path = (
+            os.path.join(folder, "tasks.json"),
+            os.path.join(folder, "results.json"),
+        )
+        Path(tasks_path).write_text(json.dumps(tasks))
+        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        if device.type != "cuda":
+            env["JAX_PLATFORMS"] = "cpu"
+        run = subprocess.run(
+            [sys.executable, str(HERE / "jax_runner.py"), tasks_path, results_path],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if run.returncode != 0:
+            return [
+                {
+                    "case": t["case"],
+                    "dtype": key,
+                    "direction": d,
+                    "method": JAX,
+                    "status": f"failed: {run.stderr.strip().splitlines()[-1][:120]}",
+                }
+                for t in tasks
+                for d in directions
+            ]
+        for record in json.loads(Path(results_path).read_text()):
+            if "status" not in record:
+                ok = record["error"] <= TOLERANCE[key]
+                record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
+                if not ok:
+                    record.pop("ms", None)
+            peak = record.pop("peak_bytes", None)
+            record["peak_extra_MB"] = None if peak is None else peak / 2**20
+            record["batch"] = batch_of(CASES_BY_NAME[record["case"]])
+            records.append(record)
+    return records
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small cases, fewer repeats")
-    parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES])
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument(
-        "--directions",
-        nargs="+",
-        choices=["forward", "forward+backward"],
-        default=["forward", "forward+backward"],
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    jax_here = importlib.util.find_spec("jax") is not None
+    default_methods = (
+        ["lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled", "cudnn_conv2d"]
+        + ([JAX] if jax_here else [])
+        if gpu
+        else ["lc_cuda_unfold", "naive_snippet"]
     )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="four small cases, 5 repeats")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES_BY_NAME))
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, JAX], default=default_methods)
+    parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
     parser.add_argument(
         "--dtypes",
         nargs="+",
-        choices=["float32", "float64", "float16", "bfloat16"],
-        default=["float32"],
+        choices=list(PRECISIONS),
+        default=list(PRECISIONS) if gpu else ["float32", "bfloat16"],
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed calls per median (default 20; 5 with --quick)"
     )
     parser.add_argument("--cpu-batch", type=int, default=4, help="batch size without a GPU")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--json", help="write every measurement to this JSON file")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / device.type)
+    parser.add_argument("--results-md", type=Path, help="also write a RESULTS.md here")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = args.repeats or (5 if args.quick else 20)
     names = args.cases or [c.name for c in CASES if not args.quick or c.name in QUICK_CASES]
-    cases = [c for c in CASES if c.name in names]
-    info = lc_cuda.build_info()
+    cases = [CASES_BY_NAME[name] for name in names]
+    methods = [m for m in args.methods if m in METHODS]
+    dtypes = [d for d in args.dtypes if gpu or d != "float32_tf32"]
+
+    def batch_of(case):
+        return case.batch if gpu else min(case.batch, args.cpu_batch)
+
+    device_name = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
+    print(f"lc_cuda benchmark on {device_name}; build {lc_cuda.build_info()}", flush=True)
+    ceilings = measure_ceilings(device, dtypes)
     print(
-        f"lc_cuda on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})"
-        f", CUDA kernels {'present' if info['cuda_kernels'] else 'absent'}, median of {repeats}"
+        f"ceilings: copy {ceilings['copy_GBps']:.0f} GB/s, matmul TFLOP/s "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceilings["matmul_TFLOPs"].items()),
+        flush=True,
     )
-    header = f"{'case':<20} {'dtype':<9} {'direction':<17} {'N':>4} "
-    print(header + "".join(f"{m:>16}" for m in args.methods))
-    records, failures = [], 0
-    for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
-        for case in cases:
-            batch = case.batch if device.type == "cuda" else min(case.batch, args.cpu_batch)
-            tensors = make_tensors(case, batch, dtype, device)
-            for direction in args.directions:
-                reference = run_once(METHODS["lc_cuda_unfold"], tensors, case, direction)
-                cells = []
-                for name in args.methods:
-                    method = METHODS[name]
-                    error = cross_check(run_once(method, tensors, case, direction), reference)
-                    record = dict(
-                        case=case.name,
-                        dtype=dtype_name,
-                        direction=direction,
-                        batch=batch,
-                        method=name,
-                        error=error,
+
+    records = []
+    progress = Progress(
+        len(dtypes) * len(cases) * (len(args.directions) * len(methods) + (JAX in args.methods))
+    )
+    for key in dtypes:
+        with precision(key) as dtype:
+            element_size = torch.empty((), dtype=dtype).element_size()
+            cached_sets = {}
+
+            def sets_of(case, dtype=dtype, element_size=element_size, cached_sets=cached_sets):
+                if case.name not in cached_sets:
+                    working_set = set_bytes(case, batch_of(case), element_size)
+                    count = (
+                        1
+                        if working_set >= L2_BYTES or not gpu
+                        else min(16, math.ceil(2 * L2_BYTES / working_set))
                     )
-                    if error > TOLERANCE[dtype]:
-                        failures += 1
-                        cells.append(f"MISMATCH {error:.1e}")
-                    else:
-                        timed = partial(run_once, method, tensors, case, direction)
-                        record["ms"] = median_ms(timed, repeats, device)
-                        cells.append(f"{record['ms']:9.3f} ms")
-                    records.append(record)
-                line = f"{case.name:<20} {dtype_name:<9} {direction:<17} {batch:>4} "
-                print(line + "".join(f"{c:>16}" for c in cells), flush=True)
-            del tensors
-    print("\ngeometric mean speed-up over lc_cuda_unfold (higher is faster):")
-    for dtype_name in args.dtypes:
-        for direction in args.directions:
-            times = {
-                (r["case"], r["method"]): r["ms"]
-                for r in records
-                if r["dtype"] == dtype_name and r["direction"] == direction and "ms" in r
-            }
-            cells = []
-            for name in args.methods:
-                ratios = [
-                    times[(c.name, "lc_cuda_unfold")] / times[(c.name, name)]
-                    for c in cases
-                    if (c.name, name) in times and (c.name, "lc_cuda_unfold") in times
-                ]
-                cells.append(f"{name} {geometric_mean(ratios):.2f}x")
-            print(f"  {dtype_name:<9} {direction:<17} " + ", ".join(cells))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(
-                {"device": str(device), "build_info": info, "records": records}, file, indent=1
-            )
-    if failures:
-        print(f"{failures} measurement(s) disagreed with the fallback", file=sys.stderr)
-    return 1 if failures else 0
+                    cached_sets.clear()
+                    cached_sets[case.name] = make_sets(case, batch_of(case), dtype, device, count)
+                return cached_sets[case.name]
+
+            for case in cases:
+                for direction in args.directions:
+                    floor, bytes_, flops = floor_ms(
+                        case, direction, batch_of(case), element_size, ceilings, key
+                    )
+                    for name in methods:
+                        progress.step(f"{key} {case.name} {direction} {name}")
+                        record = measure_method(
+                            METHODS[name], sets_of(case), case, direction, key, device, repeats
+                        )
+                        records.append(
+                            {
+                                "case": case.name,
+                                "dtype": key,
+                                "direction": direction,
+                                "method": name,
+                                "batch": batch_of(case),
+                                "floor_ms": floor,
+                                "bytes": bytes_,
+                                "flops": flops,
+                                **record,
+                            }
+                        )
+            cached_sets.clear()
+            if JAX in args.methods:
+                jax_records = run_jax(
+                    cases, key, batch_of, list(args.directions), repeats, device, sets_of
+                )
+                for case in cases:
+                    progress.step(f"{key} {case.name} jax")
+                for record in jax_records:
+                    floor, bytes_, flops = floor_ms(
+                        CASES_BY_NAME[record["case"]],
+                        record["direction"],
+                        record["batch"],
+                        element_size,
+                        ceilings,
+                        key,
+                    )
+                    record.update(floor_ms=floor, bytes=bytes_, flops=flops)
+                records += jax_records
+                cached_sets.clear()
+    progress.close()
+
+    result = {
+        "device_name": device_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "build_info": lc_cuda.build_info(),
+        "command": " ".join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
+        "ceilings": ceilings,
+        "dtypes": dtypes,
+        "directions": list(args.directions),
+        "methods": [*methods, *([JAX] if JAX in args.methods else [])],
+        "cases": [case.__dict__ for case in cases],
+        "records": records,
+    }
+    write_all(result, args.out, args.results_md)
+    print_table(result)
+    print(
+        f"\nwritten: {args.out}/results.json, results.csv, chart_*.png"
+        + (f", {args.results_md}" if args.results_md else "")
+    )
+    mismatches = [r for r in records if r.get("status", "").startswith("MISMATCH")]
+    for r in mismatches:
+        print(f"MISMATCH: {r['method']} {r['case']} {r['dtype']} {r['direction']}", file=sys.stderr)
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The machine's ceilings, measured in the same run as the kernels: copy bandwidth and matmul
+rates per precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from timing import median_ms
+
+# Precision keys: a dtype, and for float32 whether TF32 tensor cores may be used.
+PRECISIONS = {
+    "float32": torch.float32,
+    "float32_tf32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@contextlib.contextmanager
+def precision(key: str):
+    """float32_tf32 allows TF32 in matmuls and cuDNN; every other key forbids it, so that
+    float32 is exact (cuDNN allows TF32 by default)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    allow = key == "float32_tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield PRECISIONS[key]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _copy_GBps(device: torch.device, elements: int) -> float:
+    source = torch.empty(elements, device=device).uniform_()
+    target = torch.empty_like(source)
+    ms = median_ms(lambda i: target.copy_(source), 20 if device.type == "cuda" else 5, device)
+    return 2 * elements * source.element_size() / ms / 1e6  # bytes read and written
+
+
+def measure_ceilings(device: torch.device, keys) -> dict:
+    """{'copy_GBps': bytes read + written per second / 1e9, 'matmul_TFLOPs': {key: rate}}."""
+    gpu = device.type == "cuda"
+    elements = (1 << 28) if gpu else (1 << 25)  # 1 GiB or 128 MiB of float32
+    ceilings = {"copy_GBps": _copy_GBps(device, elements), "matmul_TFLOPs": {}}
+    n = 8192 if gpu else 1024
+    for key in keys:
+        if key == "float32_tf32" and not gpu:
+            continue  # no TF32 on the CPU
+        with precision(key) as dtype:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            ms = median_ms(lambda i, a=a, b=b: a @ b, 10 if gpu else 3, device)
+        ceilings["matmul_TFLOPs"][key] = 2 * n**3 / ms / 1e9
+    return ceilings

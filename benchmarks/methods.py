@@ -1,0 +1,57 @@
+"""The implementations the benchmark compares. Each takes (input, weight, bias, stride,
+padding) and returns the output; JAX runs in its own process (jax_runner.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import lc_cuda
+
+
+def naive_snippet(input, weight, bias, stride, padding):
+    """The unfold + matmul layer found in the wild: F.unfold, then one einsum over locations."""
+    out_h, out_w, out_channels = weight.shape[:3]
+    columns = F.unfold(input, weight.shape[-2:], padding=padding, stride=stride)  # (N, K, L)
+    filters = weight.reshape(out_h * out_w, out_channels, -1)  # (L, C_out, K)
+    out = torch.einsum("nkl,lok->nol", columns, filters).reshape(-1, out_channels, out_h, out_w)
+    return out + bias
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    function: Callable
+    # "local": (OH, OW, C_out, C_in, KH, KW) weights and a per-location bias; "conv": the
+    # shared (C_out, C_in, KH, KW) weight and (C_out,) bias of a Conv2d of the same shape.
+    weights: str = "local"
+    description: str = ""
+
+
+METHODS = {
+    method.name: method
+    for method in (
+        Method("lc_cuda", lc_cuda.local_conv2d, description="lc_cuda.local_conv2d"),
+        Method(
+            "lc_cuda_unfold",
+            lc_cuda.unfold_local_conv2d,
+            description="lc_cuda's unfold + bmm fallback",
+        ),
+        Method("naive_snippet", naive_snippet, description="F.unfold + einsum, eager"),
+        Method(
+            "naive_compiled",
+            torch.compile(naive_snippet, dynamic=False),
+            description="F.unfold + einsum under torch.compile (compile time excluded)",
+        ),
+        Method(
+            "cudnn_conv2d",
+            F.conv2d,
+            weights="conv",
+            description="F.conv2d of the same shape: shared weights, for scale",
+        ),
+    )
+}
+JAX = "jax"  # lax.conv_general_dilated_local, timed in its own process

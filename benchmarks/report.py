@@ -1,0 +1,249 @@
+"""The benchmark's outputs, all made from one result dict (the JSON file): the terminal table,
+CSV, a PNG chart per dtype and RESULTS.md.
+
+    python benchmarks/report.py results.json --results-md benchmarks/RESULTS.md
+
+regenerates the charts and RESULTS.md from a results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+CSV_FIELDS = [
+    "case", "dtype", "direction", "method", "batch", "status", "ms", "floor_ms", "times_floor",
+    "percent_of_floor", "speedup_vs_naive", "GBps", "TFLOPs", "peak_extra_MB", "error",
+]  # fmt: skip
+
+
+def geometric_mean(values) -> float:
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def derive(records: list[dict]) -> None:
+    """Adds to each timed record what follows from its time: multiples and percent of the
+    floor, throughput, and the speed-up over the naive snippet of the same case."""
+    naive = {
+        (r["case"], r["dtype"], r["direction"]): r["ms"]
+        for r in records
+        if r["method"] == "naive_snippet" and r.get("ms")
+    }
+    for r in records:
+        if not r.get("ms"):
+            continue
+        r["times_floor"] = r["ms"] / r["floor_ms"]
+        r["percent_of_floor"] = 100 * r["floor_ms"] / r["ms"]
+        r["GBps"] = r["bytes"] / r["ms"] / 1e6
+        r["TFLOPs"] = r["flops"] / r["ms"] / 1e9
+        key = (r["case"], r["dtype"], r["direction"])
+        if key in naive:
+            r["speedup_vs_naive"] = naive[key] / r["ms"]
+
+
+def summary(result: dict) -> list[dict]:
+    """Per dtype, direction and method: geometric means over the cases of the time as a
+    multiple of the floor, and of the speed-up over the naive snippet and over the fallback."""
+    records = result["records"]
+    rows = []
+    for dtype in result["dtypes"]:
+        for direction in result["directions"]:
+            timed = [
+                r
+                for r in records
+                if r["dtype"] == dtype and r["direction"] == direction and r.get("ms")
+            ]
+            fallback = {r["case"]: r["ms"] for r in timed if r["method"] == "lc_cuda_unfold"}
+            for method in result["methods"]:
+                mine = [r for r in timed if r["method"] == method]
+                if not mine:
+                    continue
+                rows.append({
+                    "dtype": dtype, "direction": direction, "method": method,
+                    "cases": len(mine),
+                    "times_floor": geometric_mean(r["times_floor"] for r in mine),
+                    "speedup_vs_naive": geometric_mean(r.get("speedup_vs_naive") for r in mine),
+                    "speedup_vs_fallback": geometric_mean(
+                        fallback[r["case"]] / r["ms"] for r in mine if r["case"] in fallback
+                    ),
+                })  # fmt: skip
+    return rows
+
+
+def cell(record: dict | None) -> str:
+    if record is None:
+        return "-"
+    if not record.get("ms"):
+        return record.get("status", "?")[:14]
+    return f"{record['ms']:.3f} ({record['times_floor']:.1f}x)"
+
+
+def print_table(result: dict) -> None:
+    methods = result["methods"]
+    index = {(r["case"], r["dtype"], r["direction"], r["method"]): r for r in result["records"]}
+    floors = {(r["case"], r["dtype"], r["direction"]): r["floor_ms"] for r in result["records"]}
+    print("\nms per call (multiple of the roofline floor)")
+    print(
+        f"{'case':<20} {'dtype':<13} {'direction':<17} {'floor ms':>9} "
+        + "".join(f"{m:>22}" for m in methods)
+    )
+    for (case, dtype, direction), floor in floors.items():
+        cells = [cell(index.get((case, dtype, direction, m))) for m in methods]
+        print(
+            f"{case:<20} {dtype:<13} {direction:<17} {floor:>9.4f} "
+            + "".join(f"{c:>22}" for c in cells)
+        )
+    print("\ngeometric means over the cases")
+    for row in summary(result):
+        print(
+            f"  {row['dtype']:<13} {row['direction']:<17} {row['method']:<15} "
+            f"{ratio(row['times_floor'])} floor  {ratio(row['speedup_vs_naive'])} vs naive  "
+            f"{ratio(row['speedup_vs_fallback'])} vs fallback"
+        )
+
+
+def ratio(value: float) -> str:
+    """'12.34x', or '-' where the ratio has no data (its baseline was not run)."""
+    return f"{value:8.2f}x" if math.isfinite(value) else f"{'-':>9}"
+
+
+def write_csv(result: dict, path: Path) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["records"])
+
+
+def write_charts(result: dict, directory: Path) -> list[Path]:
+    """One PNG per dtype: speed-up over the naive snippet (top) and percent of the roofline
+    floor (bottom), per case and method, one column per direction. [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    cases = list(dict.fromkeys(r["case"] for r in result["records"]))
+    methods = result["methods"]
+    for dtype in result["dtypes"]:
+        directions = result["directions"]
+        figure, axes = plt.subplots(
+            2, len(directions), figsize=(5 * len(directions), 8), squeeze=False
+        )
+        for column, direction in enumerate(directions):
+            index = {
+                (r["case"], r["method"]): r
+                for r in result["records"]
+                if r["dtype"] == dtype and r["direction"] == direction and r.get("ms")
+            }
+            width = 0.8 / max(len(methods), 1)
+            for row, (metric, label) in enumerate(
+                (
+                    ("speedup_vs_naive", "speed-up over naive"),
+                    ("percent_of_floor", "% of roofline floor"),
+                )
+            ):
+                ax = axes[row][column]
+                for m, method in enumerate(methods):
+                    values = [index.get((c, method), {}).get(metric, 0) or 0 for c in cases]
+                    ax.bar([i + m * width for i in range(len(cases))], values, width, label=method)
+                ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+                ax.set_xticklabels(cases, rotation=60, ha="right", fontsize=7)
+                ax.set_title(f"{direction}: {label}", fontsize=9)
+                if metric == "speedup_vs_naive":
+                    ax.set_yscale("log")
+                    ax.axhline(1, color="gray", linewidth=0.5)
+                ax.grid(axis="y", alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"lc_cuda benchmark, {dtype}, {result['device_name']}")
+        figure.tight_layout()
+        path = directory / f"chart_{dtype}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> str:
+    lines = [
+        "# lc_cuda benchmark results",
+        "",
+        f"Generated by `benchmarks/report.py` from `{result['json_name']}`.",
+        "",
+        f"- device: {result['device_name']}",
+        f"- date: {result['date']}",
+        f"- torch {result['torch_version']}, CUDA {result['cuda_version']}, "
+        f"lc_cuda build: {json.dumps(result['build_info'])}",
+        f"- command: `{result['command']}`",
+        f"- ceilings measured in the same run: copy {result['ceilings']['copy_GBps']:.0f} GB/s; "
+        + ", ".join(
+            f"{k} matmul {v:.1f} TFLOP/s" for k, v in result["ceilings"]["matmul_TFLOPs"].items()
+        ),
+        "- floor = max(fewest bytes / copy bandwidth, flops / matmul rate of the precision); "
+        "times are medians of CUDA-event timings (perf_counter on the CPU).",
+        "",
+        "## Geometric means over the cases",
+        "",
+        "| dtype | direction | method | cases | x floor | speed-up vs naive | vs fallback |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary(result):
+        ratios = (row[k] for k in ("times_floor", "speedup_vs_naive", "speedup_vs_fallback"))
+        lines.append(
+            f"| {row['dtype']} | {row['direction']} | {row['method']} | {row['cases']} | "
+            + " | ".join(ratio(value).strip() for value in ratios)
+            + " |"
+        )
+    lines += ["", "## Every measurement (ms, and multiple of the floor)", ""]
+    methods = result["methods"]
+    lines.append("| case | dtype | direction | floor ms | " + " | ".join(methods) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(methods))
+    index = {(r["case"], r["dtype"], r["direction"], r["method"]): r for r in result["records"]}
+    floors = {(r["case"], r["dtype"], r["direction"]): r["floor_ms"] for r in result["records"]}
+    for (case, dtype, direction), floor in floors.items():
+        cells = [cell(index.get((case, dtype, direction, m))) for m in methods]
+        lines.append(
+            f"| {case} | {dtype} | {direction} | {floor:.4f} | " + " | ".join(cells) + " |"
+        )
+    if charts:
+        lines += ["", "## Charts", ""]
+        for chart in charts:
+            relative = os.path.relpath(chart, markdown_path.parent)
+            lines.append(f"![{chart.stem}]({relative})")
+    return "\n".join(lines) + "\n"
+
+
+def write_all(result: dict, out_dir: Path, results_md: Path | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    derive(result["records"])
+    result["summary"] = summary(result)
+    json_path = out_dir / "results.json"
+    result["json_name"] = str(json_path)
+    json_path.write_text(json.dumps(result, indent=1))
+    write_csv(result, out_dir / "results.csv")
+    charts = write_charts(result, out_dir)
+    if results_md is not None:
+        results_md.write_text(results_markdown(result, charts, results_md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Regenerate charts and RESULTS.md")
+    parser.add_argument("results_json", type=Path)
+    parser.add_argument("--results-md", type=Path, default=None)
+    args = parser.parse_args()
+    result = json.loads(args.results_json.read_text())
+    charts = write_charts(result, args.results_json.parent)
+    if args.results_md:
+        args.results_md.write_text(results_markdown(result, charts, args.results_md))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""benchmarks/bench.py --quick on the CPU: the files it writes exist, and their numbers are
+finite and consistent with each other and with counts worked out here by hand."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--quick",
+            "--repeats",
+            "2",
+            "--cases",
+            "convnet_local3",
+            "cunn232_c1",
+            "--out",
+            str(out),
+            "--results-md",
+            str(out / "RESULTS.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, run.stdout, json.loads((out / "results.json").read_text())
+
+
+def test_outputs_exist(bench_run):
+    out, stdout, result = bench_run
+    assert "geometric means over the cases" in stdout
+    for dtype in result["dtypes"]:
+        assert (out / f"chart_{dtype}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "RESULTS.md").read_text()
+    assert result["device_name"] in markdown and "chart_float32.png" in markdown
+    with open(out / "results.csv") as file:
+        assert len(list(csv.DictReader(file))) == len(result["records"])
+
+
+def test_numbers_are_finite_and_consistent(bench_run):
+    _, _, result = bench_run
+    records = result["records"]
+    assert {r["direction"] for r in records} == {
+        "forward",
+        "forward+backward",
+        "grad_input",
+        "grad_weight",
+    }
+    assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"]
+    naive = {
+        (r["case"], r["dtype"], r["direction"]): r["ms"]
+        for r in records
+        if r["method"] == "naive_snippet"
+    }
+    for r in records:
+        for key in ("ms", "floor_ms", "times_floor", "GBps", "TFLOPs", "error"):
+            assert math.isfinite(r[key]) and r[key] >= 0, (key, r)
+        assert r["ms"] > 0 and r["floor_ms"] > 0
+        assert math.isclose(r["times_floor"], r["ms"] / r["floor_ms"], rel_tol=1e-9)
+        assert math.isclose(r["percent_of_floor"] * r["times_floor"], 100, rel_tol=1e-9)
+        assert math.isclose(r["GBps"], r["bytes"] / r["ms"] / 1e6, rel_tol=1e-9)
+        naive_ms = naive[(r["case"], r["dtype"], r["direction"])]
+        assert math.isclose(r["speedup_vs_naive"], naive_ms / r["ms"], rel_tol=1e-9)
+        ceilings = result["ceilings"]
+        rate = ceilings["matmul_TFLOPs"][r["dtype"]]
+        floor = max(r["bytes"] / ceilings["copy_GBps"] / 1e6, r["flops"] / rate / 1e9)
+        assert math.isclose(r["floor_ms"], floor, rel_tol=1e-9)
+    for row in result["summary"]:
+        mine = [
+            r
+            for r in records
+            if (r["dtype"], r["direction"], r["method"])
+            == (row["dtype"], row["direction"], row["method"])
+        ]
+        expected = math.exp(sum(math.log(r["times_floor"]) for r in mine) / len(mine))
+        assert math.isclose(row["times_floor"], expected, rel_tol=1e-9)
+
+
+def test_counts_worked_by_hand(bench_run):
+    _, _, result = bench_run
+    # convnet_local3 at the CPU batch of 4, float32: input 4*64*6*6, weight 6*6*64*64*3*3,
+    # bias 64*6*6, output 4*64*6*6 elements; 2*4*36*64*576 flops per GEMM pass.
+    input, weight, bias, output = 9216, 1327104, 2304, 9216
+    gemm = 2 * 4 * 36 * 64 * 576
+    expected = {
+        "forward": ((input + weight + bias + output) * 4, gemm),
+        "grad_input": ((output + weight + input) * 4, gemm),
+        "grad_weight": ((output + input + weight + bias) * 4, gemm),
+        "forward+backward": ((3 * (input + weight) + 2 * (bias + output)) * 4, 3 * gemm),
+    }
+    for r in result["records"]:
+        if r["case"] == "convnet_local3" and r["dtype"] == "float32":
+            assert r["batch"] == 4
+            assert (r["bytes"], r["flops"]) == expected[r["direction"]], r["direction"]
