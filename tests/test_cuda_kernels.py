@@ -169,3 +169,36 @@ def test_unfold_backend_runs_the_fallback(monkeypatch):
     monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
     names = kernel_names()
     assert "forward_kernel" not in names and "aten::baddbmm" in names
+
+
+@pytest.mark.parametrize("layout", ["expanded", "channels_last", "sliced"])
+def test_strided_grad_output_is_read_in_place(layout):
+    """Autograd hands the backward an expanded grad_output after a sum, a channels-last one
+    after channels-last layers; the kernels read either through its strides."""
+    input, weight, bias = tensors("strided_dilated", torch.float64)
+    out = lc_cuda.local_conv2d(input, weight, bias, *geometry_args("strided_dilated"))
+    grad_output = {
+        "expanded": torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float64).expand(out.shape),
+        "channels_last": torch.randn_like(out).to(memory_format=torch.channels_last),
+        "sliced": torch.randn(*out.shape[:3], 2 * out.shape[3], device="cuda", dtype=torch.float64)[
+            ..., ::2
+        ],
+    }[layout]
+    assert not grad_output.is_contiguous()
+    stride, padding, dilation = geometry_args("strided_dilated")
+
+    def backward(force_unfold):
+        return torch.ops.lc_cuda.local_conv2d_backward(
+            grad_output,
+            input,
+            weight,
+            stride,
+            padding,
+            dilation,
+            False,
+            [True, True, True],
+            force_unfold,
+        )
+
+    for got, want in zip(backward(False), backward(True)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

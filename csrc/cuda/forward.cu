@@ -18,7 +18,7 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_forward", [&] {
     launch::with_index_type({input, filters, output}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      const auto shape = launch::conv_shape<index_t>(g, input);
+      const auto shape = launch::conv_shape<index_t>(g, input, at::Tensor());
       launch::with_channel_tile(g.out_channels, [&](auto channel_tile) {
         using T = kernels::Tiles<64, decltype(channel_tile)::value, 16, 4, 4>;
         const dim3 grid(static_cast<unsigned int>(g.locations()),

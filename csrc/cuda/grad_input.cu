@@ -11,14 +11,13 @@ at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weig
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   auto grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
-  const at::Tensor grads = grad_output.contiguous();
   const at::Tensor filters = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "lc_cuda_grad_input", [&] {
-    launch::with_index_type({grads, filters, grad_input}, [&](auto index_tag) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "lc_cuda_grad_input", [&] {
+    launch::with_index_type({grad_output, filters, grad_input}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      const auto shape = launch::conv_shape<index_t>(g, grad_input);
+      const auto shape = launch::conv_shape<index_t>(g, grad_input, grad_output);
       launch::with_channel_tile(g.in_channels, [&](auto channel_tile) {
         using T = kernels::Tiles<64, decltype(channel_tile)::value, 16, 4, 4>;
         const dim3 grid(static_cast<unsigned int>(g.in_h * g.in_w),
@@ -26,7 +25,7 @@ at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weig
                         launch::checked_blocks(launch::ceil_div(g.in_channels, T::BLOCK_N),
                                                "C_in"));
         kernels::grad_input_kernel<scalar_t, index_t, T><<<grid, T::THREADS, 0, stream>>>(
-            grads.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
+            grad_output.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
             grad_input.mutable_data_ptr<scalar_t>(), shape);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

@@ -13,13 +13,12 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
   auto grad_weight = at::empty(
       {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
   if (grad_weight.numel() == 0) return grad_weight;
-  const at::Tensor grads = grad_output.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_grad_weight", [&] {
-    launch::with_index_type({grads, input, grad_weight}, [&](auto index_tag) {
+    launch::with_index_type({grad_output, input, grad_weight}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      const auto shape = launch::conv_shape<index_t>(g, input);
+      const auto shape = launch::conv_shape<index_t>(g, input, grad_output);
       launch::with_channel_tile(g.out_channels, [&](auto channel_tile) {
         using T = kernels::Tiles<decltype(channel_tile)::value, 64, 16, 4, 4>;
         const dim3 grid(static_cast<unsigned int>(g.locations()),
@@ -28,7 +27,7 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
                         launch::checked_blocks(launch::ceil_div(g.patch_size(), T::BLOCK_N),
                                                "patch-column"));
         kernels::grad_weight_kernel<scalar_t, index_t, T><<<grid, T::THREADS, 0, stream>>>(
-            grads.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+            grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
             grad_weight.mutable_data_ptr<scalar_t>(), shape);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -29,9 +30,16 @@ void with_index_type(std::initializer_list<at::Tensor> tensors, Body&& body) {
   body(int32_t{});
 }
 
+// grad_output may be undefined (the forward pass); its strides are then unused zeros.
 template <typename index_t>
-kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& input) {
+kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& input,
+                                       const at::Tensor& grad_output) {
   const auto s = input.strides();
+  const std::array<int64_t, 4> gs =
+      grad_output.defined()
+          ? std::array<int64_t, 4>{grad_output.stride(0), grad_output.stride(1),
+                                   grad_output.stride(2), grad_output.stride(3)}
+          : std::array<int64_t, 4>{0, 0, 0, 0};
   return {static_cast<index_t>(g.batch),      static_cast<index_t>(g.in_channels),
           static_cast<index_t>(g.in_h),       static_cast<index_t>(g.in_w),
           static_cast<index_t>(g.out_channels), static_cast<index_t>(g.out_h),
@@ -41,7 +49,9 @@ kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& inpu
           static_cast<index_t>(g.pad_w),      static_cast<index_t>(g.dilation_h),
           static_cast<index_t>(g.dilation_w), static_cast<index_t>(s[0]),
           static_cast<index_t>(s[1]),         static_cast<index_t>(s[2]),
-          static_cast<index_t>(s[3])};
+          static_cast<index_t>(s[3]),         static_cast<index_t>(gs[0]),
+          static_cast<index_t>(gs[1]),        static_cast<index_t>(gs[2]),
+          static_cast<index_t>(gs[3])};
 }
 
 // Calls body(std::integral_constant<int, W>{}) with the narrowest tile width W in {16, 32, 64}

@@ -27,10 +27,19 @@ struct ConvShape {
   index_t batch, in_channels, in_h, in_w;
   index_t out_channels, out_h, out_w, kernel_h, kernel_w;
   index_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-  // Element strides of the input, which may have any layout (channels_last, expanded, sliced).
-  // weight, grad_output and every output are contiguous.
+  // Element strides of the input and of grad_output, which may have any layout (channels_last,
+  // expanded, sliced): autograd often hands over an expanded grad_output, and copying it would
+  // cost a tensor of the output's size. weight and every output are contiguous.
   index_t input_stride_n, input_stride_c, input_stride_h, input_stride_w;
+  index_t grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w;
 };
+
+template <typename index_t>
+__device__ index_t grad_output_offset(const ConvShape<index_t>& s, index_t n, index_t o,
+                                      index_t out_i, index_t out_j) {
+  return n * s.grad_stride_n + o * s.grad_stride_c + out_i * s.grad_stride_h +
+         out_j * s.grad_stride_w;
+}
 
 // Reduced-precision types accumulate in float; double stays double.
 template <typename scalar_t>
@@ -204,7 +213,6 @@ __global__ void __launch_bounds__(T::THREADS)
   const int thread = threadIdx.x;
   const index_t pixel = blockIdx.x;
   const index_t h = pixel / s.in_w, w = pixel - h * s.in_w;
-  const index_t locations = s.out_h * s.out_w;
   const index_t taps = s.kernel_h * s.kernel_w;
   const index_t c_base = static_cast<index_t>(blockIdx.z) * T::BLOCK_N;
 
@@ -217,7 +225,8 @@ __global__ void __launch_bounds__(T::THREADS)
       for (index_t q = 0; q < s.kernel_w; ++q) {
         const index_t col = w + s.pad_w - q * s.dilation_w;
         if (col < 0 || col % s.stride_w != 0 || col / s.stride_w >= s.out_w) continue;
-        const index_t location = (row / s.stride_h) * s.out_w + col / s.stride_w;
+        const index_t out_i = row / s.stride_h, out_j = col / s.stride_w;
+        const index_t location = out_i * s.out_w + out_j;
         // weight[location, o, c, p, q]
         const scalar_t* tap_filters =
             weight + location * s.out_channels * s.in_channels * taps + p * s.kernel_w + q;
@@ -227,7 +236,7 @@ __global__ void __launch_bounds__(T::THREADS)
             const index_t n = n_base + nn, o = o_base + oo;
             grads[oo][nn] = (n < s.batch && o < s.out_channels)
                                 ? static_cast<acc_t>(
-                                      grad_output[(n * s.out_channels + o) * locations + location])
+                                      grad_output[grad_output_offset(s, n, o, out_i, out_j)])
                                 : acc_t(0);
           }
           for (int e = thread; e < T::BLOCK_K * T::BLOCK_N; e += T::THREADS) {
@@ -274,7 +283,6 @@ __global__ void __launch_bounds__(T::THREADS)
 
   const int thread = threadIdx.x;
   const index_t location = blockIdx.x;
-  const index_t locations = s.out_h * s.out_w;
   const index_t patch_size = s.in_channels * s.kernel_h * s.kernel_w;
   const index_t out_i = location / s.out_w, out_j = location - out_i * s.out_w;
   const index_t top = out_i * s.stride_h - s.pad_h, left = out_j * s.stride_w - s.pad_w;
@@ -290,7 +298,7 @@ __global__ void __launch_bounds__(T::THREADS)
       const index_t n = n_base + nn, o = o_base + oo;
       grads[nn][oo] = (n < s.batch && o < s.out_channels)
                           ? static_cast<acc_t>(
-                                grad_output[(n * s.out_channels + o) * locations + location])
+                                grad_output[grad_output_offset(s, n, o, out_i, out_j)])
                           : acc_t(0);
     }
     for (int e = thread; e < T::BLOCK_K * T::BLOCK_N; e += T::THREADS) {

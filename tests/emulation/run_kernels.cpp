@@ -29,8 +29,11 @@ struct Case {
 };
 
 struct Data {
-  std::vector<double> input, weight, bias, grad_output;  // input in its physical layout
-  long sn, sc, sh, sw;                                    // input strides
+  // input and grad_output are stored in their physical layout, channels-last where the case
+  // says so, and read through their strides
+  std::vector<double> input, weight, bias, grad_output;
+  long sn, sc, sh, sw;      // input strides
+  long gsn, gsc, gsh, gsw;  // grad_output strides
 };
 
 Data make_data(const Case& c, unsigned seed) {
@@ -47,10 +50,13 @@ Data make_data(const Case& c, unsigned seed) {
   d.weight = fill(size_t(L) * c.c_out * c.c_in * c.kh * c.kw);
   d.bias = fill(c.bias == 0 ? 0 : c.bias == 1 ? c.c_out : size_t(c.c_out) * L);
   d.grad_output = fill(size_t(c.n) * c.c_out * L);
+  const long OW = c.out_w();
   if (c.channels_last) {
     d.sn = long(c.h) * c.w * c.c_in, d.sc = 1, d.sh = long(c.w) * c.c_in, d.sw = c.c_in;
+    d.gsn = L * c.c_out, d.gsc = 1, d.gsh = OW * c.c_out, d.gsw = c.c_out;
   } else {
     d.sn = long(c.c_in) * c.h * c.w, d.sc = long(c.h) * c.w, d.sh = c.w, d.sw = 1;
+    d.gsn = L * c.c_out, d.gsc = L, d.gsh = OW, d.gsw = 1;
   }
   return d;
 }
@@ -77,7 +83,7 @@ void reference(const Case& c, const Data& d, std::vector<double>& out, std::vect
         for (long j = 0; j < OW; ++j) {
           const long l = i * OW + j;
           double sum = c.bias == 0 ? 0 : c.bias == 1 ? d.bias[o] : d.bias[o * L + l];
-          const double g = d.grad_output[(n * c.c_out + o) * L + l];
+          const double g = d.grad_output[n * d.gsn + o * d.gsc + i * d.gsh + j * d.gsw];
           for (long ch = 0; ch < c.c_in; ++ch)
             for (long p = 0; p < c.kh; ++p)
               for (long q = 0; q < c.kw; ++q) {
@@ -97,7 +103,8 @@ ConvShape<index_t> shape_of(const Case& c, const Data& d) {
   return {index_t(c.n),  index_t(c.c_in), index_t(c.h),  index_t(c.w),  index_t(c.c_out),
           index_t(c.out_h()), index_t(c.out_w()), index_t(c.kh), index_t(c.kw), index_t(c.sh),
           index_t(c.sw), index_t(c.ph), index_t(c.pw), index_t(c.dh), index_t(c.dw),
-          index_t(d.sn), index_t(d.sc), index_t(d.sh), index_t(d.sw)};
+          index_t(d.sn), index_t(d.sc), index_t(d.sh), index_t(d.sw), index_t(d.gsn),
+          index_t(d.gsc), index_t(d.gsh), index_t(d.gsw)};
 }
 
 unsigned blocks(long count, long tile) { return unsigned((count + tile - 1) / tile); }
@@ -168,7 +175,7 @@ void run_case(const Case& c, int case_index, const Data& d) {
 
 int main() {
   const std::vector<Case> cases = {
-      // n c_in h w c_out kh kw sh sw ph pw dh dw bias channels_last
+      // n c_in h w c_out kh kw sh sw ph pw dh dw bias channels_last (input and grad_output)
       {3, 2, 7, 6, 3, 3, 2, 1, 2, 1, 0, 1, 1, 1, false},
       {5, 3, 9, 8, 4, 2, 3, 2, 1, 0, 1, 2, 1, 2, true},
       {2, 20, 5, 5, 20, 3, 3, 1, 1, 1, 1, 1, 1, 0, false},
