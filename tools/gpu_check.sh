@@ -26,13 +26,17 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records the ou
   tail -n 15 "$out/$name.log"
 }
 
+sanitizer=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer \
+  /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 step build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 NVCC_FLAGS="-Xptxas -v" \
   "$python" setup.py build_ext --inplace
 if [ $failed -eq 0 ]; then
   step tests "$python" -m pytest -m cuda -q -p no:cacheprovider
-  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$python" tools/exercise_kernels.py
-  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$python" tools/exercise_kernels.py
+  step memcheck "${sanitizer:-compute-sanitizer}" --tool memcheck --error-exitcode 1 \
+    "$python" tools/exercise_kernels.py
+  step racecheck "${sanitizer:-compute-sanitizer}" --tool racecheck --error-exitcode 1 \
+    "$python" tools/exercise_kernels.py
   # The kernels against the fallback and the naive snippet, forward and forward+backward, in
   # float32 and bfloat16 (the kernels issue's bar). The full harness (every method, dtype and
   # direction, torch.compile and JAX included) takes longer: run benchmarks/bench.py alone.
