@@ -19,12 +19,10 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
     launch::with_index_type({input, filters, output}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
       const auto shape = launch::conv_shape<index_t>(g, input, at::Tensor());
-      launch::with_channel_tile(g.out_channels, [&](auto channel_tile) {
-        using T = kernels::Tiles<64, decltype(channel_tile)::value, 16, 4, 4>;
-        const dim3 grid(static_cast<unsigned int>(g.locations()),
-                        launch::capped_blocks(launch::ceil_div(g.batch, T::BLOCK_M)),
-                        launch::checked_blocks(launch::ceil_div(g.out_channels, T::BLOCK_N),
-                                               "C_out"));
+      kernels::with_channel_tile(g.out_channels, [&](auto channel_tile) {
+        using T = kernels::ForwardTiles<decltype(channel_tile)::value>;
+        const dim3 grid = kernels::forward_grid<T>(shape);
+        launch::check_grid(grid);
         kernels::forward_kernel<scalar_t, index_t, T><<<grid, T::THREADS, 0, stream>>>(
             input.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
             bias_values.defined() ? bias_values.const_data_ptr<scalar_t>() : nullptr,

@@ -18,12 +18,10 @@ at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weig
     launch::with_index_type({grad_output, filters, grad_input}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
       const auto shape = launch::conv_shape<index_t>(g, grad_input, grad_output);
-      launch::with_channel_tile(g.in_channels, [&](auto channel_tile) {
-        using T = kernels::Tiles<64, decltype(channel_tile)::value, 16, 4, 4>;
-        const dim3 grid(static_cast<unsigned int>(g.in_h * g.in_w),
-                        launch::capped_blocks(launch::ceil_div(g.batch, T::BLOCK_M)),
-                        launch::checked_blocks(launch::ceil_div(g.in_channels, T::BLOCK_N),
-                                               "C_in"));
+      kernels::with_channel_tile(g.in_channels, [&](auto channel_tile) {
+        using T = kernels::GradInputTiles<decltype(channel_tile)::value>;
+        const dim3 grid = kernels::grad_input_grid<T>(shape);
+        launch::check_grid(grid);
         kernels::grad_input_kernel<scalar_t, index_t, T><<<grid, T::THREADS, 0, stream>>>(
             grad_output.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
             grad_input.mutable_data_ptr<scalar_t>(), shape);

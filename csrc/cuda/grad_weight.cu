@@ -19,13 +19,10 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
     launch::with_index_type({grad_output, input, grad_weight}, [&](auto index_tag) {
       using index_t = decltype(index_tag);
       const auto shape = launch::conv_shape<index_t>(g, input, grad_output);
-      launch::with_channel_tile(g.out_channels, [&](auto channel_tile) {
-        using T = kernels::Tiles<decltype(channel_tile)::value, 64, 16, 4, 4>;
-        const dim3 grid(static_cast<unsigned int>(g.locations()),
-                        launch::checked_blocks(launch::ceil_div(g.out_channels, T::BLOCK_M),
-                                               "C_out"),
-                        launch::checked_blocks(launch::ceil_div(g.patch_size(), T::BLOCK_N),
-                                               "patch-column"));
+      kernels::with_channel_tile(g.out_channels, [&](auto channel_tile) {
+        using T = kernels::GradWeightTiles<decltype(channel_tile)::value>;
+        const dim3 grid = kernels::grad_weight_grid<T>(shape);
+        launch::check_grid(grid);
         kernels::grad_weight_kernel<scalar_t, index_t, T><<<grid, T::THREADS, 0, stream>>>(
             grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
             grad_weight.mutable_data_ptr<scalar_t>(), shape);

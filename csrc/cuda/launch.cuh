@@ -1,5 +1,5 @@
 // What the three kernel launchers share: the index-type choice, the ConvShape built from a
-// checked Geometry, and the tile-width choice.
+// checked Geometry, and the grid check.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -54,29 +54,12 @@ kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& inpu
           static_cast<index_t>(gs[3])};
 }
 
-// Calls body(std::integral_constant<int, W>{}) with the narrowest tile width W in {16, 32, 64}
-// that covers `channels`, so that layers with 16 channels do not compute 48 empty columns.
-template <typename Body>
-void with_channel_tile(int64_t channels, Body&& body) {
-  if (channels <= 16) return body(std::integral_constant<int, 16>{});
-  if (channels <= 32) return body(std::integral_constant<int, 32>{});
-  body(std::integral_constant<int, 64>{});
-}
-
-inline unsigned int ceil_div(int64_t a, int64_t b) {
-  return static_cast<unsigned int>((a + b - 1) / b);
-}
-
-// Grid y and z are limited to 65535 blocks. The batch dimension is walked with a grid-stride
-// loop, so its grid size is capped; a tile count that cannot be capped is checked.
-inline unsigned int capped_blocks(int64_t count) {
-  return static_cast<unsigned int>(std::min<int64_t>(count, 65535));
-}
-
-inline unsigned int checked_blocks(int64_t count, const char* what) {
-  TORCH_CHECK(count <= 65535, "lc_cuda: too many ", what, " tiles for one launch: ", count,
-              " > 65535");
-  return static_cast<unsigned int>(count);
+// Grid y and z are limited to 65535 blocks; the kernels' grids stay within that except for
+// channel counts no layer has.
+inline void check_grid(const dim3& grid) {
+  TORCH_CHECK(grid.y <= kernels::kMaxGridYZ && grid.z <= kernels::kMaxGridYZ,
+              "lc_cuda: a launch needs more than 65535 blocks along grid y or z: got y=", grid.y,
+              ", z=", grid.z);
 }
 
 }  // namespace launch

@@ -15,7 +15,9 @@
 // atomics, and bitwise-identical results from run to run.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace lc_cuda {
 namespace kernels {
@@ -321,6 +323,57 @@ __global__ void __launch_bounds__(T::THREADS)
         location_grads[o * patch_size + k] = static_cast<scalar_t>(tile.acc[i][j]);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch configurations, shared by the extension's launchers, the CPU emulation test and any
+// standalone harness.
+// ---------------------------------------------------------------------------------------------
+
+// Calls body(std::integral_constant<int, W>{}) with the narrowest tile width W in {16, 32, 64}
+// that covers `channels`, so that layers with 16 channels do not compute 48 empty columns.
+template <typename Body>
+void with_channel_tile(int64_t channels, Body&& body) {
+  if (channels <= 16) return body(std::integral_constant<int, 16>{});
+  if (channels <= 32) return body(std::integral_constant<int, 32>{});
+  body(std::integral_constant<int, 64>{});
+}
+
+template <int WIDTH>
+using ForwardTiles = Tiles<64, WIDTH, 16, 4, 4>;  // batch x C_out; WIDTH from C_out
+template <int WIDTH>
+using GradInputTiles = Tiles<64, WIDTH, 16, 4, 4>;  // batch x C_in; WIDTH from C_in
+template <int WIDTH>
+using GradWeightTiles = Tiles<WIDTH, 64, 16, 4, 4>;  // C_out x patch columns; WIDTH from C_out
+
+// Grid y and z hold at most this many blocks. The batch is walked by a grid-stride loop, so its
+// block count is capped; the launcher checks the others.
+constexpr int64_t kMaxGridYZ = 65535;
+
+inline unsigned int grid_blocks(int64_t count, int64_t tile, bool capped = false) {
+  const int64_t blocks = (count + tile - 1) / tile;
+  return static_cast<unsigned int>(capped ? std::min(blocks, kMaxGridYZ) : blocks);
+}
+
+template <typename T, typename index_t>
+dim3 forward_grid(const ConvShape<index_t>& s) {
+  return dim3{static_cast<unsigned int>(s.out_h * s.out_w),
+              grid_blocks(s.batch, T::BLOCK_M, /*capped=*/true),
+              grid_blocks(s.out_channels, T::BLOCK_N)};
+}
+
+template <typename T, typename index_t>
+dim3 grad_input_grid(const ConvShape<index_t>& s) {
+  return dim3{static_cast<unsigned int>(s.in_h * s.in_w),
+              grid_blocks(s.batch, T::BLOCK_M, /*capped=*/true),
+              grid_blocks(s.in_channels, T::BLOCK_N)};
+}
+
+template <typename T, typename index_t>
+dim3 grad_weight_grid(const ConvShape<index_t>& s) {
+  return dim3{static_cast<unsigned int>(s.out_h * s.out_w),
+              grid_blocks(s.out_channels, T::BLOCK_M),
+              grid_blocks(s.in_channels * s.kernel_h * s.kernel_w, T::BLOCK_N)};
 }
 
 }  // namespace kernels

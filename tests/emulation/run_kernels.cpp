@@ -107,8 +107,6 @@ ConvShape<index_t> shape_of(const Case& c, const Data& d) {
           index_t(d.gsc), index_t(d.gsh), index_t(d.gsw)};
 }
 
-unsigned blocks(long count, long tile) { return unsigned((count + tile - 1) / tile); }
-
 int mismatches = 0;
 
 void compare(const char* what, const Case& c, int case_index, const std::vector<double>& got,
@@ -143,32 +141,30 @@ void run_case(const Case& c, int case_index, const Data& d) {
   std::vector<double> out, gin, gw;
   reference(c, rounded, out, gin, gw);
   const auto s = shape_of<index_t>(c, d);
-  const long L = long(c.out_h()) * c.out_w();
   const double epsilon = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
   const double tolerance = sizeof(scalar_t) == 8 ? 1e-12 : std::max(1e-5, epsilon);
 
-  using TF = Tiles<64, WIDTH, 16, 4, 4>;  // forward: batch x C_out
+  // Every tile width runs for every case, not only the one the launchers would pick.
+  using TF = ForwardTiles<WIDTH>;
   std::vector<scalar_t> got_out(out.size());
-  launch_on_cpu(dim3{unsigned(L), blocks(c.n, 64), blocks(c.c_out, WIDTH)}, TF::THREADS,
-                forward_kernel<scalar_t, index_t, TF>, input.data(), weight.data(),
-                c.bias ? bias.data() : nullptr, c.bias == 1, got_out.data(), s);
+  launch_on_cpu(forward_grid<TF>(s), TF::THREADS, forward_kernel<scalar_t, index_t, TF>,
+                input.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
+                got_out.data(), s);
   compare("forward", c, case_index, std::vector<double>(got_out.begin(), got_out.end()), out,
           tolerance);
 
   // grad_input writes a contiguous (N, C_in, H, W) tensor whatever the input's layout.
+  using TI = GradInputTiles<WIDTH>;
   std::vector<scalar_t> got_gin(gin.size());
-  launch_on_cpu(dim3{unsigned(c.h * c.w), blocks(c.n, 64), blocks(c.c_in, WIDTH)}, TF::THREADS,
-                grad_input_kernel<scalar_t, index_t, TF>, grad_output.data(), weight.data(),
-                got_gin.data(), s);
+  launch_on_cpu(grad_input_grid<TI>(s), TI::THREADS, grad_input_kernel<scalar_t, index_t, TI>,
+                grad_output.data(), weight.data(), got_gin.data(), s);
   compare("grad_input", c, case_index, std::vector<double>(got_gin.begin(), got_gin.end()), gin,
           tolerance);
 
-  using TW = Tiles<WIDTH, 64, 16, 4, 4>;  // grad_weight: C_out x patch columns
+  using TW = GradWeightTiles<WIDTH>;
   std::vector<scalar_t> got_gw(gw.size());
-  const long patch = long(c.c_in) * c.kh * c.kw;
-  launch_on_cpu(dim3{unsigned(L), blocks(c.c_out, WIDTH), blocks(patch, 64)}, TW::THREADS,
-                grad_weight_kernel<scalar_t, index_t, TW>, grad_output.data(), input.data(),
-                got_gw.data(), s);
+  launch_on_cpu(grad_weight_grid<TW>(s), TW::THREADS, grad_weight_kernel<scalar_t, index_t, TW>,
+                grad_output.data(), input.data(), got_gw.data(), s);
   compare("grad_weight", c, case_index, std::vector<double>(got_gw.begin(), got_gw.end()), gw,
           tolerance);
 }
