@@ -1,0 +1,132 @@
+// Times lc_cuda's kernels without torch, so that a kernel variant can be built in seconds and
+// run on the GPU machine without rebuilding the extension.
+//
+//   nvcc -std=c++17 -O3 -arch=sm_90 -I csrc tools/kernel_bench.cu -o kernel_bench
+//   ./kernel_bench [repeats]
+//
+// For each benchmark layer (benchmarks/cases.py) in float32 and bfloat16, it prints the median
+// time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
+// the TFLOP/s and GB/s they reach, by the same counts as the harness. It checks nothing: the
+// tests and tools/exercise_kernels.py do.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "cuda/local_conv2d_kernels.cuh"
+
+using namespace lc_cuda::kernels;
+
+#define CHECK_CUDA(call)                                                               \
+  do {                                                                                 \
+    cudaError_t status = (call);                                                       \
+    if (status != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(status)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+struct Layer {
+  const char* name;
+  int batch, in_channels, size, out_channels, kernel, stride, padding;
+};
+
+// The cases of benchmarks/cases.py.
+const Layer kLayers[] = {
+    {"deepface_L4", 128, 16, 63, 16, 9, 1, 0},       {"deepface_L5", 128, 16, 55, 16, 7, 2, 0},
+    {"deepface_L6", 128, 16, 25, 16, 5, 1, 0},       {"convnet_local3", 128, 64, 6, 64, 3, 1, 1},
+    {"yolov1_local", 64, 1024, 7, 256, 3, 1, 1},     {"lc_resnet_stem", 32, 3, 224, 64, 7, 2, 3},
+    {"cunn232_c1", 64, 1, 64, 16, 3, 1, 1},          {"mid_32x32_c64", 64, 64, 32, 64, 3, 1, 1},
+    {"wide_16x16_c128_k1", 256, 128, 16, 128, 1, 1, 0},
+};
+
+ConvShape<int32_t> shape_of(const Layer& l) {
+  const int out = (l.size + 2 * l.padding - l.kernel) / l.stride + 1;
+  const int in_plane = l.size * l.size, out_plane = out * out;
+  return {l.batch,     l.in_channels, l.size,   l.size,   l.out_channels, out,
+          out,         l.kernel,      l.kernel, l.stride, l.stride,       l.padding,
+          l.padding,   1,             1,        l.in_channels * in_plane, in_plane,
+          l.size,      1,             l.out_channels * out_plane,         out_plane,
+          out,         1};
+}
+
+template <typename Launch>
+float median_ms(Launch launch, int repeats) {
+  for (int i = 0; i < 3; ++i) launch();
+  std::vector<cudaEvent_t> events(2 * repeats);
+  for (auto& event : events) CHECK_CUDA(cudaEventCreate(&event));
+  for (int i = 0; i < repeats; ++i) {
+    CHECK_CUDA(cudaEventRecord(events[2 * i]));
+    launch();
+    CHECK_CUDA(cudaEventRecord(events[2 * i + 1]));
+  }
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::vector<float> times(repeats);
+  for (int i = 0; i < repeats; ++i)
+    CHECK_CUDA(cudaEventElapsedTime(&times[i], events[2 * i], events[2 * i + 1]));
+  for (auto& event : events) CHECK_CUDA(cudaEventDestroy(event));
+  std::sort(times.begin(), times.end());
+  return times[repeats / 2];
+}
+
+template <typename scalar_t>
+scalar_t* device_buffer(size_t count) {
+  scalar_t* pointer = nullptr;
+  CHECK_CUDA(cudaMalloc(&pointer, std::max<size_t>(count, 1) * sizeof(scalar_t)));
+  // Small values, so that nothing overflows; the timing does not depend on them.
+  CHECK_CUDA(cudaMemset(pointer, 0x11, count * sizeof(scalar_t)));
+  return pointer;
+}
+
+template <typename scalar_t>
+void run(const Layer& layer, const char* dtype, int repeats) {
+  const auto s = shape_of(layer);
+  const size_t input = size_t(s.batch) * s.in_channels * s.in_h * s.in_w;
+  const size_t locations = size_t(s.out_h) * s.out_w;
+  const size_t patch = size_t(s.in_channels) * s.kernel_h * s.kernel_w;
+  const size_t weight = locations * s.out_channels * patch;
+  const size_t output = size_t(s.batch) * s.out_channels * locations;
+  const size_t bias = size_t(s.out_channels) * locations;
+  scalar_t *x = device_buffer<scalar_t>(input), *w = device_buffer<scalar_t>(weight);
+  scalar_t *b = device_buffer<scalar_t>(bias), *y = device_buffer<scalar_t>(output);
+  scalar_t *gx = device_buffer<scalar_t>(input), *gw = device_buffer<scalar_t>(weight);
+  const double flops = 2.0 * s.batch * locations * s.out_channels * patch;
+  const double bytes[3] = {double(input + weight + bias + output) * sizeof(scalar_t),
+                           double(output + weight + input) * sizeof(scalar_t),
+                           double(output + input + weight) * sizeof(scalar_t)};
+  float ms[3];
+  with_channel_tile(s.out_channels, [&](auto width) {
+    using T = ForwardTiles<decltype(width)::value>;
+    ms[0] = median_ms([&] {
+      forward_kernel<scalar_t, int32_t, T><<<forward_grid<T>(s), T::THREADS>>>(x, w, b, false, y, s);
+    }, repeats);
+  });
+  with_channel_tile(s.in_channels, [&](auto width) {
+    using T = GradInputTiles<decltype(width)::value>;
+    ms[1] = median_ms([&] {
+      grad_input_kernel<scalar_t, int32_t, T><<<grad_input_grid<T>(s), T::THREADS>>>(y, w, gx, s);
+    }, repeats);
+  });
+  with_channel_tile(s.out_channels, [&](auto width) {
+    using T = GradWeightTiles<decltype(width)::value>;
+    ms[2] = median_ms([&] {
+      grad_weight_kernel<scalar_t, int32_t, T><<<grad_weight_grid<T>(s), T::THREADS>>>(y, x, gw, s);
+    }, repeats);
+  });
+  const char* names[3] = {"forward", "grad_input", "grad_weight"};
+  for (int i = 0; i < 3; ++i)
+    std::printf("%-20s %-9s %-12s %10.1f us %8.2f TFLOP/s %8.1f GB/s\n", layer.name, dtype,
+                names[i], ms[i] * 1e3, flops / ms[i] / 1e9, bytes[i] / ms[i] / 1e6);
+  for (scalar_t* pointer : {x, w, b, y, gx, gw}) CHECK_CUDA(cudaFree(pointer));
+}
+
+int main(int argc, char** argv) {
+  const int repeats = argc > 1 ? std::atoi(argv[1]) : 20;
+  for (const Layer& layer : kLayers) run<float>(layer, "float32", repeats);
+  for (const Layer& layer : kLayers) run<__nv_bfloat16>(layer, "bfloat16", repeats);
+  return 0;
+}
