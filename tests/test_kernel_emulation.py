@@ -36,3 +36,23 @@ def test_cuda_kernels_emulated_on_cpu(tmp_path):
     assert compile.returncode == 0, compile.stderr[-3000:]
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and " 0 mismatches" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_standalone_kernel_bench_compiles(tmp_path):
+    """tools/kernel_bench.cu builds the kernel header without torch; keep it building."""
+    compile = subprocess.run(
+        [
+            "nvcc",
+            "-std=c++17",
+            "-O1",
+            "-arch=sm_90",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "tools" / "kernel_bench.cu"),
+            "-o",
+            str(tmp_path / "kernel_bench"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert compile.returncode == 0, compile.stderr[-3000:]
