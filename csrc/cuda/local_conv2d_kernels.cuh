@@ -6,7 +6,7 @@
 // type with static_cast (float, double, and c10's Half and BFloat16 do).
 //
 // All three are tiled GEMMs that stage both operands in shared memory, with register tiles of
-// THREAD_M x THREAD_N per thread (multiply_tiles). They differ in what the GEMM is:
+// THREAD_M x THREAD_N per thread (ThreadTile::multiply). They differ in what the GEMM is:
 //   forward      per output location l:  out[n, o]   = sum_k  patch_l[n, k] * w_l[o, k]
 //   grad_input   per input pixel:        gin[n, c]   = sum over the (location, tap) pairs that
 //                                                       read the pixel, and o, of gy[n, o] * w[o, c]
@@ -61,12 +61,24 @@ struct Tiles {
   static constexpr int THREAD_M = THREAD_M_, THREAD_N = THREAD_N_;
   static constexpr int THREADS_M = BLOCK_M / THREAD_M, THREADS_N = BLOCK_N / THREAD_N;
   static constexpr int THREADS = THREADS_M * THREADS_N;
+  // Shared-memory rows are 4 elements longer than the tile: the loaders write down a column
+  // (16 neighbouring threads, 16 rows), and unpadded rows of 16, 32 or 64 elements would put
+  // all 16 writes in one or two banks. Padded, they spread over 8; 4 keeps rows 16-byte aligned.
+  static constexpr int ROW_M = BLOCK_M + 4, ROW_N = BLOCK_N + 4;
   static_assert(BLOCK_M % THREAD_M == 0 && BLOCK_N % THREAD_N == 0, "tiles must divide");
   static_assert(THREADS >= BLOCK_K && THREADS >= BLOCK_N, "tables are filled one per thread");
 };
 
-// A thread's share of a tile: rows thread_m + i*THREADS_M and columns thread_n + j*THREADS_N.
-// Interleaving (rather than contiguous blocks) keeps shared-memory reads free of bank conflicts.
+// THREAD consecutive elements of a shared-memory row, read as one vector: LDS.128 for four
+// floats (two for four doubles) instead of four scalar loads.
+template <typename acc_t, int THREAD>
+struct alignas(16) Fragment {
+  acc_t value[THREAD];
+};
+
+// A thread's share of a tile: THREAD_M consecutive rows from thread_m * THREAD_M, and THREAD_N
+// consecutive columns from thread_n * THREAD_N. Each operand read is then one vector load, and
+// neighbouring threads read neighbouring 16-byte pieces, which a warp serves at full rate.
 template <typename T, typename acc_t>
 struct ThreadTile {
   int thread_m, thread_n;
@@ -80,22 +92,21 @@ struct ThreadTile {
       for (int j = 0; j < T::THREAD_N; ++j) acc[i][j] = acc_t(0);
   }
 
-  __device__ int row(int i) const { return thread_m + i * T::THREADS_M; }
-  __device__ int col(int j) const { return thread_n + j * T::THREADS_N; }
+  __device__ int row(int i) const { return thread_m * T::THREAD_M + i; }
+  __device__ int col(int j) const { return thread_n * T::THREAD_N + j; }
 
-  // acc += a^T b over one chunk, a: [BLOCK_K][BLOCK_M], b: [BLOCK_K][BLOCK_N] in shared memory.
-  __device__ void multiply(const acc_t (*a)[T::BLOCK_M], const acc_t (*b)[T::BLOCK_N]) {
+  // acc += a^T b over one chunk, a: [BLOCK_K][ROW_M], b: [BLOCK_K][ROW_N] in shared memory.
+  __device__ void multiply(const acc_t (*a)[T::ROW_M], const acc_t (*b)[T::ROW_N]) {
+    using FragmentM = Fragment<acc_t, T::THREAD_M>;
+    using FragmentN = Fragment<acc_t, T::THREAD_N>;
 #pragma unroll
     for (int k = 0; k < T::BLOCK_K; ++k) {
-      acc_t a_k[T::THREAD_M], b_k[T::THREAD_N];
-#pragma unroll
-      for (int i = 0; i < T::THREAD_M; ++i) a_k[i] = a[k][row(i)];
-#pragma unroll
-      for (int j = 0; j < T::THREAD_N; ++j) b_k[j] = b[k][col(j)];
+      const FragmentM a_k = *reinterpret_cast<const FragmentM*>(&a[k][row(0)]);
+      const FragmentN b_k = *reinterpret_cast<const FragmentN*>(&b[k][col(0)]);
 #pragma unroll
       for (int i = 0; i < T::THREAD_M; ++i)
 #pragma unroll
-        for (int j = 0; j < T::THREAD_N; ++j) acc[i][j] += a_k[i] * b_k[j];
+        for (int j = 0; j < T::THREAD_N; ++j) acc[i][j] += a_k.value[i] * b_k.value[j];
     }
   }
 };
@@ -145,8 +156,8 @@ __global__ void __launch_bounds__(T::THREADS)
                    const scalar_t* __restrict__ bias, bool shared_bias,
                    scalar_t* __restrict__ output, ConvShape<index_t> s) {
   using acc_t = typename Accumulate<scalar_t>::type;
-  __shared__ acc_t patches[T::BLOCK_K][T::BLOCK_M];
-  __shared__ acc_t filters[T::BLOCK_K][T::BLOCK_N];
+  alignas(16) __shared__ acc_t patches[T::BLOCK_K][T::ROW_M];
+  alignas(16) __shared__ acc_t filters[T::BLOCK_K][T::ROW_N];
   __shared__ PatchColumn<index_t> columns[T::BLOCK_K];
 
   const int thread = threadIdx.x;
@@ -209,8 +220,8 @@ __global__ void __launch_bounds__(T::THREADS)
                       const scalar_t* __restrict__ weight, scalar_t* __restrict__ grad_input,
                       ConvShape<index_t> s) {
   using acc_t = typename Accumulate<scalar_t>::type;
-  __shared__ acc_t grads[T::BLOCK_K][T::BLOCK_M];
-  __shared__ acc_t filters[T::BLOCK_K][T::BLOCK_N];
+  alignas(16) __shared__ acc_t grads[T::BLOCK_K][T::ROW_M];
+  alignas(16) __shared__ acc_t filters[T::BLOCK_K][T::ROW_N];
 
   const int thread = threadIdx.x;
   const index_t pixel = blockIdx.x;
@@ -279,8 +290,8 @@ __global__ void __launch_bounds__(T::THREADS)
                        const scalar_t* __restrict__ input, scalar_t* __restrict__ grad_weight,
                        ConvShape<index_t> s) {
   using acc_t = typename Accumulate<scalar_t>::type;
-  __shared__ acc_t grads[T::BLOCK_K][T::BLOCK_M];
-  __shared__ acc_t patches[T::BLOCK_K][T::BLOCK_N];
+  alignas(16) __shared__ acc_t grads[T::BLOCK_K][T::ROW_M];
+  alignas(16) __shared__ acc_t patches[T::BLOCK_K][T::ROW_N];
   __shared__ PatchColumn<index_t> columns[T::BLOCK_N];
 
   const int thread = threadIdx.x;
