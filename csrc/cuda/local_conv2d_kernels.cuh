@@ -6,7 +6,7 @@
 // type with static_cast (float, double, and c10's Half and BFloat16 do).
 //
 // All three are tiled GEMMs that stage both operands in shared memory, with register tiles of
-// THREAD_M x THREAD_N per thread (ThreadTile::multiply). They differ in what the GEMM is:
+// THREAD_M x THREAD_N per thread (ThreadTile). They differ in what the GEMM is:
 //   forward      per output location l:  out[n, o]   = sum_k  patch_l[n, k] * w_l[o, k]
 //   grad_input   per input pixel:        gin[n, c]   = sum over the (location, tap) pairs that
 //                                                       read the pixel, and o, of gy[n, o] * w[o, c]
@@ -95,10 +95,13 @@ struct ThreadTile {
   __device__ int row(int i) const { return thread_m * T::THREAD_M + i; }
   __device__ int col(int j) const { return thread_n * T::THREAD_N + j; }
 
-  // acc += a^T b over one chunk, a: [BLOCK_K][ROW_M], b: [BLOCK_K][ROW_N] in shared memory.
-  __device__ void multiply(const acc_t (*a)[T::ROW_M], const acc_t (*b)[T::ROW_N]) {
+  // acc += a^T b over one chunk, a: [BLOCK_K][ROW_M], b: [BLOCK_K][ROW_N] in shared memory,
+  // once every thread has staged its part of them; and, before returning, waits until every
+  // thread is done reading them, so that the next chunk may overwrite them.
+  __device__ void multiply_staged(const acc_t (*a)[T::ROW_M], const acc_t (*b)[T::ROW_N]) {
     using FragmentM = Fragment<acc_t, T::THREAD_M>;
     using FragmentN = Fragment<acc_t, T::THREAD_N>;
+    __syncthreads();
 #pragma unroll
     for (int k = 0; k < T::BLOCK_K; ++k) {
       const FragmentM a_k = *reinterpret_cast<const FragmentM*>(&a[k][row(0)]);
@@ -107,6 +110,23 @@ struct ThreadTile {
       for (int i = 0; i < T::THREAD_M; ++i)
 #pragma unroll
         for (int j = 0; j < T::THREAD_N; ++j) acc[i][j] += a_k.value[i] * b_k.value[j];
+    }
+    __syncthreads();
+  }
+
+  // write(row, col, value) for each of the thread's results, at its tile position offset by
+  // row_base and col_base, that lies inside rows x cols.
+  template <typename index_t, typename Write>
+  __device__ void store(index_t row_base, index_t rows, index_t col_base, index_t cols,
+                        Write write) const {
+#pragma unroll
+    for (int i = 0; i < T::THREAD_M; ++i) {
+      const index_t r = row_base + row(i);
+#pragma unroll
+      for (int j = 0; j < T::THREAD_N; ++j) {
+        const index_t c = col_base + col(j);
+        if (r < rows && c < cols) write(r, c, acc[i][j]);
+      }
     }
   }
 };
@@ -188,23 +208,13 @@ __global__ void __launch_bounds__(T::THREADS)
                               ? static_cast<acc_t>(location_filters[o * patch_size + k])
                               : acc_t(0);
       }
-      __syncthreads();
-      tile.multiply(patches, filters);
-      __syncthreads();
+      tile.multiply_staged(patches, filters);
     }
-#pragma unroll
-    for (int i = 0; i < T::THREAD_M; ++i) {
-      const index_t n = n_base + tile.row(i);
-#pragma unroll
-      for (int j = 0; j < T::THREAD_N; ++j) {
-        const index_t o = o_base + tile.col(j);
-        if (n >= s.batch || o >= s.out_channels) continue;
-        acc_t value = tile.acc[i][j];
-        if (bias != nullptr)
-          value += static_cast<acc_t>(bias[shared_bias ? o : o * locations + location]);
-        output[(n * s.out_channels + o) * locations + location] = static_cast<scalar_t>(value);
-      }
-    }
+    tile.store(n_base, s.batch, o_base, s.out_channels, [&](index_t n, index_t o, acc_t value) {
+      if (bias != nullptr)
+        value += static_cast<acc_t>(bias[shared_bias ? o : o * locations + location]);
+      output[(n * s.out_channels + o) * locations + location] = static_cast<scalar_t>(value);
+    });
   }
 }
 
@@ -259,23 +269,14 @@ __global__ void __launch_bounds__(T::THREADS)
                                   ? static_cast<acc_t>(tap_filters[(o * s.in_channels + c) * taps])
                                   : acc_t(0);
           }
-          __syncthreads();
-          tile.multiply(grads, filters);
-          __syncthreads();
+          tile.multiply_staged(grads, filters);
         }
       }
     }
-#pragma unroll
-    for (int i = 0; i < T::THREAD_M; ++i) {
-      const index_t n = n_base + tile.row(i);
-#pragma unroll
-      for (int j = 0; j < T::THREAD_N; ++j) {
-        const index_t c = c_base + tile.col(j);
-        if (n >= s.batch || c >= s.in_channels) continue;
-        grad_input[((n * s.in_channels + c) * s.in_h + h) * s.in_w + w] =
-            static_cast<scalar_t>(tile.acc[i][j]);
-      }
-    }
+    tile.store(n_base, s.batch, c_base, s.in_channels, [&](index_t n, index_t c, acc_t value) {
+      grad_input[((n * s.in_channels + c) * s.in_h + h) * s.in_w + w] =
+          static_cast<scalar_t>(value);
+    });
   }
 }
 
@@ -319,21 +320,12 @@ __global__ void __launch_bounds__(T::THREADS)
       patches[nn][kk] =
           load_patch<scalar_t, acc_t, index_t>(input, s, n_base + nn, top, left, columns[kk]);
     }
-    __syncthreads();
-    tile.multiply(grads, patches);
-    __syncthreads();
+    tile.multiply_staged(grads, patches);
   }
   scalar_t* location_grads = grad_weight + location * s.out_channels * patch_size;
-#pragma unroll
-  for (int i = 0; i < T::THREAD_M; ++i) {
-    const index_t o = o_base + tile.row(i);
-#pragma unroll
-    for (int j = 0; j < T::THREAD_N; ++j) {
-      const index_t k = k_base + tile.col(j);
-      if (o < s.out_channels && k < patch_size)
-        location_grads[o * patch_size + k] = static_cast<scalar_t>(tile.acc[i][j]);
-    }
-  }
+  tile.store(o_base, s.out_channels, k_base, patch_size, [&](index_t o, index_t k, acc_t value) {
+    location_grads[o * patch_size + k] = static_cast<scalar_t>(value);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
