@@ -384,6 +384,11 @@ def main(argv=None) -> int:
         "dtypes": dtypes,
         "directions": list(args.directions),
         "methods": [*methods, *([JAX] if JAX in args.methods else [])],
+        "method_descriptions": {
+            **{name: METHODS[name].description for name in methods},
+            JAX: "jax.lax.conv_general_dilated_local under jax.jit, in its own process "
+            "(wall-clock timing around block_until_ready)",
+        },
         "cases": [case.__dict__ for case in cases],
         "records": records,
     }

@@ -189,6 +189,13 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         "- floor = max(fewest bytes / copy bandwidth, flops / matmul rate of the precision); "
         "times are medians of CUDA-event timings (perf_counter on the CPU).",
         "",
+        "Methods:",
+        "",
+        *(
+            f"- `{name}`: {result['method_descriptions'].get(name, '')}"
+            for name in result["methods"]
+        ),
+        "",
         "## Geometric means over the cases",
         "",
         "| dtype | direction | method | cases | x floor | speed-up vs naive | vs fallback |",

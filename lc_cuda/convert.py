@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .modules import LocallyConnected1d, LocallyConnected2d
+from .ops import ntuple
 
 _MODULES = {1: LocallyConnected1d, 2: LocallyConnected2d}
 _CONSTANT_PADS = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d}
@@ -95,8 +96,8 @@ class _KerasGeometry:
         self.padding = padding
         self.in_size = input_shape[:-1] if self.channels_last else input_shape[1:]
         self.in_channels = input_shape[-1] if self.channels_last else input_shape[0]
-        self.kernel_size = _tuple(kernel_size, self.dims, "kernel_size")
-        self.strides = _tuple(strides, self.dims, "strides")
+        self.kernel_size = ntuple(kernel_size, self.dims, "kernel_size")
+        self.strides = ntuple(strides, self.dims, "strides")
         self.out_size, self.pad_before, self.pad_after = [], [], []
         for n, k, s in zip(self.in_size, self.kernel_size, self.strides):
             if padding == "valid":
@@ -130,15 +131,6 @@ class _KerasGeometry:
         )
         clipped = [np.clip(index, 0, size - 1) for index, size in zip(in_index, self.in_size)]
         return clipped, inside, out_index
-
-
-def _tuple(value, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{name} must be an int or {n} ints, got {value}")
-    return value
 
 
 def _keras_patch_order(geometry: _KerasGeometry) -> tuple[int, ...]:
@@ -417,7 +409,7 @@ def from_flax(kernel, bias, kernel_size: int | Sequence[int]) -> tuple[Tensor, T
     does not record the kernel size, so pass the layer's."""
     kernel = _to_numpy(kernel)
     dims = kernel.ndim - 2
-    kernel_size = _tuple(kernel_size, dims, "kernel_size")
+    kernel_size = ntuple(kernel_size, dims, "kernel_size")
     weight = from_jax(kernel, kernel_size, _flax_dimension_numbers(dims))
     if bias is None:
         return weight, None
