@@ -403,12 +403,31 @@ def _flax_dimension_numbers(dims: int) -> tuple[str, str, str]:
     return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
 
 
-def from_flax(kernel, bias, kernel_size: int | Sequence[int]) -> tuple[Tensor, Tensor | None]:
+def from_flax(
+    kernel, bias, kernel_size: int | Sequence[int] | None = None, in_channels: int | None = None
+) -> tuple[Tensor, Tensor | None]:
     """(weight, bias) in lc_cuda's layout from a flax.linen.ConvLocal's params['kernel'] and
-    params['bias'] (None without bias). The kernel (*out, prod(kernel_size) * C_in, C_out)
-    does not record the kernel size, so pass the layer's."""
+    params['bias'] (None without bias).
+
+    The kernel, (*out, prod(kernel_size) * C_in, C_out), does not record how its fused
+    dimension splits: pass the layer's kernel_size, or its in_channels for a square kernel.
+    """
     kernel = _to_numpy(kernel)
     dims = kernel.ndim - 2
+    if kernel_size is None:
+        if in_channels is None or kernel.shape[-2] % in_channels:
+            raise ValueError(
+                "from_flax needs kernel_size, or in_channels dividing the kernel's fused "
+                f"dimension: got kernel.shape {kernel.shape}, in_channels {in_channels}"
+            )
+        taps = kernel.shape[-2] // in_channels
+        side = round(taps ** (1 / dims))
+        if side**dims != taps:
+            raise ValueError(
+                f"{taps} taps per channel make no square kernel: pass kernel_size for this "
+                "ConvLocal"
+            )
+        kernel_size = side
     kernel_size = ntuple(kernel_size, dims, "kernel_size")
     weight = from_jax(kernel, kernel_size, _flax_dimension_numbers(dims))
     if bias is None:

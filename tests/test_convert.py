@@ -190,6 +190,19 @@ def test_from_flax_matches_conv_local(dims):
     function = lc_cuda.local_conv2d if dims == 2 else lc_cuda.local_conv1d
     got = function(torch.movedim(torch.from_numpy(x), -1, 1), weight, bias, strides)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if dims == 1:  # a 1D kernel's size follows from in_channels alone
+        by_channels = convert.from_flax(params["kernel"], params["bias"], in_channels=3)
+        torch.testing.assert_close(by_channels[0], weight, rtol=0, atol=0)
     kernel_back, bias_back = convert.to_flax(weight, bias)
     np.testing.assert_array_equal(kernel_back, np.asarray(params["kernel"]))
     np.testing.assert_array_equal(bias_back, np.asarray(params["bias"]))
+
+
+def test_from_flax_needs_the_kernel_size_where_the_kernel_does_not_tell():
+    kernel = np.zeros((4, 3, 3 * 6, 5), np.float32)  # 6 taps per channel: no square kernel
+    with pytest.raises(ValueError, match="6 taps per channel make no square kernel"):
+        convert.from_flax(kernel, None, in_channels=3)
+    with pytest.raises(ValueError, match="from_flax needs kernel_size, or in_channels"):
+        convert.from_flax(kernel, None)
+    square = np.zeros((4, 3, 2 * 9, 5), np.float32)
+    assert convert.from_flax(square, None, in_channels=2)[0].shape == (4, 3, 5, 2, 3, 3)
