@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import IntOrSeq, local_conv1d, local_conv2d, ntuple, output_size
+from .ops import IntOrSeq, local_conv1d, local_conv2d, ntuple, output_size, padding_arg
 
 
 class _LocallyConnectedNd(nn.Module):
@@ -45,12 +45,7 @@ class _LocallyConnectedNd(nn.Module):
         self.kernel_size = ntuple(kernel_size, n, "kernel_size")
         self.stride = ntuple(stride, n, "stride")
         self.dilation = ntuple(dilation, n, "dilation")
-        if isinstance(padding, str):
-            if padding not in ("valid", "same"):
-                raise ValueError(f"padding must be an int, 'valid' or 'same', got {padding!r}")
-            self.padding = padding
-        else:
-            self.padding = ntuple(padding, n, "padding")
+        self.padding = padding_arg(padding, n)
         self.output_size = output_size(
             self.input_size, self.kernel_size, self.stride, self.padding, self.dilation
         )

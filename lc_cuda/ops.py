@@ -86,10 +86,12 @@ def output_size(
     return tuple(sizes)
 
 
-def _check_padding_arg(padding: IntOrSeq | str, n: int) -> tuple[int, ...] | str:
+def padding_arg(padding: IntOrSeq | str, n: int) -> tuple[int, ...] | str:
+    """'valid', 'same', or an int or n ints as an n-tuple, for n spatial dims."""
     if isinstance(padding, str):
         if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+            forms = "an int, 'valid' or 'same'" if n == 1 else "an int, a pair, 'valid' or 'same'"
+            raise ValueError(f"padding must be {forms}, got {padding!r}")
         return padding
     return ntuple(padding, n, "padding")
 
@@ -105,7 +107,7 @@ def _local_conv2d(
 ) -> Tensor:
     stride = ntuple(stride, 2, "stride")
     dilation = ntuple(dilation, 2, "dilation")
-    padding = _check_padding_arg(padding, 2)
+    padding = padding_arg(padding, 2)
     if padding == "valid":
         padding = (0, 0)
     elif padding == "same":
@@ -198,7 +200,7 @@ def local_conv1d(
         )
     (stride,) = ntuple(stride, 1, "stride")
     (dilation,) = ntuple(dilation, 1, "dilation")
-    padding = _check_padding_arg(padding, 1)
+    padding = padding_arg(padding, 1)
     out = local_conv2d(
         input.unsqueeze(2),
         weight.unsqueeze(0).unsqueeze(4),
