@@ -152,14 +152,27 @@ __device__ PatchColumn<index_t> patch_column(index_t k, index_t patch_size,
           static_cast<int>(q * s.dilation_w)};
 }
 
-// The input element patch column `column` of the window at (top, left) reads for sample n,
+// Output location `location`: its row and column, and the padded-input position (top, left)
+// of its window's first tap. The forward and grad_weight must agree on it exactly.
+template <typename index_t>
+struct Window {
+  index_t out_i, out_j, top, left;
+};
+
+template <typename index_t>
+__device__ Window<index_t> window_at(index_t location, const ConvShape<index_t>& s) {
+  const index_t out_i = location / s.out_w, out_j = location - out_i * s.out_w;
+  return {out_i, out_j, out_i * s.stride_h - s.pad_h, out_j * s.stride_w - s.pad_w};
+}
+
+// The input element patch column `column` of `window` reads for sample n,
 // or 0 in the padding.
 template <typename scalar_t, typename acc_t, typename index_t>
 __device__ acc_t load_patch(const scalar_t* __restrict__ input, const ConvShape<index_t>& s,
-                            index_t n,
-                            index_t top, index_t left, const PatchColumn<index_t>& column) {
-  const index_t h = top + column.dy;
-  const index_t w = left + column.dx;
+                            index_t n, const Window<index_t>& window,
+                            const PatchColumn<index_t>& column) {
+  const index_t h = window.top + column.dy;
+  const index_t w = window.left + column.dx;
   if (column.dy < 0 || n >= s.batch || h < 0 || h >= s.in_h || w < 0 || w >= s.in_w)
     return acc_t(0);
   return static_cast<acc_t>(input[n * s.input_stride_n + column.channel_offset +
@@ -184,8 +197,7 @@ __global__ void __launch_bounds__(T::THREADS)
   const index_t location = blockIdx.x;
   const index_t locations = s.out_h * s.out_w;
   const index_t patch_size = s.in_channels * s.kernel_h * s.kernel_w;
-  const index_t out_i = location / s.out_w, out_j = location - out_i * s.out_w;
-  const index_t top = out_i * s.stride_h - s.pad_h, left = out_j * s.stride_w - s.pad_w;
+  const Window<index_t> window = window_at(location, s);
   const index_t o_base = static_cast<index_t>(blockIdx.z) * T::BLOCK_N;
   const scalar_t* location_filters = weight + location * s.out_channels * patch_size;
 
@@ -198,7 +210,7 @@ __global__ void __launch_bounds__(T::THREADS)
       // k fastest: neighbouring threads read neighbouring taps, contiguous in w where dx = 1.
       for (int e = thread; e < T::BLOCK_K * T::BLOCK_M; e += T::THREADS) {
         const int kk = e % T::BLOCK_K, nn = e / T::BLOCK_K;
-        patches[kk][nn] = load_patch<scalar_t, acc_t, index_t>(input, s, n_base + nn, top, left,
+        patches[kk][nn] = load_patch<scalar_t, acc_t, index_t>(input, s, n_base + nn, window,
                                                               columns[kk]);
       }
       for (int e = thread; e < T::BLOCK_K * T::BLOCK_N; e += T::THREADS) {
@@ -298,8 +310,7 @@ __global__ void __launch_bounds__(T::THREADS)
   const int thread = threadIdx.x;
   const index_t location = blockIdx.x;
   const index_t patch_size = s.in_channels * s.kernel_h * s.kernel_w;
-  const index_t out_i = location / s.out_w, out_j = location - out_i * s.out_w;
-  const index_t top = out_i * s.stride_h - s.pad_h, left = out_j * s.stride_w - s.pad_w;
+  const Window<index_t> window = window_at(location, s);
   const index_t o_base = static_cast<index_t>(blockIdx.y) * T::BLOCK_M;
   const index_t k_base = static_cast<index_t>(blockIdx.z) * T::BLOCK_N;
 
@@ -311,14 +322,14 @@ __global__ void __launch_bounds__(T::THREADS)
       const int nn = e / T::BLOCK_M, oo = e % T::BLOCK_M;
       const index_t n = n_base + nn, o = o_base + oo;
       grads[nn][oo] = (n < s.batch && o < s.out_channels)
-                          ? static_cast<acc_t>(
-                                grad_output[grad_output_offset(s, n, o, out_i, out_j)])
+                          ? static_cast<acc_t>(grad_output[grad_output_offset(
+                                s, n, o, window.out_i, window.out_j)])
                           : acc_t(0);
     }
     for (int e = thread; e < T::BLOCK_K * T::BLOCK_N; e += T::THREADS) {
       const int nn = e / T::BLOCK_N, kk = e % T::BLOCK_N;
       patches[nn][kk] =
-          load_patch<scalar_t, acc_t, index_t>(input, s, n_base + nn, top, left, columns[kk]);
+          load_patch<scalar_t, acc_t, index_t>(input, s, n_base + nn, window, columns[kk]);
     }
     tile.multiply_staged(grads, patches);
   }
