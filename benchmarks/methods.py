@@ -3,6 +3,7 @@ padding) and returns the output; JAX runs in its own process (jax_runner.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,20 @@ def compiled_naive_snippet():
     return torch.compile(naive_snippet, dynamic=False)
 
 
+def ffma_local_conv2d(*args):
+    """lc_cuda.local_conv2d with LC_CUDA_BACKEND=ffma: the float16/bfloat16 forward on the FFMA
+    kernel instead of tensor cores (the backward, FFMA either way, runs later, unaffected)."""
+    previous = os.environ.get("LC_CUDA_BACKEND")
+    os.environ["LC_CUDA_BACKEND"] = "ffma"
+    try:
+        return lc_cuda.local_conv2d(*args)
+    finally:
+        if previous is None:
+            del os.environ["LC_CUDA_BACKEND"]
+        else:
+            os.environ["LC_CUDA_BACKEND"] = previous
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -51,6 +66,11 @@ METHODS = {
     method.name: method
     for method in (
         Method("lc_cuda", lc_cuda.local_conv2d, description="lc_cuda.local_conv2d"),
+        Method(
+            "lc_cuda_ffma",
+            ffma_local_conv2d,
+            description="lc_cuda.local_conv2d without the tensor-core forward",
+        ),
         Method(
             "lc_cuda_unfold",
             lc_cuda.unfold_local_conv2d,

@@ -149,26 +149,86 @@ def test_above_two_to_the_31_elements_uses_64_bit_indexing():
 def test_backend_variable_is_validated(monkeypatch):
     input, weight, bias = tensors("pointwise", torch.float32)
     monkeypatch.setenv("LC_CUDA_BACKEND", "cudnn")
-    with pytest.raises(RuntimeError, match="LC_CUDA_BACKEND must be 'auto' or 'unfold'"):
+    with pytest.raises(RuntimeError, match="LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold'"):
         lc_cuda.local_conv2d(input, weight, bias)
+
+
+def forward_event_names(input, weight, bias, *args):
+    """The names of the operators and kernels one forward call runs."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as p:
+        lc_cuda.local_conv2d(input, weight, bias, *args)
+        torch.cuda.synchronize()
+    return " ".join(event.name for event in p.events())
 
 
 def test_unfold_backend_runs_the_fallback(monkeypatch):
     """With LC_CUDA_BACKEND=unfold the profile shows the fallback's bmm, not the kernels."""
     input, weight, bias = tensors("pointwise", torch.float32)
-
-    def kernel_names():
-        with torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        ) as p:
-            lc_cuda.local_conv2d(input, weight, bias)
-            torch.cuda.synchronize()
-        return " ".join(event.name for event in p.events())
-
-    assert "forward_kernel" in kernel_names()
+    assert "forward_kernel" in forward_event_names(input, weight, bias)
     monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
-    names = kernel_names()
+    names = forward_event_names(input, weight, bias)
     assert "forward_kernel" not in names and "aten::baddbmm" in names
+
+
+needs_sm80 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="the tensor-core forward needs sm_80 or newer",
+)
+
+# Geometries that steer the tensor-core forward's launcher: the 32-channel tiles (picked only
+# where the grid still fills the GPU twice over; 512 CTAs here) and a dilation so wide that the
+# staged input would not fit in shared memory (the launcher then runs the FFMA kernel).
+TENSOR_CORE_GEOMETRIES = {
+    "wide_tiles": (128, 16, (34, 34), 64, (3, 3), (1, 1), (0, 0), (1, 1)),
+    "too_wide_for_shared_memory": (4, 2, (3, 820), 8, (1, 3), (1, 1), (0, 0), (1, 400)),
+}
+
+
+@needs_sm80
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_runs_on_tensor_cores_unless_ffma_is_asked_for(monkeypatch, dtype):
+    input, weight, bias = tensors("deepface_like", dtype)
+    args = geometry_args("deepface_like")
+    assert "forward_tensor_core_kernel" in forward_event_names(input, weight, bias, *args)
+    monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
+    names = forward_event_names(input, weight, bias, *args)
+    assert "forward_tensor_core_kernel" not in names and "forward_kernel" in names
+
+
+@needs_sm80
+@pytest.mark.parametrize("name", sorted(TENSOR_CORE_GEOMETRIES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tensor_core_launcher_choices_stay_accurate(name, dtype):
+    n, c_in, size, c_out, kernel, stride, padding, dilation = TENSOR_CORE_GEOMETRIES[name]
+    args = make_case(
+        n, c_in, size, c_out, kernel, stride, padding, dilation, "shared", dtype, "cuda"
+    )
+    geometry = (stride, padding, dilation)
+    names = forward_event_names(*args, *geometry)
+    # the tile width is a template argument, so it shows in the kernel's name
+    assert ("TensorCoreForwardTiles<4>" in names) == (name == "wide_tiles")
+    assert ("forward_tensor_core_kernel" in names) == (name == "wide_tiles")
+    expected = reference_all(*args, geometry)[0]
+    got = lc_cuda.local_conv2d(*args, *geometry)
+    fallback = lc_cuda.unfold_local_conv2d(*args, *geometry)
+    error, fallback_error = (
+        relative_error(got.cpu(), expected),
+        relative_error(fallback.cpu(), expected),
+    )
+    assert error <= 2 * max(fallback_error, torch.finfo(dtype).eps), (error, fallback_error)
+
+
+@needs_sm80
+def test_tensor_core_and_ffma_forwards_agree(monkeypatch):
+    """The two half-precision forwards sum the same products in different orders."""
+    args = tensors("strided_dilated", torch.bfloat16)
+    geometry = geometry_args("strided_dilated")
+    tensor_core = lc_cuda.local_conv2d(*args, *geometry)
+    monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
+    ffma = lc_cuda.local_conv2d(*args, *geometry)
+    torch.testing.assert_close(tensor_core, ffma, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("layout", ["expanded", "channels_last", "sliced"])

@@ -2,11 +2,13 @@
 
 Every tile width (C_out and C_in of at most 16, 32 and more), both bias kinds, padding,
 stride, dilation, a channels_last input and a batch that is not a multiple of the tile all
-run; each result is compared with the CPU fallback, so the script also fails on wrong values.
+run; float16 and bfloat16 run twice, on the tensor-core forward and with LC_CUDA_BACKEND=ffma.
+Each result is compared with the CPU fallback, so the script also fails on wrong values.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/exercise_kernels.py
 """
 
+import os
 import sys
 
 import torch
@@ -19,6 +21,8 @@ CASES = [
     (5, 20, (6, 7), 20, (2, 3), (2, 1), (0, 1), (2, 1), "per_location"),
     (2, 40, (5, 5), 40, (3, 3), (1, 1), (1, 1), (1, 1), None),
     (67, 1, (4, 4), 1, (1, 1), (1, 1), (0, 0), (1, 1), "per_location"),
+    # tensor-core forward: three groups of 8 columns, a batch padded to 16, a partial last stage
+    (9, 16, (9, 21), 18, (3, 3), (1, 1), (1, 1), (1, 2), "shared"),
 ]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
@@ -45,7 +49,12 @@ def run(device, dtype, case, channels_last):
 
 def main() -> int:
     failures = 0
-    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+    runs = [(dtype, "auto") for dtype in TOLERANCE] + [
+        (torch.float16, "ffma"),
+        (torch.bfloat16, "ffma"),
+    ]
+    for dtype, backend in runs:
+        os.environ["LC_CUDA_BACKEND"] = backend
         for case in CASES:
             for channels_last in (False, True):
                 got = run("cuda", dtype, case, channels_last)
@@ -54,7 +63,10 @@ def main() -> int:
                     error = ((g - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
                     if error > TOLERANCE[dtype]:
                         failures += 1
-                        print(f"MISMATCH {dtype} {case} channels_last={channels_last}: {error:.3g}")
+                        print(
+                            f"MISMATCH {dtype} {backend} {case} "
+                            f"channels_last={channels_last}: {error:.3g}"
+                        )
     torch.cuda.synchronize()
     print(f"exercised forward, grad_input and grad_weight: {failures} mismatches")
     return 1 if failures else 0

@@ -6,8 +6,9 @@
 //
 // For each benchmark layer (benchmarks/cases.py) in float32 and bfloat16, it prints the median
 // time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
-// the TFLOP/s and GB/s they reach, by the same counts as the harness. It checks nothing: the
-// tests and tools/exercise_kernels.py do.
+// the TFLOP/s and GB/s they reach, by the same counts as the harness; in bfloat16 also the
+// tensor-core forward (its kernel alone: the extension also packs the input, which is not timed
+// here). It checks nothing: the tests and tools/exercise_kernels.py do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "cuda/forward_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 
 using namespace lc_cuda::kernels;
@@ -121,6 +123,31 @@ void run(const Layer& layer, const char* dtype, int repeats) {
   for (int i = 0; i < 3; ++i)
     std::printf("%-20s %-9s %-12s %10.1f us %8.2f TFLOP/s %8.1f GB/s\n", layer.name, dtype,
                 names[i], ms[i] * 1e3, flops / ms[i] / 1e9, bytes[i] / ms[i] / 1e6);
+  if constexpr (sizeof(scalar_t) == 2) {
+    // The input as the extension packs it for the tensor-core forward: (C_in, H, W, N8).
+    using T = TensorCoreForwardTiles<2>;
+    const int batch_padded = (s.batch + 7) / 8 * 8;
+    scalar_t* packed = device_buffer<scalar_t>(input / s.batch * batch_padded);
+    auto packed_shape = s;
+    packed_shape.input_stride_n = 1;
+    packed_shape.input_stride_c = s.in_h * s.in_w * batch_padded;
+    packed_shape.input_stride_h = s.in_w * batch_padded;
+    packed_shape.input_stride_w = batch_padded;
+    // One aligned 32-bit load per pair of patch columns where K is even.
+    const auto kernel = patch % 2 == 0 ? forward_tensor_core_kernel<scalar_t, true, true, int32_t, T>
+                                       : forward_tensor_core_kernel<scalar_t, true, false, int32_t, T>;
+    const int shared_bytes = int(tensor_core_forward_shared_bytes<T>(packed_shape));
+    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    shared_bytes));
+    const float tensor_core_ms = median_ms([&] {
+      kernel<<<tensor_core_forward_grid<T>(packed_shape), T::THREADS, shared_bytes>>>(
+          packed, w, b, false, y, packed_shape, batch_padded);
+    }, repeats);
+    std::printf("%-20s %-9s %-12s %10.1f us %8.2f TFLOP/s %8.1f GB/s\n", layer.name, dtype,
+                "forward_tc", tensor_core_ms * 1e3, flops / tensor_core_ms / 1e9,
+                bytes[0] / tensor_core_ms / 1e6);
+    CHECK_CUDA(cudaFree(packed));
+  }
   for (scalar_t* pointer : {x, w, b, y, gx, gw}) CHECK_CUDA(cudaFree(pointer));
 }
 

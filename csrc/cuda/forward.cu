@@ -1,19 +1,119 @@
-// Launches the forward kernel: one CTA per output location, batch tile and C_out tile.
-#include <c10/cuda/CUDAStream.h>
+// Launches the forward pass: the tensor-core kernel for float16 and bfloat16 where the GPU and the
+// geometry allow it, the FFMA kernel otherwise.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/forward_tensor_core.cuh"
 #include "cuda/launch.cuh"
 
 namespace lc_cuda {
+namespace {
+
+int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+// The input as the tensor-core kernel reads it: (C_in, H, W, N8), samples innermost, the batch
+// padded with zeros to a multiple of 8 (so that 8 samples are one aligned 16-byte piece).
+at::Tensor pack_input(const at::Tensor& input, int64_t batch_padded) {
+  auto packed = at::empty({input.size(1), input.size(2), input.size(3), batch_padded},
+                          input.options());
+  packed.narrow(3, 0, input.size(0)).copy_(input.permute({1, 2, 3, 0}));
+  if (batch_padded > input.size(0))
+    packed.narrow(3, input.size(0), batch_padded - input.size(0)).zero_();
+  return packed;
+}
+
+// Runs the tensor-core forward and returns true, or returns false (having done nothing) where
+// it does not apply: a GPU older than sm_80, more shared memory than a block may have (very
+// wide strides or dilations), or more column groups than grid y holds.
+template <typename scalar_t>
+bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
+                         const at::Tensor& bias_values, const Geometry& g, at::Tensor& output,
+                         cudaStream_t stream) {
+  const int device = input.get_device();
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor, device) < 8) return false;
+  const int64_t batch_padded = (g.batch + 7) / 8 * 8;
+  const int64_t shared_limit =
+      device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int64_t processors = device_attribute(cudaDevAttrMultiProcessorCount, device);
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
+
+  // Checked before packing, so that a call that falls back costs nothing; shared memory and the
+  // grid depend on the geometry only.
+  const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, at::Tensor());
+  using Narrow = kernels::TensorCoreForwardTiles<2>;
+  using Wide = kernels::TensorCoreForwardTiles<4>;
+  const int64_t shared_bytes = kernels::tensor_core_forward_shared_bytes<Narrow>(unpacked_shape);
+  const dim3 narrow_grid = kernels::tensor_core_forward_grid<Narrow>(unpacked_shape);
+  if (shared_bytes > shared_limit || narrow_grid.y > kernels::kMaxGridYZ) return false;
+  // 32 output channels per CTA halve the input staging, but only where enough CTAs remain to
+  // fill the GPU twice over (YOLOv1's local layer, 7x7 with 256 channels, would get 56).
+  const dim3 wide_grid = kernels::tensor_core_forward_grid<Wide>(unpacked_shape);
+  const bool wide = g.out_channels > 16 &&
+                    int64_t(wide_grid.x) * wide_grid.y * wide_grid.z >= 2 * processors;
+
+  const at::Tensor packed = pack_input(input, batch_padded);
+  const at::Tensor packed_view = packed.permute({3, 0, 1, 2});  // (N8, C, H, W) strides
+  const int64_t patch_size = g.in_channels * g.kernel_h * g.kernel_w;
+  const bool even_k = patch_size % 2 == 0 &&
+                      reinterpret_cast<std::uintptr_t>(filters.const_data_ptr()) % 4 == 0;
+
+  launch::with_index_type({packed, filters, output}, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    const auto shape = launch::conv_shape<index_t>(g, packed_view, at::Tensor());
+    auto run = [&](auto tiles_tag, auto even_tag) {
+      using T = decltype(tiles_tag);
+      const auto kernel =
+          kernels::forward_tensor_core_kernel<scalar_t, kBFloat16, decltype(even_tag)::value,
+                                              index_t, T>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+      kernel<<<kernels::tensor_core_forward_grid<T>(shape), T::THREADS, shared_bytes, stream>>>(
+          packed.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
+          bias_values.defined() ? bias_values.const_data_ptr<scalar_t>() : nullptr,
+          bias_values.defined() && bias_values.dim() == 1, output.mutable_data_ptr<scalar_t>(),
+          shape, static_cast<index_t>(batch_padded));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto with_even_k = [&](auto tiles_tag) {
+      if (even_k) return run(tiles_tag, std::true_type{});
+      run(tiles_tag, std::false_type{});
+    };
+    if (wide) return with_even_k(Wide{});
+    with_even_k(Narrow{});
+  });
+  return true;
+}
+
+}  // namespace
 
 at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, const Geometry& g) {
+                        const std::optional<at::Tensor>& bias, const Geometry& g,
+                        bool allow_tensor_cores) {
   const c10::cuda::CUDAGuard device_guard(input.device());
   auto output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   if (output.numel() == 0) return output;
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  if (allow_tensor_cores) {
+    if (input.scalar_type() == at::kBFloat16 &&
+        tensor_core_forward<at::BFloat16>(input, filters, bias_values, g, output, stream))
+      return output;
+    if (input.scalar_type() == at::kHalf &&
+        tensor_core_forward<at::Half>(input, filters, bias_values, g, output, stream))
+      return output;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_forward", [&] {
     launch::with_index_type({input, filters, output}, [&](auto index_tag) {

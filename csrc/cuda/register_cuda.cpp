@@ -1,5 +1,6 @@
 // The CUDA implementations of the lc_cuda operators: the hand-written kernels, or the unfold
 // fallback where the caller forces it (unfold_local_conv2d) or LC_CUDA_BACKEND=unfold is set.
+// LC_CUDA_BACKEND=ffma keeps float16 and bfloat16 on the FFMA kernels (no tensor cores).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -12,14 +13,20 @@
 namespace lc_cuda {
 namespace {
 
-// Read at every call, so that setting the variable in a running process takes effect.
-bool use_unfold(bool force_unfold) {
-  if (force_unfold) return true;
+enum class Backend { kernels, ffma, unfold };
+
+// LC_CUDA_BACKEND, read at every call, so that setting the variable in a running process takes
+// effect: auto (or unset) for the kernels, ffma for the kernels without tensor cores, unfold for
+// the fallback.
+Backend backend(bool force_unfold) {
+  if (force_unfold) return Backend::unfold;
   const char* value = std::getenv("LC_CUDA_BACKEND");
-  const std::string backend = value == nullptr ? "" : value;
-  TORCH_CHECK(backend.empty() || backend == "auto" || backend == "unfold",
-              "LC_CUDA_BACKEND must be 'auto' or 'unfold' (or unset), got '", backend, "'");
-  return backend == "unfold";
+  const std::string name = value == nullptr ? "" : value;
+  if (name.empty() || name == "auto") return Backend::kernels;
+  if (name == "ffma") return Backend::ffma;
+  if (name == "unfold") return Backend::unfold;
+  TORCH_CHECK(false, "LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold' (or unset), got '", name,
+              "'");
 }
 
 at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
@@ -27,8 +34,9 @@ at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                              at::IntArrayRef padding, at::IntArrayRef dilation,
                              bool force_unfold) {
   const Geometry g = check_forward_args(input, weight, bias, stride, padding, dilation);
-  if (use_unfold(force_unfold)) return unfold_forward(input, weight, bias, g);
-  return cuda_forward(input, weight, bias, g);
+  const Backend chosen = backend(force_unfold);
+  if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
+  return cuda_forward(input, weight, bias, g, /*allow_tensor_cores=*/chosen == Backend::kernels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
@@ -36,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool shared_bias,
     std::array<bool, 3> output_mask, bool force_unfold) {
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
-  if (use_unfold(force_unfold)) {
+  if (backend(force_unfold) == Backend::unfold) {
     return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());

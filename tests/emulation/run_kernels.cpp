@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/forward_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 
 #ifdef WITH_C10_HALF
@@ -112,9 +113,11 @@ int mismatches = 0;
 void compare(const char* what, const Case& c, int case_index, const std::vector<double>& got,
              const std::vector<double>& want, double tolerance) {
   double scale = 1e-30, error = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
     scale = std::max(scale, std::abs(want[i]));
-    error = std::max(error, std::abs(got[i] - want[i]));
+    // NaN (shared memory read before written, an output never written) counts as infinite
+    const double difference = std::abs(got[i] - want[i]);
+    error = std::isnan(difference) ? INFINITY : std::max(error, difference);
   }
   if (got.size() != want.size() || !(error / scale <= tolerance)) {
     ++mismatches;
@@ -147,7 +150,7 @@ void run_case(const Case& c, int case_index, const Data& d) {
   // Every tile width runs for every case, not only the one the launchers would pick.
   using TF = ForwardTiles<WIDTH>;
   std::vector<scalar_t> got_out(out.size());
-  launch_on_cpu(forward_grid<TF>(s), TF::THREADS, forward_kernel<scalar_t, index_t, TF>,
+  launch_on_cpu(forward_grid<TF>(s), TF::THREADS, 0, forward_kernel<scalar_t, index_t, TF>,
                 input.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
                 got_out.data(), s);
   compare("forward", c, case_index, std::vector<double>(got_out.begin(), got_out.end()), out,
@@ -156,18 +159,77 @@ void run_case(const Case& c, int case_index, const Data& d) {
   // grad_input writes a contiguous (N, C_in, H, W) tensor whatever the input's layout.
   using TI = GradInputTiles<WIDTH>;
   std::vector<scalar_t> got_gin(gin.size());
-  launch_on_cpu(grad_input_grid<TI>(s), TI::THREADS, grad_input_kernel<scalar_t, index_t, TI>,
+  launch_on_cpu(grad_input_grid<TI>(s), TI::THREADS, 0, grad_input_kernel<scalar_t, index_t, TI>,
                 grad_output.data(), weight.data(), got_gin.data(), s);
   compare("grad_input", c, case_index, std::vector<double>(got_gin.begin(), got_gin.end()), gin,
           tolerance);
 
   using TW = GradWeightTiles<WIDTH>;
   std::vector<scalar_t> got_gw(gw.size());
-  launch_on_cpu(grad_weight_grid<TW>(s), TW::THREADS, grad_weight_kernel<scalar_t, index_t, TW>,
+  launch_on_cpu(grad_weight_grid<TW>(s), TW::THREADS, 0, grad_weight_kernel<scalar_t, index_t, TW>,
                 grad_output.data(), input.data(), got_gw.data(), s);
   compare("grad_weight", c, case_index, std::vector<double>(got_gw.begin(), got_gw.end()), gw,
           tolerance);
 }
+
+#ifdef WITH_C10_HALF
+// The tensor-core forward, on the input packed as the launcher packs it: (C_in, H, W, N8),
+// samples innermost, the batch padded with zeros to a multiple of 8.
+template <typename scalar_t, bool BFLOAT16, int OUT_TILES, bool EVEN_K>
+void run_tensor_core_forward(const Case& c, int case_index, const Data& d) {
+  using T = TensorCoreForwardTiles<OUT_TILES>;
+  const long batch_padded = (c.n + 7) / 8 * 8;
+  std::vector<scalar_t> packed(size_t(c.c_in) * c.h * c.w * batch_padded, scalar_t(0.f));
+  Data rounded = d;
+  for (long n = 0; n < c.n; ++n)
+    for (long ch = 0; ch < c.c_in; ++ch)
+      for (long y = 0; y < c.h; ++y)
+        for (long x = 0; x < c.w; ++x) {
+          const scalar_t value(static_cast<float>(x_at(c, d, n, ch, y, x)));
+          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
+          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = static_cast<double>(value);
+        }
+  auto cast = [](const std::vector<double>& v) {
+    std::vector<scalar_t> narrow;
+    for (double x : v) narrow.push_back(scalar_t(static_cast<float>(x)));
+    return narrow;
+  };
+  auto widen = [](const std::vector<scalar_t>& v) {
+    std::vector<double> wide;
+    for (const auto& x : v) wide.push_back(static_cast<double>(static_cast<float>(x)));
+    return wide;
+  };
+  const auto weight = cast(d.weight), bias = cast(d.bias);
+  rounded.weight = widen(weight), rounded.bias = widen(bias);
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+
+  auto s = shape_of<int32_t>(c, d);
+  s.input_stride_n = 1, s.input_stride_c = int32_t(c.h * c.w * batch_padded);
+  s.input_stride_h = int32_t(c.w * batch_padded), s.input_stride_w = int32_t(batch_padded);
+  std::vector<scalar_t> got(out.size(), scalar_t(NAN));
+  launch_on_cpu(tensor_core_forward_grid<T>(s), T::THREADS,
+                size_t(tensor_core_forward_shared_bytes<T>(s)),
+                forward_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, int32_t, T>,
+                packed.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
+                got.data(), s, int32_t(batch_padded));
+  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
+  compare(BFLOAT16 ? "tensor-core forward bf16" : "tensor-core forward f16", c, case_index,
+          widen(got), out, tolerance);
+}
+
+// Each output-tile width and both weight-load paths (pairs of 16-bit loads, or one 32-bit load
+// where K is even), spread over the two dtypes to keep the run short.
+void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
+  run_tensor_core_forward<c10::BFloat16, true, 2, false>(c, case_index, d);
+  if ((long(c.c_in) * c.kh * c.kw) % 2 == 0) {
+    run_tensor_core_forward<c10::BFloat16, true, 4, true>(c, case_index, d);
+    run_tensor_core_forward<c10::Half, false, 2, true>(c, case_index, d);
+  } else {
+    run_tensor_core_forward<c10::Half, false, 4, false>(c, case_index, d);
+  }
+}
+#endif
 
 int main() {
   const std::vector<Case> cases = {
@@ -179,6 +241,9 @@ int main() {
       {1, 2, 6, 7, 1, 3, 3, 3, 2, 2, 2, 1, 3, 1, true},    // stride > kernel: uncovered pixels
       {2, 3, 5, 5, 70, 2, 2, 1, 1, 0, 0, 1, 1, 2, false},  // C_out beyond one 64-wide tile
       {2, 70, 3, 3, 2, 1, 2, 1, 1, 0, 0, 1, 1, 1, false},  // patch beyond one 64-wide tile
+      {2, 4, 5, 21, 18, 3, 3, 1, 1, 1, 1, 1, 2, 2, false},  // three groups of 8 columns
+      {9, 16, 9, 9, 16, 5, 5, 1, 1, 0, 0, 1, 1, 2, true},  // DeepFace-like: 7 stages of 64
+      {70, 3, 6, 12, 5, 3, 3, 1, 1, 1, 1, 1, 1, 0, false},  // full sample chunks, 2 batch tiles
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const Data d = make_data(cases[i], unsigned(i));
@@ -189,6 +254,7 @@ int main() {
 #ifdef WITH_C10_HALF
     run_case<c10::Half, int32_t, 32>(cases[i], int(i), d);
     run_case<c10::BFloat16, int64_t, 16>(cases[i], int(i), d);
+    run_tensor_core_variants(cases[i], int(i), d);
 #endif
   }
   std::printf("%zu cases: %d mismatches\n", cases.size(), mismatches);
