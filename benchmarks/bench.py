@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from cases import CASES, CASES_BY_NAME, DIRECTIONS, QUICK_CASES, Case
 from ceilings import PRECISIONS, measure_ceilings, precision
-from methods import JAX, METHODS, Method
+from methods import JAX, METHODS, Method, environment
 from report import print_table, write_all
 from timing import median_ms, peak_extra_bytes
 
@@ -123,9 +123,14 @@ class Runner:
         return leaves, None, tensors["grad_output"]
 
     def _forward(self, leaves):
-        return self.method.function(*leaves, self.case.stride, self.case.padding)
+        with environment(self.method.environment):
+            return self.method.function(*leaves, self.case.stride, self.case.padding)
 
     def __call__(self, i: int):
+        with environment(self.method.environment):
+            return self._call(i)
+
+    def _call(self, i: int):
         leaves, out, grad_output = self.prepared[i % len(self.prepared)]
         if self.direction == "forward":
             with torch.no_grad():

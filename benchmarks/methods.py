@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,18 +39,19 @@ def compiled_naive_snippet():
     return torch.compile(naive_snippet, dynamic=False)
 
 
-def ffma_local_conv2d(*args):
-    """lc_cuda.local_conv2d with LC_CUDA_BACKEND=ffma: the float16/bfloat16 forward on the FFMA
-    kernel instead of tensor cores (the backward, FFMA either way, runs later, unaffected)."""
-    previous = os.environ.get("LC_CUDA_BACKEND")
-    os.environ["LC_CUDA_BACKEND"] = "ffma"
+@contextmanager
+def environment(variables: tuple[tuple[str, str], ...]):
+    """Sets environment variables for the duration of a block, then restores them."""
+    previous = {name: os.environ.get(name) for name, _ in variables}
+    os.environ.update(dict(variables))
     try:
-        return lc_cuda.local_conv2d(*args)
+        yield
     finally:
-        if previous is None:
-            del os.environ["LC_CUDA_BACKEND"]
-        else:
-            os.environ["LC_CUDA_BACKEND"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Method:
     # shared (C_out, C_in, KH, KW) weight and (C_out,) bias of a Conv2d of the same shape.
     weights: str = "local"
     description: str = ""
+    # Environment variables set around each timed call, forward and backward.
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 METHODS = {
@@ -68,8 +72,9 @@ METHODS = {
         Method("lc_cuda", lc_cuda.local_conv2d, description="lc_cuda.local_conv2d"),
         Method(
             "lc_cuda_ffma",
-            ffma_local_conv2d,
-            description="lc_cuda.local_conv2d without the tensor-core forward",
+            lc_cuda.local_conv2d,
+            description="lc_cuda.local_conv2d on its FFMA kernels only (LC_CUDA_BACKEND=ffma)",
+            environment=(("LC_CUDA_BACKEND", "ffma"),),
         ),
         Method(
             "lc_cuda_unfold",

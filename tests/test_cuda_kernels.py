@@ -153,12 +153,17 @@ def test_backend_variable_is_validated(monkeypatch):
         lc_cuda.local_conv2d(input, weight, bias)
 
 
-def forward_event_names(input, weight, bias, *args):
-    """The names of the operators and kernels one forward call runs."""
+def event_names(input, weight, bias, *args, backward=False):
+    """The names of the operators and kernels one forward call (and its backward) runs."""
+    leaves = [t.detach().requires_grad_(backward) for t in (input, weight, bias) if t is not None]
     with torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     ) as p:
-        lc_cuda.local_conv2d(input, weight, bias, *args)
+        out = lc_cuda.local_conv2d(
+            leaves[0], leaves[1], leaves[2] if bias is not None else None, *args
+        )
+        if backward:
+            out.sum().backward()
         torch.cuda.synchronize()
     return " ".join(event.name for event in p.events())
 
@@ -166,20 +171,20 @@ def forward_event_names(input, weight, bias, *args):
 def test_unfold_backend_runs_the_fallback(monkeypatch):
     """With LC_CUDA_BACKEND=unfold the profile shows the fallback's bmm, not the kernels."""
     input, weight, bias = tensors("pointwise", torch.float32)
-    assert "forward_kernel" in forward_event_names(input, weight, bias)
+    assert "forward_kernel" in event_names(input, weight, bias)
     monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
-    names = forward_event_names(input, weight, bias)
+    names = event_names(input, weight, bias)
     assert "forward_kernel" not in names and "aten::baddbmm" in names
 
 
 needs_sm80 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
-    reason="the tensor-core forward needs sm_80 or newer",
+    reason="the tensor-core kernels need sm_80 or newer",
 )
 
-# Geometries that steer the tensor-core forward's launcher: the 32-channel tiles (picked only
+# Geometries that steer the tensor-core launchers: the forward's 32-channel tiles (picked only
 # where the grid still fills the GPU twice over; 512 CTAs here) and a dilation so wide that the
-# staged input would not fit in shared memory (the launcher then runs the FFMA kernel).
+# staged input would not fit in shared memory (the forward and grad_weight then run FFMA).
 TENSOR_CORE_GEOMETRIES = {
     "wide_tiles": (128, 16, (34, 34), 64, (3, 3), (1, 1), (0, 0), (1, 1)),
     "too_wide_for_shared_memory": (4, 2, (3, 820), 8, (1, 3), (1, 1), (0, 0), (1, 400)),
@@ -188,13 +193,16 @@ TENSOR_CORE_GEOMETRIES = {
 
 @needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_forward_runs_on_tensor_cores_unless_ffma_is_asked_for(monkeypatch, dtype):
+def test_half_precision_runs_on_tensor_cores_unless_ffma_is_asked_for(monkeypatch, dtype):
+    """The forward and grad_weight take their tensor-core kernels; grad_input has none yet."""
     input, weight, bias = tensors("deepface_like", dtype)
     args = geometry_args("deepface_like")
-    assert "forward_tensor_core_kernel" in forward_event_names(input, weight, bias, *args)
+    names = event_names(input, weight, bias, *args, backward=True)
+    assert "forward_tensor_core_kernel" in names and "grad_weight_tensor_core_kernel" in names
     monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
-    names = forward_event_names(input, weight, bias, *args)
-    assert "forward_tensor_core_kernel" not in names and "forward_kernel" in names
+    names = event_names(input, weight, bias, *args, backward=True)
+    assert "tensor_core" not in names
+    assert "forward_kernel" in names and "grad_weight_kernel" in names
 
 
 @needs_sm80
@@ -206,29 +214,36 @@ def test_tensor_core_launcher_choices_stay_accurate(name, dtype):
         n, c_in, size, c_out, kernel, stride, padding, dilation, "shared", dtype, "cuda"
     )
     geometry = (stride, padding, dilation)
-    names = forward_event_names(*args, *geometry)
+    names = event_names(*args, *geometry, backward=True)
+    on_tensor_cores = name == "wide_tiles"
     # the tile width is a template argument, so it shows in the kernel's name
-    assert ("TensorCoreForwardTiles<4>" in names) == (name == "wide_tiles")
-    assert ("forward_tensor_core_kernel" in names) == (name == "wide_tiles")
-    expected = reference_all(*args, geometry)[0]
-    got = lc_cuda.local_conv2d(*args, *geometry)
-    fallback = lc_cuda.unfold_local_conv2d(*args, *geometry)
-    error, fallback_error = (
-        relative_error(got.cpu(), expected),
-        relative_error(fallback.cpu(), expected),
-    )
-    assert error <= 2 * max(fallback_error, torch.finfo(dtype).eps), (error, fallback_error)
+    assert ("TensorCoreForwardTiles<4>" in names) == on_tensor_cores
+    assert ("forward_tensor_core_kernel" in names) == on_tensor_cores
+    assert ("grad_weight_tensor_core_kernel" in names) == on_tensor_cores
+    expected = reference_all(*args, geometry)
+    got = run_all(*args, geometry)
+    fallback = run_all(*args, geometry, function=lc_cuda.unfold_local_conv2d)
+    for label, k, f, e in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), got, fallback, expected
+    ):
+        error, fallback_error = relative_error(k.cpu(), e), relative_error(f.cpu(), e)
+        assert error <= 2 * max(fallback_error, torch.finfo(dtype).eps), (
+            label,
+            error,
+            fallback_error,
+        )
 
 
 @needs_sm80
-def test_tensor_core_and_ffma_forwards_agree(monkeypatch):
-    """The two half-precision forwards sum the same products in different orders."""
+def test_tensor_core_and_ffma_kernels_agree(monkeypatch):
+    """The two half-precision paths sum the same products in different orders."""
     args = tensors("strided_dilated", torch.bfloat16)
     geometry = geometry_args("strided_dilated")
-    tensor_core = lc_cuda.local_conv2d(*args, *geometry)
+    tensor_core = run_all(*args, geometry)
     monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
-    ffma = lc_cuda.local_conv2d(*args, *geometry)
-    torch.testing.assert_close(tensor_core, ffma, rtol=2e-2, atol=2e-2)
+    ffma = run_all(*args, geometry)
+    for t, f in zip(tensor_core, ffma):
+        torch.testing.assert_close(t, f, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("layout", ["expanded", "channels_last", "sliced"])

@@ -1,6 +1,7 @@
 """The CUDA kernels' own source, run on the CPU (tests/emulation/cuda_on_cpu.h) against direct
 float64 sums, so that their index arithmetic and tiling are tested on machines without a GPU.
-Covers float, double, c10::Half and c10::BFloat16, 32- and 64-bit indices, every tile width."""
+Covers the FFMA kernels (float, double, c10::Half, c10::BFloat16; 32- and 64-bit indices; every
+tile width) and the tensor-core forward and grad_weight (warp-level PTX emulated)."""
 
 import shutil
 import subprocess

@@ -2,7 +2,7 @@
 
 Every tile width (C_out and C_in of at most 16, 32 and more), both bias kinds, padding,
 stride, dilation, a channels_last input and a batch that is not a multiple of the tile all
-run; float16 and bfloat16 run twice, on the tensor-core forward and with LC_CUDA_BACKEND=ffma.
+run; float16 and bfloat16 run twice, on the tensor-core kernels and with LC_CUDA_BACKEND=ffma.
 Each result is compared with the CPU fallback, so the script also fails on wrong values.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/exercise_kernels.py

@@ -1,7 +1,5 @@
 // Launches the forward pass: the tensor-core kernel for float16 and bfloat16 where the GPU and the
 // geometry allow it, the FFMA kernel otherwise.
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -15,23 +13,6 @@
 namespace lc_cuda {
 namespace {
 
-int device_attribute(cudaDeviceAttr attribute, int device) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
-// The input as the tensor-core kernel reads it: (C_in, H, W, N8), samples innermost, the batch
-// padded with zeros to a multiple of 8 (so that 8 samples are one aligned 16-byte piece).
-at::Tensor pack_input(const at::Tensor& input, int64_t batch_padded) {
-  auto packed = at::empty({input.size(1), input.size(2), input.size(3), batch_padded},
-                          input.options());
-  packed.narrow(3, 0, input.size(0)).copy_(input.permute({1, 2, 3, 0}));
-  if (batch_padded > input.size(0))
-    packed.narrow(3, input.size(0), batch_padded - input.size(0)).zero_();
-  return packed;
-}
-
 // Runs the tensor-core forward and returns true, or returns false (having done nothing) where
 // it does not apply: a GPU older than sm_80, more shared memory than a block may have (very
 // wide strides or dilations), or more column groups than grid y holds.
@@ -40,11 +21,11 @@ bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
                          const at::Tensor& bias_values, const Geometry& g, at::Tensor& output,
                          cudaStream_t stream) {
   const int device = input.get_device();
-  if (device_attribute(cudaDevAttrComputeCapabilityMajor, device) < 8) return false;
-  const int64_t batch_padded = (g.batch + 7) / 8 * 8;
+  if (!launch::has_tensor_core_kernels(device)) return false;
+  const int64_t batch_padded = launch::padded_batch(g.batch);
   const int64_t shared_limit =
-      device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  const int64_t processors = device_attribute(cudaDevAttrMultiProcessorCount, device);
+      launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int64_t processors = launch::device_attribute(cudaDevAttrMultiProcessorCount, device);
   constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
 
   // Checked before packing, so that a call that falls back costs nothing; shared memory and the
@@ -61,7 +42,7 @@ bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
   const bool wide = g.out_channels > 16 &&
                     int64_t(wide_grid.x) * wide_grid.y * wide_grid.z >= 2 * processors;
 
-  const at::Tensor packed = pack_input(input, batch_padded);
+  const at::Tensor packed = launch::pack_input(input);
   const at::Tensor packed_view = packed.permute({3, 0, 1, 2});  // (N8, C, H, W) strides
   const int64_t patch_size = g.in_channels * g.kernel_h * g.kernel_w;
   const bool even_k = patch_size % 2 == 0 &&

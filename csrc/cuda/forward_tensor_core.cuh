@@ -8,58 +8,26 @@
 //     pairs of neighbouring patch columns are one aligned 32-bit load), once per CTA;
 //   - covers LOCATIONS neighbouring output columns of one output row per CTA, a warp each, so the
 //     input columns their windows share are staged in shared memory once for all of them;
-//   - takes the input packed as (C_in, H, W, N8): samples innermost, the batch padded to N8, a
-//     multiple of 8, with zeros. A patch column k = (c, p, q) of 8 consecutive samples is then
-//     one 16-byte row of shared memory, at an address only k and the location decide, which is
-//     what ldmatrix.trans needs to build the A fragment of any 16 consecutive patch columns;
-//   - stages kernel rows with cp.async, double-buffered, STAGE_K patch columns at a time.
+//   - takes the input packed as (C_in, H, W, N8) and stages it as in input_staging.cuh, with
+//     cp.async into a double buffer, so that ldmatrix.trans builds the A fragment (samples x
+//     patch columns) of any 16 consecutive patch columns.
 // Each output element is summed by one thread in a fixed order: bitwise-identical results from
 // run to run.
 #pragma once
 
 #include <cstdint>
 
-#include "cuda/local_conv2d_kernels.cuh"
-#include "cuda/tensor_core.cuh"
+#include "cuda/input_staging.cuh"
 
 namespace lc_cuda {
 namespace kernels {
 
 template <int OUT_TILES_>
-struct TensorCoreForwardTiles {
-  static constexpr int LOCATIONS = 8;  // neighbouring output columns per CTA, one warp each
-  static constexpr int THREADS = 32 * LOCATIONS;
-  static constexpr int BATCH = 64;  // samples per CTA
+struct TensorCoreForwardTiles : StripTiles {
   static constexpr int BATCH_TILES = BATCH / 16;  // 16-row MMA tiles per warp
   static constexpr int OUT_TILES = OUT_TILES_;    // 8-column MMA tiles per warp
   static constexpr int OUT_CHANNELS = 8 * OUT_TILES;
-  static constexpr int STAGE_K = 64;  // patch columns per pipeline stage: four k16 steps
-  static constexpr int STEPS = STAGE_K / 16;
-  // A staged input column holds BATCH samples plus 8 padding elements. ldmatrix reads eight
-  // 16-byte rows per phase, here eight neighbouring taps of a kernel row (neighbouring columns);
-  // at 144 bytes apart (an odd number of 16-byte units) they fall in eight distinct bank groups.
-  static constexpr int COLUMN = BATCH + 8;
 };
-
-// Staged input columns per kernel row: the LOCATIONS windows side by side.
-template <typename T, typename index_t>
-__host__ __device__ inline index_t tensor_core_strip_width(const ConvShape<index_t>& s) {
-  return (T::LOCATIONS - 1) * s.stride_w + (s.kernel_w - 1) * s.dilation_w + 1;
-}
-
-// Kernel rows one stage may touch: STAGE_K consecutive patch columns span at most this many.
-template <typename T, typename index_t>
-__host__ __device__ inline index_t tensor_core_stage_rows(const ConvShape<index_t>& s) {
-  const index_t spanned = (T::STAGE_K - 1) / s.kernel_w + 2, total = s.in_channels * s.kernel_h;
-  return spanned < total ? spanned : total;
-}
-
-// One pipeline buffer: the staged kernel rows, then a table of STAGE_K row offsets.
-template <typename T, typename index_t>
-__host__ __device__ inline int64_t tensor_core_buffer_bytes(const ConvShape<index_t>& s) {
-  const int64_t rows = tensor_core_stage_rows<T>(s);
-  return rows * tensor_core_strip_width<T>(s) * T::COLUMN * 2 + T::STAGE_K * 4;
-}
 
 // Two buffers and one 16-byte row of zeros, which stands in for patch columns past K.
 template <typename T, typename index_t>
@@ -107,88 +75,6 @@ __device__ inline void load_stage_filters(uint32_t (&b)[T::STEPS][T::OUT_TILES][
       b[step][tile][0] = valid ? filter_pair<EVEN_K>(row, k, patch_size) : 0;
       b[step][tile][1] = valid ? filter_pair<EVEN_K>(row, k + 8, patch_size) : 0;
     }
-  }
-}
-
-// A thread's part in staging the input: 16-byte pieces e = row * pieces_per_row + piece for
-// e = thread, thread + THREADS, ... The walk advances (row, piece) by fixed steps instead of
-// dividing e, since integer division would cost more instructions than the copies themselves.
-template <typename T, typename index_t>
-struct StagingWalk {
-  static constexpr int CHUNKS = T::BATCH / 8;  // 16-byte pieces of a staged column
-  index_t strip_width, pieces_per_row, first_row, first_piece, row_step, piece_step;
-
-  __device__ StagingWalk(const ConvShape<index_t>& s) {
-    strip_width = tensor_core_strip_width<T>(s);
-    pieces_per_row = strip_width * CHUNKS;
-    first_row = threadIdx.x / pieces_per_row;
-    first_piece = threadIdx.x - first_row * pieces_per_row;
-    row_step = T::THREADS / pieces_per_row;
-    piece_step = T::THREADS - row_step * pieces_per_row;
-  }
-};
-
-// Where patch column k_base + thread of each stage lies: kernel row (c * KH + p) and tap q,
-// advanced by STAGE_K columns per stage without dividing. Threads past STAGE_K carry one too.
-template <typename T, typename index_t>
-struct TableWalk {
-  index_t kernel_row, q, row_step, q_step;
-
-  __device__ TableWalk(const ConvShape<index_t>& s) {
-    kernel_row = threadIdx.x / s.kernel_w;
-    q = threadIdx.x - kernel_row * s.kernel_w;
-    row_step = T::STAGE_K / s.kernel_w;
-    q_step = T::STAGE_K - row_step * s.kernel_w;
-  }
-
-  __device__ void advance(const ConvShape<index_t>& s) {
-    kernel_row += row_step, q += q_step;
-    if (q >= s.kernel_w) q -= s.kernel_w, ++kernel_row;
-  }
-};
-
-// Stages the kernel rows that patch columns [k_base, k_base + STAGE_K) read, for all
-// LOCATIONS windows and BATCH samples, and the table that maps each patch column to its row
-// (offset in elements of the column for the CTA's first location; -1 past K).
-template <typename T, typename index_t>
-__device__ inline void stage_input(uint16_t* buffer, const uint16_t* __restrict__ packed,
-                                   const ConvShape<index_t>& s, const StagingWalk<T, index_t>& walk,
-                                   const TableWalk<T, index_t>& table_walk, index_t k_base,
-                                   index_t patch_size, index_t window_top, index_t strip_left,
-                                   index_t n_base, index_t batch_padded) {
-  constexpr int CHUNKS = StagingWalk<T, index_t>::CHUNKS;
-  const index_t first_row = k_base / s.kernel_w;
-  const index_t last_k = k_base + T::STAGE_K <= patch_size ? k_base + T::STAGE_K - 1
-                                                            : patch_size - 1;
-  const index_t rows = last_k / s.kernel_w - first_row + 1;
-
-  index_t row = walk.first_row, piece = walk.first_piece;
-  index_t c = (first_row + row) / s.kernel_h, p = first_row + row - c * s.kernel_h;
-  while (row < rows) {
-    const int x = static_cast<int>(piece / CHUNKS), chunk = static_cast<int>(piece % CHUNKS);
-    const index_t y = window_top + p * s.dilation_h, column = strip_left + x;
-    const index_t n = n_base + chunk * 8;
-    const bool valid = y >= 0 && y < s.in_h && column >= 0 && column < s.in_w && n < batch_padded;
-    const uint16_t* source =
-        valid ? packed + c * s.input_stride_c + y * s.input_stride_h + column * s.input_stride_w + n
-              : packed;
-    copy_16_bytes_async(buffer + (row * walk.strip_width + x) * T::COLUMN + chunk * 8, source,
-                        valid);
-    index_t advance = walk.row_step;
-    piece += walk.piece_step;
-    if (piece >= walk.pieces_per_row) piece -= walk.pieces_per_row, ++advance;
-    row += advance, p += advance;
-    while (p >= s.kernel_h) p -= s.kernel_h, ++c;
-  }
-  if (static_cast<int>(threadIdx.x) < T::STAGE_K) {
-    int* table = reinterpret_cast<int*>(buffer + tensor_core_stage_rows<T>(s) * walk.strip_width *
-                                                     T::COLUMN);
-    table[threadIdx.x] =
-        k_base + threadIdx.x < patch_size
-            ? static_cast<int>(((table_walk.kernel_row - first_row) * walk.strip_width +
-                                table_walk.q * s.dilation_w) *
-                               T::COLUMN)
-            : -1;
   }
 }
 

@@ -1,19 +1,83 @@
-// Launches the grad_weight kernel: one CTA per output location, C_out tile and patch-column
-// tile, each reducing over the whole batch.
-#include <c10/cuda/CUDAStream.h>
+// Launches grad_weight: the tensor-core kernel for float16 and bfloat16 where the GPU and the
+// geometry allow it, otherwise the FFMA kernel (one CTA per output location, C_out tile and
+// patch-column tile, each reducing over the whole batch).
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/grad_weight_tensor_core.cuh"
 #include "cuda/launch.cuh"
 
 namespace lc_cuda {
+namespace {
+
+// Runs the tensor-core grad_weight and returns true, or returns false (having done nothing)
+// where it does not apply: a GPU older than sm_80, an empty batch, more shared memory than a
+// block may have (very wide strides or dilations, or a batch in the thousands, whose
+// grad_output slice is staged whole), or more column groups than grid y holds.
+template <typename scalar_t>
+bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                             const Geometry& g, at::Tensor& grad_weight, cudaStream_t stream) {
+  using T = kernels::TensorCoreGradWeightTiles;
+  const int device = input.get_device();
+  if (g.batch == 0 || !launch::has_tensor_core_kernels(device)) return false;
+  const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, grad_output);
+  const int64_t shared_bytes = kernels::tensor_core_grad_weight_shared_bytes<T>(unpacked_shape);
+  if (shared_bytes > launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ||
+      kernels::tensor_core_grad_weight_grid<T>(unpacked_shape).y > kernels::kMaxGridYZ)
+    return false;
+
+  const at::Tensor packed = launch::pack_input(input);
+  const at::Tensor packed_view = packed.permute({3, 0, 1, 2});  // (N8, C, H, W) strides
+  const int64_t patch_size = g.in_channels * g.kernel_h * g.kernel_w;
+  const bool even_k =
+      patch_size % 2 == 0 &&
+      reinterpret_cast<std::uintptr_t>(grad_weight.const_data_ptr()) % 4 == 0;
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
+
+  launch::with_index_type({grad_output, packed, grad_weight}, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    const auto shape = launch::conv_shape<index_t>(g, packed_view, grad_output);
+    auto run = [&](auto even_tag) {
+      const auto kernel = kernels::grad_weight_tensor_core_kernel<scalar_t, kBFloat16,
+                                                                  decltype(even_tag)::value,
+                                                                  index_t, T>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+      kernel<<<kernels::tensor_core_grad_weight_grid<T>(shape), T::THREADS, shared_bytes,
+               stream>>>(grad_output.const_data_ptr<scalar_t>(),
+                         packed.const_data_ptr<scalar_t>(),
+                         grad_weight.mutable_data_ptr<scalar_t>(), shape,
+                         static_cast<index_t>(launch::padded_batch(g.batch)));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (even_k) return run(std::true_type{});
+    run(std::false_type{});
+  });
+  return true;
+}
+
+}  // namespace
 
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                            const Geometry& g) {
+                            const Geometry& g, bool allow_tensor_cores) {
   const c10::cuda::CUDAGuard device_guard(input.device());
   auto grad_weight = at::empty(
       {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
   if (grad_weight.numel() == 0) return grad_weight;
   const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  if (allow_tensor_cores) {
+    if (input.scalar_type() == at::kBFloat16 &&
+        tensor_core_grad_weight<at::BFloat16>(grad_output, input, g, grad_weight, stream))
+      return grad_weight;
+    if (input.scalar_type() == at::kHalf &&
+        tensor_core_grad_weight<at::Half>(grad_output, input, g, grad_weight, stream))
+      return grad_weight;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_grad_weight", [&] {
     launch::with_index_type({grad_output, input, grad_weight}, [&](auto index_tag) {

@@ -1,5 +1,5 @@
-// What the three kernel launchers share: the index-type choice, the ConvShape built from a
-// checked Geometry, and the grid check.
+// What the kernel launchers share: the index-type choice, the ConvShape built from a checked
+// Geometry, the grid check, and the device queries and input packing of the tensor-core kernels.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -7,6 +7,7 @@
 #include <ATen/native/CanUse32BitIndexMath.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
 
 #include <array>
 #include <cstdint>
@@ -60,6 +61,31 @@ inline void check_grid(const dim3& grid) {
   TORCH_CHECK(grid.y <= kernels::kMaxGridYZ && grid.z <= kernels::kMaxGridYZ,
               "lc_cuda: a launch needs more than 65535 blocks along grid y or z: got y=", grid.y,
               ", z=", grid.z);
+}
+
+inline int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+// Whether the tensor-core kernels (cp.async, ldmatrix, bf16 mma.sync) can run on the device.
+inline bool has_tensor_core_kernels(int device) {
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, device) >= 8;
+}
+
+// The batch rounded up to whole 16-byte pieces of 8 samples.
+inline int64_t padded_batch(int64_t batch) { return (batch + 7) / 8 * 8; }
+
+// The input as the tensor-core kernels read it: (C_in, H, W, N8), samples innermost, the batch
+// padded with zeros to padded_batch. A new tensor (so 16-byte aligned).
+inline at::Tensor pack_input(const at::Tensor& input) {
+  const int64_t batch = input.size(0), batch_padded = padded_batch(batch);
+  auto packed = at::empty({input.size(1), input.size(2), input.size(3), batch_padded},
+                          input.options());
+  packed.narrow(3, 0, batch).copy_(input.permute({1, 2, 3, 0}));
+  if (batch_padded > batch) packed.narrow(3, batch, batch_padded - batch).zero_();
+  return packed;
 }
 
 }  // namespace launch

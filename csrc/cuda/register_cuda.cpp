@@ -44,14 +44,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool shared_bias,
     std::array<bool, 3> output_mask, bool force_unfold) {
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
-  if (backend(force_unfold) == Backend::unfold) {
+  const Backend chosen = backend(force_unfold);
+  if (chosen == Backend::unfold) {
     return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const auto empty = [&] { return at::empty({0}, input.options()); };
   return {
       output_mask[0] ? cuda_grad_input(grad_output, weight, g) : empty(),
-      output_mask[1] ? cuda_grad_weight(grad_output, input, g) : empty(),
+      output_mask[1] ? cuda_grad_weight(grad_output, input, g, chosen == Backend::kernels)
+                     : empty(),
       // A tree reduction over the batch (and locations): deterministic, no atomics.
       output_mask[2] ? (shared_bias ? grad_output.sum({0, 2, 3}) : grad_output.sum(0)) : empty(),
   };

@@ -58,9 +58,21 @@ __device__ inline void wait_async_copies() {
 #endif
 }
 
-// ldmatrix.x4.trans: lanes 8j..8j+7 give the addresses of the eight 16-byte rows of matrix j;
-// each lane receives, in fragment[j], elements (2t, g) and (2t+1, g) of matrix j (row, column;
+// ldmatrix.x4: lanes 8j..8j+7 give the addresses of the eight 16-byte rows of matrix j; each
+// lane receives, in fragment[j], elements (g, 2t) and (g, 2t+1) of matrix j (row, column;
 // g = lane / 4, t = lane % 4), the low half holding the first.
+__device__ inline void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
+#if LC_CUDA_HAS_TENSOR_CORE_PTX
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+               : "r"(shared_address(row)));
+#else
+  __trap();
+#endif
+}
+
+// ldmatrix.x4.trans: the same rows, transposed: fragment[j] holds elements (2t, g) and
+// (2t+1, g) of matrix j.
 __device__ inline void load_matrix_x4_transposed(uint32_t (&fragment)[4], const void* row) {
 #if LC_CUDA_HAS_TENSOR_CORE_PTX
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -99,6 +111,11 @@ __device__ inline void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4],
 // low half.
 __device__ inline uint32_t load_pair(const void* global) {
   return __ldg(static_cast<const unsigned int*>(global));
+}
+
+// Stores two neighbouring 16-bit elements, 4-byte aligned, as one 32-bit store.
+__device__ inline void store_pair(void* global, uint32_t pair) {
+  *static_cast<uint32_t*>(global) = pair;
 }
 
 }  // namespace kernels

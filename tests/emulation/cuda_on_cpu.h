@@ -115,6 +115,22 @@ inline void commit_async_copies() {}
 template <int PENDING>
 void wait_async_copies() {}
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 address the rows of matrix j; lane
+// (g = lane/4, t = lane%4) receives elements [g][2t] and [g][2t+1] of each matrix, the first in
+// the low half.
+inline void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
+  check_aligned(row, 16, "ldmatrix row address not 16-byte aligned");
+  WarpExchange& warp = this_warp();
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  warp.rows[lane] = row;
+  sync_warp();
+  for (int j = 0; j < 4; ++j) {
+    const auto* matrix_row = static_cast<const uint16_t*>(warp.rows[8 * j + g]);
+    fragment[j] = uint32_t(matrix_row[2 * t]) | (uint32_t(matrix_row[2 * t + 1]) << 16);
+  }
+  sync_warp();
+}
+
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lanes 8j..8j+7 address the rows of matrix j;
 // with .trans, lane (g = lane/4, t = lane%4) receives elements [2t][g] and [2t+1][g] of each
 // matrix, the first in the low half.
@@ -194,6 +210,11 @@ inline uint32_t load_pair(const void* global) {
   uint32_t word;
   std::memcpy(&word, global, 4);
   return word;
+}
+
+inline void store_pair(void* global, uint32_t pair) {
+  check_aligned(global, 4, "32-bit store not 4-byte aligned");
+  std::memcpy(global, &pair, 4);
 }
 
 }  // namespace kernels

@@ -1,7 +1,9 @@
-// Runs lc_cuda's CUDA kernels on the CPU (cuda_on_cpu.h) for a set of geometries, every tile
-// width, float and double, 32- and 64-bit indices, and compares them with direct float64 sums
-// written here independently (grad_input as a scatter, not a gather). Prints one line per
-// mismatch and a final count; exits 1 on any mismatch.
+// Runs lc_cuda's CUDA kernels on the CPU (cuda_on_cpu.h) for a set of geometries and compares
+// them with direct float64 sums written here independently (grad_input as a scatter, not a
+// gather): the FFMA kernels at every tile width in float, double, c10::Half and c10::BFloat16
+// with 32- and 64-bit indices; the tensor-core forward and grad_weight in bfloat16 and float16
+// on the input packed as the launchers pack it. Prints one line per mismatch and a final count;
+// exits 1 on any mismatch.
 #include "cuda_on_cpu.h"
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "cuda/forward_tensor_core.cuh"
+#include "cuda/grad_weight_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 
 #ifdef WITH_C10_HALF
@@ -218,6 +221,43 @@ void run_tensor_core_forward(const Case& c, int case_index, const Data& d) {
           widen(got), out, tolerance);
 }
 
+// The tensor-core grad_weight, on grad_output in its physical layout and the packed input.
+template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t>
+void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
+  using T = TensorCoreGradWeightTiles;
+  const long batch_padded = (c.n + 7) / 8 * 8;
+  std::vector<scalar_t> packed(size_t(c.c_in) * c.h * c.w * batch_padded, scalar_t(0.f));
+  Data rounded = d;
+  for (long n = 0; n < c.n; ++n)
+    for (long ch = 0; ch < c.c_in; ++ch)
+      for (long y = 0; y < c.h; ++y)
+        for (long x = 0; x < c.w; ++x) {
+          const scalar_t value(static_cast<float>(x_at(c, d, n, ch, y, x)));
+          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
+          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = static_cast<double>(value);
+        }
+  std::vector<scalar_t> grad_output;
+  for (double x : d.grad_output) grad_output.push_back(scalar_t(static_cast<float>(x)));
+  for (size_t i = 0; i < grad_output.size(); ++i)
+    rounded.grad_output[i] = static_cast<double>(static_cast<float>(grad_output[i]));
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+
+  auto s = shape_of<index_t>(c, d);
+  s.input_stride_n = 1, s.input_stride_c = index_t(c.h * c.w * batch_padded);
+  s.input_stride_h = index_t(c.w * batch_padded), s.input_stride_w = index_t(batch_padded);
+  std::vector<scalar_t> got(gw.size(), scalar_t(NAN));
+  launch_on_cpu(tensor_core_grad_weight_grid<T>(s), T::THREADS,
+                size_t(tensor_core_grad_weight_shared_bytes<T>(s)),
+                grad_weight_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, index_t, T>,
+                grad_output.data(), packed.data(), got.data(), s, index_t(batch_padded));
+  std::vector<double> wide;
+  for (const auto& x : got) wide.push_back(static_cast<double>(static_cast<float>(x)));
+  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
+  compare(BFLOAT16 ? "tensor-core grad_weight bf16" : "tensor-core grad_weight f16", c,
+          case_index, wide, gw, tolerance);
+}
+
 // Each output-tile width and both weight-load paths (pairs of 16-bit loads, or one 32-bit load
 // where K is even), spread over the two dtypes to keep the run short.
 void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
@@ -228,6 +268,9 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
   } else {
     run_tensor_core_forward<c10::Half, false, 4, false>(c, case_index, d);
   }
+  if ((long(c.c_in) * c.kh * c.kw) % 2 == 0)
+    run_tensor_core_grad_weight<c10::BFloat16, true, true, int32_t>(c, case_index, d);
+  run_tensor_core_grad_weight<c10::Half, false, false, int64_t>(c, case_index, d);
 }
 #endif
 
