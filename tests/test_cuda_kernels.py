@@ -234,6 +234,36 @@ def test_tensor_core_launcher_choices_stay_accurate(name, dtype):
         )
 
 
+@pytest.fixture
+def allow_tf32():
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@needs_sm80
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_float32_forward_takes_tf32_only_where_allowed(name, allow_tf32):
+    """With TF32 allowed (torch's matmul policy), the float32 forward runs on TF32 tensor cores,
+    its error within 2x the fallback's (whose bmm then runs in TF32 too); not allowed, it stays
+    on the exact FFMA kernel (test_float32_and_float64_within_tolerance)."""
+    input, weight, bias = tensors(name, torch.float32)
+    args = geometry_args(name)
+    assert "forward_tf32_kernel" in event_names(input, weight, bias, *args)
+    expected = reference_all(input, weight, bias, args)[0]
+    got = lc_cuda.local_conv2d(input, weight, bias, *args)
+    fallback = lc_cuda.unfold_local_conv2d(input, weight, bias, *args)
+    error, fallback_error = (
+        relative_error(got.cpu(), expected),
+        relative_error(fallback.cpu(), expected),
+    )
+    assert error <= 2 * max(fallback_error, 2.0**-11), (error, fallback_error)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    names = event_names(input, weight, bias, *args)
+    assert "forward_tf32_kernel" not in names and "forward_kernel" in names
+
+
 @needs_sm80
 def test_tensor_core_and_ffma_kernels_agree(monkeypatch):
     """The two half-precision paths sum the same products in different orders."""

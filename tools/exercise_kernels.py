@@ -2,7 +2,8 @@
 
 Every tile width (C_out and C_in of at most 16, 32 and more), both bias kinds, padding,
 stride, dilation, a channels_last input and a batch that is not a multiple of the tile all
-run; float16 and bfloat16 run twice, on the tensor-core kernels and with LC_CUDA_BACKEND=ffma.
+run; float16 and bfloat16 run twice, on the tensor-core kernels and with LC_CUDA_BACKEND=ffma,
+and float32 twice, exact and with TF32 allowed.
 Each result is compared with the CPU fallback, so the script also fails on wrong values.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/exercise_kernels.py
@@ -49,22 +50,26 @@ def run(device, dtype, case, channels_last):
 
 def main() -> int:
     failures = 0
-    runs = [(dtype, "auto") for dtype in TOLERANCE] + [
-        (torch.float16, "ffma"),
-        (torch.bfloat16, "ffma"),
+    # (dtype, LC_CUDA_BACKEND, TF32 allowed): every kernel, the FFMA ones in every dtype
+    runs = [(dtype, "auto", False) for dtype in TOLERANCE] + [
+        (torch.float16, "ffma", False),
+        (torch.bfloat16, "ffma", False),
+        (torch.float32, "auto", True),
     ]
-    for dtype, backend in runs:
+    for dtype, backend, tf32 in runs:
         os.environ["LC_CUDA_BACKEND"] = backend
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        tolerance = 1e-2 if tf32 else TOLERANCE[dtype]
         for case in CASES:
             for channels_last in (False, True):
                 got = run("cuda", dtype, case, channels_last)
                 want = run("cpu", torch.float64, case, channels_last)
                 for g, e in zip(got, want):
                     error = ((g - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
-                    if error > TOLERANCE[dtype]:
+                    if error > tolerance:
                         failures += 1
                         print(
-                            f"MISMATCH {dtype} {backend} {case} "
+                            f"MISMATCH {dtype} {backend} tf32={tf32} {case} "
                             f"channels_last={channels_last}: {error:.3g}"
                         )
     torch.cuda.synchronize()

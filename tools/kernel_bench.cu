@@ -6,9 +6,9 @@
 //
 // For each benchmark layer (benchmarks/cases.py) in float32 and bfloat16, it prints the median
 // time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
-// the TFLOP/s and GB/s they reach, by the same counts as the harness; in bfloat16 also the
-// tensor-core forward (16- and 32-channel tiles) and grad_weight, their kernels alone (the
-// extension also packs the input, which is not timed here). It checks nothing: the tests and tools/exercise_kernels.py do.
+// the TFLOP/s and GB/s they reach, by the same counts as the harness; also the tensor-core
+// kernels alone (the extension also packs the input, which is not timed here): in bfloat16 the
+// forward (16- and 32-channel tiles) and grad_weight, in float32 the TF32 forward. It checks nothing: the tests and tools/exercise_kernels.py do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -124,7 +124,7 @@ void run(const Layer& layer, const char* dtype, int repeats) {
   for (int i = 0; i < 3; ++i)
     std::printf("%-20s %-9s %-12s %10.1f us %8.2f TFLOP/s %8.1f GB/s\n", layer.name, dtype,
                 names[i], ms[i] * 1e3, flops / ms[i] / 1e9, bytes[i] / ms[i] / 1e6);
-  if constexpr (sizeof(scalar_t) == 2) {
+  {
     // The input as the extension packs it for the tensor-core kernels: (C_in, H, W, N8).
     const int batch_padded = (s.batch + 7) / 8 * 8;
     scalar_t* packed = device_buffer<scalar_t>(input / s.batch * batch_padded);
@@ -133,41 +133,55 @@ void run(const Layer& layer, const char* dtype, int repeats) {
     packed_shape.input_stride_c = s.in_h * s.in_w * batch_padded;
     packed_shape.input_stride_h = s.in_w * batch_padded;
     packed_shape.input_stride_w = batch_padded;
-    // Pairs of patch columns are one 32-bit access where K is even.
     auto time_kernel = [&](auto kernel, dim3 grid, int threads, int64_t shared_bytes,
                            auto... args) {
       CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       int(shared_bytes)));
       return median_ms([&] { kernel<<<grid, threads, shared_bytes>>>(args...); }, repeats);
     };
-    auto forward_tc = [&](auto tiles) {
-      using T = decltype(tiles);
-      const auto kernel = patch % 2 == 0
-                              ? forward_tensor_core_kernel<scalar_t, true, true, int32_t, T>
-                              : forward_tensor_core_kernel<scalar_t, true, false, int32_t, T>;
-      return time_kernel(kernel, tensor_core_forward_grid<T>(packed_shape), T::THREADS,
-                         tensor_core_forward_shared_bytes<T>(packed_shape), packed,
-                         static_cast<const scalar_t*>(w), static_cast<const scalar_t*>(b), false,
-                         y, packed_shape, batch_padded);
-    };
-    using TW = TensorCoreGradWeightTiles;
-    const auto grad_weight_tc =
-        patch % 2 == 0 ? grad_weight_tensor_core_kernel<scalar_t, true, true, int32_t, TW>
-                       : grad_weight_tensor_core_kernel<scalar_t, true, false, int32_t, TW>;
-    const struct {
+    struct TimedRun {
       const char* name;
       float ms;
       double bytes;
-    } tensor_core_runs[] = {
-        {"forward_tc16", forward_tc(TensorCoreForwardTiles<2>{}), bytes[0]},
-        {"forward_tc32", forward_tc(TensorCoreForwardTiles<4>{}), bytes[0]},
-        {"grad_weight_tc",
-         time_kernel(grad_weight_tc, tensor_core_grad_weight_grid<TW>(packed_shape), TW::THREADS,
-                     tensor_core_grad_weight_shared_bytes<TW>(packed_shape),
-                     static_cast<const scalar_t*>(y), static_cast<const scalar_t*>(packed), gw,
-                     packed_shape, batch_padded),
-         bytes[2]},
     };
+    std::vector<TimedRun> tensor_core_runs;
+    if constexpr (sizeof(scalar_t) == 2) {
+      // Pairs of patch columns are one 32-bit access where K is even.
+      auto forward_tc = [&](auto tiles) {
+        using T = decltype(tiles);
+        const auto kernel = patch % 2 == 0
+                                ? forward_tensor_core_kernel<scalar_t, true, true, int32_t, T>
+                                : forward_tensor_core_kernel<scalar_t, true, false, int32_t, T>;
+        return time_kernel(kernel, tensor_core_forward_grid<T>(packed_shape), T::THREADS,
+                           tensor_core_forward_shared_bytes<T>(packed_shape),
+                           static_cast<const scalar_t*>(packed), static_cast<const scalar_t*>(w),
+                           static_cast<const scalar_t*>(b), false, y, packed_shape, batch_padded);
+      };
+      using TW = TensorCoreGradWeightTiles;
+      const auto grad_weight_tc =
+          patch % 2 == 0 ? grad_weight_tensor_core_kernel<scalar_t, true, true, int32_t, TW>
+                         : grad_weight_tensor_core_kernel<scalar_t, true, false, int32_t, TW>;
+      tensor_core_runs = {
+          {"forward_tc16", forward_tc(TensorCoreForwardTiles<2>{}), bytes[0]},
+          {"forward_tc32", forward_tc(TensorCoreForwardTiles<4>{}), bytes[0]},
+          {"grad_weight_tc",
+           time_kernel(grad_weight_tc, tensor_core_grad_weight_grid<TW>(packed_shape),
+                       TW::THREADS, tensor_core_grad_weight_shared_bytes<TW>(packed_shape),
+                       static_cast<const scalar_t*>(y), static_cast<const scalar_t*>(packed), gw,
+                       packed_shape, batch_padded),
+           bytes[2]},
+      };
+    } else {
+      using T = TensorCoreTF32ForwardTiles<2>;
+      tensor_core_runs = {
+          {"forward_tf32",
+           time_kernel(forward_tf32_kernel<int32_t, T>, tensor_core_forward_grid<T>(packed_shape),
+                       T::THREADS, tensor_core_forward_shared_bytes<T>(packed_shape),
+                       static_cast<const float*>(packed), static_cast<const float*>(w),
+                       static_cast<const float*>(b), false, y, packed_shape, batch_padded),
+           bytes[0]},
+      };
+    }
     for (const auto& run : tensor_core_runs)
       std::printf("%-20s %-9s %-12s %10.1f us %8.2f TFLOP/s %8.1f GB/s\n", layer.name, dtype,
                   run.name, run.ms * 1e3, flops / run.ms / 1e9, run.bytes / run.ms / 1e6);

@@ -1,5 +1,6 @@
-// Launches the forward pass: the tensor-core kernel for float16 and bfloat16 where the GPU and the
-// geometry allow it, the FFMA kernel otherwise.
+// Launches the forward pass: a tensor-core kernel for float16 and bfloat16, and for float32 where
+// TF32 is allowed, if the GPU and the geometry allow it; the FFMA kernel otherwise.
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -13,33 +14,36 @@
 namespace lc_cuda {
 namespace {
 
-// Runs the tensor-core forward and returns true, or returns false (having done nothing) where
-// it does not apply: a GPU older than sm_80, more shared memory than a block may have (very
-// wide strides or dilations), or more column groups than grid y holds.
+// Runs a tensor-core forward and returns true, or returns false (having done nothing) where it
+// does not apply: a GPU older than sm_80, more shared memory than a block may have (very wide
+// strides or dilations), or more column groups than grid y holds. float16 and bfloat16 run
+// forward_tensor_core_kernel, float32 (where the caller allows TF32) forward_tf32_kernel.
 template <typename scalar_t>
 bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
                          const at::Tensor& bias_values, const Geometry& g, at::Tensor& output,
                          cudaStream_t stream) {
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
+  using Narrow = std::conditional_t<kTF32, kernels::TensorCoreTF32ForwardTiles<2>,
+                                    kernels::TensorCoreForwardTiles<2>>;
+  using Wide = kernels::TensorCoreForwardTiles<4>;
   const int device = input.get_device();
   if (!launch::has_tensor_core_kernels(device)) return false;
-  const int64_t batch_padded = launch::padded_batch(g.batch);
   const int64_t shared_limit =
       launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   const int64_t processors = launch::device_attribute(cudaDevAttrMultiProcessorCount, device);
-  constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
 
   // Checked before packing, so that a call that falls back costs nothing; shared memory and the
   // grid depend on the geometry only.
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, at::Tensor());
-  using Narrow = kernels::TensorCoreForwardTiles<2>;
-  using Wide = kernels::TensorCoreForwardTiles<4>;
   const int64_t shared_bytes = kernels::tensor_core_forward_shared_bytes<Narrow>(unpacked_shape);
   const dim3 narrow_grid = kernels::tensor_core_forward_grid<Narrow>(unpacked_shape);
   if (shared_bytes > shared_limit || narrow_grid.y > kernels::kMaxGridYZ) return false;
-  // 32 output channels per CTA halve the input staging, but only where enough CTAs remain to
-  // fill the GPU twice over (YOLOv1's local layer, 7x7 with 256 channels, would get 56).
+  // 16-bit types: 32 output channels per CTA halve the input staging, but only where enough CTAs
+  // remain to fill the GPU twice over (YOLOv1's local layer, 7x7 with 256 channels, would get
+  // 56). TF32 keeps 16: its B fragments for a stage already take 32 registers.
   const dim3 wide_grid = kernels::tensor_core_forward_grid<Wide>(unpacked_shape);
-  const bool wide = g.out_channels > 16 &&
+  const bool wide = !kTF32 && g.out_channels > 16 &&
                     int64_t(wide_grid.x) * wide_grid.y * wide_grid.z >= 2 * processors;
 
   const at::Tensor packed = launch::pack_input(input);
@@ -51,26 +55,32 @@ bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
   launch::with_index_type({packed, filters, output}, [&](auto index_tag) {
     using index_t = decltype(index_tag);
     const auto shape = launch::conv_shape<index_t>(g, packed_view, at::Tensor());
-    auto run = [&](auto tiles_tag, auto even_tag) {
+    auto launch_with = [&](auto kernel, auto tiles_tag) {
       using T = decltype(tiles_tag);
-      const auto kernel =
-          kernels::forward_tensor_core_kernel<scalar_t, kBFloat16, decltype(even_tag)::value,
-                                              index_t, T>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shared_bytes)));
       kernel<<<kernels::tensor_core_forward_grid<T>(shape), T::THREADS, shared_bytes, stream>>>(
           packed.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
           bias_values.defined() ? bias_values.const_data_ptr<scalar_t>() : nullptr,
           bias_values.defined() && bias_values.dim() == 1, output.mutable_data_ptr<scalar_t>(),
-          shape, static_cast<index_t>(batch_padded));
+          shape, static_cast<index_t>(launch::padded_batch(g.batch)));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    auto with_even_k = [&](auto tiles_tag) {
-      if (even_k) return run(tiles_tag, std::true_type{});
-      run(tiles_tag, std::false_type{});
-    };
-    if (wide) return with_even_k(Wide{});
-    with_even_k(Narrow{});
+    if constexpr (kTF32) {
+      launch_with(kernels::forward_tf32_kernel<index_t, Narrow>, Narrow{});
+    } else {
+      auto with_even_k = [&](auto tiles_tag) {
+        using T = decltype(tiles_tag);
+        if (even_k)
+          return launch_with(
+              kernels::forward_tensor_core_kernel<scalar_t, kBFloat16, true, index_t, T>,
+              tiles_tag);
+        launch_with(kernels::forward_tensor_core_kernel<scalar_t, kBFloat16, false, index_t, T>,
+                    tiles_tag);
+      };
+      if (wide) return with_even_k(Wide{});
+      with_even_k(Narrow{});
+    }
   });
   return true;
 }
@@ -93,6 +103,11 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
       return output;
     if (input.scalar_type() == at::kHalf &&
         tensor_core_forward<at::Half>(input, filters, bias_values, g, output, stream))
+      return output;
+    // float32 follows torch's matmul policy: TF32 where torch.backends.cuda.matmul.allow_tf32
+    // (or torch.set_float32_matmul_precision("high"/"medium")) allows it, exact FFMA otherwise.
+    if (input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
+        tensor_core_forward<float>(input, filters, bias_values, g, output, stream))
       return output;
   }
 

@@ -23,7 +23,17 @@ namespace lc_cuda {
 namespace kernels {
 
 template <int OUT_TILES_>
-struct TensorCoreForwardTiles : StripTiles {
+struct TensorCoreForwardTiles : StripTiles<uint16_t> {
+  static constexpr int STEPS = STAGE_K / 16;      // k16 MMA steps per stage
+  static constexpr int BATCH_TILES = BATCH / 16;  // 16-row MMA tiles per warp
+  static constexpr int OUT_TILES = OUT_TILES_;    // 8-column MMA tiles per warp
+  static constexpr int OUT_CHANNELS = 8 * OUT_TILES;
+};
+
+// The same for float32 on TF32 tensor cores: 8-wide k steps.
+template <int OUT_TILES_>
+struct TensorCoreTF32ForwardTiles : StripTiles<float> {
+  static constexpr int STEPS = STAGE_K / 8;       // k8 MMA steps per stage
   static constexpr int BATCH_TILES = BATCH / 16;  // 16-row MMA tiles per warp
   static constexpr int OUT_TILES = OUT_TILES_;    // 8-column MMA tiles per warp
   static constexpr int OUT_CHANNELS = 8 * OUT_TILES;
@@ -78,10 +88,69 @@ __device__ inline void load_stage_filters(uint32_t (&b)[T::STEPS][T::OUT_TILES][
   }
 }
 
+// Where a forward CTA's warp works: output row out_i, column out_j (one of LOCATIONS
+// neighbours), samples from n_base, output channels from o_base. Grid as in
+// tensor_core_forward_grid. Warps past the row's end still stage and meet at every barrier;
+// they skip the math.
+template <typename T, typename index_t>
+struct ForwardPosition {
+  index_t out_i, out_j, location, strip_left, window_top, n_base, o_base;
+  bool has_location;
+
+  __device__ ForwardPosition(const ConvShape<index_t>& s, int warp) {
+    const index_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
+    out_i = blockIdx.y / column_groups;
+    out_j = (blockIdx.y - out_i * column_groups) * T::LOCATIONS + warp;
+    location = out_i * s.out_w + out_j;
+    strip_left = (out_j - warp) * s.stride_w - s.pad_w;
+    window_top = out_i * s.stride_h - s.pad_h;
+    n_base = static_cast<index_t>(blockIdx.x) * T::BATCH;
+    o_base = static_cast<index_t>(blockIdx.z) * T::OUT_CHANNELS;
+    has_location = out_j < s.out_w;
+  }
+};
+
+// Adds the bias and writes a warp's accumulators: acc[m][tile][i] is sample m*16 + g (+8 for
+// i >= 2) and output channel tile*8 + 2t + (i % 2), PTX's accumulator layout.
+template <typename T, typename scalar_t, typename index_t>
+__device__ inline void store_forward_results(const float (&acc)[T::BATCH_TILES][T::OUT_TILES][4],
+                                             const ForwardPosition<T, index_t>& at,
+                                             const scalar_t* __restrict__ bias, bool shared_bias,
+                                             scalar_t* __restrict__ output,
+                                             const ConvShape<index_t>& s) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const index_t locations = s.out_h * s.out_w;
+#pragma unroll
+  for (int m = 0; m < T::BATCH_TILES; ++m)
+#pragma unroll
+    for (int tile = 0; tile < T::OUT_TILES; ++tile)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const index_t n = at.n_base + m * 16 + g + (i / 2) * 8;
+        const index_t o = at.o_base + tile * 8 + 2 * t + (i % 2);
+        if (n >= s.batch || o >= s.out_channels) continue;
+        float value = acc[m][tile][i];
+        if (bias != nullptr)
+          value += static_cast<float>(bias[shared_bias ? o : o * locations + at.location]);
+        output[(n * s.out_channels + o) * locations + at.location] =
+            static_cast<scalar_t>(value);
+      }
+}
+
+template <typename T>
+__device__ inline void zero_accumulators(float (&acc)[T::BATCH_TILES][T::OUT_TILES][4]) {
+#pragma unroll
+  for (int m = 0; m < T::BATCH_TILES; ++m)
+#pragma unroll
+    for (int tile = 0; tile < T::OUT_TILES; ++tile)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[m][tile][i] = 0.f;
+}
+
 // ---------------------------------------------------------------------------------------------
-// The kernel. packed: the input as (C_in, H, W, N8), described by s's input strides (n: 1,
-// c, h, w: the packed strides; w a multiple of 8) and 16-byte aligned. weight, bias and output
-// as in forward_kernel.
+// The float16/bfloat16 kernel. packed: the input as (C_in, H, W, N8), described by s's input
+// strides (n: 1, c, h, w: the packed strides; w a multiple of 8) and 16-byte aligned. weight,
+// bias and output as in forward_kernel.
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t, typename T>
 __global__ void __launch_bounds__(T::THREADS)
@@ -93,19 +162,11 @@ __global__ void __launch_bounds__(T::THREADS)
   static_assert(sizeof(scalar_t) == 2, "tensor-core forward is for float16 and bfloat16");
   const uint16_t* packed = reinterpret_cast<const uint16_t*>(packed_input);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const index_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
-  const index_t out_i = blockIdx.y / column_groups;
-  const index_t out_j = (blockIdx.y - out_i * column_groups) * T::LOCATIONS + warp;
-  const index_t strip_left = (out_j - warp) * s.stride_w - s.pad_w;
-  const index_t n_base = static_cast<index_t>(blockIdx.x) * T::BATCH;
-  const index_t o_base = static_cast<index_t>(blockIdx.z) * T::OUT_CHANNELS;
-  const index_t locations = s.out_h * s.out_w;
-  const index_t location = out_i * s.out_w + out_j;
+  const ForwardPosition<T, index_t> at(s, warp);
   const index_t patch_size = s.in_channels * s.kernel_h * s.kernel_w;
-  // Warps past the row's end still stage and meet at every barrier; they skip the math.
-  const bool has_location = out_j < s.out_w;
-  const uint16_t* location_filters = reinterpret_cast<const uint16_t*>(weight) +
-                                     (has_location ? location : 0) * s.out_channels * patch_size;
+  const uint16_t* location_filters =
+      reinterpret_cast<const uint16_t*>(weight) +
+      (at.has_location ? at.location : 0) * s.out_channels * patch_size;
 
   // Two pipeline buffers (stage i uses buffer i % 2), then the zero row.
   uint16_t* const buffers = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
@@ -121,22 +182,15 @@ __global__ void __launch_bounds__(T::THREADS)
   const index_t location_column = static_cast<index_t>(warp) * s.stride_w * T::COLUMN;
 
   float acc[T::BATCH_TILES][T::OUT_TILES][4];
-#pragma unroll
-  for (int m = 0; m < T::BATCH_TILES; ++m)
-#pragma unroll
-    for (int tile = 0; tile < T::OUT_TILES; ++tile)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[m][tile][i] = 0.f;
-
+  zero_accumulators<T>(acc);
   const index_t stages = (patch_size + T::STAGE_K - 1) / T::STAGE_K;
   uint32_t b[T::STEPS][T::OUT_TILES][2];
-  if (has_location)
-    load_stage_filters<T, EVEN_K>(b, location_filters, o_base, index_t(0), s, patch_size);
-  const index_t window_top = out_i * s.stride_h - s.pad_h;
+  if (at.has_location)
+    load_stage_filters<T, EVEN_K>(b, location_filters, at.o_base, index_t(0), s, patch_size);
   const StagingWalk<T, index_t> walk(s);
   TableWalk<T, index_t> table_walk(s);
-  stage_input<T>(buffers, packed, s, walk, table_walk, index_t(0), patch_size, window_top,
-                 strip_left, n_base, batch_padded);
+  stage_input<T>(buffers, packed, s, walk, table_walk, index_t(0), patch_size, at.window_top,
+                 at.strip_left, at.n_base, batch_padded);
   commit_async_copies();
 
   for (index_t stage = 0; stage < stages; ++stage) {
@@ -147,7 +201,7 @@ __global__ void __launch_bounds__(T::THREADS)
     if (stage + 1 < stages) {
       table_walk.advance(s);
       stage_input<T>(buffers + ((stage + 1) % 2) * buffer_elements, packed, s, walk, table_walk,
-                     k_base + T::STAGE_K, patch_size, window_top, strip_left, n_base,
+                     k_base + T::STAGE_K, patch_size, at.window_top, at.strip_left, at.n_base,
                      batch_padded);
     }
     commit_async_copies();
@@ -155,10 +209,10 @@ __global__ void __launch_bounds__(T::THREADS)
     __syncthreads();
 
     uint32_t next_b[T::STEPS][T::OUT_TILES][2];
-    if (has_location) {
+    if (at.has_location) {
       if (stage + 1 < stages)
-        load_stage_filters<T, EVEN_K>(next_b, location_filters, o_base, k_base + T::STAGE_K, s,
-                                      patch_size);
+        load_stage_filters<T, EVEN_K>(next_b, location_filters, at.o_base, k_base + T::STAGE_K,
+                                      s, patch_size);
       const int* table = reinterpret_cast<const int*>(buffer + table_at);
 #pragma unroll
       for (int step = 0; step < T::STEPS; ++step) {
@@ -186,25 +240,99 @@ __global__ void __launch_bounds__(T::THREADS)
     }
     __syncthreads();
   }
+  if (at.has_location) store_forward_results<T>(acc, at, bias, shared_bias, output, s);
+}
 
-  if (!has_location) return;
-  // Accumulator fragment layout: acc[m][tile][i] is sample m*16 + g (+8 for i >= 2), output
-  // channel tile*8 + 2t + (i % 2).
-  const int g = lane / 4, t = lane % 4;
+// ---------------------------------------------------------------------------------------------
+// The float32 kernel on TF32 tensor cores (mma.sync m16n8k8), for callers that allow TF32: the
+// same CTA, staging and pipeline, with float strips. The A fragments are read as single floats
+// (ldmatrix moves 16-bit elements) and every operand is rounded to TF32 (to nearest) on its way
+// into a fragment. B fragments are loaded at the top of each stage, so that their latency
+// overlaps the wait for the stage's input.
+// ---------------------------------------------------------------------------------------------
+template <typename index_t, typename T>
+__global__ void __launch_bounds__(T::THREADS)
+    forward_tf32_kernel(const float* __restrict__ packed, const float* __restrict__ weight,
+                        const float* __restrict__ bias, bool shared_bias,
+                        float* __restrict__ output, ConvShape<index_t> s,
+                        index_t batch_padded) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const ForwardPosition<T, index_t> at(s, warp);
+  const index_t patch_size = s.in_channels * s.kernel_h * s.kernel_w;
+  const float* location_filters =
+      weight + (at.has_location ? at.location : 0) * s.out_channels * patch_size;
+
+  float* const buffers = reinterpret_cast<float*>(dynamic_shared_memory());
+  const index_t buffer_elements = tensor_core_buffer_bytes<T>(s) / 4;
+  const index_t table_at = tensor_core_stage_rows<T>(s) * tensor_core_strip_width<T>(s) *
+                           T::COLUMN;
+  const index_t location_column = static_cast<index_t>(warp) * s.stride_w * T::COLUMN;
+
+  float acc[T::BATCH_TILES][T::OUT_TILES][4];
+  zero_accumulators<T>(acc);
+  const index_t stages = (patch_size + T::STAGE_K - 1) / T::STAGE_K;
+  const StagingWalk<T, index_t> walk(s);
+  TableWalk<T, index_t> table_walk(s);
+  stage_input<T>(buffers, packed, s, walk, table_walk, index_t(0), patch_size, at.window_top,
+                 at.strip_left, at.n_base, batch_padded);
+  commit_async_copies();
+
+  for (index_t stage = 0; stage < stages; ++stage) {
+    const index_t k_base = stage * T::STAGE_K;
+    const float* buffer = buffers + (stage % 2) * buffer_elements;
+    // b[step][tile] = (B[t][g], B[t+4][g]) of patch columns k_base + 8*step + (t, t+4) and
+    // output channel o_base + 8*tile + g; zeros past K or C_out.
+    uint32_t b[T::STEPS][T::OUT_TILES][2];
+    if (at.has_location) {
 #pragma unroll
-  for (int m = 0; m < T::BATCH_TILES; ++m)
+      for (int tile = 0; tile < T::OUT_TILES; ++tile) {
+        const index_t o = at.o_base + tile * 8 + g;
+        const float* row = location_filters + (o < s.out_channels ? o : 0) * patch_size;
 #pragma unroll
-    for (int tile = 0; tile < T::OUT_TILES; ++tile)
+        for (int step = 0; step < T::STEPS; ++step)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const index_t n = n_base + m * 16 + g + (i / 2) * 8;
-        const index_t o = o_base + tile * 8 + 2 * t + (i % 2);
-        if (n >= s.batch || o >= s.out_channels) continue;
-        float value = acc[m][tile][i];
-        if (bias != nullptr)
-          value += static_cast<float>(bias[shared_bias ? o : o * locations + location]);
-        output[(n * s.out_channels + o) * locations + location] = static_cast<scalar_t>(value);
+          for (int half = 0; half < 2; ++half) {
+            const index_t k = k_base + step * 8 + t + half * 4;
+            b[step][tile][half] =
+                o < s.out_channels && k < patch_size ? to_tf32(__ldg(row + k)) : 0u;
+          }
       }
+    }
+    if (stage + 1 < stages) {
+      table_walk.advance(s);
+      stage_input<T>(buffers + ((stage + 1) % 2) * buffer_elements, packed, s, walk, table_walk,
+                     k_base + T::STAGE_K, patch_size, at.window_top, at.strip_left, at.n_base,
+                     batch_padded);
+    }
+    commit_async_copies();
+    wait_async_copies<1>();
+    __syncthreads();
+
+    if (at.has_location) {
+      const int* table = reinterpret_cast<const int*>(buffer + table_at);
+#pragma unroll
+      for (int step = 0; step < T::STEPS; ++step) {
+        if (k_base + step * 8 >= patch_size) break;
+        // Patch columns t and t + 4 of the step; past K their A values are zeros.
+        const int offsets[2] = {table[step * 8 + t], table[step * 8 + t + 4]};
+#pragma unroll
+        for (int m = 0; m < T::BATCH_TILES; ++m) {
+          uint32_t a[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int offset = offsets[i / 2];
+            const int sample = m * 16 + g + (i % 2) * 8;
+            a[i] = offset < 0 ? 0u : to_tf32(buffer[offset + location_column + sample]);
+          }
+#pragma unroll
+          for (int tile = 0; tile < T::OUT_TILES; ++tile)
+            mma_16x8x8_tf32(acc[m][tile], a, b[step][tile]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (at.has_location) store_forward_results<T>(acc, at, bias, shared_bias, output, s);
 }
 
 }  // namespace kernels

@@ -25,7 +25,7 @@
 namespace lc_cuda {
 namespace kernels {
 
-struct TensorCoreGradWeightTiles : StripTiles {
+struct TensorCoreGradWeightTiles : StripTiles<uint16_t> {
   static constexpr int OUT_CHANNELS = 16;  // one 16-row MMA tile per warp
   static constexpr int PATCH_TILES = STAGE_K / 8;  // 8-column MMA tiles per warp and stage
 };

@@ -1,9 +1,10 @@
 // What lc_cuda's tensor-core kernels share: the input staged in shared memory as strips of
 // kernel rows, for LOCATIONS neighbouring output columns of one output row and BATCH samples,
 // STAGE_K patch columns at a time, from the input packed as (C_in, H, W, N8) (samples
-// innermost, the batch padded with zeros to a multiple of 8). A patch column k = (c, p, q) of 8
-// consecutive samples is one 16-byte row of shared memory, at an address only k and the
-// location decide, so ldmatrix can build a fragment of any 16 consecutive patch columns.
+// innermost, the batch padded with zeros to a multiple of 8). The samples of a patch column
+// k = (c, p, q) are then contiguous in shared memory, at an address only k and the location
+// decide: in 16-bit types 8 samples are one 16-byte row, so ldmatrix can build a fragment of any
+// 16 consecutive patch columns.
 #pragma once
 
 #include <cstdint>
@@ -14,15 +15,20 @@
 namespace lc_cuda {
 namespace kernels {
 
+// element_t: uint16_t for float16 and bfloat16 (stored as bits), float for float32.
+template <typename element_t_>
 struct StripTiles {
+  using element_t = element_t_;
   static constexpr int LOCATIONS = 8;  // neighbouring output columns per CTA, one warp each
   static constexpr int THREADS = 32 * LOCATIONS;
   static constexpr int BATCH = 64;    // samples per staged strip
-  static constexpr int STAGE_K = 64;  // patch columns per pipeline stage: four k16 steps
-  static constexpr int STEPS = STAGE_K / 16;
-  // A staged input column holds BATCH samples plus 8 padding elements. ldmatrix reads eight
-  // 16-byte rows per phase, here eight neighbouring taps of a kernel row (neighbouring columns);
-  // at 144 bytes apart (an odd number of 16-byte units) they fall in eight distinct bank groups.
+  static constexpr int STAGE_K = 64;  // patch columns per pipeline stage
+  static constexpr int PIECE = 16 / sizeof(element_t);  // samples per 16-byte copy
+  // A staged input column holds BATCH samples plus 8 padding elements. 16-bit: ldmatrix reads
+  // eight 16-byte rows per phase, here eight neighbouring taps of a kernel row (neighbouring
+  // columns); at 144 bytes apart (an odd number of 16-byte units) they fall in eight distinct
+  // bank groups. 32-bit: a fragment load reads 8 samples from each of 4 neighbouring taps; at
+  // 72 words apart (8 banks on) they fall in four distinct groups of eight banks.
   static constexpr int COLUMN = BATCH + 8;
 };
 
@@ -43,7 +49,8 @@ __host__ __device__ inline index_t tensor_core_stage_rows(const ConvShape<index_
 template <typename T, typename index_t>
 __host__ __device__ inline int64_t tensor_core_buffer_bytes(const ConvShape<index_t>& s) {
   const int64_t rows = tensor_core_stage_rows<T>(s);
-  return rows * tensor_core_strip_width<T>(s) * T::COLUMN * 2 + T::STAGE_K * 4;
+  return rows * tensor_core_strip_width<T>(s) * T::COLUMN * int64_t(sizeof(typename T::element_t)) +
+         T::STAGE_K * 4;
 }
 
 // A thread's part in staging the input: 16-byte pieces e = row * pieces_per_row + piece for
@@ -51,7 +58,7 @@ __host__ __device__ inline int64_t tensor_core_buffer_bytes(const ConvShape<inde
 // dividing e, since integer division would cost more instructions than the copies themselves.
 template <typename T, typename index_t>
 struct StagingWalk {
-  static constexpr int CHUNKS = T::BATCH / 8;  // 16-byte pieces of a staged column
+  static constexpr int CHUNKS = T::BATCH / T::PIECE;  // 16-byte pieces of a staged column
   index_t strip_width, pieces_per_row, first_row, first_piece, row_step, piece_step;
 
   __device__ StagingWalk(const ConvShape<index_t>& s) {
@@ -87,7 +94,8 @@ struct TableWalk {
 // LOCATIONS windows and BATCH samples, and the table that maps each patch column to its row
 // (offset in elements of the column for the CTA's first location; -1 past K).
 template <typename T, typename index_t>
-__device__ inline void stage_input(uint16_t* buffer, const uint16_t* __restrict__ packed,
+__device__ inline void stage_input(typename T::element_t* buffer,
+                                   const typename T::element_t* __restrict__ packed,
                                    const ConvShape<index_t>& s, const StagingWalk<T, index_t>& walk,
                                    const TableWalk<T, index_t>& table_walk, index_t k_base,
                                    index_t patch_size, index_t window_top, index_t strip_left,
@@ -103,12 +111,12 @@ __device__ inline void stage_input(uint16_t* buffer, const uint16_t* __restrict_
   while (row < rows) {
     const int x = static_cast<int>(piece / CHUNKS), chunk = static_cast<int>(piece % CHUNKS);
     const index_t y = window_top + p * s.dilation_h, column = strip_left + x;
-    const index_t n = n_base + chunk * 8;
+    const index_t n = n_base + chunk * T::PIECE;
     const bool valid = y >= 0 && y < s.in_h && column >= 0 && column < s.in_w && n < batch_padded;
-    const uint16_t* source =
+    const typename T::element_t* source =
         valid ? packed + c * s.input_stride_c + y * s.input_stride_h + column * s.input_stride_w + n
               : packed;
-    copy_16_bytes_async(buffer + (row * walk.strip_width + x) * T::COLUMN + chunk * 8, source,
+    copy_16_bytes_async(buffer + (row * walk.strip_width + x) * T::COLUMN + chunk * T::PIECE, source,
                         valid);
     index_t advance = walk.row_step;
     piece += walk.piece_step;

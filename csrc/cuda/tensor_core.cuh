@@ -107,6 +107,35 @@ __device__ inline void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4],
 #endif
 }
 
+// A float rounded to TF32 (10 mantissa bits, to nearest, ties away from zero), as mma's .tf32
+// operands take it: the same bits with the low 13 of the mantissa cleared.
+__device__ inline uint32_t to_tf32(float value) {
+#if LC_CUDA_HAS_TENSOR_CORE_PTX
+  uint32_t rounded;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(rounded) : "f"(value));
+  return rounded;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+// acc += a * b for a 16x8 (row-major) by 8x8 (column-major) product of TF32 values, in float;
+// PTX's fragment layouts for mma.m16n8k8 .tf32: a = (A[g][t], A[g+8][t], A[g][t+4],
+// A[g+8][t+4]), b = (B[t][g], B[t+4][g]).
+__device__ inline void mma_16x8x8_tf32(float (&acc)[4], const uint32_t (&a)[4],
+                                       const uint32_t (&b)[2]) {
+#if LC_CUDA_HAS_TENSOR_CORE_PTX
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();
+#endif
+}
+
 // Two neighbouring 16-bit elements of read-only global memory, 4-byte aligned, the first in the
 // low half.
 __device__ inline uint32_t load_pair(const void* global) {

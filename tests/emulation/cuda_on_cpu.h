@@ -205,6 +205,56 @@ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]
   }
 }
 
+// cvt.rna.tf32.f32: round the mantissa to 10 bits, to nearest with ties away from zero (add half
+// of the dropped range to the magnitude, then clear the 13 low bits); NaN and infinity kept.
+inline uint32_t to_tf32(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if ((bits & 0x7F800000u) == 0x7F800000u) return bits;
+  return (bits + 0x1000u) & 0xFFFFE000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: with g = lane/4, t = lane%4,
+//   A (16x8): a = (A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4])
+//   B (8x8):  b = (B[t][g], B[t+4][g])
+//   C (16x8): acc[0..1] = C[g][2t..2t+1], acc[2..3] = C[g+8][2t..2t+1]
+inline void mma_16x8x8_tf32(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  WarpExchange& warp = this_warp();
+  const int lane = lane_id();
+  std::memcpy(warp.a[lane], a, sizeof a);
+  std::memcpy(warp.b[lane], b, sizeof b);
+  sync_warp();
+  auto value = [](uint32_t word) {
+    word &= 0xFFFFE000u;  // the hardware reads only the TF32 bits
+    float f;
+    std::memcpy(&f, &word, 4);
+    return f;
+  };
+  float A[16][8], B[8][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    A[g][t] = value(warp.a[l][0]);
+    A[g + 8][t] = value(warp.a[l][1]);
+    A[g][t + 4] = value(warp.a[l][2]);
+    A[g + 8][t + 4] = value(warp.a[l][3]);
+    B[t][g] = value(warp.b[l][0]);
+    B[t + 4][g] = value(warp.b[l][1]);
+  }
+  sync_warp();
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i / 2) * 8, column = 2 * t + i % 2;
+    float sum = 0;
+    for (int k = 0; k < 8; ++k) sum += A[row][k] * B[k][column];
+    acc[i] += sum;
+  }
+}
+
+template <typename T>
+T __ldg(const T* pointer) {
+  return *pointer;
+}
+
 inline uint32_t load_pair(const void* global) {
   check_aligned(global, 4, "32-bit load not 4-byte aligned");
   uint32_t word;

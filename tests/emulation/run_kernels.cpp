@@ -221,6 +221,49 @@ void run_tensor_core_forward(const Case& c, int case_index, const Data& d) {
           widen(got), out, tolerance);
 }
 
+// TF32 rounding written independently of the emulated cvt.rna.tf32.f32: to nearest, ties away
+// from zero, at 11 significant bits.
+double round_to_tf32(double value) {
+  if (value == 0 || !std::isfinite(value)) return value;
+  int exponent;
+  const double mantissa = std::frexp(value, &exponent);  // 0.5 <= |mantissa| < 1
+  return std::ldexp(std::round(std::ldexp(mantissa, 11)), exponent - 11);
+}
+
+// The TF32 forward, on float32 data: the reference sums the TF32-rounded input and weight (and
+// the unrounded bias) in float64, so what differs is the float accumulation.
+template <typename index_t>
+void run_tf32_forward(const Case& c, int case_index, const Data& d) {
+  using T = TensorCoreTF32ForwardTiles<2>;
+  const long batch_padded = (c.n + 7) / 8 * 8;
+  std::vector<float> packed(size_t(c.c_in) * c.h * c.w * batch_padded, 0.f);
+  Data rounded = d;
+  for (long n = 0; n < c.n; ++n)
+    for (long ch = 0; ch < c.c_in; ++ch)
+      for (long y = 0; y < c.h; ++y)
+        for (long x = 0; x < c.w; ++x) {
+          const float value = static_cast<float>(x_at(c, d, n, ch, y, x));
+          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
+          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = round_to_tf32(value);
+        }
+  const std::vector<float> weight(d.weight.begin(), d.weight.end());
+  const std::vector<float> bias(d.bias.begin(), d.bias.end());
+  for (size_t i = 0; i < weight.size(); ++i) rounded.weight[i] = round_to_tf32(weight[i]);
+  for (size_t i = 0; i < bias.size(); ++i) rounded.bias[i] = bias[i];
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+
+  auto s = shape_of<index_t>(c, d);
+  s.input_stride_n = 1, s.input_stride_c = index_t(c.h * c.w * batch_padded);
+  s.input_stride_h = index_t(c.w * batch_padded), s.input_stride_w = index_t(batch_padded);
+  std::vector<float> got(out.size(), NAN);
+  launch_on_cpu(tensor_core_forward_grid<T>(s), T::THREADS,
+                size_t(tensor_core_forward_shared_bytes<T>(s)), forward_tf32_kernel<index_t, T>,
+                packed.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
+                got.data(), s, index_t(batch_padded));
+  compare("tf32 forward", c, case_index, std::vector<double>(got.begin(), got.end()), out, 1e-5);
+}
+
 // The tensor-core grad_weight, on grad_output in its physical layout and the packed input.
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t>
 void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
@@ -271,6 +314,7 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
   if ((long(c.c_in) * c.kh * c.kw) % 2 == 0)
     run_tensor_core_grad_weight<c10::BFloat16, true, true, int32_t>(c, case_index, d);
   run_tensor_core_grad_weight<c10::Half, false, false, int64_t>(c, case_index, d);
+  run_tf32_forward<int32_t>(c, case_index, d);
 }
 #endif
 
