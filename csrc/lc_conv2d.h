@@ -40,13 +40,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
     const Geometry& geometry, bool shared_bias, std::array<bool, 3> output_mask);
 
 // The hand-written CUDA kernels (csrc/cuda/, CUDA builds only). Outputs are new contiguous
-// tensors; inputs may have any strides. allow_tensor_cores: in float16 and bfloat16 the forward
-// and grad_weight may take their tensor-core kernels (sm_80 and newer) instead of the FFMA ones.
+// tensors; inputs may have any strides. allow_tensor_cores: in float16 and bfloat16 every pass
+// may take its tensor-core kernel (sm_80 and newer) instead of the FFMA one, and so may the
+// float32 forward where TF32 is allowed.
 at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, const Geometry& geometry,
                         bool allow_tensor_cores);
 at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                           const Geometry& geometry);
+                           const Geometry& geometry, bool allow_tensor_cores);
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                             const Geometry& geometry, bool allow_tensor_cores);
 

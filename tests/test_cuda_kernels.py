@@ -184,7 +184,7 @@ needs_sm80 = pytest.mark.skipif(
 
 # Geometries that steer the tensor-core launchers: the forward's 32-channel tiles (picked only
 # where the grid still fills the GPU twice over; 512 CTAs here) and a dilation so wide that the
-# staged input would not fit in shared memory (the forward and grad_weight then run FFMA).
+# staged input would not fit in shared memory (every pass then runs its FFMA kernel).
 TENSOR_CORE_GEOMETRIES = {
     "wide_tiles": (128, 16, (34, 34), 64, (3, 3), (1, 1), (0, 0), (1, 1)),
     "too_wide_for_shared_memory": (4, 2, (3, 820), 8, (1, 3), (1, 1), (0, 0), (1, 400)),
@@ -194,15 +194,17 @@ TENSOR_CORE_GEOMETRIES = {
 @needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_runs_on_tensor_cores_unless_ffma_is_asked_for(monkeypatch, dtype):
-    """The forward and grad_weight take their tensor-core kernels; grad_input has none yet."""
+    """The forward, grad_input and grad_weight all take their tensor-core kernels."""
     input, weight, bias = tensors("deepface_like", dtype)
     args = geometry_args("deepface_like")
     names = event_names(input, weight, bias, *args, backward=True)
-    assert "forward_tensor_core_kernel" in names and "grad_weight_tensor_core_kernel" in names
+    for kernel in ("forward", "grad_input", "grad_weight"):
+        assert f"{kernel}_tensor_core_kernel" in names
     monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
     names = event_names(input, weight, bias, *args, backward=True)
     assert "tensor_core" not in names
-    assert "forward_kernel" in names and "grad_weight_kernel" in names
+    for kernel in ("forward", "grad_input", "grad_weight"):
+        assert f"{kernel}_kernel" in names
 
 
 @needs_sm80
@@ -220,6 +222,7 @@ def test_tensor_core_launcher_choices_stay_accurate(name, dtype):
     assert ("TensorCoreForwardTiles<4>" in names) == on_tensor_cores
     assert ("forward_tensor_core_kernel" in names) == on_tensor_cores
     assert ("grad_weight_tensor_core_kernel" in names) == on_tensor_cores
+    assert ("grad_input_tensor_core_kernel" in names) == on_tensor_cores
     expected = reference_all(*args, geometry)
     got = run_all(*args, geometry)
     fallback = run_all(*args, geometry, function=lc_cuda.unfold_local_conv2d)

@@ -8,7 +8,7 @@
 // time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
 // the TFLOP/s and GB/s they reach, by the same counts as the harness; also the tensor-core
 // kernels alone (the extension also packs the input, which is not timed here): in bfloat16 the
-// forward (16- and 32-channel tiles) and grad_weight, in float32 the TF32 forward. It checks nothing: the tests and tools/exercise_kernels.py do.
+// forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the TF32 forward. It checks nothing: the tests and tools/exercise_kernels.py do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda/forward_tensor_core.cuh"
+#include "cuda/grad_input_tensor_core.cuh"
 #include "cuda/grad_weight_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 
@@ -161,8 +162,15 @@ void run(const Layer& layer, const char* dtype, int repeats) {
       const auto grad_weight_tc =
           patch % 2 == 0 ? grad_weight_tensor_core_kernel<scalar_t, true, true, int32_t, TW>
                          : grad_weight_tensor_core_kernel<scalar_t, true, false, int32_t, TW>;
+      using TI = TensorCoreGradInputTiles;
       tensor_core_runs = {
           {"forward_tc16", forward_tc(TensorCoreForwardTiles<2>{}), bytes[0]},
+          {"grad_input_tc",
+           time_kernel(grad_input_tensor_core_kernel<scalar_t, true, int32_t, TI>,
+                       tensor_core_grad_input_grid<TI>(s), TI::THREADS,
+                       tensor_core_grad_input_shared_bytes<TI>(s),
+                       static_cast<const scalar_t*>(y), static_cast<const scalar_t*>(w), gx, s),
+           bytes[1]},
           {"forward_tc32", forward_tc(TensorCoreForwardTiles<4>{}), bytes[0]},
           {"grad_weight_tc",
            time_kernel(grad_weight_tc, tensor_core_grad_weight_grid<TW>(packed_shape),

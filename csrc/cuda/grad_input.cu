@@ -1,18 +1,67 @@
-// Launches the grad_input gather kernel: one CTA per input pixel, batch tile and C_in tile.
-#include <c10/cuda/CUDAStream.h>
+// Launches grad_input, a gather: the tensor-core kernel for float16 and bfloat16 where the GPU
+// and the geometry allow it, otherwise the FFMA kernel (one CTA per input pixel, batch tile and
+// C_in tile).
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/grad_input_tensor_core.cuh"
 #include "cuda/launch.cuh"
 
 namespace lc_cuda {
+namespace {
+
+// Runs the tensor-core grad_input and returns true, or returns false (having done nothing)
+// where it does not apply: a GPU older than sm_80, more shared memory than a block may have
+// (kernel widths times dilations in the hundreds), or more column groups than grid y holds.
+template <typename scalar_t>
+bool tensor_core_grad_input(const at::Tensor& grad_output, const at::Tensor& filters,
+                            const Geometry& g, at::Tensor& grad_input, cudaStream_t stream) {
+  using T = kernels::TensorCoreGradInputTiles;
+  const int device = grad_output.get_device();
+  if (!launch::has_tensor_core_kernels(device)) return false;
+  const auto unpacked_shape = launch::conv_shape<int64_t>(g, grad_input, grad_output);
+  const int64_t shared_bytes = kernels::tensor_core_grad_input_shared_bytes<T>(unpacked_shape);
+  if (shared_bytes > launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ||
+      kernels::tensor_core_grad_input_grid<T>(unpacked_shape).y > kernels::kMaxGridYZ)
+    return false;
+  constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
+
+  launch::with_index_type({grad_output, filters, grad_input}, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    const auto shape = launch::conv_shape<index_t>(g, grad_input, grad_output);
+    const auto kernel = kernels::grad_input_tensor_core_kernel<scalar_t, kBFloat16, index_t, T>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+    kernel<<<kernels::tensor_core_grad_input_grid<T>(shape), T::THREADS, shared_bytes, stream>>>(
+        grad_output.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
+        grad_input.mutable_data_ptr<scalar_t>(), shape);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return true;
+}
+
+}  // namespace
 
 at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                           const Geometry& g) {
+                           const Geometry& g, bool allow_tensor_cores) {
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   auto grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor filters = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  if (allow_tensor_cores) {
+    if (grad_output.scalar_type() == at::kBFloat16 &&
+        tensor_core_grad_input<at::BFloat16>(grad_output, filters, g, grad_input, stream))
+      return grad_input;
+    if (grad_output.scalar_type() == at::kHalf &&
+        tensor_core_grad_input<at::Half>(grad_output, filters, g, grad_input, stream))
+      return grad_input;
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "lc_cuda_grad_input", [&] {
     launch::with_index_type({grad_output, filters, grad_input}, [&](auto index_tag) {

@@ -51,7 +51,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
   const c10::cuda::CUDAGuard device_guard(input.device());
   const auto empty = [&] { return at::empty({0}, input.options()); };
   return {
-      output_mask[0] ? cuda_grad_input(grad_output, weight, g) : empty(),
+      output_mask[0] ? cuda_grad_input(grad_output, weight, g, chosen == Backend::kernels)
+                     : empty(),
       output_mask[1] ? cuda_grad_weight(grad_output, input, g, chosen == Backend::kernels)
                      : empty(),
       // A tree reduction over the batch (and locations): deterministic, no atomics.

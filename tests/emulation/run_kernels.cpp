@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/forward_tensor_core.cuh"
+#include "cuda/grad_input_tensor_core.cuh"
 #include "cuda/grad_weight_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 
@@ -264,6 +265,36 @@ void run_tf32_forward(const Case& c, int case_index, const Data& d) {
   compare("tf32 forward", c, case_index, std::vector<double>(got.begin(), got.end()), out, 1e-5);
 }
 
+// The tensor-core grad_input, on grad_output in its physical layout.
+template <typename scalar_t, bool BFLOAT16, typename index_t>
+void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
+  using T = TensorCoreGradInputTiles;
+  auto cast = [](const std::vector<double>& v) {
+    std::vector<scalar_t> narrow;
+    for (double x : v) narrow.push_back(scalar_t(static_cast<float>(x)));
+    return narrow;
+  };
+  auto widen = [](const std::vector<scalar_t>& v) {
+    std::vector<double> wide;
+    for (const auto& x : v) wide.push_back(static_cast<double>(static_cast<float>(x)));
+    return wide;
+  };
+  const auto weight = cast(d.weight), grad_output = cast(d.grad_output);
+  Data rounded = d;
+  rounded.weight = widen(weight), rounded.grad_output = widen(grad_output);
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+  const auto s = shape_of<index_t>(c, d);
+  std::vector<scalar_t> got(gin.size(), scalar_t(NAN));
+  launch_on_cpu(tensor_core_grad_input_grid<T>(s), T::THREADS,
+                size_t(tensor_core_grad_input_shared_bytes<T>(s)),
+                grad_input_tensor_core_kernel<scalar_t, BFLOAT16, index_t, T>,
+                grad_output.data(), weight.data(), got.data(), s);
+  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
+  compare(BFLOAT16 ? "tensor-core grad_input bf16" : "tensor-core grad_input f16", c,
+          case_index, widen(got), gin, tolerance);
+}
+
 // The tensor-core grad_weight, on grad_output in its physical layout and the packed input.
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t>
 void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
@@ -315,6 +346,8 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
     run_tensor_core_grad_weight<c10::BFloat16, true, true, int32_t>(c, case_index, d);
   run_tensor_core_grad_weight<c10::Half, false, false, int64_t>(c, case_index, d);
   run_tf32_forward<int32_t>(c, case_index, d);
+  run_tensor_core_grad_input<c10::BFloat16, true, int32_t>(c, case_index, d);
+  run_tensor_core_grad_input<c10::Half, false, int64_t>(c, case_index, d);
 }
 #endif
 

@@ -1,0 +1,213 @@
+// grad_input on tensor cores, for float16 and bfloat16 (float accumulation), as a gather.
+//
+//   gin[n, c, y, x] = sum over the (location (i, j), tap (p, q)) pairs whose window reads (y, x),
+//                     and over o, of gy[n, o, i, j] * w[i, j, o, c, p, q]
+//
+// A CTA covers PIXELS neighbouring input columns of one input row (a warp each), BATCH samples
+// and CHANNELS input channels; each warp accumulates its pixel's (samples x channels) block.
+// The reduction walks the kernel rows p that reach row y (one output row i each) and the output
+// channels in chunks of 16; per (p, chunk) the CTA stages
+//   - grad_output for the locations of row i that the segment's pixels read from, samples
+//     innermost, so that ldmatrix.trans gives A fragments (samples x output channels);
+//   - the filter taps (p, q) its pixels meet, transposed to (input channel, output channel) with
+//     output channels innermost, so that ldmatrix gives B fragments (output x input channels).
+//     The weight's tap is its innermost dimension, so the loads run along q (contiguous in
+//     global memory) and each lands at the pixel that tap reaches.
+// Each gradient element is summed by one thread in a fixed order: no atomics, bitwise-identical
+// results from run to run.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/local_conv2d_kernels.cuh"
+#include "cuda/tensor_core.cuh"
+
+namespace lc_cuda {
+namespace kernels {
+
+struct TensorCoreGradInputTiles {
+  static constexpr int PIXELS = 8;  // neighbouring input columns per CTA, one warp each
+  static constexpr int THREADS = 32 * PIXELS;
+  static constexpr int BATCH = 64;                // samples per CTA
+  static constexpr int BATCH_TILES = BATCH / 16;  // 16-row MMA tiles per warp
+  static constexpr int CHANNELS = 16;             // input channels per CTA: two 8-wide tiles
+  static constexpr int OUT_CHANNELS = 16;         // output channels per stage: the MMA's k
+  // Staged rows are padded by 8 elements so that the eight 16-byte rows one ldmatrix phase
+  // reads fall in distinct bank groups: grad_output rows (an output channel's samples) are then
+  // 144 bytes apart, filter rows (an input channel's output channels) 48 bytes apart.
+  static constexpr int GRAD_ROW = BATCH + 8;
+  static constexpr int FILTER_ROW = OUT_CHANNELS + 8;
+  // One (pixel, tap) block of filters, CHANNELS rows, plus 8 elements: consecutive taps, which
+  // the stagers write from neighbouring lanes, then start 4 banks apart instead of in one bank.
+  static constexpr int TAP = CHANNELS * FILTER_ROW + 8;
+};
+
+// Locations of one output row that PIXELS neighbouring input columns can read from, at most.
+template <typename T, typename index_t>
+__host__ __device__ inline index_t tensor_core_grad_input_slots(const ConvShape<index_t>& s) {
+  return ((T::PIXELS - 1) + (s.kernel_w - 1) * s.dilation_w) / s.stride_w + 1;
+}
+
+// Staged grad_output, then staged filters.
+template <typename T, typename index_t>
+int64_t tensor_core_grad_input_shared_bytes(const ConvShape<index_t>& s) {
+  return (int64_t(tensor_core_grad_input_slots<T>(s)) * T::OUT_CHANNELS * T::GRAD_ROW +
+          int64_t(T::PIXELS) * s.kernel_w * T::TAP) *
+         2;
+}
+
+// Grid: x = batch tiles (fastest: the CTAs reading the same filters run together), y = (input
+// row, group of PIXELS columns), z = input-channel tiles.
+template <typename T, typename index_t>
+dim3 tensor_core_grad_input_grid(const ConvShape<index_t>& s) {
+  const int64_t column_groups = (s.in_w + T::PIXELS - 1) / T::PIXELS;
+  return dim3{grid_blocks(s.batch, T::BATCH), static_cast<unsigned int>(s.in_h * column_groups),
+              grid_blocks(s.in_channels, T::CHANNELS)};
+}
+
+// Division rounding towards minus infinity, for a possibly negative numerator.
+template <typename index_t>
+__device__ inline index_t floor_div(index_t a, index_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel. grad_output has any strides (s.grad_stride_*); weight and grad_input are
+// contiguous.
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, bool BFLOAT16, typename index_t, typename T>
+__global__ void __launch_bounds__(T::THREADS)
+    grad_input_tensor_core_kernel(const scalar_t* __restrict__ grad_output,
+                                  const scalar_t* __restrict__ weight,
+                                  scalar_t* __restrict__ grad_input, ConvShape<index_t> s) {
+  static_assert(sizeof(scalar_t) == 2, "tensor-core grad_input is for float16 and bfloat16");
+  const uint16_t* grads_in = reinterpret_cast<const uint16_t*>(grad_output);
+  const uint16_t* filters_in = reinterpret_cast<const uint16_t*>(weight);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const index_t column_groups = (s.in_w + T::PIXELS - 1) / T::PIXELS;
+  const index_t y = blockIdx.y / column_groups;
+  const index_t first_x = (blockIdx.y - y * column_groups) * T::PIXELS;
+  const index_t x = first_x + warp;
+  const index_t n_base = static_cast<index_t>(blockIdx.x) * T::BATCH;
+  const index_t c_base = static_cast<index_t>(blockIdx.z) * T::CHANNELS;
+  const index_t taps = s.kernel_h * s.kernel_w;
+
+  // The output columns the segment reads from: j*stride_w - pad_w + q*dilation_w lands in
+  // [first_x, first_x + PIXELS) for some tap q.
+  const index_t first_j_unclamped =
+      -floor_div(-(first_x + s.pad_w - (s.kernel_w - 1) * s.dilation_w), s.stride_w);
+  const index_t first_j = first_j_unclamped > 0 ? first_j_unclamped : 0;
+  const index_t last_j_unclamped = floor_div(first_x + T::PIXELS - 1 + s.pad_w, s.stride_w);
+  const index_t last_j = last_j_unclamped < s.out_w ? last_j_unclamped : s.out_w - 1;
+  const index_t slots = last_j - first_j + 1;
+
+  uint16_t* const grads = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
+  uint16_t* const filters =
+      grads + tensor_core_grad_input_slots<T>(s) * T::OUT_CHANNELS * T::GRAD_ROW;
+
+  // This lane's ldmatrix rows. A (samples x output channels), transposed from rows of one
+  // output channel's samples: matrix lane / 8 is (channels 0-7 or 8-15) x (samples 0-7 or
+  // 8-15). B (output x input channels) from rows of one input channel's output channels:
+  // matrix lane / 8 is (input channels 0-7, outputs 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15).
+  const int a_channel = (lane & 7) + ((lane >> 4) << 3);
+  const int a_samples = ((lane >> 3) & 1) * 8;
+  const int b_channel = (lane & 7) + ((lane >> 4) << 3);
+  const int b_outputs = ((lane >> 3) & 1) * 8;
+
+  // The filter stagers: thread = (row, q) with q fixed per thread, rows = (slot, o, c).
+  const int filter_rows_per_pass = T::THREADS / static_cast<int>(s.kernel_w);
+  const int my_q = static_cast<int>(threadIdx.x % s.kernel_w);
+  const int my_first_row = static_cast<int>(threadIdx.x / s.kernel_w);
+
+  float acc[T::BATCH_TILES][2][4];
+#pragma unroll
+  for (int m = 0; m < T::BATCH_TILES; ++m)
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[m][tile][i] = 0.f;
+
+  for (index_t p = 0; p < s.kernel_h && slots > 0; ++p) {
+    const index_t row_numerator = y + s.pad_h - p * s.dilation_h;
+    if (row_numerator < 0 || row_numerator % s.stride_h != 0) continue;
+    const index_t out_i = row_numerator / s.stride_h;
+    if (out_i >= s.out_h) continue;
+    for (index_t o_base = 0; o_base < s.out_channels; o_base += T::OUT_CHANNELS) {
+      // grads[slot][o][n] = gy[n_base + n, o_base + o, out_i, first_j + slot]; neighbouring
+      // threads take neighbouring locations (contiguous in an NCHW grad_output).
+      const index_t grad_elements = slots * T::OUT_CHANNELS * T::BATCH;
+      for (index_t e = threadIdx.x; e < grad_elements; e += T::THREADS) {
+        const index_t slot = e % slots, rest = e / slots;
+        const int o = static_cast<int>(rest % T::OUT_CHANNELS);
+        const int n = static_cast<int>(rest / T::OUT_CHANNELS);
+        const bool valid = n_base + n < s.batch && o_base + o < s.out_channels;
+        grads[(slot * T::OUT_CHANNELS + o) * T::GRAD_ROW + n] =
+            valid ? grads_in[grad_output_offset(s, n_base + n, o_base + o, out_i,
+                                                first_j + slot)]
+                  : uint16_t(0);
+      }
+      // filters[pixel][q][c][o] = w[out_i, j, o_base + o, c_base + c, p, q] for the pixel
+      // first_x + pixel that tap q of location j reads; pairs that reach no pixel of the
+      // segment are skipped (and never read).
+      const int filter_rows = static_cast<int>(slots) * T::OUT_CHANNELS * T::CHANNELS;
+      if (my_first_row < filter_rows_per_pass) {
+        for (int row = my_first_row; row < filter_rows; row += filter_rows_per_pass) {
+          const int c = row % T::CHANNELS, o = (row / T::CHANNELS) % T::OUT_CHANNELS;
+          const index_t j = first_j + row / (T::CHANNELS * T::OUT_CHANNELS);
+          const index_t pixel = j * s.stride_w - s.pad_w + my_q * s.dilation_w - first_x;
+          if (pixel < 0 || pixel >= T::PIXELS) continue;
+          const bool valid = o_base + o < s.out_channels && c_base + c < s.in_channels;
+          const index_t location = out_i * s.out_w + j;
+          filters[(pixel * s.kernel_w + my_q) * T::TAP + c * T::FILTER_ROW + o] =
+              valid ? filters_in[((location * s.out_channels + o_base + o) * s.in_channels +
+                                  c_base + c) * taps + p * s.kernel_w + my_q]
+                    : uint16_t(0);
+        }
+      }
+      __syncthreads();
+
+      if (x < s.in_w) {
+        for (index_t q = 0; q < s.kernel_w; ++q) {
+          const index_t column_numerator = x + s.pad_w - q * s.dilation_w;
+          if (column_numerator < 0) break;  // it only decreases with q
+          if (column_numerator % s.stride_w != 0) continue;
+          const index_t j = column_numerator / s.stride_w;
+          if (j >= s.out_w) continue;
+          const uint16_t* grad_rows = grads + (j - first_j) * T::OUT_CHANNELS * T::GRAD_ROW;
+          const uint16_t* filter_block = filters + (warp * s.kernel_w + q) * T::TAP;
+          uint32_t b[4];
+          load_matrix_x4(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
+          const uint32_t first_tile[2] = {b[0], b[1]}, second_tile[2] = {b[2], b[3]};
+#pragma unroll
+          for (int m = 0; m < T::BATCH_TILES; ++m) {
+            uint32_t a[4];
+            load_matrix_x4_transposed(a, grad_rows + a_channel * T::GRAD_ROW + m * 16 +
+                                             a_samples);
+            mma_16x8x16<BFLOAT16>(acc[m][0], a, first_tile);
+            mma_16x8x16<BFLOAT16>(acc[m][1], a, second_tile);
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  if (x >= s.in_w) return;
+  // acc[m][tile][i]: sample m*16 + g (+8 for i >= 2), input channel tile*8 + 2t + (i % 2).
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < T::BATCH_TILES; ++m)
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const index_t n = n_base + m * 16 + g + (i / 2) * 8;
+        const index_t c = c_base + tile * 8 + 2 * t + (i % 2);
+        if (n >= s.batch || c >= s.in_channels) continue;
+        grad_input[((n * s.in_channels + c) * s.in_h + y) * s.in_w + x] =
+            static_cast<scalar_t>(acc[m][tile][i]);
+      }
+}
+
+}  // namespace kernels
+}  // namespace lc_cuda
