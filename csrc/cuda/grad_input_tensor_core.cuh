@@ -37,6 +37,9 @@ struct TensorCoreGradInputTiles {
   // 144 bytes apart, filter rows (an input channel's output channels) 48 bytes apart.
   static constexpr int GRAD_ROW = BATCH + 8;
   static constexpr int FILTER_ROW = OUT_CHANNELS + 8;
+  // One location's grad_output block, OUT_CHANNELS rows, plus 8 elements: the stagers write
+  // neighbouring locations from neighbouring lanes, 4 banks apart instead of in one bank.
+  static constexpr int SLOT = OUT_CHANNELS * GRAD_ROW + 8;
   // One (pixel, tap) block of filters, CHANNELS rows, plus 8 elements: consecutive taps, which
   // the stagers write from neighbouring lanes, then start 4 banks apart instead of in one bank.
   static constexpr int TAP = CHANNELS * FILTER_ROW + 8;
@@ -51,7 +54,7 @@ __host__ __device__ inline index_t tensor_core_grad_input_slots(const ConvShape<
 // Staged grad_output, then staged filters.
 template <typename T, typename index_t>
 int64_t tensor_core_grad_input_shared_bytes(const ConvShape<index_t>& s) {
-  return (int64_t(tensor_core_grad_input_slots<T>(s)) * T::OUT_CHANNELS * T::GRAD_ROW +
+  return (int64_t(tensor_core_grad_input_slots<T>(s)) * T::SLOT +
           int64_t(T::PIXELS) * s.kernel_w * T::TAP) *
          2;
 }
@@ -103,7 +106,7 @@ __global__ void __launch_bounds__(T::THREADS)
 
   uint16_t* const grads = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
   uint16_t* const filters =
-      grads + tensor_core_grad_input_slots<T>(s) * T::OUT_CHANNELS * T::GRAD_ROW;
+      grads + tensor_core_grad_input_slots<T>(s) * T::SLOT;
 
   // This lane's ldmatrix rows. A (samples x output channels), transposed from rows of one
   // output channel's samples: matrix lane / 8 is (channels 0-7 or 8-15) x (samples 0-7 or
@@ -114,7 +117,14 @@ __global__ void __launch_bounds__(T::THREADS)
   const int b_channel = (lane & 7) + ((lane >> 4) << 3);
   const int b_outputs = ((lane >> 3) & 1) * 8;
 
-  // The filter stagers: thread = (row, q) with q fixed per thread, rows = (slot, o, c).
+  // The grad_output stagers walk elements e = row * slots + slot, row = (n, o), from e = thread
+  // in steps of THREADS, advancing (row, slot) without dividing.
+  const int walk_slots = slots > 0 ? static_cast<int>(slots) : 1;
+  const int grad_row_step = T::THREADS / walk_slots;
+  const int grad_slot_step = T::THREADS - grad_row_step * walk_slots;
+  const int grad_first_row = static_cast<int>(threadIdx.x) / walk_slots;
+  const int grad_first_slot = static_cast<int>(threadIdx.x) - grad_first_row * walk_slots;
+  // The filter stagers: thread = (row, q) with q fixed per thread, rows = (o, c) of one slot.
   const int filter_rows_per_pass = T::THREADS / static_cast<int>(s.kernel_w);
   const int my_q = static_cast<int>(threadIdx.x % s.kernel_w);
   const int my_first_row = static_cast<int>(threadIdx.x / s.kernel_w);
@@ -135,33 +145,39 @@ __global__ void __launch_bounds__(T::THREADS)
     for (index_t o_base = 0; o_base < s.out_channels; o_base += T::OUT_CHANNELS) {
       // grads[slot][o][n] = gy[n_base + n, o_base + o, out_i, first_j + slot]; neighbouring
       // threads take neighbouring locations (contiguous in an NCHW grad_output).
-      const index_t grad_elements = slots * T::OUT_CHANNELS * T::BATCH;
-      for (index_t e = threadIdx.x; e < grad_elements; e += T::THREADS) {
-        const index_t slot = e % slots, rest = e / slots;
-        const int o = static_cast<int>(rest % T::OUT_CHANNELS);
-        const int n = static_cast<int>(rest / T::OUT_CHANNELS);
-        const bool valid = n_base + n < s.batch && o_base + o < s.out_channels;
-        grads[(slot * T::OUT_CHANNELS + o) * T::GRAD_ROW + n] =
-            valid ? grads_in[grad_output_offset(s, n_base + n, o_base + o, out_i,
-                                                first_j + slot)]
-                  : uint16_t(0);
+      {
+        int row = grad_first_row, slot = grad_first_slot;
+        while (row < T::OUT_CHANNELS * T::BATCH) {
+          const int o = row % T::OUT_CHANNELS, n = row / T::OUT_CHANNELS;
+          const bool valid = n_base + n < s.batch && o_base + o < s.out_channels;
+          grads[slot * T::SLOT + o * T::GRAD_ROW + n] =
+              valid ? grads_in[grad_output_offset(s, n_base + n, o_base + o, out_i,
+                                                  first_j + slot)]
+                    : uint16_t(0);
+          slot += grad_slot_step, row += grad_row_step;
+          if (slot >= walk_slots) slot -= walk_slots, ++row;
+        }
       }
       // filters[pixel][q][c][o] = w[out_i, j, o_base + o, c_base + c, p, q] for the pixel
       // first_x + pixel that tap q of location j reads; pairs that reach no pixel of the
       // segment are skipped (and never read).
-      const int filter_rows = static_cast<int>(slots) * T::OUT_CHANNELS * T::CHANNELS;
       if (my_first_row < filter_rows_per_pass) {
-        for (int row = my_first_row; row < filter_rows; row += filter_rows_per_pass) {
-          const int c = row % T::CHANNELS, o = (row / T::CHANNELS) % T::OUT_CHANNELS;
-          const index_t j = first_j + row / (T::CHANNELS * T::OUT_CHANNELS);
+        for (index_t slot = 0; slot < slots; ++slot) {
+          const index_t j = first_j + slot;
           const index_t pixel = j * s.stride_w - s.pad_w + my_q * s.dilation_w - first_x;
           if (pixel < 0 || pixel >= T::PIXELS) continue;
-          const bool valid = o_base + o < s.out_channels && c_base + c < s.in_channels;
-          const index_t location = out_i * s.out_w + j;
-          filters[(pixel * s.kernel_w + my_q) * T::TAP + c * T::FILTER_ROW + o] =
-              valid ? filters_in[((location * s.out_channels + o_base + o) * s.in_channels +
-                                  c_base + c) * taps + p * s.kernel_w + my_q]
-                    : uint16_t(0);
+          const uint16_t* tap_filters = filters_in +
+                                        ((out_i * s.out_w + j) * s.out_channels + o_base) *
+                                            s.in_channels * taps +
+                                        c_base * taps + p * s.kernel_w + my_q;
+          uint16_t* tap_block = filters + (pixel * s.kernel_w + my_q) * T::TAP;
+          for (int row = my_first_row; row < T::OUT_CHANNELS * T::CHANNELS;
+               row += filter_rows_per_pass) {
+            const int c = row % T::CHANNELS, o = row / T::CHANNELS;
+            const bool valid = o_base + o < s.out_channels && c_base + c < s.in_channels;
+            tap_block[c * T::FILTER_ROW + o] =
+                valid ? tap_filters[(o * s.in_channels + c) * taps] : uint16_t(0);
+          }
         }
       }
       __syncthreads();
@@ -173,7 +189,7 @@ __global__ void __launch_bounds__(T::THREADS)
           if (column_numerator % s.stride_w != 0) continue;
           const index_t j = column_numerator / s.stride_w;
           if (j >= s.out_w) continue;
-          const uint16_t* grad_rows = grads + (j - first_j) * T::OUT_CHANNELS * T::GRAD_ROW;
+          const uint16_t* grad_rows = grads + (j - first_j) * T::SLOT;
           const uint16_t* filter_block = filters + (warp * s.kernel_w + q) * T::TAP;
           uint32_t b[4];
           load_matrix_x4(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
