@@ -110,6 +110,55 @@ struct ForwardPosition {
   }
 };
 
+// The forward kernels' input pipeline: two buffers at the start of dynamic shared memory, stage
+// i (STAGE_K patch columns) in buffer i % 2, each staged while the one before it is computed.
+template <typename T, typename index_t>
+struct ForwardPipeline {
+  using element_t = typename T::element_t;
+  element_t* buffers;
+  index_t buffer_elements, stages, patch_size, batch_padded;
+  const element_t* packed;
+  StagingWalk<T, index_t> walk;
+  TableWalk<T, index_t> table_walk;
+
+  // Stages stage 0.
+  __device__ ForwardPipeline(const ConvShape<index_t>& s, const ForwardPosition<T, index_t>& at,
+                             const element_t* packed_input, index_t batch)
+      : buffers(reinterpret_cast<element_t*>(dynamic_shared_memory())),
+        buffer_elements(tensor_core_buffer_bytes<T>(s) / sizeof(element_t)),
+        patch_size(s.in_channels * s.kernel_h * s.kernel_w),
+        batch_padded(batch),
+        packed(packed_input),
+        walk(s),
+        table_walk(s) {
+    stages = (patch_size + T::STAGE_K - 1) / T::STAGE_K;
+    stage(s, at, 0);
+    commit_async_copies();
+  }
+
+  __device__ void stage(const ConvShape<index_t>& s, const ForwardPosition<T, index_t>& at,
+                        index_t which) {
+    stage_input<T>(buffers + (which % 2) * buffer_elements, packed, s, walk, table_walk,
+                   which * T::STAGE_K, patch_size, at.window_top, at.strip_left, at.n_base,
+                   batch_padded);
+  }
+
+  // Starts staging stage + 1, then waits until stage `stage` has landed for every thread and
+  // returns its buffer. The buffer stage + 1 goes to was last read in the previous iteration,
+  // which every thread has left (the barrier after each stage's math).
+  __device__ const element_t* next(const ConvShape<index_t>& s,
+                                   const ForwardPosition<T, index_t>& at, index_t stage_index) {
+    if (stage_index + 1 < stages) {
+      table_walk.advance(s);
+      stage(s, at, stage_index + 1);
+    }
+    commit_async_copies();
+    wait_async_copies<1>();
+    __syncthreads();
+    return buffers + (stage_index % 2) * buffer_elements;
+  }
+};
+
 // Adds the bias and writes a warp's accumulators: acc[m][tile][i] is sample m*16 + g (+8 for
 // i >= 2) and output channel tile*8 + 2t + (i % 2), PTX's accumulator layout.
 template <typename T, typename scalar_t, typename index_t>
@@ -168,10 +217,9 @@ __global__ void __launch_bounds__(T::THREADS)
       reinterpret_cast<const uint16_t*>(weight) +
       (at.has_location ? at.location : 0) * s.out_channels * patch_size;
 
-  // Two pipeline buffers (stage i uses buffer i % 2), then the zero row.
-  uint16_t* const buffers = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
-  const index_t buffer_elements = tensor_core_buffer_bytes<T>(s) / 2;
-  uint16_t* const zero_row = buffers + 2 * buffer_elements;
+  // The pipeline's two buffers, then the zero row.
+  ForwardPipeline<T, index_t> pipeline(s, at, packed, batch_padded);
+  uint16_t* const zero_row = pipeline.buffers + 2 * pipeline.buffer_elements;
   if (threadIdx.x < 8) zero_row[threadIdx.x] = 0;
   const index_t table_at = tensor_core_stage_rows<T>(s) * tensor_core_strip_width<T>(s) *
                            T::COLUMN;
@@ -183,34 +231,17 @@ __global__ void __launch_bounds__(T::THREADS)
 
   float acc[T::BATCH_TILES][T::OUT_TILES][4];
   zero_accumulators<T>(acc);
-  const index_t stages = (patch_size + T::STAGE_K - 1) / T::STAGE_K;
   uint32_t b[T::STEPS][T::OUT_TILES][2];
   if (at.has_location)
     load_stage_filters<T, EVEN_K>(b, location_filters, at.o_base, index_t(0), s, patch_size);
-  const StagingWalk<T, index_t> walk(s);
-  TableWalk<T, index_t> table_walk(s);
-  stage_input<T>(buffers, packed, s, walk, table_walk, index_t(0), patch_size, at.window_top,
-                 at.strip_left, at.n_base, batch_padded);
-  commit_async_copies();
 
-  for (index_t stage = 0; stage < stages; ++stage) {
+  for (index_t stage = 0; stage < pipeline.stages; ++stage) {
     const index_t k_base = stage * T::STAGE_K;
-    uint16_t* buffer = buffers + (stage % 2) * buffer_elements;
-    // The next stage's input copies fly while this one computes; its buffer was last read in
-    // the previous iteration, which every thread has left (the barrier at its end).
-    if (stage + 1 < stages) {
-      table_walk.advance(s);
-      stage_input<T>(buffers + ((stage + 1) % 2) * buffer_elements, packed, s, walk, table_walk,
-                     k_base + T::STAGE_K, patch_size, at.window_top, at.strip_left, at.n_base,
-                     batch_padded);
-    }
-    commit_async_copies();
-    wait_async_copies<1>();
-    __syncthreads();
+    const uint16_t* buffer = pipeline.next(s, at, stage);
 
     uint32_t next_b[T::STEPS][T::OUT_TILES][2];
     if (at.has_location) {
-      if (stage + 1 < stages)
+      if (stage + 1 < pipeline.stages)
         load_stage_filters<T, EVEN_K>(next_b, location_filters, at.o_base, k_base + T::STAGE_K,
                                       s, patch_size);
       const int* table = reinterpret_cast<const int*>(buffer + table_at);
@@ -224,13 +255,13 @@ __global__ void __launch_bounds__(T::THREADS)
         for (int m = 0; m < T::BATCH_TILES; ++m) {
           uint32_t a[4];
           // Past K every lane reads the zero row (no sample offset: it is 8 elements long).
-          load_matrix_x4_transposed(a, offset < 0 ? row : row + m * 16);
+          load_matrix_x4<true>(a, offset < 0 ? row : row + m * 16);
 #pragma unroll
           for (int tile = 0; tile < T::OUT_TILES; ++tile)
             mma_16x8x16<BFLOAT16>(acc[m][tile], a, b[step][tile]);
         }
       }
-      if (stage + 1 < stages) {
+      if (stage + 1 < pipeline.stages) {
 #pragma unroll
         for (int step = 0; step < T::STEPS; ++step)
 #pragma unroll
@@ -262,24 +293,15 @@ __global__ void __launch_bounds__(T::THREADS)
   const float* location_filters =
       weight + (at.has_location ? at.location : 0) * s.out_channels * patch_size;
 
-  float* const buffers = reinterpret_cast<float*>(dynamic_shared_memory());
-  const index_t buffer_elements = tensor_core_buffer_bytes<T>(s) / 4;
+  ForwardPipeline<T, index_t> pipeline(s, at, packed, batch_padded);
   const index_t table_at = tensor_core_stage_rows<T>(s) * tensor_core_strip_width<T>(s) *
                            T::COLUMN;
   const index_t location_column = static_cast<index_t>(warp) * s.stride_w * T::COLUMN;
 
   float acc[T::BATCH_TILES][T::OUT_TILES][4];
   zero_accumulators<T>(acc);
-  const index_t stages = (patch_size + T::STAGE_K - 1) / T::STAGE_K;
-  const StagingWalk<T, index_t> walk(s);
-  TableWalk<T, index_t> table_walk(s);
-  stage_input<T>(buffers, packed, s, walk, table_walk, index_t(0), patch_size, at.window_top,
-                 at.strip_left, at.n_base, batch_padded);
-  commit_async_copies();
-
-  for (index_t stage = 0; stage < stages; ++stage) {
+  for (index_t stage = 0; stage < pipeline.stages; ++stage) {
     const index_t k_base = stage * T::STAGE_K;
-    const float* buffer = buffers + (stage % 2) * buffer_elements;
     // b[step][tile] = (B[t][g], B[t+4][g]) of patch columns k_base + 8*step + (t, t+4) and
     // output channel o_base + 8*tile + g; zeros past K or C_out.
     uint32_t b[T::STEPS][T::OUT_TILES][2];
@@ -298,15 +320,7 @@ __global__ void __launch_bounds__(T::THREADS)
           }
       }
     }
-    if (stage + 1 < stages) {
-      table_walk.advance(s);
-      stage_input<T>(buffers + ((stage + 1) % 2) * buffer_elements, packed, s, walk, table_walk,
-                     k_base + T::STAGE_K, patch_size, at.window_top, at.strip_left, at.n_base,
-                     batch_padded);
-    }
-    commit_async_copies();
-    wait_async_copies<1>();
-    __syncthreads();
+    const float* buffer = pipeline.next(s, at, stage);
 
     if (at.has_location) {
       const int* table = reinterpret_cast<const int*>(buffer + table_at);

@@ -192,12 +192,12 @@ __global__ void __launch_bounds__(T::THREADS)
           const uint16_t* grad_rows = grads + (j - first_j) * T::SLOT;
           const uint16_t* filter_block = filters + (warp * s.kernel_w + q) * T::TAP;
           uint32_t b[4];
-          load_matrix_x4(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
+          load_matrix_x4<false>(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
           const uint32_t first_tile[2] = {b[0], b[1]}, second_tile[2] = {b[2], b[3]};
 #pragma unroll
           for (int m = 0; m < T::BATCH_TILES; ++m) {
             uint32_t a[4];
-            load_matrix_x4_transposed(a, grad_rows + a_channel * T::GRAD_ROW + m * 16 +
+            load_matrix_x4<true>(a, grad_rows + a_channel * T::GRAD_ROW + m * 16 +
                                              a_samples);
             mma_16x8x16<BFLOAT16>(acc[m][0], a, first_tile);
             mma_16x8x16<BFLOAT16>(acc[m][1], a, second_tile);

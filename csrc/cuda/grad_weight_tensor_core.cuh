@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(T::THREADS)
         const index_t samples = chunk * T::BATCH + step * 16;
         if (samples >= s.batch) break;
         uint32_t a[4];
-        load_matrix_x4(a, a_row + samples);
+        load_matrix_x4<false>(a, a_row + samples);
 #pragma unroll
         for (int pair = 0; pair < T::PATCH_TILES / 2; ++pair) {
           const int offset = table[pair * 16 + b_column];
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(T::THREADS)
                                            : buffer + offset + location_column + step * 16 +
                                                  b_samples;
           uint32_t b[4];
-          load_matrix_x4(b, row);
+          load_matrix_x4<false>(b, row);
           const uint32_t first[2] = {b[0], b[1]}, second[2] = {b[2], b[3]};
           mma_16x8x16<BFLOAT16>(acc[2 * pair], a, first);
           mma_16x8x16<BFLOAT16>(acc[2 * pair + 1], a, second);

@@ -60,24 +60,20 @@ __device__ inline void wait_async_copies() {
 
 // ldmatrix.x4: lanes 8j..8j+7 give the addresses of the eight 16-byte rows of matrix j; each
 // lane receives, in fragment[j], elements (g, 2t) and (g, 2t+1) of matrix j (row, column;
-// g = lane / 4, t = lane % 4), the low half holding the first.
+// g = lane / 4, t = lane % 4), the low half holding the first. TRANSPOSED (.trans): elements
+// (2t, g) and (2t+1, g) instead.
+template <bool TRANSPOSED>
 __device__ inline void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
 #if LC_CUDA_HAS_TENSOR_CORE_PTX
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
-               : "r"(shared_address(row)));
-#else
-  __trap();
-#endif
-}
-
-// ldmatrix.x4.trans: the same rows, transposed: fragment[j] holds elements (2t, g) and
-// (2t+1, g) of matrix j.
-__device__ inline void load_matrix_x4_transposed(uint32_t (&fragment)[4], const void* row) {
-#if LC_CUDA_HAS_TENSOR_CORE_PTX
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
-               : "r"(shared_address(row)));
+  if constexpr (TRANSPOSED) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+                 : "r"(shared_address(row)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+                 : "r"(shared_address(row)));
+  }
 #else
   __trap();
 #endif

@@ -115,36 +115,22 @@ inline void commit_async_copies() {}
 template <int PENDING>
 void wait_async_copies() {}
 
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 address the rows of matrix j; lane
-// (g = lane/4, t = lane%4) receives elements [g][2t] and [g][2t+1] of each matrix, the first in
-// the low half.
-inline void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8j..8j+7 address the rows of matrix
+// j; lane (g = lane/4, t = lane%4) receives elements [g][2t] and [g][2t+1] of each matrix, or
+// with .trans (TRANSPOSED) [2t][g] and [2t+1][g], the first in the low half.
+template <bool TRANSPOSED>
+void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
   check_aligned(row, 16, "ldmatrix row address not 16-byte aligned");
   WarpExchange& warp = this_warp();
   const int lane = lane_id(), g = lane / 4, t = lane % 4;
   warp.rows[lane] = row;
   sync_warp();
-  for (int j = 0; j < 4; ++j) {
-    const auto* matrix_row = static_cast<const uint16_t*>(warp.rows[8 * j + g]);
-    fragment[j] = uint32_t(matrix_row[2 * t]) | (uint32_t(matrix_row[2 * t + 1]) << 16);
-  }
-  sync_warp();
-}
-
-// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lanes 8j..8j+7 address the rows of matrix j;
-// with .trans, lane (g = lane/4, t = lane%4) receives elements [2t][g] and [2t+1][g] of each
-// matrix, the first in the low half.
-inline void load_matrix_x4_transposed(uint32_t (&fragment)[4], const void* row) {
-  check_aligned(row, 16, "ldmatrix row address not 16-byte aligned");
-  WarpExchange& warp = this_warp();
-  const int lane = lane_id(), g = lane / 4, t = lane % 4;
-  warp.rows[lane] = row;
-  sync_warp();
-  for (int j = 0; j < 4; ++j) {
-    const auto* low_row = static_cast<const uint16_t*>(warp.rows[8 * j + 2 * t]);
-    const auto* high_row = static_cast<const uint16_t*>(warp.rows[8 * j + 2 * t + 1]);
-    fragment[j] = uint32_t(low_row[g]) | (uint32_t(high_row[g]) << 16);
-  }
+  auto element = [&](int matrix, int r, int c) {
+    return uint32_t(static_cast<const uint16_t*>(warp.rows[8 * matrix + r])[c]);
+  };
+  for (int j = 0; j < 4; ++j)
+    fragment[j] = TRANSPOSED ? element(j, 2 * t, g) | (element(j, 2 * t + 1, g) << 16)
+                             : element(j, g, 2 * t) | (element(j, g, 2 * t + 1) << 16);
   sync_warp();
 }
 

@@ -130,18 +130,28 @@ void compare(const char* what, const Case& c, int case_index, const std::vector<
   }
 }
 
+// Conversions between the test's float64 data and a kernel's element type (through float, which
+// c10::Half and c10::BFloat16 convert from and to; exact for float and double values here).
+template <typename scalar_t>
+std::vector<scalar_t> narrow(const std::vector<double>& values) {
+  std::vector<scalar_t> narrowed;
+  for (double x : values) narrowed.push_back(static_cast<scalar_t>(x));
+  return narrowed;
+}
+
+template <typename scalar_t>
+std::vector<double> widen(const std::vector<scalar_t>& values) {
+  std::vector<double> widened;
+  for (const auto& x : values) widened.push_back(static_cast<double>(x));
+  return widened;
+}
+
 template <typename scalar_t, typename index_t, int WIDTH>
 void run_case(const Case& c, int case_index, const Data& d) {
-  auto cast = [](const std::vector<double>& v) { return std::vector<scalar_t>(v.begin(), v.end()); };
-  const auto input = cast(d.input), weight = cast(d.weight), bias = cast(d.bias);
-  const auto grad_output = cast(d.grad_output);
+  const auto input = narrow<scalar_t>(d.input), weight = narrow<scalar_t>(d.weight);
+  const auto bias = narrow<scalar_t>(d.bias), grad_output = narrow<scalar_t>(d.grad_output);
   // The reference sums the values the kernels see, rounded to scalar_t: what differs is the
   // kernels' accumulation order and precision, and the rounding of their outputs.
-  auto widen = [](const std::vector<scalar_t>& v) {
-    std::vector<double> wide;
-    for (const auto& x : v) wide.push_back(static_cast<double>(x));
-    return wide;
-  };
   Data rounded = d;
   rounded.input = widen(input), rounded.weight = widen(weight), rounded.bias = widen(bias);
   rounded.grad_output = widen(grad_output);
@@ -157,7 +167,7 @@ void run_case(const Case& c, int case_index, const Data& d) {
   launch_on_cpu(forward_grid<TF>(s), TF::THREADS, 0, forward_kernel<scalar_t, index_t, TF>,
                 input.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
                 got_out.data(), s);
-  compare("forward", c, case_index, std::vector<double>(got_out.begin(), got_out.end()), out,
+  compare("forward", c, case_index, widen(got_out), out,
           tolerance);
 
   // grad_input writes a contiguous (N, C_in, H, W) tensor whatever the input's layout.
@@ -165,63 +175,18 @@ void run_case(const Case& c, int case_index, const Data& d) {
   std::vector<scalar_t> got_gin(gin.size());
   launch_on_cpu(grad_input_grid<TI>(s), TI::THREADS, 0, grad_input_kernel<scalar_t, index_t, TI>,
                 grad_output.data(), weight.data(), got_gin.data(), s);
-  compare("grad_input", c, case_index, std::vector<double>(got_gin.begin(), got_gin.end()), gin,
+  compare("grad_input", c, case_index, widen(got_gin), gin,
           tolerance);
 
   using TW = GradWeightTiles<WIDTH>;
   std::vector<scalar_t> got_gw(gw.size());
   launch_on_cpu(grad_weight_grid<TW>(s), TW::THREADS, 0, grad_weight_kernel<scalar_t, index_t, TW>,
                 grad_output.data(), input.data(), got_gw.data(), s);
-  compare("grad_weight", c, case_index, std::vector<double>(got_gw.begin(), got_gw.end()), gw,
+  compare("grad_weight", c, case_index, widen(got_gw), gw,
           tolerance);
 }
 
 #ifdef WITH_C10_HALF
-// The tensor-core forward, on the input packed as the launcher packs it: (C_in, H, W, N8),
-// samples innermost, the batch padded with zeros to a multiple of 8.
-template <typename scalar_t, bool BFLOAT16, int OUT_TILES, bool EVEN_K>
-void run_tensor_core_forward(const Case& c, int case_index, const Data& d) {
-  using T = TensorCoreForwardTiles<OUT_TILES>;
-  const long batch_padded = (c.n + 7) / 8 * 8;
-  std::vector<scalar_t> packed(size_t(c.c_in) * c.h * c.w * batch_padded, scalar_t(0.f));
-  Data rounded = d;
-  for (long n = 0; n < c.n; ++n)
-    for (long ch = 0; ch < c.c_in; ++ch)
-      for (long y = 0; y < c.h; ++y)
-        for (long x = 0; x < c.w; ++x) {
-          const scalar_t value(static_cast<float>(x_at(c, d, n, ch, y, x)));
-          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
-          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = static_cast<double>(value);
-        }
-  auto cast = [](const std::vector<double>& v) {
-    std::vector<scalar_t> narrow;
-    for (double x : v) narrow.push_back(scalar_t(static_cast<float>(x)));
-    return narrow;
-  };
-  auto widen = [](const std::vector<scalar_t>& v) {
-    std::vector<double> wide;
-    for (const auto& x : v) wide.push_back(static_cast<double>(static_cast<float>(x)));
-    return wide;
-  };
-  const auto weight = cast(d.weight), bias = cast(d.bias);
-  rounded.weight = widen(weight), rounded.bias = widen(bias);
-  std::vector<double> out, gin, gw;
-  reference(c, rounded, out, gin, gw);
-
-  auto s = shape_of<int32_t>(c, d);
-  s.input_stride_n = 1, s.input_stride_c = int32_t(c.h * c.w * batch_padded);
-  s.input_stride_h = int32_t(c.w * batch_padded), s.input_stride_w = int32_t(batch_padded);
-  std::vector<scalar_t> got(out.size(), scalar_t(NAN));
-  launch_on_cpu(tensor_core_forward_grid<T>(s), T::THREADS,
-                size_t(tensor_core_forward_shared_bytes<T>(s)),
-                forward_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, int32_t, T>,
-                packed.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
-                got.data(), s, int32_t(batch_padded));
-  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
-  compare(BFLOAT16 ? "tensor-core forward bf16" : "tensor-core forward f16", c, case_index,
-          widen(got), out, tolerance);
-}
-
 // TF32 rounding written independently of the emulated cvt.rna.tf32.f32: to nearest, ties away
 // from zero, at 11 significant bits.
 double round_to_tf32(double value) {
@@ -231,55 +196,90 @@ double round_to_tf32(double value) {
   return std::ldexp(std::round(std::ldexp(mantissa, 11)), exponent - 11);
 }
 
+long padded_batch(const Case& c) { return (c.n + 7) / 8 * 8; }
+
+// The input as the launchers pack it for the tensor-core kernels: (C_in, H, W, N8), samples
+// innermost, the batch padded with zeros to a multiple of 8. rounded.input gets the values the
+// kernel multiplies: rounded to scalar_t, then by `round` where given (TF32).
+template <typename scalar_t>
+std::vector<scalar_t> pack_input(const Case& c, const Data& d, Data& rounded,
+                                 double (*round)(double) = nullptr) {
+  const long batch_padded = padded_batch(c);
+  std::vector<scalar_t> packed(size_t(c.c_in) * c.h * c.w * batch_padded, scalar_t(0.f));
+  for (long n = 0; n < c.n; ++n)
+    for (long ch = 0; ch < c.c_in; ++ch)
+      for (long y = 0; y < c.h; ++y)
+        for (long x = 0; x < c.w; ++x) {
+          const scalar_t value(static_cast<float>(x_at(c, d, n, ch, y, x)));
+          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
+          const double seen = static_cast<double>(static_cast<float>(value));
+          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = round ? round(seen) : seen;
+        }
+  return packed;
+}
+
+// The shape with the packed input's strides (n: 1).
+template <typename index_t>
+ConvShape<index_t> packed_shape_of(const Case& c, const Data& d) {
+  const long batch_padded = padded_batch(c);
+  auto s = shape_of<index_t>(c, d);
+  s.input_stride_n = 1, s.input_stride_c = index_t(c.h * c.w * batch_padded);
+  s.input_stride_h = index_t(c.w * batch_padded), s.input_stride_w = index_t(batch_padded);
+  return s;
+}
+
+template <typename scalar_t>
+double half_tolerance() {
+  return std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
+}
+
+// The tensor-core forward.
+template <typename scalar_t, bool BFLOAT16, int OUT_TILES, bool EVEN_K>
+void run_tensor_core_forward(const Case& c, int case_index, const Data& d) {
+  using T = TensorCoreForwardTiles<OUT_TILES>;
+  Data rounded = d;
+  const auto packed = pack_input<scalar_t>(c, d, rounded);
+  const auto weight = narrow<scalar_t>(d.weight), bias = narrow<scalar_t>(d.bias);
+  rounded.weight = widen(weight), rounded.bias = widen(bias);
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
+  const auto s = packed_shape_of<int32_t>(c, d);
+  std::vector<scalar_t> got(out.size(), scalar_t(NAN));
+  launch_on_cpu(tensor_core_forward_grid<T>(s), T::THREADS,
+                size_t(tensor_core_forward_shared_bytes<T>(s)),
+                forward_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, int32_t, T>,
+                packed.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
+                got.data(), s, int32_t(padded_batch(c)));
+  compare(BFLOAT16 ? "tensor-core forward bf16" : "tensor-core forward f16", c, case_index,
+          widen(got), out, half_tolerance<scalar_t>());
+}
+
 // The TF32 forward, on float32 data: the reference sums the TF32-rounded input and weight (and
 // the unrounded bias) in float64, so what differs is the float accumulation.
 template <typename index_t>
 void run_tf32_forward(const Case& c, int case_index, const Data& d) {
   using T = TensorCoreTF32ForwardTiles<2>;
-  const long batch_padded = (c.n + 7) / 8 * 8;
-  std::vector<float> packed(size_t(c.c_in) * c.h * c.w * batch_padded, 0.f);
   Data rounded = d;
-  for (long n = 0; n < c.n; ++n)
-    for (long ch = 0; ch < c.c_in; ++ch)
-      for (long y = 0; y < c.h; ++y)
-        for (long x = 0; x < c.w; ++x) {
-          const float value = static_cast<float>(x_at(c, d, n, ch, y, x));
-          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
-          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = round_to_tf32(value);
-        }
-  const std::vector<float> weight(d.weight.begin(), d.weight.end());
-  const std::vector<float> bias(d.bias.begin(), d.bias.end());
-  for (size_t i = 0; i < weight.size(); ++i) rounded.weight[i] = round_to_tf32(weight[i]);
-  for (size_t i = 0; i < bias.size(); ++i) rounded.bias[i] = bias[i];
+  const auto packed = pack_input<float>(c, d, rounded, round_to_tf32);
+  const auto weight = narrow<float>(d.weight), bias = narrow<float>(d.bias);
+  rounded.weight = widen(weight), rounded.bias = widen(bias);
+  for (auto& w : rounded.weight) w = round_to_tf32(w);
   std::vector<double> out, gin, gw;
   reference(c, rounded, out, gin, gw);
-
-  auto s = shape_of<index_t>(c, d);
-  s.input_stride_n = 1, s.input_stride_c = index_t(c.h * c.w * batch_padded);
-  s.input_stride_h = index_t(c.w * batch_padded), s.input_stride_w = index_t(batch_padded);
+  const auto s = packed_shape_of<index_t>(c, d);
   std::vector<float> got(out.size(), NAN);
   launch_on_cpu(tensor_core_forward_grid<T>(s), T::THREADS,
                 size_t(tensor_core_forward_shared_bytes<T>(s)), forward_tf32_kernel<index_t, T>,
                 packed.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
-                got.data(), s, index_t(batch_padded));
-  compare("tf32 forward", c, case_index, std::vector<double>(got.begin(), got.end()), out, 1e-5);
+                got.data(), s, index_t(padded_batch(c)));
+  compare("tf32 forward", c, case_index, widen(got), out, 1e-5);
 }
 
 // The tensor-core grad_input, on grad_output in its physical layout.
 template <typename scalar_t, bool BFLOAT16, typename index_t>
 void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
   using T = TensorCoreGradInputTiles;
-  auto cast = [](const std::vector<double>& v) {
-    std::vector<scalar_t> narrow;
-    for (double x : v) narrow.push_back(scalar_t(static_cast<float>(x)));
-    return narrow;
-  };
-  auto widen = [](const std::vector<scalar_t>& v) {
-    std::vector<double> wide;
-    for (const auto& x : v) wide.push_back(static_cast<double>(static_cast<float>(x)));
-    return wide;
-  };
-  const auto weight = cast(d.weight), grad_output = cast(d.grad_output);
+  const auto weight = narrow<scalar_t>(d.weight), grad_output = narrow<scalar_t>(d.grad_output);
   Data rounded = d;
   rounded.weight = widen(weight), rounded.grad_output = widen(grad_output);
   std::vector<double> out, gin, gw;
@@ -290,46 +290,28 @@ void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
                 size_t(tensor_core_grad_input_shared_bytes<T>(s)),
                 grad_input_tensor_core_kernel<scalar_t, BFLOAT16, index_t, T>,
                 grad_output.data(), weight.data(), got.data(), s);
-  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
   compare(BFLOAT16 ? "tensor-core grad_input bf16" : "tensor-core grad_input f16", c,
-          case_index, widen(got), gin, tolerance);
+          case_index, widen(got), gin, half_tolerance<scalar_t>());
 }
 
 // The tensor-core grad_weight, on grad_output in its physical layout and the packed input.
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t>
 void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
   using T = TensorCoreGradWeightTiles;
-  const long batch_padded = (c.n + 7) / 8 * 8;
-  std::vector<scalar_t> packed(size_t(c.c_in) * c.h * c.w * batch_padded, scalar_t(0.f));
   Data rounded = d;
-  for (long n = 0; n < c.n; ++n)
-    for (long ch = 0; ch < c.c_in; ++ch)
-      for (long y = 0; y < c.h; ++y)
-        for (long x = 0; x < c.w; ++x) {
-          const scalar_t value(static_cast<float>(x_at(c, d, n, ch, y, x)));
-          packed[((ch * c.h + y) * c.w + x) * batch_padded + n] = value;
-          rounded.input[n * d.sn + ch * d.sc + y * d.sh + x * d.sw] = static_cast<double>(value);
-        }
-  std::vector<scalar_t> grad_output;
-  for (double x : d.grad_output) grad_output.push_back(scalar_t(static_cast<float>(x)));
-  for (size_t i = 0; i < grad_output.size(); ++i)
-    rounded.grad_output[i] = static_cast<double>(static_cast<float>(grad_output[i]));
+  const auto packed = pack_input<scalar_t>(c, d, rounded);
+  const auto grad_output = narrow<scalar_t>(d.grad_output);
+  rounded.grad_output = widen(grad_output);
   std::vector<double> out, gin, gw;
   reference(c, rounded, out, gin, gw);
-
-  auto s = shape_of<index_t>(c, d);
-  s.input_stride_n = 1, s.input_stride_c = index_t(c.h * c.w * batch_padded);
-  s.input_stride_h = index_t(c.w * batch_padded), s.input_stride_w = index_t(batch_padded);
+  const auto s = packed_shape_of<index_t>(c, d);
   std::vector<scalar_t> got(gw.size(), scalar_t(NAN));
   launch_on_cpu(tensor_core_grad_weight_grid<T>(s), T::THREADS,
                 size_t(tensor_core_grad_weight_shared_bytes<T>(s)),
                 grad_weight_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, index_t, T>,
-                grad_output.data(), packed.data(), got.data(), s, index_t(batch_padded));
-  std::vector<double> wide;
-  for (const auto& x : got) wide.push_back(static_cast<double>(static_cast<float>(x)));
-  const double tolerance = std::max(1e-5, double(std::numeric_limits<scalar_t>::epsilon()));
+                grad_output.data(), packed.data(), got.data(), s, index_t(padded_batch(c)));
   compare(BFLOAT16 ? "tensor-core grad_weight bf16" : "tensor-core grad_weight f16", c,
-          case_index, wide, gw, tolerance);
+          case_index, widen(got), gw, half_tolerance<scalar_t>());
 }
 
 // Each output-tile width and both weight-load paths (pairs of 16-bit loads, or one 32-bit load
