@@ -48,7 +48,11 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
                         bool allow_tensor_cores);
 at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                            const Geometry& geometry, bool allow_tensor_cores);
+// bias_sums: where given and the tensor-core kernel runs, it is set to the per-location bias
+// gradient, (C_out, OH, OW) in float32, computed with grad_weight from the same read of
+// grad_output; left undefined otherwise.
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                            const Geometry& geometry, bool allow_tensor_cores);
+                            const Geometry& geometry, bool allow_tensor_cores,
+                            at::Tensor* bias_sums);
 
 }  // namespace lc_cuda

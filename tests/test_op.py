@@ -83,6 +83,23 @@ def test_opcheck_forward_and_backward(device, name, force_unfold):
         )
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_opcheck_half_precision_on_cuda(name, dtype):
+    """float16 and bfloat16 take the tensor-core kernels on CUDA (sm_80+): the same checks."""
+    case = OPCHECK_CASES[name]
+    input, weight, bias = case_tensors(case, dtype, "cuda")
+    geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
+    torch.library.opcheck(torch.ops.lc_cuda.local_conv2d.default, (input, weight, bias, *geometry))
+    out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry)
+    grad_output = torch.randn_like(out)
+    torch.library.opcheck(
+        torch.ops.lc_cuda.local_conv2d_backward.default,
+        (grad_output, input, weight, *geometry, case["bias"] == "shared", [True, True, True]),
+    )
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
 def test_outputs_are_fresh_tensors_not_views(device, name):

@@ -176,7 +176,7 @@ void run(const Layer& layer, const char* dtype, int repeats) {
            time_kernel(grad_weight_tc, tensor_core_grad_weight_grid<TW>(packed_shape),
                        TW::THREADS, tensor_core_grad_weight_shared_bytes<TW>(packed_shape),
                        static_cast<const scalar_t*>(y), static_cast<const scalar_t*>(packed), gw,
-                       packed_shape, batch_padded),
+                       static_cast<float*>(nullptr), packed_shape, batch_padded),
            bytes[2]},
       };
     } else {

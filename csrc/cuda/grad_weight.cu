@@ -20,7 +20,8 @@ namespace {
 // grad_output slice is staged whole), or more column groups than grid y holds.
 template <typename scalar_t>
 bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                             const Geometry& g, at::Tensor& grad_weight, cudaStream_t stream) {
+                             const Geometry& g, at::Tensor& grad_weight, at::Tensor* bias_sums,
+                             cudaStream_t stream) {
   using T = kernels::TensorCoreGradWeightTiles;
   const int device = input.get_device();
   if (g.batch == 0 || !launch::has_tensor_core_kernels(device)) return false;
@@ -37,6 +38,8 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
       patch_size % 2 == 0 &&
       reinterpret_cast<std::uintptr_t>(grad_weight.const_data_ptr()) % 4 == 0;
   constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
+  if (bias_sums != nullptr)
+    *bias_sums = at::empty({g.out_channels, g.out_h, g.out_w}, input.options().dtype(at::kFloat));
 
   launch::with_index_type({grad_output, packed, grad_weight}, [&](auto index_tag) {
     using index_t = decltype(index_tag);
@@ -50,7 +53,9 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
       kernel<<<kernels::tensor_core_grad_weight_grid<T>(shape), T::THREADS, shared_bytes,
                stream>>>(grad_output.const_data_ptr<scalar_t>(),
                          packed.const_data_ptr<scalar_t>(),
-                         grad_weight.mutable_data_ptr<scalar_t>(), shape,
+                         grad_weight.mutable_data_ptr<scalar_t>(),
+                         bias_sums != nullptr ? bias_sums->mutable_data_ptr<float>() : nullptr,
+                         shape,
                          static_cast<index_t>(launch::padded_batch(g.batch)));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
@@ -63,7 +68,7 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
 }  // namespace
 
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                            const Geometry& g, bool allow_tensor_cores) {
+                            const Geometry& g, bool allow_tensor_cores, at::Tensor* bias_sums) {
   const c10::cuda::CUDAGuard device_guard(input.device());
   auto grad_weight = at::empty(
       {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
@@ -72,10 +77,11 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
 
   if (allow_tensor_cores) {
     if (input.scalar_type() == at::kBFloat16 &&
-        tensor_core_grad_weight<at::BFloat16>(grad_output, input, g, grad_weight, stream))
+        tensor_core_grad_weight<at::BFloat16>(grad_output, input, g, grad_weight, bias_sums,
+                                              stream))
       return grad_weight;
     if (input.scalar_type() == at::kHalf &&
-        tensor_core_grad_weight<at::Half>(grad_output, input, g, grad_weight, stream))
+        tensor_core_grad_weight<at::Half>(grad_output, input, g, grad_weight, bias_sums, stream))
       return grad_weight;
   }
 

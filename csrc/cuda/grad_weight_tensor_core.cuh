@@ -14,7 +14,9 @@
 //     with samples innermost, and gives the A fragments (channels x samples) by ldmatrix;
 //   - each warp accumulates a 16 x STAGE_K block of its location's gradient over the whole
 //     batch, then stores it: every gradient element is written once, by one thread, summed in a
-//     fixed order (no atomics, bitwise-identical results from run to run).
+//     fixed order (no atomics, bitwise-identical results from run to run);
+//   - the bias gradient, a sum of the staged slice over the batch, comes along where asked for,
+//     so that grad_output is read once for both.
 #pragma once
 
 #include <cstdint>
@@ -60,16 +62,25 @@ __device__ inline uint16_t bits_of(scalar_t value) {
   return bits;
 }
 
+template <typename scalar_t>
+__device__ inline float float_of(uint16_t bits) {
+  scalar_t value;
+  memcpy(&value, &bits, 2);
+  return static_cast<float>(value);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The kernel. grad_output has any strides (s.grad_stride_*); packed_input as in the forward
 // (s's input strides describe it); grad_weight contiguous. EVEN_K: K is even and grad_weight
 // 4-byte aligned, so each thread's pair of neighbouring gradient elements is one 32-bit store.
+// bias_sums: nullptr, or a (C_out, OH, OW) float tensor for the per-location bias gradient.
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t, typename T>
 __global__ void __launch_bounds__(T::THREADS)
     grad_weight_tensor_core_kernel(const scalar_t* __restrict__ grad_output,
                                    const scalar_t* __restrict__ packed_input,
-                                   scalar_t* __restrict__ grad_weight, ConvShape<index_t> s,
+                                   scalar_t* __restrict__ grad_weight,
+                                   float* __restrict__ bias_sums, ConvShape<index_t> s,
                                    index_t batch_padded) {
   static_assert(sizeof(scalar_t) == 2, "tensor-core grad_weight is for float16 and bfloat16");
   static_assert(T::THREADS == T::LOCATIONS * T::OUT_CHANNELS * 2, "grad_output staging layout");
@@ -110,6 +121,20 @@ __global__ void __launch_bounds__(T::THREADS)
     uint16_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
     for (index_t n = first_n; n < grad_row - 8; n += 2)
       row[n] = valid && n < s.batch ? source[n * s.grad_stride_n] : uint16_t(0);
+  }
+  if (bias_sums != nullptr) {
+    // The bias gradient comes with the staged slice, saving a pass over grad_output:
+    // bias_sums[o, location] = sum over the batch of gy[n, o, location], in float, in order.
+    __syncthreads();
+    if (threadIdx.x < T::LOCATIONS * T::OUT_CHANNELS) {
+      const int slot = threadIdx.x % T::LOCATIONS, o = threadIdx.x / T::LOCATIONS;
+      if (first_j + slot < s.out_w && o_base + o < s.out_channels) {
+        const uint16_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
+        float sum = 0.f;
+        for (index_t n = 0; n < s.batch; ++n) sum += float_of<scalar_t>(row[n]);
+        bias_sums[(o_base + o) * s.out_h * s.out_w + out_i * s.out_w + first_j + slot] = sum;
+      }
+    }
   }
 
   // This lane's ldmatrix rows. A (channels x samples): matrix lane / 8 is channels 0-7 or 8-15

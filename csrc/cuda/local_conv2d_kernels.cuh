@@ -1,5 +1,9 @@
-// lc_cuda's CUDA kernels: forward, grad_input and grad_weight of the locally-connected
-// convolution, computed straight from the input (nothing is unfolded in global memory).
+// lc_cuda's FFMA kernels: forward, grad_input and grad_weight of the locally-connected
+// convolution, computed straight from the input (nothing is unfolded in global memory), for
+// every dtype. The tensor-core kernels (float16 and bfloat16 on sm_80+, and the float32 forward
+// under TF32) are in forward_tensor_core.cuh, grad_input_tensor_core.cuh and
+// grad_weight_tensor_core.cuh; this header also holds what they share with these (ConvShape,
+// grid_blocks).
 //
 // The header includes no torch or Python header, so a standalone harness can build it. A kernel
 // takes plain pointers and a ConvShape; scalar_t must convert to and from its accumulation

@@ -50,14 +50,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cuda(
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const auto empty = [&] { return at::empty({0}, input.options()); };
-  return {
-      output_mask[0] ? cuda_grad_input(grad_output, weight, g, chosen == Backend::kernels)
-                     : empty(),
-      output_mask[1] ? cuda_grad_weight(grad_output, input, g, chosen == Backend::kernels)
-                     : empty(),
-      // A tree reduction over the batch (and locations): deterministic, no atomics.
-      output_mask[2] ? (shared_bias ? grad_output.sum({0, 2, 3}) : grad_output.sum(0)) : empty(),
-  };
+  const bool tensor_cores = chosen == Backend::kernels;
+  at::Tensor bias_sums;  // set by the tensor-core grad_weight, which reads grad_output anyway
+  at::Tensor grad_input =
+      output_mask[0] ? cuda_grad_input(grad_output, weight, g, tensor_cores) : empty();
+  at::Tensor grad_weight =
+      output_mask[1] ? cuda_grad_weight(grad_output, input, g, tensor_cores,
+                                        output_mask[2] ? &bias_sums : nullptr)
+                     : empty();
+  at::Tensor grad_bias = empty();
+  if (output_mask[2]) {
+    // Deterministic either way: a fixed-order sum in the kernel, or ATen's tree reduction.
+    if (bias_sums.defined())
+      grad_bias = (shared_bias ? bias_sums.sum({1, 2}) : bias_sums).to(grad_output.scalar_type());
+    else
+      grad_bias = shared_bias ? grad_output.sum({0, 2, 3}) : grad_output.sum(0);
+  }
+  return {grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace

@@ -304,14 +304,27 @@ void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
   rounded.grad_output = widen(grad_output);
   std::vector<double> out, gin, gw;
   reference(c, rounded, out, gin, gw);
+  // The per-location bias gradient it computes on the side: sums of grad_output over the batch.
+  const long locations = long(c.out_h()) * c.out_w();
+  std::vector<double> bias_sums(size_t(c.c_out) * locations, 0);
+  for (long n = 0; n < c.n; ++n)
+    for (long o = 0; o < c.c_out; ++o)
+      for (long l = 0; l < locations; ++l)
+        bias_sums[o * locations + l] += rounded.grad_output[n * d.gsn + o * d.gsc +
+                                                            (l / c.out_w()) * d.gsh +
+                                                            (l % c.out_w()) * d.gsw];
   const auto s = packed_shape_of<index_t>(c, d);
   std::vector<scalar_t> got(gw.size(), scalar_t(NAN));
+  std::vector<float> got_sums(bias_sums.size(), NAN);
   launch_on_cpu(tensor_core_grad_weight_grid<T>(s), T::THREADS,
                 size_t(tensor_core_grad_weight_shared_bytes<T>(s)),
                 grad_weight_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, index_t, T>,
-                grad_output.data(), packed.data(), got.data(), s, index_t(padded_batch(c)));
+                grad_output.data(), packed.data(), got.data(), got_sums.data(), s,
+                index_t(padded_batch(c)));
   compare(BFLOAT16 ? "tensor-core grad_weight bf16" : "tensor-core grad_weight f16", c,
           case_index, widen(got), gw, half_tolerance<scalar_t>());
+  compare("tensor-core grad_weight's bias sums", c, case_index, widen(got_sums), bias_sums,
+          1e-5);
 }
 
 // Each output-tile width and both weight-load paths (pairs of 16-bit loads, or one 32-bit load
