@@ -247,24 +247,26 @@ def allow_tf32():
 
 @needs_sm80
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
-def test_float32_forward_takes_tf32_only_where_allowed(name, allow_tf32):
-    """With TF32 allowed (torch's matmul policy), the float32 forward runs on TF32 tensor cores,
-    its error within 2x the fallback's (whose bmm then runs in TF32 too); not allowed, it stays
-    on the exact FFMA kernel (test_float32_and_float64_within_tolerance)."""
+def test_float32_takes_tf32_only_where_allowed(name, allow_tf32):
+    """With TF32 allowed (torch's matmul policy), the float32 forward and grad_weight run on
+    TF32 tensor cores (grad_input stays exact), each error within 2x the fallback's (whose bmm
+    then runs in TF32 too); not allowed, everything stays on the exact FFMA kernels
+    (test_float32_and_float64_within_tolerance)."""
     input, weight, bias = tensors(name, torch.float32)
     args = geometry_args(name)
-    assert "forward_tf32_kernel" in event_names(input, weight, bias, *args)
-    expected = reference_all(input, weight, bias, args)[0]
-    got = lc_cuda.local_conv2d(input, weight, bias, *args)
-    fallback = lc_cuda.unfold_local_conv2d(input, weight, bias, *args)
-    error, fallback_error = (
-        relative_error(got.cpu(), expected),
-        relative_error(fallback.cpu(), expected),
-    )
-    assert error <= 2 * max(fallback_error, 2.0**-11), (error, fallback_error)
+    names = event_names(input, weight, bias, *args, backward=True)
+    assert "forward_tf32_kernel" in names and "grad_weight_tensor_core_kernel<float" in names
+    expected = reference_all(input, weight, bias, args)
+    got = run_all(input, weight, bias, args)
+    fallback = run_all(input, weight, bias, args, function=lc_cuda.unfold_local_conv2d)
+    for label, k, f, e in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), got, fallback, expected
+    ):
+        error, fallback_error = relative_error(k.cpu(), e), relative_error(f.cpu(), e)
+        assert error <= 2 * max(fallback_error, 2.0**-11), (label, error, fallback_error)
     torch.backends.cuda.matmul.allow_tf32 = False
-    names = event_names(input, weight, bias, *args)
-    assert "forward_tf32_kernel" not in names and "forward_kernel" in names
+    names = event_names(input, weight, bias, *args, backward=True)
+    assert "tf32" not in names and "tensor_core" not in names
 
 
 @needs_sm80

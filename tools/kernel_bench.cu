@@ -8,7 +8,8 @@
 // time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
 // the TFLOP/s and GB/s they reach, by the same counts as the harness; also the tensor-core
 // kernels alone (the extension also packs the input, which is not timed here): in bfloat16 the
-// forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the TF32 forward. It checks nothing: the tests and tools/exercise_kernels.py do.
+// forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the TF32 forward
+// and grad_weight. It checks nothing: the tests and tools/exercise_kernels.py do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -181,6 +182,7 @@ void run(const Layer& layer, const char* dtype, int repeats) {
       };
     } else {
       using T = TensorCoreTF32ForwardTiles<2>;
+      using TW = TensorCoreTF32GradWeightTiles;
       tensor_core_runs = {
           {"forward_tf32",
            time_kernel(forward_tf32_kernel<int32_t, T>, tensor_core_forward_grid<T>(packed_shape),
@@ -188,6 +190,13 @@ void run(const Layer& layer, const char* dtype, int repeats) {
                        static_cast<const float*>(packed), static_cast<const float*>(w),
                        static_cast<const float*>(b), false, y, packed_shape, batch_padded),
            bytes[0]},
+          {"grad_weight_tf32",
+           time_kernel(grad_weight_tensor_core_kernel<float, false, false, int32_t, TW>,
+                       tensor_core_grad_weight_grid<TW>(packed_shape), TW::THREADS,
+                       tensor_core_grad_weight_shared_bytes<TW>(packed_shape),
+                       static_cast<const float*>(y), static_cast<const float*>(packed), gw,
+                       static_cast<float*>(nullptr), packed_shape, batch_padded),
+           bytes[2]},
       };
     }
     for (const auto& run : tensor_core_runs)

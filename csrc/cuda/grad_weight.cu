@@ -1,6 +1,7 @@
-// Launches grad_weight: the tensor-core kernel for float16 and bfloat16 where the GPU and the
-// geometry allow it, otherwise the FFMA kernel (one CTA per output location, C_out tile and
+// Launches grad_weight: the tensor-core kernel for float16 and bfloat16, and for float32 where
+// TF32 is allowed, if the GPU and the geometry allow it; otherwise the FFMA kernel (one CTA per output location, C_out tile and
 // patch-column tile, each reducing over the whole batch).
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -22,7 +23,9 @@ template <typename scalar_t>
 bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                              const Geometry& g, at::Tensor& grad_weight, at::Tensor* bias_sums,
                              cudaStream_t stream) {
-  using T = kernels::TensorCoreGradWeightTiles;
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  using T = std::conditional_t<kTF32, kernels::TensorCoreTF32GradWeightTiles,
+                               kernels::TensorCoreGradWeightTiles>;
   const int device = input.get_device();
   if (g.batch == 0 || !launch::has_tensor_core_kernels(device)) return false;
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, grad_output);
@@ -34,8 +37,9 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
   const at::Tensor packed = launch::pack_input(input);
   const at::Tensor packed_view = packed.permute({3, 0, 1, 2});  // (N8, C, H, W) strides
   const int64_t patch_size = g.in_channels * g.kernel_h * g.kernel_w;
+  // Pairs of 16-bit gradient elements are one 32-bit store where K is even (TF32: no pairs).
   const bool even_k =
-      patch_size % 2 == 0 &&
+      !kTF32 && patch_size % 2 == 0 &&
       reinterpret_cast<std::uintptr_t>(grad_weight.const_data_ptr()) % 4 == 0;
   constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
   if (bias_sums != nullptr)
@@ -59,7 +63,9 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
                          static_cast<index_t>(launch::padded_batch(g.batch)));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (even_k) return run(std::true_type{});
+    if constexpr (!kTF32) {
+      if (even_k) return run(std::true_type{});
+    }
     run(std::false_type{});
   });
   return true;
@@ -82,6 +88,10 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
       return grad_weight;
     if (input.scalar_type() == at::kHalf &&
         tensor_core_grad_weight<at::Half>(grad_output, input, g, grad_weight, bias_sums, stream))
+      return grad_weight;
+    // float32 under torch's matmul policy, as in the forward.
+    if (input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
+        tensor_core_grad_weight<float>(grad_output, input, g, grad_weight, bias_sums, stream))
       return grad_weight;
   }
 

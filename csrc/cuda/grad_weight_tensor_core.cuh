@@ -21,16 +21,21 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda/input_staging.cuh"
 
 namespace lc_cuda {
 namespace kernels {
 
-struct TensorCoreGradWeightTiles : StripTiles<uint16_t> {
+// element_t: uint16_t for float16/bfloat16 (m16n8k16), float for float32 on TF32 (m16n8k8).
+template <typename element_t>
+struct TensorCoreGradWeightTilesOf : StripTiles<element_t> {
   static constexpr int OUT_CHANNELS = 16;  // one 16-row MMA tile per warp
-  static constexpr int PATCH_TILES = STAGE_K / 8;  // 8-column MMA tiles per warp and stage
+  static constexpr int PATCH_TILES = StripTiles<element_t>::STAGE_K / 8;  // 8-column MMA tiles
 };
+using TensorCoreGradWeightTiles = TensorCoreGradWeightTilesOf<uint16_t>;
+using TensorCoreTF32GradWeightTiles = TensorCoreGradWeightTilesOf<float>;
 
 // Staged grad_output rows: samples of the batch rounded up to whole BATCH chunks, plus 8
 // elements, so that rows are an odd number of 16-byte units apart (conflict-free ldmatrix).
@@ -43,7 +48,8 @@ __host__ __device__ inline index_t tensor_core_grad_row(const ConvShape<index_t>
 template <typename T, typename index_t>
 int64_t tensor_core_grad_weight_shared_bytes(const ConvShape<index_t>& s) {
   return 2 * tensor_core_buffer_bytes<T>(s) + 16 +
-         int64_t(T::LOCATIONS) * T::OUT_CHANNELS * tensor_core_grad_row<T>(s) * 2;
+         int64_t(T::LOCATIONS) * T::OUT_CHANNELS * tensor_core_grad_row<T>(s) *
+             int64_t(sizeof(typename T::element_t));
 }
 
 // Grid: x = C_out tiles, y = (output row, group of LOCATIONS columns).
@@ -62,18 +68,25 @@ __device__ inline uint16_t bits_of(scalar_t value) {
   return bits;
 }
 
+// A staged element as float: 16-bit elements hold scalar_t's bits, 32-bit ones are floats.
 template <typename scalar_t>
 __device__ inline float float_of(uint16_t bits) {
   scalar_t value;
   memcpy(&value, &bits, 2);
   return static_cast<float>(value);
 }
+template <typename scalar_t>
+__device__ inline float float_of(float value) {
+  return value;
+}
 
 // ---------------------------------------------------------------------------------------------
 // The kernel. grad_output has any strides (s.grad_stride_*); packed_input as in the forward
 // (s's input strides describe it); grad_weight contiguous. EVEN_K: K is even and grad_weight
-// 4-byte aligned, so each thread's pair of neighbouring gradient elements is one 32-bit store.
-// bias_sums: nullptr, or a (C_out, OH, OW) float tensor for the per-location bias gradient.
+// 4-byte aligned, so each thread's pair of neighbouring gradient elements is one 32-bit store
+// (16-bit types). bias_sums: nullptr, or a (C_out, OH, OW) float tensor for the per-location
+// bias gradient. scalar_t float runs TF32 (m16n8k8, operands rounded with cvt.rna; ldmatrix
+// moves 16-bit elements only, so fragments are read as single floats).
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t, typename T>
 __global__ void __launch_bounds__(T::THREADS)
@@ -82,9 +95,11 @@ __global__ void __launch_bounds__(T::THREADS)
                                    scalar_t* __restrict__ grad_weight,
                                    float* __restrict__ bias_sums, ConvShape<index_t> s,
                                    index_t batch_padded) {
-  static_assert(sizeof(scalar_t) == 2, "tensor-core grad_weight is for float16 and bfloat16");
+  using element_t = typename T::element_t;
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  static_assert(sizeof(scalar_t) == sizeof(element_t), "staged elements hold scalar_t");
   static_assert(T::THREADS == T::LOCATIONS * T::OUT_CHANNELS * 2, "grad_output staging layout");
-  const uint16_t* packed = reinterpret_cast<const uint16_t*>(packed_input);
+  const element_t* packed = reinterpret_cast<const element_t*>(packed_input);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const index_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
   const index_t out_i = blockIdx.y / column_groups;
@@ -98,10 +113,10 @@ __global__ void __launch_bounds__(T::THREADS)
   const index_t location = out_i * s.out_w + out_j;
 
   // Shared memory: two pipeline buffers, the zero row, the grad_output slice.
-  uint16_t* const buffers = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
-  const index_t buffer_elements = tensor_core_buffer_bytes<T>(s) / 2;
-  uint16_t* const zero_row = buffers + 2 * buffer_elements;
-  uint16_t* const grads = zero_row + 8;
+  element_t* const buffers = reinterpret_cast<element_t*>(dynamic_shared_memory());
+  const index_t buffer_elements = tensor_core_buffer_bytes<T>(s) / sizeof(element_t);
+  uint16_t* const zero_row = reinterpret_cast<uint16_t*>(buffers + 2 * buffer_elements);
+  element_t* const grads = reinterpret_cast<element_t*>(zero_row + 8);
   const index_t grad_row = tensor_core_grad_row<T>(s);
   const index_t table_at = tensor_core_stage_rows<T>(s) * tensor_core_strip_width<T>(s) *
                            T::COLUMN;
@@ -114,13 +129,13 @@ __global__ void __launch_bounds__(T::THREADS)
     const int o = (threadIdx.x / T::LOCATIONS) % T::OUT_CHANNELS;
     const int first_n = threadIdx.x / (T::LOCATIONS * T::OUT_CHANNELS);
     const bool valid = first_j + slot < s.out_w && o_base + o < s.out_channels;
-    const uint16_t* source = reinterpret_cast<const uint16_t*>(grad_output) +
-                             (valid ? grad_output_offset(s, index_t(0), o_base + o, out_i,
-                                                         first_j + slot)
-                                    : 0);
-    uint16_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
+    const element_t* source = reinterpret_cast<const element_t*>(grad_output) +
+                              (valid ? grad_output_offset(s, index_t(0), o_base + o, out_i,
+                                                          first_j + slot)
+                                     : 0);
+    element_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
     for (index_t n = first_n; n < grad_row - 8; n += 2)
-      row[n] = valid && n < s.batch ? source[n * s.grad_stride_n] : uint16_t(0);
+      row[n] = valid && n < s.batch ? source[n * s.grad_stride_n] : element_t(0);
   }
   if (bias_sums != nullptr) {
     // The bias gradient comes with the staged slice, saving a pass over grad_output:
@@ -129,7 +144,7 @@ __global__ void __launch_bounds__(T::THREADS)
     if (threadIdx.x < T::LOCATIONS * T::OUT_CHANNELS) {
       const int slot = threadIdx.x % T::LOCATIONS, o = threadIdx.x / T::LOCATIONS;
       if (first_j + slot < s.out_w && o_base + o < s.out_channels) {
-        const uint16_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
+        const element_t* row = grads + (slot * T::OUT_CHANNELS + o) * grad_row;
         float sum = 0.f;
         for (index_t n = 0; n < s.batch; ++n) sum += float_of<scalar_t>(row[n]);
         bias_sums[(o_base + o) * s.out_h * s.out_w + out_i * s.out_w + first_j + slot] = sum;
@@ -140,8 +155,8 @@ __global__ void __launch_bounds__(T::THREADS)
   // This lane's ldmatrix rows. A (channels x samples): matrix lane / 8 is channels 0-7 or 8-15
   // by samples 0-7 or 8-15. B (samples x patch columns), two 8-column tiles per ldmatrix:
   // matrix lane / 8 is (tile 0, samples 0-7), (tile 0, 8-15), (tile 1, 0-7), (tile 1, 8-15).
-  const uint16_t* a_row = grads + (warp * T::OUT_CHANNELS + (lane & 7) +
-                                   ((lane >> 3) & 1) * 8) * grad_row + (lane >> 4) * 8;
+  const element_t* a_row = grads + (warp * T::OUT_CHANNELS + (lane & 7) +
+                                    ((lane >> 3) & 1) * 8) * grad_row + (lane >> 4) * 8;
   const int b_column = (lane & 7) + (lane >> 4) * 8;
   const int b_samples = ((lane >> 3) & 1) * 8;
   const index_t location_column = static_cast<index_t>(warp) * s.stride_w * T::COLUMN;
@@ -178,26 +193,53 @@ __global__ void __launch_bounds__(T::THREADS)
     __syncthreads();
 
     if (has_location) {
-      const uint16_t* buffer = buffers + (stage % 2) * buffer_elements;
+      const element_t* buffer = buffers + (stage % 2) * buffer_elements;
       const int* table = reinterpret_cast<const int*>(buffer + table_at);
+      if constexpr (kTF32) {
+        // A = (A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]) of (channels x 8 samples),
+        // B = (B[t][g], B[t+4][g]) of (8 samples x patch columns); zeros past K.
+        const int g = lane / 4, t = lane % 4;
+        const element_t* channel_rows = grads + warp * T::OUT_CHANNELS * grad_row;
 #pragma unroll
-      for (int step = 0; step < T::BATCH / 16; ++step) {
-        const index_t samples = chunk * T::BATCH + step * 16;
-        if (samples >= s.batch) break;
-        uint32_t a[4];
-        load_matrix_x4<false>(a, a_row + samples);
+        for (int step = 0; step < T::BATCH / 8; ++step) {
+          const index_t samples = chunk * T::BATCH + step * 8;
+          if (samples >= s.batch) break;
+          uint32_t a[4];
 #pragma unroll
-        for (int pair = 0; pair < T::PATCH_TILES / 2; ++pair) {
-          const int offset = table[pair * 16 + b_column];
-          // Past K every lane reads the zero row (no sample offset: it is 8 elements long).
-          const uint16_t* row = offset < 0 ? zero_row
-                                           : buffer + offset + location_column + step * 16 +
-                                                 b_samples;
-          uint32_t b[4];
-          load_matrix_x4<false>(b, row);
-          const uint32_t first[2] = {b[0], b[1]}, second[2] = {b[2], b[3]};
-          mma_16x8x16<BFLOAT16>(acc[2 * pair], a, first);
-          mma_16x8x16<BFLOAT16>(acc[2 * pair + 1], a, second);
+          for (int i = 0; i < 4; ++i)
+            a[i] = to_tf32(channel_rows[(g + (i & 1) * 8) * grad_row + samples + t + (i >> 1) * 4]);
+#pragma unroll
+          for (int tile = 0; tile < T::PATCH_TILES; ++tile) {
+            const int offset = table[tile * 8 + g];
+            uint32_t b[2];
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+              b[half] = offset < 0 ? 0u
+                                   : to_tf32(buffer[offset + location_column + step * 8 + t +
+                                                    half * 4]);
+            mma_16x8x8_tf32(acc[tile], a, b);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int step = 0; step < T::BATCH / 16; ++step) {
+          const index_t samples = chunk * T::BATCH + step * 16;
+          if (samples >= s.batch) break;
+          uint32_t a[4];
+          load_matrix_x4<false>(a, a_row + samples);
+#pragma unroll
+          for (int pair = 0; pair < T::PATCH_TILES / 2; ++pair) {
+            const int offset = table[pair * 16 + b_column];
+            // Past K every lane reads the zero row (no sample offset: it is 8 elements long).
+            const void* row = offset < 0 ? static_cast<const void*>(zero_row)
+                                         : buffer + offset + location_column + step * 16 +
+                                               b_samples;
+            uint32_t b[4];
+            load_matrix_x4<false>(b, row);
+            const uint32_t first[2] = {b[0], b[1]}, second[2] = {b[2], b[3]};
+            mma_16x8x16<BFLOAT16>(acc[2 * pair], a, first);
+            mma_16x8x16<BFLOAT16>(acc[2 * pair + 1], a, second);
+          }
         }
       }
       if (chunk + 1 == batch_chunks) {
@@ -213,7 +255,7 @@ __global__ void __launch_bounds__(T::THREADS)
             scalar_t* target = location_grads + o * patch_size + k;
             const scalar_t low = static_cast<scalar_t>(acc[tile][2 * half]);
             const scalar_t high = static_cast<scalar_t>(acc[tile][2 * half + 1]);
-            if (EVEN_K) {
+            if constexpr (EVEN_K && !kTF32) {
               store_pair(target, bits_of(low) | (uint32_t(bits_of(high)) << 16));
             } else {
               target[0] = low;

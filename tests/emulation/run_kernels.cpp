@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/forward_tensor_core.cuh"
@@ -294,17 +295,18 @@ void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
           case_index, widen(got), gin, half_tolerance<scalar_t>());
 }
 
-// The tensor-core grad_weight, on grad_output in its physical layout and the packed input.
+// The tensor-core grad_weight, on grad_output in its physical layout and the packed input;
+// scalar_t float runs it on TF32 (the reference then sums TF32-rounded operands).
 template <typename scalar_t, bool BFLOAT16, bool EVEN_K, typename index_t>
 void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
-  using T = TensorCoreGradWeightTiles;
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  using T = std::conditional_t<kTF32, TensorCoreTF32GradWeightTiles, TensorCoreGradWeightTiles>;
   Data rounded = d;
-  const auto packed = pack_input<scalar_t>(c, d, rounded);
+  const auto packed = pack_input<scalar_t>(c, d, rounded, kTF32 ? round_to_tf32 : nullptr);
   const auto grad_output = narrow<scalar_t>(d.grad_output);
   rounded.grad_output = widen(grad_output);
-  std::vector<double> out, gin, gw;
-  reference(c, rounded, out, gin, gw);
-  // The per-location bias gradient it computes on the side: sums of grad_output over the batch.
+  // The per-location bias gradient it computes on the side: sums of grad_output over the batch
+  // (in the staged precision, not TF32).
   const long locations = long(c.out_h()) * c.out_w();
   std::vector<double> bias_sums(size_t(c.c_out) * locations, 0);
   for (long n = 0; n < c.n; ++n)
@@ -313,6 +315,10 @@ void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
         bias_sums[o * locations + l] += rounded.grad_output[n * d.gsn + o * d.gsc +
                                                             (l / c.out_w()) * d.gsh +
                                                             (l % c.out_w()) * d.gsw];
+  if (kTF32)
+    for (auto& g : rounded.grad_output) g = round_to_tf32(g);
+  std::vector<double> out, gin, gw;
+  reference(c, rounded, out, gin, gw);
   const auto s = packed_shape_of<index_t>(c, d);
   std::vector<scalar_t> got(gw.size(), scalar_t(NAN));
   std::vector<float> got_sums(bias_sums.size(), NAN);
@@ -321,8 +327,10 @@ void run_tensor_core_grad_weight(const Case& c, int case_index, const Data& d) {
                 grad_weight_tensor_core_kernel<scalar_t, BFLOAT16, EVEN_K, index_t, T>,
                 grad_output.data(), packed.data(), got.data(), got_sums.data(), s,
                 index_t(padded_batch(c)));
-  compare(BFLOAT16 ? "tensor-core grad_weight bf16" : "tensor-core grad_weight f16", c,
-          case_index, widen(got), gw, half_tolerance<scalar_t>());
+  compare(kTF32      ? "tf32 grad_weight"
+          : BFLOAT16 ? "tensor-core grad_weight bf16"
+                     : "tensor-core grad_weight f16",
+          c, case_index, widen(got), gw, kTF32 ? 1e-5 : half_tolerance<scalar_t>());
   compare("tensor-core grad_weight's bias sums", c, case_index, widen(got_sums), bias_sums,
           1e-5);
 }
@@ -341,6 +349,7 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
     run_tensor_core_grad_weight<c10::BFloat16, true, true, int32_t>(c, case_index, d);
   run_tensor_core_grad_weight<c10::Half, false, false, int64_t>(c, case_index, d);
   run_tf32_forward<int32_t>(c, case_index, d);
+  run_tensor_core_grad_weight<float, false, false, int64_t>(c, case_index, d);
   run_tensor_core_grad_input<c10::BFloat16, true, int32_t>(c, case_index, d);
   run_tensor_core_grad_input<c10::Half, false, int64_t>(c, case_index, d);
 }
