@@ -248,14 +248,15 @@ def allow_tf32():
 @needs_sm80
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_float32_takes_tf32_only_where_allowed(name, allow_tf32):
-    """With TF32 allowed (torch's matmul policy), the float32 forward and grad_weight run on
-    TF32 tensor cores (grad_input stays exact), each error within 2x the fallback's (whose bmm
-    then runs in TF32 too); not allowed, everything stays on the exact FFMA kernels
-    (test_float32_and_float64_within_tolerance)."""
+    """With TF32 allowed (torch's matmul policy), every float32 pass runs on TF32 tensor
+    cores, each error within 2x the fallback's (whose bmm then runs in TF32 too); not allowed,
+    everything stays on the exact FFMA kernels (test_float32_and_float64_within_tolerance)."""
     input, weight, bias = tensors(name, torch.float32)
     args = geometry_args(name)
     names = event_names(input, weight, bias, *args, backward=True)
-    assert "forward_tf32_kernel" in names and "grad_weight_tensor_core_kernel<float" in names
+    assert "forward_tf32_kernel" in names
+    for kernel in ("grad_input", "grad_weight"):
+        assert f"{kernel}_tensor_core_kernel<float" in names
     expected = reference_all(input, weight, bias, args)
     got = run_all(input, weight, bias, args)
     fallback = run_all(input, weight, bias, args, function=lc_cuda.unfold_local_conv2d)

@@ -8,8 +8,8 @@
 // time of the forward, grad_input and grad_weight kernels (CUDA events, after a warm-up) and
 // the TFLOP/s and GB/s they reach, by the same counts as the harness; also the tensor-core
 // kernels alone (the extension also packs the input, which is not timed here): in bfloat16 the
-// forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the TF32 forward
-// and grad_weight. It checks nothing: the tests and tools/exercise_kernels.py do.
+// forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the same three on
+// TF32. It checks nothing: the tests and tools/exercise_kernels.py do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -190,6 +190,14 @@ void run(const Layer& layer, const char* dtype, int repeats) {
                        static_cast<const float*>(packed), static_cast<const float*>(w),
                        static_cast<const float*>(b), false, y, packed_shape, batch_padded),
            bytes[0]},
+          {"grad_input_tf32",
+           time_kernel(grad_input_tensor_core_kernel<float, false, int32_t,
+                                                     TensorCoreTF32GradInputTiles>,
+                       tensor_core_grad_input_grid<TensorCoreTF32GradInputTiles>(s),
+                       TensorCoreTF32GradInputTiles::THREADS,
+                       tensor_core_grad_input_shared_bytes<TensorCoreTF32GradInputTiles>(s),
+                       static_cast<const float*>(y), static_cast<const float*>(w), gx, s),
+           bytes[1]},
           {"grad_weight_tf32",
            time_kernel(grad_weight_tensor_core_kernel<float, false, false, int32_t, TW>,
                        tensor_core_grad_weight_grid<TW>(packed_shape), TW::THREADS,

@@ -1,6 +1,7 @@
-// Launches grad_input, a gather: the tensor-core kernel for float16 and bfloat16 where the GPU
-// and the geometry allow it, otherwise the FFMA kernel (one CTA per input pixel, batch tile and
+// Launches grad_input, a gather: the tensor-core kernel for float16 and bfloat16, and for float32
+// where TF32 is allowed, if the GPU and the geometry allow it; otherwise the FFMA kernel (one CTA per input pixel, batch tile and
 // C_in tile).
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -20,7 +21,9 @@ namespace {
 template <typename scalar_t>
 bool tensor_core_grad_input(const at::Tensor& grad_output, const at::Tensor& filters,
                             const Geometry& g, at::Tensor& grad_input, cudaStream_t stream) {
-  using T = kernels::TensorCoreGradInputTiles;
+  using T = std::conditional_t<std::is_same_v<scalar_t, float>,
+                               kernels::TensorCoreTF32GradInputTiles,
+                               kernels::TensorCoreGradInputTiles>;
   const int device = grad_output.get_device();
   if (!launch::has_tensor_core_kernels(device)) return false;
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, grad_input, grad_output);
@@ -60,6 +63,10 @@ at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weig
       return grad_input;
     if (grad_output.scalar_type() == at::kHalf &&
         tensor_core_grad_input<at::Half>(grad_output, filters, g, grad_input, stream))
+      return grad_input;
+    // float32 under torch's matmul policy, as in the forward.
+    if (grad_output.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
+        tensor_core_grad_input<float>(grad_output, filters, g, grad_input, stream))
       return grad_input;
   }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/local_conv2d_kernels.cuh"
 #include "cuda/tensor_core.cuh"
@@ -25,7 +26,10 @@
 namespace lc_cuda {
 namespace kernels {
 
-struct TensorCoreGradInputTiles {
+// element_t: uint16_t for float16/bfloat16 (m16n8k16), float for float32 on TF32 (m16n8k8).
+template <typename element_t_>
+struct TensorCoreGradInputTilesOf {
+  using element_t = element_t_;
   static constexpr int PIXELS = 8;  // neighbouring input columns per CTA, one warp each
   static constexpr int THREADS = 32 * PIXELS;
   static constexpr int BATCH = 64;                // samples per CTA
@@ -44,6 +48,8 @@ struct TensorCoreGradInputTiles {
   // the stagers write from neighbouring lanes, then start 4 banks apart instead of in one bank.
   static constexpr int TAP = CHANNELS * FILTER_ROW + 8;
 };
+using TensorCoreGradInputTiles = TensorCoreGradInputTilesOf<uint16_t>;
+using TensorCoreTF32GradInputTiles = TensorCoreGradInputTilesOf<float>;
 
 // Locations of one output row that PIXELS neighbouring input columns can read from, at most.
 template <typename T, typename index_t>
@@ -56,7 +62,7 @@ template <typename T, typename index_t>
 int64_t tensor_core_grad_input_shared_bytes(const ConvShape<index_t>& s) {
   return (int64_t(tensor_core_grad_input_slots<T>(s)) * T::SLOT +
           int64_t(T::PIXELS) * s.kernel_w * T::TAP) *
-         2;
+         int64_t(sizeof(typename T::element_t));
 }
 
 // Grid: x = batch tiles (fastest: the CTAs reading the same filters run together), y = (input
@@ -83,9 +89,11 @@ __global__ void __launch_bounds__(T::THREADS)
     grad_input_tensor_core_kernel(const scalar_t* __restrict__ grad_output,
                                   const scalar_t* __restrict__ weight,
                                   scalar_t* __restrict__ grad_input, ConvShape<index_t> s) {
-  static_assert(sizeof(scalar_t) == 2, "tensor-core grad_input is for float16 and bfloat16");
-  const uint16_t* grads_in = reinterpret_cast<const uint16_t*>(grad_output);
-  const uint16_t* filters_in = reinterpret_cast<const uint16_t*>(weight);
+  using element_t = typename T::element_t;
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  static_assert(sizeof(scalar_t) == sizeof(element_t), "staged elements hold scalar_t");
+  const element_t* grads_in = reinterpret_cast<const element_t*>(grad_output);
+  const element_t* filters_in = reinterpret_cast<const element_t*>(weight);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const index_t column_groups = (s.in_w + T::PIXELS - 1) / T::PIXELS;
   const index_t y = blockIdx.y / column_groups;
@@ -104,9 +112,8 @@ __global__ void __launch_bounds__(T::THREADS)
   const index_t last_j = last_j_unclamped < s.out_w ? last_j_unclamped : s.out_w - 1;
   const index_t slots = last_j - first_j + 1;
 
-  uint16_t* const grads = reinterpret_cast<uint16_t*>(dynamic_shared_memory());
-  uint16_t* const filters =
-      grads + tensor_core_grad_input_slots<T>(s) * T::SLOT;
+  element_t* const grads = reinterpret_cast<element_t*>(dynamic_shared_memory());
+  element_t* const filters = grads + tensor_core_grad_input_slots<T>(s) * T::SLOT;
 
   // This lane's ldmatrix rows. A (samples x output channels), transposed from rows of one
   // output channel's samples: matrix lane / 8 is (channels 0-7 or 8-15) x (samples 0-7 or
@@ -153,7 +160,7 @@ __global__ void __launch_bounds__(T::THREADS)
           grads[slot * T::SLOT + o * T::GRAD_ROW + n] =
               valid ? grads_in[grad_output_offset(s, n_base + n, o_base + o, out_i,
                                                   first_j + slot)]
-                    : uint16_t(0);
+                    : element_t(0);
           slot += grad_slot_step, row += grad_row_step;
           if (slot >= walk_slots) slot -= walk_slots, ++row;
         }
@@ -166,17 +173,17 @@ __global__ void __launch_bounds__(T::THREADS)
           const index_t j = first_j + slot;
           const index_t pixel = j * s.stride_w - s.pad_w + my_q * s.dilation_w - first_x;
           if (pixel < 0 || pixel >= T::PIXELS) continue;
-          const uint16_t* tap_filters = filters_in +
+          const element_t* tap_filters = filters_in +
                                         ((out_i * s.out_w + j) * s.out_channels + o_base) *
                                             s.in_channels * taps +
                                         c_base * taps + p * s.kernel_w + my_q;
-          uint16_t* tap_block = filters + (pixel * s.kernel_w + my_q) * T::TAP;
+          element_t* tap_block = filters + (pixel * s.kernel_w + my_q) * T::TAP;
           for (int row = my_first_row; row < T::OUT_CHANNELS * T::CHANNELS;
                row += filter_rows_per_pass) {
             const int c = row % T::CHANNELS, o = row / T::CHANNELS;
             const bool valid = o_base + o < s.out_channels && c_base + c < s.in_channels;
             tap_block[c * T::FILTER_ROW + o] =
-                valid ? tap_filters[(o * s.in_channels + c) * taps] : uint16_t(0);
+                valid ? tap_filters[(o * s.in_channels + c) * taps] : element_t(0);
           }
         }
       }
@@ -189,18 +196,44 @@ __global__ void __launch_bounds__(T::THREADS)
           if (column_numerator % s.stride_w != 0) continue;
           const index_t j = column_numerator / s.stride_w;
           if (j >= s.out_w) continue;
-          const uint16_t* grad_rows = grads + (j - first_j) * T::SLOT;
-          const uint16_t* filter_block = filters + (warp * s.kernel_w + q) * T::TAP;
-          uint32_t b[4];
-          load_matrix_x4<false>(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
-          const uint32_t first_tile[2] = {b[0], b[1]}, second_tile[2] = {b[2], b[3]};
+          const element_t* grad_rows = grads + (j - first_j) * T::SLOT;
+          const element_t* filter_block = filters + (warp * s.kernel_w + q) * T::TAP;
+          if constexpr (kTF32) {
+            // Two k8 steps over the chunk's 16 output channels. A = (A[g][t], A[g+8][t],
+            // A[g][t+4], A[g+8][t+4]) of (samples x output channels), B = (B[t][g], B[t+4][g])
+            // of (output x input channels), read as single floats and rounded to TF32.
+            const int g = lane / 4, t = lane % 4;
 #pragma unroll
-          for (int m = 0; m < T::BATCH_TILES; ++m) {
-            uint32_t a[4];
-            load_matrix_x4<true>(a, grad_rows + a_channel * T::GRAD_ROW + m * 16 +
-                                             a_samples);
-            mma_16x8x16<BFLOAT16>(acc[m][0], a, first_tile);
-            mma_16x8x16<BFLOAT16>(acc[m][1], a, second_tile);
+            for (int k8 = 0; k8 < T::OUT_CHANNELS / 8; ++k8) {
+              uint32_t b[2][2];
+#pragma unroll
+              for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+                  b[tile][half] = to_tf32(
+                      filter_block[(tile * 8 + g) * T::FILTER_ROW + k8 * 8 + t + half * 4]);
+#pragma unroll
+              for (int m = 0; m < T::BATCH_TILES; ++m) {
+                uint32_t a[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                  a[i] = to_tf32(grad_rows[(k8 * 8 + t + (i >> 1) * 4) * T::GRAD_ROW + m * 16 +
+                                           g + (i & 1) * 8]);
+                mma_16x8x8_tf32(acc[m][0], a, b[0]);
+                mma_16x8x8_tf32(acc[m][1], a, b[1]);
+              }
+            }
+          } else {
+            uint32_t b[4];
+            load_matrix_x4<false>(b, filter_block + b_channel * T::FILTER_ROW + b_outputs);
+            const uint32_t first_tile[2] = {b[0], b[1]}, second_tile[2] = {b[2], b[3]};
+#pragma unroll
+            for (int m = 0; m < T::BATCH_TILES; ++m) {
+              uint32_t a[4];
+              load_matrix_x4<true>(a, grad_rows + a_channel * T::GRAD_ROW + m * 16 + a_samples);
+              mma_16x8x16<BFLOAT16>(acc[m][0], a, first_tile);
+              mma_16x8x16<BFLOAT16>(acc[m][1], a, second_tile);
+            }
           }
         }
       }

@@ -276,13 +276,19 @@ void run_tf32_forward(const Case& c, int case_index, const Data& d) {
   compare("tf32 forward", c, case_index, widen(got), out, 1e-5);
 }
 
-// The tensor-core grad_input, on grad_output in its physical layout.
+// The tensor-core grad_input, on grad_output in its physical layout; scalar_t float runs it on
+// TF32 (the reference then sums TF32-rounded operands).
 template <typename scalar_t, bool BFLOAT16, typename index_t>
 void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
-  using T = TensorCoreGradInputTiles;
+  constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
+  using T = std::conditional_t<kTF32, TensorCoreTF32GradInputTiles, TensorCoreGradInputTiles>;
   const auto weight = narrow<scalar_t>(d.weight), grad_output = narrow<scalar_t>(d.grad_output);
   Data rounded = d;
   rounded.weight = widen(weight), rounded.grad_output = widen(grad_output);
+  if (kTF32) {
+    for (auto& w : rounded.weight) w = round_to_tf32(w);
+    for (auto& g : rounded.grad_output) g = round_to_tf32(g);
+  }
   std::vector<double> out, gin, gw;
   reference(c, rounded, out, gin, gw);
   const auto s = shape_of<index_t>(c, d);
@@ -291,8 +297,10 @@ void run_tensor_core_grad_input(const Case& c, int case_index, const Data& d) {
                 size_t(tensor_core_grad_input_shared_bytes<T>(s)),
                 grad_input_tensor_core_kernel<scalar_t, BFLOAT16, index_t, T>,
                 grad_output.data(), weight.data(), got.data(), s);
-  compare(BFLOAT16 ? "tensor-core grad_input bf16" : "tensor-core grad_input f16", c,
-          case_index, widen(got), gin, half_tolerance<scalar_t>());
+  compare(kTF32      ? "tf32 grad_input"
+          : BFLOAT16 ? "tensor-core grad_input bf16"
+                     : "tensor-core grad_input f16",
+          c, case_index, widen(got), gin, kTF32 ? 1e-5 : half_tolerance<scalar_t>());
 }
 
 // The tensor-core grad_weight, on grad_output in its physical layout and the packed input;
@@ -350,6 +358,7 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
   run_tensor_core_grad_weight<c10::Half, false, false, int64_t>(c, case_index, d);
   run_tf32_forward<int32_t>(c, case_index, d);
   run_tensor_core_grad_weight<float, false, false, int64_t>(c, case_index, d);
+  run_tensor_core_grad_input<float, false, int32_t>(c, case_index, d);
   run_tensor_core_grad_input<c10::BFloat16, true, int32_t>(c, case_index, d);
   run_tensor_core_grad_input<c10::Half, false, int64_t>(c, case_index, d);
 }
