@@ -1,6 +1,5 @@
 // Launches the forward pass: a tensor-core kernel for float16 and bfloat16, and for float32 where
 // TF32 is allowed, if the GPU and the geometry allow it; the FFMA kernel otherwise.
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -15,9 +14,9 @@ namespace lc_cuda {
 namespace {
 
 // Runs a tensor-core forward and returns true, or returns false (having done nothing) where it
-// does not apply: a GPU older than sm_80, more shared memory than a block may have (very wide
-// strides or dilations), or more column groups than grid y holds. float16 and bfloat16 run
-// forward_tensor_core_kernel, float32 (where the caller allows TF32) forward_tf32_kernel.
+// does not fit: more shared memory than a block may have (very wide strides or dilations), or
+// more column groups than grid y holds. float16 and bfloat16 run forward_tensor_core_kernel,
+// float32 (under TF32) forward_tf32_kernel.
 template <typename scalar_t>
 bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
                          const at::Tensor& bias_values, const Geometry& g, at::Tensor& output,
@@ -28,17 +27,14 @@ bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,
                                     kernels::TensorCoreForwardTiles<2>>;
   using Wide = kernels::TensorCoreForwardTiles<4>;
   const int device = input.get_device();
-  if (!launch::has_tensor_core_kernels(device)) return false;
-  const int64_t shared_limit =
-      launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  const int64_t processors = launch::device_attribute(cudaDevAttrMultiProcessorCount, device);
-
   // Checked before packing, so that a call that falls back costs nothing; shared memory and the
   // grid depend on the geometry only.
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, at::Tensor());
   const int64_t shared_bytes = kernels::tensor_core_forward_shared_bytes<Narrow>(unpacked_shape);
-  const dim3 narrow_grid = kernels::tensor_core_forward_grid<Narrow>(unpacked_shape);
-  if (shared_bytes > shared_limit || narrow_grid.y > kernels::kMaxGridYZ) return false;
+  if (!launch::tensor_core_launch_fits(device, shared_bytes,
+                                       kernels::tensor_core_forward_grid<Narrow>(unpacked_shape)))
+    return false;
+  const int64_t processors = launch::device_attribute(cudaDevAttrMultiProcessorCount, device);
   // 16-bit types: 32 output channels per CTA halve the input staging, but only where enough CTAs
   // remain to fill the GPU twice over (YOLOv1's local layer, 7x7 with 256 channels, would get
   // 56). TF32 keeps 16: its B fragments for a stage already take 32 registers.
@@ -97,19 +93,12 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  if (allow_tensor_cores) {
-    if (input.scalar_type() == at::kBFloat16 &&
-        tensor_core_forward<at::BFloat16>(input, filters, bias_values, g, output, stream))
-      return output;
-    if (input.scalar_type() == at::kHalf &&
-        tensor_core_forward<at::Half>(input, filters, bias_values, g, output, stream))
-      return output;
-    // float32 follows torch's matmul policy: TF32 where torch.backends.cuda.matmul.allow_tf32
-    // (or torch.set_float32_matmul_precision("high"/"medium")) allows it, exact FFMA otherwise.
-    if (input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
-        tensor_core_forward<float>(input, filters, bias_values, g, output, stream))
-      return output;
-  }
+  if (allow_tensor_cores &&
+      launch::with_tensor_core_type(input.scalar_type(), input.get_device(), [&](auto type_tag) {
+        return tensor_core_forward<decltype(type_tag)>(input, filters, bias_values, g, output,
+                                                       stream);
+      }))
+    return output;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_forward", [&] {
     launch::with_index_type({input, filters, output}, [&](auto index_tag) {

@@ -49,8 +49,8 @@ int64_t tensor_core_forward_shared_bytes(const ConvShape<index_t>& s) {
 // the second finds them in L2), y = (output row, group of LOCATIONS columns), z = C_out tiles.
 template <typename T, typename index_t>
 dim3 tensor_core_forward_grid(const ConvShape<index_t>& s) {
-  const int64_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
-  return dim3{grid_blocks(s.batch, T::BATCH), static_cast<unsigned int>(s.out_h * column_groups),
+  return dim3{grid_blocks(s.batch, T::BATCH),
+              row_segment_blocks<T::LOCATIONS>(s.out_h, s.out_w),
               grid_blocks(s.out_channels, T::OUT_CHANNELS)};
 }
 
@@ -98,9 +98,9 @@ struct ForwardPosition {
   bool has_location;
 
   __device__ ForwardPosition(const ConvShape<index_t>& s, int warp) {
-    const index_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
-    out_i = blockIdx.y / column_groups;
-    out_j = (blockIdx.y - out_i * column_groups) * T::LOCATIONS + warp;
+    const RowSegment<index_t> segment = row_segment<T::LOCATIONS>(s.out_w);
+    out_i = segment.row;
+    out_j = segment.first_column + warp;
     location = out_i * s.out_w + out_j;
     strip_left = (out_j - warp) * s.stride_w - s.pad_w;
     window_top = out_i * s.stride_h - s.pad_h;

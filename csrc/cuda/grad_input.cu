@@ -1,7 +1,6 @@
 // Launches grad_input, a gather: the tensor-core kernel for float16 and bfloat16, and for float32
 // where TF32 is allowed, if the GPU and the geometry allow it; otherwise the FFMA kernel (one CTA per input pixel, batch tile and
 // C_in tile).
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -16,20 +15,18 @@ namespace lc_cuda {
 namespace {
 
 // Runs the tensor-core grad_input and returns true, or returns false (having done nothing)
-// where it does not apply: a GPU older than sm_80, more shared memory than a block may have
-// (kernel widths times dilations in the hundreds), or more column groups than grid y holds.
+// where it does not fit: more shared memory than a block may have (kernel widths times
+// dilations in the hundreds), or more column groups than grid y holds.
 template <typename scalar_t>
 bool tensor_core_grad_input(const at::Tensor& grad_output, const at::Tensor& filters,
                             const Geometry& g, at::Tensor& grad_input, cudaStream_t stream) {
   using T = std::conditional_t<std::is_same_v<scalar_t, float>,
                                kernels::TensorCoreTF32GradInputTiles,
                                kernels::TensorCoreGradInputTiles>;
-  const int device = grad_output.get_device();
-  if (!launch::has_tensor_core_kernels(device)) return false;
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, grad_input, grad_output);
   const int64_t shared_bytes = kernels::tensor_core_grad_input_shared_bytes<T>(unpacked_shape);
-  if (shared_bytes > launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ||
-      kernels::tensor_core_grad_input_grid<T>(unpacked_shape).y > kernels::kMaxGridYZ)
+  if (!launch::tensor_core_launch_fits(grad_output.get_device(), shared_bytes,
+                                       kernels::tensor_core_grad_input_grid<T>(unpacked_shape)))
     return false;
   constexpr bool kBFloat16 = std::is_same_v<scalar_t, at::BFloat16>;
 
@@ -57,18 +54,13 @@ at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weig
   const at::Tensor filters = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  if (allow_tensor_cores) {
-    if (grad_output.scalar_type() == at::kBFloat16 &&
-        tensor_core_grad_input<at::BFloat16>(grad_output, filters, g, grad_input, stream))
-      return grad_input;
-    if (grad_output.scalar_type() == at::kHalf &&
-        tensor_core_grad_input<at::Half>(grad_output, filters, g, grad_input, stream))
-      return grad_input;
-    // float32 under torch's matmul policy, as in the forward.
-    if (grad_output.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
-        tensor_core_grad_input<float>(grad_output, filters, g, grad_input, stream))
-      return grad_input;
-  }
+  if (allow_tensor_cores &&
+      launch::with_tensor_core_type(
+          grad_output.scalar_type(), grad_output.get_device(), [&](auto type_tag) {
+            return tensor_core_grad_input<decltype(type_tag)>(grad_output, filters, g,
+                                                              grad_input, stream);
+          }))
+    return grad_input;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "lc_cuda_grad_input", [&] {
     launch::with_index_type({grad_output, filters, grad_input}, [&](auto index_tag) {

@@ -69,8 +69,7 @@ int64_t tensor_core_grad_input_shared_bytes(const ConvShape<index_t>& s) {
 // row, group of PIXELS columns), z = input-channel tiles.
 template <typename T, typename index_t>
 dim3 tensor_core_grad_input_grid(const ConvShape<index_t>& s) {
-  const int64_t column_groups = (s.in_w + T::PIXELS - 1) / T::PIXELS;
-  return dim3{grid_blocks(s.batch, T::BATCH), static_cast<unsigned int>(s.in_h * column_groups),
+  return dim3{grid_blocks(s.batch, T::BATCH), row_segment_blocks<T::PIXELS>(s.in_h, s.in_w),
               grid_blocks(s.in_channels, T::CHANNELS)};
 }
 
@@ -95,9 +94,8 @@ __global__ void __launch_bounds__(T::THREADS)
   const element_t* grads_in = reinterpret_cast<const element_t*>(grad_output);
   const element_t* filters_in = reinterpret_cast<const element_t*>(weight);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const index_t column_groups = (s.in_w + T::PIXELS - 1) / T::PIXELS;
-  const index_t y = blockIdx.y / column_groups;
-  const index_t first_x = (blockIdx.y - y * column_groups) * T::PIXELS;
+  const RowSegment<index_t> segment = row_segment<T::PIXELS>(s.in_w);
+  const index_t y = segment.row, first_x = segment.first_column;
   const index_t x = first_x + warp;
   const index_t n_base = static_cast<index_t>(blockIdx.x) * T::BATCH;
   const index_t c_base = static_cast<index_t>(blockIdx.z) * T::CHANNELS;

@@ -1,7 +1,6 @@
 // Launches grad_weight: the tensor-core kernel for float16 and bfloat16, and for float32 where
 // TF32 is allowed, if the GPU and the geometry allow it; otherwise the FFMA kernel (one CTA per output location, C_out tile and
 // patch-column tile, each reducing over the whole batch).
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -16,9 +15,9 @@ namespace lc_cuda {
 namespace {
 
 // Runs the tensor-core grad_weight and returns true, or returns false (having done nothing)
-// where it does not apply: a GPU older than sm_80, an empty batch, more shared memory than a
-// block may have (very wide strides or dilations, or a batch in the thousands, whose
-// grad_output slice is staged whole), or more column groups than grid y holds.
+// where it does not fit: an empty batch, more shared memory than a block may have (very wide
+// strides or dilations, or a batch in the thousands, whose grad_output slice is staged whole),
+// or more column groups than grid y holds.
 template <typename scalar_t>
 bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                              const Geometry& g, at::Tensor& grad_weight, at::Tensor* bias_sums,
@@ -26,12 +25,11 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
   constexpr bool kTF32 = std::is_same_v<scalar_t, float>;
   using T = std::conditional_t<kTF32, kernels::TensorCoreTF32GradWeightTiles,
                                kernels::TensorCoreGradWeightTiles>;
-  const int device = input.get_device();
-  if (g.batch == 0 || !launch::has_tensor_core_kernels(device)) return false;
+  if (g.batch == 0) return false;
   const auto unpacked_shape = launch::conv_shape<int64_t>(g, input, grad_output);
   const int64_t shared_bytes = kernels::tensor_core_grad_weight_shared_bytes<T>(unpacked_shape);
-  if (shared_bytes > launch::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ||
-      kernels::tensor_core_grad_weight_grid<T>(unpacked_shape).y > kernels::kMaxGridYZ)
+  if (!launch::tensor_core_launch_fits(input.get_device(), shared_bytes,
+                                       kernels::tensor_core_grad_weight_grid<T>(unpacked_shape)))
     return false;
 
   const at::Tensor packed = launch::pack_input(input);
@@ -81,19 +79,12 @@ at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& inp
   if (grad_weight.numel() == 0) return grad_weight;
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  if (allow_tensor_cores) {
-    if (input.scalar_type() == at::kBFloat16 &&
-        tensor_core_grad_weight<at::BFloat16>(grad_output, input, g, grad_weight, bias_sums,
-                                              stream))
-      return grad_weight;
-    if (input.scalar_type() == at::kHalf &&
-        tensor_core_grad_weight<at::Half>(grad_output, input, g, grad_weight, bias_sums, stream))
-      return grad_weight;
-    // float32 under torch's matmul policy, as in the forward.
-    if (input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS() &&
-        tensor_core_grad_weight<float>(grad_output, input, g, grad_weight, bias_sums, stream))
-      return grad_weight;
-  }
+  if (allow_tensor_cores &&
+      launch::with_tensor_core_type(input.scalar_type(), input.get_device(), [&](auto type_tag) {
+        return tensor_core_grad_weight<decltype(type_tag)>(grad_output, input, g, grad_weight,
+                                                           bias_sums, stream);
+      }))
+    return grad_weight;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lc_cuda_grad_weight", [&] {
     launch::with_index_type({grad_output, input, grad_weight}, [&](auto index_tag) {

@@ -55,9 +55,8 @@ int64_t tensor_core_grad_weight_shared_bytes(const ConvShape<index_t>& s) {
 // Grid: x = C_out tiles, y = (output row, group of LOCATIONS columns).
 template <typename T, typename index_t>
 dim3 tensor_core_grad_weight_grid(const ConvShape<index_t>& s) {
-  const int64_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
   return dim3{grid_blocks(s.out_channels, T::OUT_CHANNELS),
-              static_cast<unsigned int>(s.out_h * column_groups), 1};
+              row_segment_blocks<T::LOCATIONS>(s.out_h, s.out_w), 1};
 }
 
 template <typename scalar_t>
@@ -101,9 +100,8 @@ __global__ void __launch_bounds__(T::THREADS)
   static_assert(T::THREADS == T::LOCATIONS * T::OUT_CHANNELS * 2, "grad_output staging layout");
   const element_t* packed = reinterpret_cast<const element_t*>(packed_input);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const index_t column_groups = (s.out_w + T::LOCATIONS - 1) / T::LOCATIONS;
-  const index_t out_i = blockIdx.y / column_groups;
-  const index_t first_j = (blockIdx.y - out_i * column_groups) * T::LOCATIONS;
+  const RowSegment<index_t> segment = row_segment<T::LOCATIONS>(s.out_w);
+  const index_t out_i = segment.row, first_j = segment.first_column;
   const index_t out_j = first_j + warp;
   const index_t strip_left = first_j * s.stride_w - s.pad_w;
   const index_t window_top = out_i * s.stride_h - s.pad_h;

@@ -2,6 +2,7 @@
 // Geometry, the grid check, and the device queries and input packing of the tensor-core kernels.
 #pragma once
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/native/CanUse32BitIndexMath.h>
@@ -69,9 +70,31 @@ inline int device_attribute(cudaDeviceAttr attribute, int device) {
   return value;
 }
 
-// Whether the tensor-core kernels (cp.async, ldmatrix, bf16 mma.sync) can run on the device.
-inline bool has_tensor_core_kernels(int device) {
-  return device_attribute(cudaDevAttrComputeCapabilityMajor, device) >= 8;
+// The tensor-core policy, one place for the three passes: calls run(scalar_t{}) with the type of
+// the tensor-core kernel for `dtype` and returns its answer (true: it ran), on sm_80 and newer
+// (cp.async, ldmatrix, bf16 and TF32 mma.sync): float16 and bfloat16 always, float32 where
+// torch's matmul policy allows TF32 (torch.backends.cuda.matmul.allow_tf32, or
+// torch.set_float32_matmul_precision("high"/"medium")). Otherwise false, nothing run.
+template <typename Run>
+bool with_tensor_core_type(at::ScalarType dtype, int device, Run&& run) {
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor, device) < 8) return false;
+  switch (dtype) {
+    case at::kBFloat16:
+      return run(at::BFloat16{});
+    case at::kHalf:
+      return run(at::Half{});
+    case at::kFloat:
+      return at::globalContext().allowTF32CuBLAS() && run(float{});
+    default:
+      return false;
+  }
+}
+
+// Whether a tensor-core launch fits the device: dynamic shared memory within the per-block
+// opt-in limit, grid y within 65535 (the kernels put (row, column group) there).
+inline bool tensor_core_launch_fits(int device, int64_t shared_bytes, const dim3& grid) {
+  return shared_bytes <= device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) &&
+         grid.y <= kernels::kMaxGridYZ;
 }
 
 // The batch rounded up to whole 16-byte pieces of 8 samples.

@@ -373,6 +373,26 @@ inline unsigned int grid_blocks(int64_t count, int64_t tile, bool capped = false
   return static_cast<unsigned int>(capped ? std::min(blocks, kMaxGridYZ) : blocks);
 }
 
+// Grid y of the tensor-core kernels: one block per (row, group of WIDTH neighbouring columns),
+// row-major. row_segment_blocks sizes it; row_segment decodes a block's position, so that the
+// two cannot disagree.
+template <int WIDTH>
+unsigned int row_segment_blocks(int64_t rows, int64_t columns) {
+  return static_cast<unsigned int>(rows * grid_blocks(columns, WIDTH));
+}
+
+template <typename index_t>
+struct RowSegment {
+  index_t row, first_column;
+};
+
+template <int WIDTH, typename index_t>
+__device__ inline RowSegment<index_t> row_segment(index_t columns) {
+  const index_t groups = (columns + WIDTH - 1) / WIDTH;
+  const index_t row = blockIdx.y / groups;
+  return {row, (blockIdx.y - row * groups) * WIDTH};
+}
+
 template <typename T, typename index_t>
 dim3 forward_grid(const ConvShape<index_t>& s) {
   return dim3{static_cast<unsigned int>(s.out_h * s.out_w),

@@ -168,23 +168,20 @@ void run_case(const Case& c, int case_index, const Data& d) {
   launch_on_cpu(forward_grid<TF>(s), TF::THREADS, 0, forward_kernel<scalar_t, index_t, TF>,
                 input.data(), weight.data(), c.bias ? bias.data() : nullptr, c.bias == 1,
                 got_out.data(), s);
-  compare("forward", c, case_index, widen(got_out), out,
-          tolerance);
+  compare("forward", c, case_index, widen(got_out), out, tolerance);
 
   // grad_input writes a contiguous (N, C_in, H, W) tensor whatever the input's layout.
   using TI = GradInputTiles<WIDTH>;
   std::vector<scalar_t> got_gin(gin.size());
   launch_on_cpu(grad_input_grid<TI>(s), TI::THREADS, 0, grad_input_kernel<scalar_t, index_t, TI>,
                 grad_output.data(), weight.data(), got_gin.data(), s);
-  compare("grad_input", c, case_index, widen(got_gin), gin,
-          tolerance);
+  compare("grad_input", c, case_index, widen(got_gin), gin, tolerance);
 
   using TW = GradWeightTiles<WIDTH>;
   std::vector<scalar_t> got_gw(gw.size());
   launch_on_cpu(grad_weight_grid<TW>(s), TW::THREADS, 0, grad_weight_kernel<scalar_t, index_t, TW>,
                 grad_output.data(), input.data(), got_gw.data(), s);
-  compare("grad_weight", c, case_index, widen(got_gw), gw,
-          tolerance);
+  compare("grad_weight", c, case_index, widen(got_gw), gw, tolerance);
 }
 
 #ifdef WITH_C10_HALF
