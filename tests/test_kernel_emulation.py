@@ -1,8 +1,18 @@
 """The CUDA kernels' own source, run on the CPU (tests/emulation/cuda_on_cpu.h) against direct
 float64 sums, so that their index arithmetic and tiling are tested on machines without a GPU.
 Covers the FFMA kernels (float, double, c10::Half, c10::BFloat16; 32- and 64-bit indices; every
-tile width) and the tensor-core forward and grad_weight (warp-level PTX emulated)."""
+tile width) and the tensor-core kernels (warp-level PTX emulated).
 
+The emulation is run as strictly as the hardware allows a kernel to go wrong: with cp.async
+landing at the copy and at the covering wait_group (the earliest and the latest completion),
+under AddressSanitizer and UBSan (dynamic shared memory past the launch's request poisoned, as
+compute-sanitizer's memcheck would see it) and under ThreadSanitizer (shared-memory accesses no
+__syncthreads orders, as racecheck would see them). ThreadSanitizer is slow, so it runs a
+reduced case set unless LC_EMULATION_TSAN_CASES=all (tools/gpu_check.sh's CPU pre-flight). The
+planted-bug tests show that each of these checks catches a bug of its kind in a copy of csrc/.
+"""
+
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,11 +21,31 @@ import pytest
 from torch.utils.cpp_extension import include_paths
 
 ROOT = Path(__file__).resolve().parent.parent
+EMULATION = ROOT / "tests" / "emulation"
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
+
+# Compiler flags per build: plain, AddressSanitizer with UBSan (both abort at the first error),
+# ThreadSanitizer.
+SANITIZER_FLAGS = {
+    "plain": [],
+    "asan": [
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+    ],
+    "tsan": ["-g", "-fsanitize=thread"],
+}
+# TSan's halt_on_error: the planted-bug run stops at the first report instead of finishing.
+SANITIZER_ENVIRONMENT = {"UBSAN_OPTIONS": "print_stacktrace=1", "TSAN_OPTIONS": "halt_on_error=1"}
+# The cases (indices into run_kernels.cpp's list) ThreadSanitizer runs by default: the two
+# smallest, which still take every kernel through several CTAs and pipeline stages.
+TSAN_REDUCED_CASES = ["0", "4"]
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
-def test_cuda_kernels_emulated_on_cpu(tmp_path):
-    binary = tmp_path / "run_kernels"
+def build(directory: Path, sanitizer: str, csrc: Path = ROOT / "csrc") -> Path:
+    binary = directory / f"run_kernels_{sanitizer}"
     compile = subprocess.run(
         [
             "g++",
@@ -23,11 +53,12 @@ def test_cuda_kernels_emulated_on_cpu(tmp_path):
             "-O1",
             "-pthread",
             "-Wno-unknown-pragmas",
+            *SANITIZER_FLAGS[sanitizer],
             "-DWITH_C10_HALF",
-            f"-I{ROOT / 'csrc'}",
-            f"-I{ROOT / 'tests' / 'emulation'}",
+            f"-I{csrc}",
+            f"-I{EMULATION}",
             f"-I{include_paths()[0]}",
-            str(ROOT / "tests" / "emulation" / "run_kernels.cpp"),
+            str(EMULATION / "run_kernels.cpp"),
             "-o",
             str(binary),
         ],
@@ -35,8 +66,97 @@ def test_cuda_kernels_emulated_on_cpu(tmp_path):
         text=True,
     )
     assert compile.returncode == 0, compile.stderr[-3000:]
-    run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and " 0 mismatches" in run.stdout, run.stdout[-3000:]
+    return binary
+
+
+def run(binary: Path, completion: str, cases=()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(binary), completion, *cases],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, **SANITIZER_ENVIRONMENT},
+    )
+
+
+def assert_clean(run: subprocess.CompletedProcess):
+    assert run.returncode == 0 and " 0 mismatches" in run.stdout, (
+        run.stdout[-3000:] + run.stderr[-3000:]
+    )
+
+
+def mutated_csrc(directory: Path, header: str, old: str, new: str) -> Path:
+    """A copy of csrc/ with one edit in one kernel header: a planted bug."""
+    csrc = directory / "csrc"
+    shutil.copytree(ROOT / "csrc", csrc)
+    path = csrc / "cuda" / header
+    text = path.read_text()
+    assert text.count(old) == 1, f"{header} no longer has exactly one {old!r}"
+    path.write_text(text.replace(old, new))
+    return csrc
+
+
+@pytest.fixture(scope="module")
+def plain_binary(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("plain"), "plain")
+
+
+@pytest.mark.parametrize("completion", ["immediate", "late"])
+def test_cuda_kernels_emulated_on_cpu(plain_binary, completion):
+    assert_clean(run(plain_binary, completion))
+
+
+def test_cuda_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    assert_clean(run(build(tmp_path, "asan"), "late"))
+
+
+def test_cuda_kernels_under_thread_sanitizer(tmp_path):
+    cases = [] if os.environ.get("LC_EMULATION_TSAN_CASES") == "all" else TSAN_REDUCED_CASES
+    assert_clean(run(build(tmp_path, "tsan"), "late", cases))
+
+
+# The planted bugs, each in the tensor-core forward, on case 0 (its forward has one stage).
+
+
+def test_late_completion_catches_a_stage_read_before_its_wait(tmp_path):
+    """The pipeline waits for all but the last two copy groups instead of all but the last one,
+    so it reads a stage whose copies may still be in flight. Copies landing at once hide it."""
+    csrc = mutated_csrc(
+        tmp_path, "forward_tensor_core.cuh", "wait_async_copies<1>();", "wait_async_copies<2>();"
+    )
+    binary = build(tmp_path, "plain", csrc)
+    assert_clean(run(binary, "immediate", ["0"]))
+    late = run(binary, "late", ["0"])
+    assert late.returncode == 1 and "MISMATCH case 0 tensor-core forward" in late.stdout
+
+
+def test_address_sanitizer_catches_shared_memory_past_the_request(tmp_path):
+    """The launch asks for 16 bytes less than the kernel uses: its zero row (16 bytes past the
+    two buffers) lies past the request, inside the emulation's 227 KB array."""
+    csrc = mutated_csrc(
+        tmp_path,
+        "forward_tensor_core.cuh",
+        "return 2 * tensor_core_buffer_bytes<T>(s) + 16;",
+        "return 2 * tensor_core_buffer_bytes<T>(s);",
+    )
+    asan = run(build(tmp_path, "asan", csrc), "late", ["0"])
+    assert asan.returncode != 0
+    assert "AddressSanitizer: use-after-poison" in asan.stderr
+    assert "forward_tensor_core.cuh" in asan.stderr
+
+
+def test_thread_sanitizer_catches_a_missing_barrier(tmp_path):
+    """No __syncthreads between a stage's copies (and table) and the reads of other threads."""
+    csrc = mutated_csrc(
+        tmp_path,
+        "forward_tensor_core.cuh",
+        "wait_async_copies<1>();\n    __syncthreads();\n",
+        "wait_async_copies<1>();\n",
+    )
+    tsan = run(build(tmp_path, "tsan", csrc), "late", ["0"])
+    assert tsan.returncode != 0
+    assert "ThreadSanitizer: data race" in tsan.stderr
+    assert "forward_tensor_core" in tsan.stderr
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")

@@ -35,10 +35,15 @@ __device__ inline uint32_t shared_address(const void* pointer) {
 
 // Copies 16 bytes from global to shared memory without holding registers, or writes 16 zero
 // bytes when `valid` is false (the source is then not read, but must still be a valid pointer).
+// The "memory" clobbers here and in wait_async_copies keep the compiler from moving memory
+// accesses across the copy or the wait: a thread that reads its own copies right after the wait,
+// with no __syncthreads (itself a compiler fence) in between, then reads what landed. CUTLASS
+// omits them; the kernels here have the barrier.
 __device__ inline void copy_16_bytes_async(void* shared, const void* global, bool valid) {
 #if LC_CUDA_HAS_TENSOR_CORE_PTX
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)),
-               "l"(global), "r"(valid ? 16 : 0));
+               "l"(global), "r"(valid ? 16 : 0)
+               : "memory");
 #else
   __trap();
 #endif
@@ -54,7 +59,7 @@ __device__ inline void commit_async_copies() {
 template <int PENDING>
 __device__ inline void wait_async_copies() {
 #if LC_CUDA_HAS_TENSOR_CORE_PTX
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
 #endif
 }
 

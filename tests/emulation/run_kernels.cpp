@@ -4,6 +4,10 @@
 // with 32- and 64-bit indices; the tensor-core forward and grad_weight in bfloat16 and float16
 // on the input packed as the launchers pack it. Prints one line per mismatch and a final count;
 // exits 1 on any mismatch.
+//
+//   run_kernels immediate|late [CASE...]
+// immediate or late: when cp.async copies land (CopyCompletion in cuda_on_cpu.h); CASE: indices
+// into the case list below, all of them if none are given.
 #include "cuda_on_cpu.h"
 
 #include <algorithm>
@@ -11,6 +15,7 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -361,7 +366,13 @@ void run_tensor_core_variants(const Case& c, int case_index, const Data& d) {
 }
 #endif
 
-int main() {
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode != "immediate" && mode != "late") {
+    std::fprintf(stderr, "usage: %s immediate|late [CASE...]\n", argv[0]);
+    return 2;
+  }
+  copy_completion = mode == "late" ? CopyCompletion::late : CopyCompletion::immediate;
   const std::vector<Case> cases = {
       // n c_in h w c_out kh kw sh sw ph pw dh dw bias channels_last (input and grad_output)
       {3, 2, 7, 6, 3, 3, 2, 1, 2, 1, 0, 1, 1, 1, false},
@@ -375,7 +386,15 @@ int main() {
       {9, 16, 9, 9, 16, 5, 5, 1, 1, 0, 0, 1, 1, 2, true},  // DeepFace-like: 7 stages of 64
       {70, 3, 6, 12, 5, 3, 3, 1, 1, 1, 1, 1, 1, 0, false},  // full sample chunks, 2 batch tiles
   };
-  for (size_t i = 0; i < cases.size(); ++i) {
+  std::vector<size_t> chosen;
+  for (int a = 2; a < argc; ++a) chosen.push_back(std::stoul(argv[a]));
+  if (chosen.empty())
+    for (size_t i = 0; i < cases.size(); ++i) chosen.push_back(i);
+  for (size_t i : chosen) {
+    if (i >= cases.size()) {
+      std::fprintf(stderr, "case %zu: there are %zu cases\n", i, cases.size());
+      return 2;
+    }
     const Data d = make_data(cases[i], unsigned(i));
     run_case<float, int32_t, 16>(cases[i], int(i), d);
     run_case<double, int64_t, 32>(cases[i], int(i), d);
@@ -387,6 +406,7 @@ int main() {
     run_tensor_core_variants(cases[i], int(i), d);
 #endif
   }
-  std::printf("%zu cases: %d mismatches\n", cases.size(), mismatches);
+  std::printf("%zu cases, cp.async %s: %d mismatches\n", chosen.size(), mode.c_str(),
+              mismatches);
   return mismatches == 0 ? 0 : 1;
 }
