@@ -5,9 +5,13 @@
 // As strict as the hardware where kernels go wrong (tests/test_kernel_emulation.py runs each):
 //   - cp.async completes as early (at the copy) or as late (at the cp.async.wait_group that
 //     covers it) as PTX allows, chosen per run (copy_completion);
-//   - under AddressSanitizer, dynamic shared memory past what the launch asked for is poisoned;
+//   - under AddressSanitizer, dynamic shared memory past what the launch asked for is poisoned
+//     (and static __shared__ arrays have redzones where the includer gives the kernels internal
+//     linkage, as run_kernels.cpp does);
 //   - under ThreadSanitizer, shared-memory accesses of a CTA's threads that no __syncthreads
-//     orders are reported (the barriers are a mutex and a condition variable, which it sees).
+//     orders are reported. One leniency stays: an emulated warp-level instruction is a barrier
+//     for its warp, which the hardware's are not, so a race between two lanes of one warp
+//     across such an instruction goes unseen.
 //
 // The warp-level instructions of the tensor-core kernels (csrc/cuda/tensor_core.cuh) are
 // emulated from the PTX ISA's descriptions: a warp's 32 threads publish their operands in a

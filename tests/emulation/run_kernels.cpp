@@ -8,21 +8,36 @@
 //   run_kernels immediate|late [CASE...]
 // immediate or late: when cp.async copies land (CopyCompletion in cuda_on_cpu.h); CASE: indices
 // into the case list below, all of them if none are given.
-#include "cuda_on_cpu.h"
+// First every header that the emulation and the kernel headers include, so that the anonymous
+// namespace below holds only their own code. (A header first included inside it would break.)
+#include <sanitizer/asan_interface.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
+// The emulation and the kernels with internal linkage: GCC's AddressSanitizer puts no redzones
+// around the static variables of functions with vague linkage, which every template
+// instantiation has, so the kernels' __shared__ arrays would have none.
+namespace {
+#include "cuda_on_cpu.h"
 #include "cuda/forward_tensor_core.cuh"
 #include "cuda/grad_input_tensor_core.cuh"
 #include "cuda/grad_weight_tensor_core.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
+}  // namespace
 
 #ifdef WITH_C10_HALF
 #include <c10/util/BFloat16.h>
