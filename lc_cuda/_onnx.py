@@ -1,6 +1,6 @@
 """ONNX export of lc_cuda::local_conv2d, in standard ONNX operators only.
 
-Any runtime runs the exported graph without a custom-op library. The translation:
+A runtime needs no custom-op library to run the exported graph. The translation:
 
     Pad (and Slice, where the input has rows or columns no patch reads)
     -> Transpose to (C_in, H, W, N) -> Reshape to rows (C_in*H*W, N)
@@ -10,8 +10,9 @@ Any runtime runs the exported graph without a custom-op library. The translation
 
 The batch stays dynamic; the other sizes come from the weight's shape. The Gather
 reads each patch element once, as the unfold fallback does; gathering with a Conv over a one-hot
-kernel would instead cost C_in*KH*KW multiply-adds per patch element, 80x the layer's own work
-for DeepFace's L4. The weight is used in its own layout, so nothing is transposed per call.
+kernel would instead cost C_in*KH*KW multiply-adds per patch element, 80x the layer's own flops
+for DeepFace's L4 (13x slower in onnxruntime, benchmarks/NOTES.md). The weight is used in its
+own layout, so nothing is transposed per call.
 
 Both exporters are served:
   - torch.onnx.export(..., dynamo=True): an onnxscript function in onnxscript's torch_lib
@@ -66,6 +67,10 @@ def _local_conv2d_graph(
     """Builds the translation through `graph`, which has op(op_type, *inputs, **attributes) and
     constant(numpy array), and returns the output value. Shapes are lists of ints (None where
     unknown); bias_rank is 0 without a bias."""
+    if len(weight_shape) != 6 or not all(isinstance(size, int) for size in weight_shape):
+        raise ValueError(
+            f"lc_cuda's ONNX export needs a 6-D weight of static shape, got shape {weight_shape}"
+        )
     out_h, out_w, out_channels, in_channels, kernel_h, kernel_w = weight_shape
     pad_h, pad_w = padding
     if pad_h or pad_w:
