@@ -78,6 +78,8 @@ def main(argv=None) -> int:
             expected = module(input)
             (got,) = ort_session.run(None, feed)
             error = ((torch.from_numpy(got) - expected).abs().max() / expected.abs().max()).item()
+            if not error <= 1e-4:
+                raise SystemExit(f"{name}: onnxruntime differs from lc_cuda by {error:.1e}")
             methods = {
                 "lc_cuda": lambda module=module, input=input: module(input),
                 "onnxruntime": lambda s=ort_session, feed=feed: s.run(None, feed),
