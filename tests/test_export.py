@@ -3,8 +3,8 @@
 One model, `Zoo`, holds a LocallyConnected2d for every geometry option (padding int, pair,
 'valid' and 'same' with odd and even kernels; strides; dilations; the three bias kinds), seeded
 random 2D layers, LocallyConnected1d layers and a small DeepFace, each fed its own input. Every
-path exports or compiles Zoo once, with a dynamic batch, and runs it at two batch sizes; the
-TorchScript, torch.export and AOTInductor artifacts are loaded in a fresh process. Outputs are
+path exports or compiles Zoo once, with a dynamic batch, and runs it at two batch sizes in a
+fresh process (ONNX: onnxruntime, without torch or lc_cuda). Outputs are
 compared with the float64 oracle of tests/reference.py (DeepFace: with the model in float64).
 """
 
@@ -152,13 +152,41 @@ def needs_export_extra():
         pytest.importorskip(module)
 
 
-def run_onnxruntime(model_bytes, inputs):
-    import onnxruntime
+ONNXRUNTIME_PROCESS = """
+import sys
+import numpy as np
+import onnxruntime
+model_file, inputs_file, outputs_prefix = sys.argv[1:]
+session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+names = [arg.name for arg in session.get_inputs()]
+with np.load(inputs_file) as inputs:
+    for batch in range(int(inputs["batches"])):
+        feed = {name: inputs[f"{batch}_{i}"] for i, name in enumerate(names)}
+        np.savez(f"{outputs_prefix}{batch}.npz", *session.run(None, feed))
+assert "torch" not in sys.modules and "lc_cuda" not in sys.modules
+"""
 
-    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    names = [arg.name for arg in session.get_inputs()]
-    assert len(names) == len(inputs)
-    return session.run(None, {name: x.numpy() for name, x in zip(names, inputs)})
+
+def run_onnxruntime(model_bytes, batches, tmp_path):
+    """Runs the model in onnxruntime in a fresh process without torch or lc_cuda, on each list
+    of inputs in `batches`; returns the lists of outputs."""
+    model_file, inputs_file = tmp_path / "model.onnx", tmp_path / "inputs.npz"
+    model_file.write_bytes(model_bytes)
+    arrays = {
+        f"{batch}_{i}": x.numpy()
+        for batch, inputs in enumerate(batches)
+        for i, x in enumerate(inputs)
+    }
+    np.savez(inputs_file, batches=len(batches), **arrays)
+    prefix = tmp_path / "outputs"
+    command = [sys.executable, "-c", ONNXRUNTIME_PROCESS, model_file, inputs_file, prefix]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-5000:]
+    results = []
+    for batch in range(len(batches)):
+        with np.load(f"{prefix}{batch}.npz") as outputs:
+            results.append([outputs[f"arr_{j}"] for j in range(len(outputs.files))])
+    return results
 
 
 def assert_standard_onnx(model_bytes):
@@ -185,18 +213,18 @@ def dynamo_onnx(zoo, inputs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_onnx_dynamo_export_runs_in_onnxruntime(dtype):
+def test_onnx_dynamo_export_runs_in_onnxruntime(dtype, tmp_path):
     needs_export_extra()
     zoo = make_zoo(dtype)
     model_bytes = dynamo_onnx(zoo, make_inputs(zoo, 3, dtype))
     op_types = assert_standard_onnx(model_bytes)
     assert {"Gather", "MatMul"} <= op_types
-    for batch in BATCH_SIZES:
-        inputs = make_inputs(zoo, batch, dtype)
-        assert_outputs_match(zoo, inputs, run_onnxruntime(model_bytes, inputs), dtype)
+    batches = [make_inputs(zoo, batch, dtype) for batch in BATCH_SIZES]
+    for inputs, outputs in zip(batches, run_onnxruntime(model_bytes, batches, tmp_path)):
+        assert_outputs_match(zoo, inputs, outputs, dtype)
 
 
-def test_onnx_legacy_torchscript_exporter():
+def test_onnx_legacy_torchscript_exporter(tmp_path):
     needs_export_extra()
     zoo = make_zoo()
     inputs = make_inputs(zoo, 3)
@@ -213,9 +241,9 @@ def test_onnx_legacy_torchscript_exporter():
             dynamic_axes={name: {0: "batch"} for name in names},
         )
     assert_standard_onnx(file.getvalue())
-    for batch in BATCH_SIZES:
-        inputs = make_inputs(zoo, batch)
-        assert_outputs_match(zoo, inputs, run_onnxruntime(file.getvalue(), inputs))
+    batches = [make_inputs(zoo, batch) for batch in BATCH_SIZES]
+    for inputs, outputs in zip(batches, run_onnxruntime(file.getvalue(), batches, tmp_path)):
+        assert_outputs_match(zoo, inputs, outputs)
 
 
 def test_import_does_not_import_onnxscript():
