@@ -7,9 +7,12 @@ Public API:
   build_info()                   what the installed extension was built with
 """
 
+from . import _onnx
 from ._extension import build_info
 from .modules import LocallyConnected1d, LocallyConnected2d
 from .ops import local_conv1d, local_conv2d, unfold_local_conv2d
+
+_onnx.register()
 
 __version__ = "0.1.0"
 

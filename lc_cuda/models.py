@@ -51,8 +51,10 @@ class DeepFace(nn.Module):
         """The F7 representation, DeepFace's face descriptor."""
         x = torch.relu(self.C1(x))
         x = self.M2(x)
-        for layer in (self.C3, self.L4, self.L5, self.L6):
-            x = torch.relu(layer(x))
+        x = torch.relu(self.C3(x))
+        x = torch.relu(self.L4(x))  # written out, not looped, so that the model scripts
+        x = torch.relu(self.L5(x))
+        x = torch.relu(self.L6(x))
         return torch.relu(self.F7(x.flatten(1)))
 
     def forward(self, x: Tensor) -> Tensor:

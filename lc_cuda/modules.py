@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import IntOrSeq, local_conv1d, local_conv2d, ntuple, output_size, padding_arg
+from .ops import IntOrSeq, ntuple, operator_padding, output_size, padding_arg
 
 
 class _LocallyConnectedNd(nn.Module):
@@ -50,6 +51,17 @@ class _LocallyConnectedNd(nn.Module):
             self.input_size, self.kernel_size, self.stride, self.padding, self.dilation
         )
         self.shared_bias = shared_bias
+        # forward calls the operator itself, with the arguments local_conv2d would compute, so
+        # that the layers script with torch.jit.script. 1D layers run on 2D views of height 1.
+        ones = [1] * (2 - n)
+        self._op_stride = ones + list(self.stride)
+        self._op_dilation = ones + list(self.dilation)
+        self._op_padding, self._extra_padding = operator_padding(
+            self.padding if isinstance(self.padding, str) else [0] * (2 - n) + list(self.padding),
+            ones + list(self.kernel_size),
+            self._op_dilation,
+        )
+        self._layer_name = type(self).__name__
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
             torch.empty(
@@ -76,12 +88,19 @@ class _LocallyConnectedNd(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _check_input_size(self, input: Tensor) -> None:
-        got = tuple(input.shape[2:])
-        if input.dim() == self.spatial_dims + 2 and got != self.input_size:
+        got = list(input.shape[2:])
+        if input.dim() == len(self.input_size) + 2 and got != list(self.input_size):
             raise ValueError(
-                f"{type(self).__name__} was built for input size {self.input_size}, "
-                f"got input of shape {tuple(input.shape)}"
+                f"{self._layer_name} was built for input size {self.input_size}, "
+                f"got input of shape {_shape_text(input.shape)}"
             )
+
+    def _local_conv2d(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self._extra_padding != [0, 0, 0, 0]:
+            input = F.pad(input, self._extra_padding)
+        return torch.ops.lc_cuda.local_conv2d(
+            input, weight, bias, self._op_stride, self._op_padding, self._op_dilation
+        )
 
     def extra_repr(self) -> str:
         text = (
@@ -141,7 +160,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_size(input)
-        return local_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return self._local_conv2d(input, self.weight, self.bias)
 
     @classmethod
     def from_conv2d(
@@ -234,12 +253,20 @@ class LocallyConnected1d(_LocallyConnectedNd):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 3:
+            raise ValueError(
+                f"input must be 3-D (N, C_in, L), got {input.dim()}-D of shape "
+                f"{_shape_text(input.shape)}"
+            )
         self._check_input_size(input)
-        return local_conv1d(
-            input,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
+        bias: Tensor | None = self.bias
+        if bias is not None and bias.dim() == 2:
+            bias = bias.unsqueeze(1)
+        out = self._local_conv2d(input.unsqueeze(2), self.weight.unsqueeze(0).unsqueeze(4), bias)
+        return out.squeeze(2)
+
+
+def _shape_text(shape: list[int]) -> str:
+    """A shape as Python prints a tuple; TorchScript cannot turn a list into a tuple."""
+    sizes = ", ".join([str(size) for size in shape])
+    return f"({sizes},)" if len(shape) == 1 else f"({sizes})"

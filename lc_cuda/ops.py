@@ -45,6 +45,20 @@ def same_padding(kernel_size: int, dilation: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def operator_padding(
+    padding: Sequence[int] | str, kernel_size: Sequence[int], dilation: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """The operator's padding (top, left) for two spatial dims, and the F.pad argument
+    (left, right, top, bottom) applied before the operator: all zeros except where 'same' has
+    an odd total padding, whose extra row and column go after the input, as Conv2d does."""
+    if padding == "valid":
+        return [0, 0], [0, 0, 0, 0]
+    if padding != "same":
+        return list(padding), [0, 0, 0, 0]
+    (top, bottom), (left, right) = (same_padding(k, d) for k, d in zip(kernel_size, dilation))
+    return [top, left], [0, right - left, 0, bottom - top]
+
+
 def output_size(
     input_size: Sequence[int],
     kernel_size: Sequence[int],
@@ -108,21 +122,14 @@ def _local_conv2d(
     stride = ntuple(stride, 2, "stride")
     dilation = ntuple(dilation, 2, "dilation")
     padding = padding_arg(padding, 2)
-    if padding == "valid":
-        padding = (0, 0)
-    elif padding == "same":
+    if padding == "same":
         if stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-        padding = (0, 0)  # where weight or dilation is malformed, the operator reports it
-        if weight.dim() == 6 and min(dilation) > 0:
-            (top, bottom), (left, right) = (
-                same_padding(k, d) for k, d in zip(weight.shape[-2:], dilation)
-            )
-            if (bottom, right) != (top, left):
-                # An odd total padding cannot be split evenly: the extra row and column are
-                # padded explicitly, after the input, as Conv2d does.
-                input = F.pad(input, (0, right - left, 0, bottom - top))
-            padding = (top, left)
+        if weight.dim() != 6 or min(dilation) < 1:
+            padding = "valid"  # malformed weight or dilation: the operator reports it
+    padding, extra_padding = operator_padding(padding, weight.shape[-2:], dilation)
+    if any(extra_padding):
+        input = F.pad(input, extra_padding)
     return _forward_op(input, weight, bias, stride, padding, dilation, force_unfold)
 
 

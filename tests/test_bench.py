@@ -105,3 +105,18 @@ def test_counts_worked_by_hand(bench_run):
         if r["case"] == "convnet_local3" and r["dtype"] == "float32":
             assert r["batch"] == 4
             assert (r["bytes"], r["flops"]) == expected[r["direction"]], r["direction"]
+
+
+def test_onnx_bench_small():
+    """benchmarks/onnx_bench.py on a reduced DeepFace: it checks onnxruntime against lc_cuda
+    (and fails on a mismatch) before it times them."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    script = ROOT / "benchmarks" / "onnx_bench.py"
+    arguments = ["--input-size", "72", "--num-classes", "10", "--batch", "2", "--repeats", "1"]
+    run = subprocess.run(
+        [sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if " ratio " in line]
+    assert [line.split()[0] for line in lines] == ["L4", "L5", "L6", "DeepFace"]
