@@ -91,10 +91,17 @@ def nvcc_virtual_archs(cuda_home: Path) -> set[int]:
     return {int(number) for number in re.findall(r"^compute_(\d+)$", output, re.MULTILINE)}
 
 
+def torch_arch_list(torch) -> list[str]:
+    """The architectures the installed torch was built for (sm_75 ...). torch.cuda.get_arch_list()
+    reads the same record, but returns [] without a GPU before torch 2.14 (2.11, for one)."""
+    record = getattr(torch._C, "_cuda_getArchFlags", lambda: None)()
+    return record.split() if record else torch.cuda.get_arch_list()
+
+
 def default_arch_list(torch_archs: list[str], nvcc_archs: set[int]) -> str:
     """The architectures to build for when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
     (wheels built on CI machines and in containers): those the installed torch was built for
-    (torch.cuda.get_arch_list(), e.g. sm_75 ... sm_120) that this nvcc supports, with PTX for
+    (torch_arch_list(), e.g. sm_75 ... sm_120) that this nvcc supports, with PTX for
     the newest so that later GPUs can JIT-compile it. torch itself would fail here: it asks the
     visible GPUs and indexes an empty list."""
     numbers = sorted(
@@ -163,7 +170,7 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
         for p in (ROOT / "csrc" / "cuda").glob(pattern)
     )
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.device_count():
-        default = default_arch_list(torch.cuda.get_arch_list(), nvcc_virtual_archs(cuda_home))
+        default = default_arch_list(torch_arch_list(torch), nvcc_virtual_archs(cuda_home))
         # torch's _get_cuda_arch_flags reads the variable; this build's value only.
         os.environ["TORCH_CUDA_ARCH_LIST"] = default
         print(

@@ -166,7 +166,7 @@ def test_without_arch_list_or_gpu_the_build_takes_the_default(setup_module, monk
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # unset; restored after the test
     setup_module.extension_modules(tmp_path)
     expected = setup_module.default_arch_list(
-        torch.cuda.get_arch_list(),
+        setup_module.torch_arch_list(torch),
         setup_module.nvcc_virtual_archs(setup_module.find_cuda_home()),
     )
     numbers = [arch.removesuffix("+PTX").replace(".", "") for arch in expected.split(";")]
