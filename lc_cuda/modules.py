@@ -76,11 +76,13 @@ class _LocallyConnectedNd(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _check_input_size(self, input: Tensor) -> None:
-        got = tuple(input.shape[2:])
-        if input.dim() == self.spatial_dims + 2 and got != self.input_size:
+        shape = tuple(input.shape)
+        if len(shape) == self.spatial_dims + 2 and shape[1:] != (
+            self.in_channels,
+            *self.input_size,
+        ):
             raise ValueError(
-                f"{type(self).__name__} was built for input size {self.input_size}, "
-                f"got input of shape {tuple(input.shape)}"
+                _input_shape_message(type(self).__name__, self.in_channels, self.input_size, shape)
             )
 
     def extra_repr(self) -> str:
@@ -98,6 +100,22 @@ class _LocallyConnectedNd(nn.Module):
         elif self.shared_bias:
             text += ", shared_bias=True"
         return text
+
+
+def _input_shape_message(layer: str, in_channels: int, input_size: tuple, shape: tuple) -> str:
+    """Why an input of `shape` does not fit the layer, and the fix where it is clear."""
+    if shape[1:] == (*input_size, in_channels):
+        expected = ", ".join(map(str, ("N", in_channels, *input_size)))
+        return (
+            f"{layer} takes channels-first input ({expected}), got {shape}, which is "
+            "channels-last: pass input.movedim(-1, 1)"
+        )
+    if shape[1] != in_channels:
+        return (
+            f"{layer} expected {in_channels} input channels (in_channels), got input of shape "
+            f"{shape}"
+        )
+    return f"{layer} was built for input size {input_size}, got input of shape {shape}"
 
 
 class LocallyConnected2d(_LocallyConnectedNd):

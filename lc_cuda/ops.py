@@ -235,6 +235,13 @@ def _fake_output_shape(input, weight, bias, stride, padding, dilation) -> tuple:
             and tensor.device == input.device,
             lambda message=message: message,
         )
+    torch._check(
+        weight.shape[3] == input.shape[1],
+        lambda: (
+            f"input.shape[1] is not valid: got {input.shape[1]}, expected {weight.shape[3]} "
+            "input channels (C_in, weight.shape[3])"
+        ),
+    )
     out_hw = output_size(input.shape[2:], weight.shape[4:], stride, padding, dilation)
     expected = (*out_hw, weight.shape[2], input.shape[1], *weight.shape[4:])
     torch._check(
