@@ -130,6 +130,14 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
         from matplotlib.ticker import LogFormatter
     except ImportError:
         return []
+
+    class PlainLogFormatter(LogFormatter):
+        """Labels the ticks LogFormatter would label, as plain numbers (0.6, 2, 10) rather
+        than 6e-01 or 2x10^0."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
     paths = []
     cases = list(dict.fromkeys(r["case"] for r in result["records"]))
     methods = result["methods"]
@@ -161,9 +169,8 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
                 ax.set_ylabel(unit, fontsize=8)
                 if metric == "speedup_vs_naive":
                     ax.set_yscale("log")
-                    # plain numbers (0.5, 2, 10) rather than the default 2x10^0 style
-                    ax.yaxis.set_major_formatter(LogFormatter())
-                    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+                    ax.yaxis.set_major_formatter(PlainLogFormatter())
+                    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
                     ax.axhline(1, color="gray", linewidth=0.5)
                 ax.grid(axis="y", alpha=0.3)
         # One legend for the figure: every panel shows the same methods in the same colours.
