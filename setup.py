@@ -130,8 +130,12 @@ def write_build_config(path: Path, fields: dict[str, str | bool]) -> None:
     for name, value in fields.items():
         literal = ("1" if value else "0") if isinstance(value, bool) else f'"{value}"'
         lines.append(f"#define LC_CUDA_BUILD_{name.upper()} {literal}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    # Rewritten only when it changes: the .cu files include it too (launch.cuh), and a new mtime
+    # would recompile them on every build.
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def extension_modules(generated: Path = ROOT / "build" / "generated"):

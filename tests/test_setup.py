@@ -1,6 +1,7 @@
 """setup.py's toolkit discovery and build record, tested without compiling anything."""
 
 import importlib.util
+import os
 import re
 import shutil
 import stat
@@ -100,6 +101,12 @@ def test_build_config_header(setup_module, tmp_path):
     assert '#define LC_CUDA_BUILD_TORCH_VERSION "2.14.1"' in text
     assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in text
     assert "#define LC_CUDA_BUILD_DEBUG 0" in text
+    written = header.stat().st_mtime_ns
+    os.utime(header, ns=(written - 10**9, written - 10**9))  # as if written a second earlier
+    setup_module.write_build_config(
+        header, {"torch_version": "2.14.1", "with_cuda": True, "debug": False}
+    )
+    assert header.stat().st_mtime_ns == written - 10**9, "unchanged, so not rewritten"
 
 
 def build_record(directory: Path) -> str:
