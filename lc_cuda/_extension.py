@@ -13,11 +13,13 @@ def _missing_extension_hint() -> str:
     if (package.parent / "setup.py").is_file() and not built_here:
         # A clone's source folder, found first on sys.path (the current folder, for `python -c`
         # or `python -m`), shadows the installed package.
-        try:
-            installed = importlib.metadata.distribution("lc_cuda").locate_file("lc_cuda")
-        except importlib.metadata.PackageNotFoundError:
-            installed = None
-        if installed is not None and Path(installed).resolve() != package:
+        # pip leaves lc_cuda.egg-info in the source folder too; that one is not the install.
+        locations = (
+            Path(distribution.locate_file("lc_cuda"))
+            for distribution in importlib.metadata.distributions(name="lc_cuda")
+        )
+        installed = next((path for path in locations if path.resolve() != package), None)
+        if installed is not None:
             return (
                 f"Python found the source folder {package} (the current folder comes first on "
                 f"sys.path), not the installed lc_cuda at {installed}. Run from another folder, "
