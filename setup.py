@@ -5,7 +5,8 @@ CUDA, or when FORCE_CUDA=1; FORCE_CUDA=0 forces a CPU-only build. The extension 
 against the torch it runs with, so install with `pip install --no-build-isolation`.
 
 Environment variables honoured:
-  TORCH_CUDA_ARCH_LIST  architectures to compile for, e.g. "9.0" (torch's own default otherwise)
+  TORCH_CUDA_ARCH_LIST  architectures to compile for, e.g. "9.0". Unset: the visible GPUs'
+                        (torch's behaviour) or, with no GPU visible, default_arch_list()
   MAX_JOBS              parallel compile jobs (ninja)
   NVCC_FLAGS            extra flags appended to every nvcc command line
   DEBUG=1               -O0 -g host code, -G device code
@@ -82,6 +83,38 @@ def nvcc_version(cuda_home: Path) -> str:
     return match.group(1) if match else "unknown"
 
 
+def nvcc_virtual_archs(cuda_home: Path) -> set[int]:
+    """The compute_XX targets this nvcc can compile for, as XX (75, 80, ...)."""
+    output = subprocess.run(
+        [str(cuda_home / "bin" / "nvcc"), "--list-gpu-arch"], capture_output=True, text=True
+    ).stdout
+    return {int(number) for number in re.findall(r"^compute_(\d+)$", output, re.MULTILINE)}
+
+
+def torch_arch_list(torch) -> list[str]:
+    """The architectures the installed torch was built for (sm_75 ...). torch.cuda.get_arch_list()
+    reads the same record, but returns [] without a GPU before torch 2.14 (2.11, for one)."""
+    record = getattr(torch._C, "_cuda_getArchFlags", lambda: None)()
+    return record.split() if record else torch.cuda.get_arch_list()
+
+
+def default_arch_list(torch_archs: list[str], nvcc_archs: set[int]) -> str:
+    """The architectures to build for when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
+    (wheels built on CI machines and in containers): those the installed torch was built for
+    (torch_arch_list(), e.g. sm_75 ... sm_120) that this nvcc supports, with PTX for
+    the newest so that later GPUs can JIT-compile it. torch itself would fail here: it asks the
+    visible GPUs and indexes an empty list."""
+    numbers = sorted(
+        {int(name[3:]) for name in torch_archs if re.fullmatch(r"sm_\d+", name)} & nvcc_archs
+    )
+    if not numbers:
+        raise RuntimeError(
+            f"no GPU is visible and no architecture is both in torch's list {torch_archs} and "
+            f"supported by nvcc {sorted(nvcc_archs)}: set TORCH_CUDA_ARCH_LIST, e.g. to 9.0"
+        )
+    return ";".join(f"{number // 10}.{number % 10}" for number in numbers) + "+PTX"
+
+
 def arch_names(arch_flags: list[str]) -> list[str]:
     """The sm_XX / compute_XX targets named by -gencode flags, in order, without repeats."""
     names = []
@@ -97,8 +130,12 @@ def write_build_config(path: Path, fields: dict[str, str | bool]) -> None:
     for name, value in fields.items():
         literal = ("1" if value else "0") if isinstance(value, bool) else f'"{value}"'
         lines.append(f"#define LC_CUDA_BUILD_{name.upper()} {literal}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    # Rewritten only when it changes: the .cu files include it too (launch.cuh), and a new mtime
+    # would recompile them on every build.
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def extension_modules(generated: Path = ROOT / "build" / "generated"):
@@ -136,6 +173,17 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
         for pattern in ("*.cu", "*.cpp")
         for p in (ROOT / "csrc" / "cuda").glob(pattern)
     )
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.device_count():
+        default = default_arch_list(torch_arch_list(torch), nvcc_virtual_archs(cuda_home))
+        # torch's _get_cuda_arch_flags reads the variable; this build's value only.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default
+        print(
+            f"lc_cuda build: no GPU visible and TORCH_CUDA_ARCH_LIST unset, so building for "
+            f"{default!r} (torch's architectures that nvcc supports; each one adds to the build "
+            f"time). Set TORCH_CUDA_ARCH_LIST to your GPUs' to build faster, e.g. "
+            f"TORCH_CUDA_ARCH_LIST=9.0 for an H100.",
+            flush=True,
+        )
     arch_flags = cpp_extension._get_cuda_arch_flags() if with_cuda else []
 
     write_build_config(

@@ -127,8 +127,17 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogFormatter
     except ImportError:
         return []
+
+    class PlainLogFormatter(LogFormatter):
+        """Labels the ticks LogFormatter would label, as plain numbers (0.6, 2, 10) rather
+        than 6e-01 or 2x10^0."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
     paths = []
     cases = list(dict.fromkeys(r["case"] for r in result["records"]))
     methods = result["methods"]
@@ -144,10 +153,10 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
                 if r["dtype"] == dtype and r["direction"] == direction and r.get("ms")
             }
             width = 0.8 / max(len(methods), 1)
-            for row, (metric, label) in enumerate(
+            for row, (metric, label, unit) in enumerate(
                 (
-                    ("speedup_vs_naive", "speed-up over naive"),
-                    ("percent_of_floor", "% of roofline floor"),
+                    ("speedup_vs_naive", "speed-up over naive", "speed-up over naive_snippet (x)"),
+                    ("percent_of_floor", "% of roofline floor", "roofline floor / time (%)"),
                 )
             ):
                 ax = axes[row][column]
@@ -157,13 +166,25 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
                 ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
                 ax.set_xticklabels(cases, rotation=60, ha="right", fontsize=7)
                 ax.set_title(f"{direction}: {label}", fontsize=9)
+                ax.set_ylabel(unit, fontsize=8)
                 if metric == "speedup_vs_naive":
                     ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(PlainLogFormatter())
+                    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
                     ax.axhline(1, color="gray", linewidth=0.5)
                 ax.grid(axis="y", alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        # One legend for the figure: every panel shows the same methods in the same colours.
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        figure.legend(
+            handles,
+            labels,
+            loc="upper center",
+            ncol=len(methods),
+            fontsize=8,
+            bbox_to_anchor=(0.5, 0.965),
+        )
         figure.suptitle(f"lc_cuda benchmark, {dtype}, {result['device_name']}")
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0, 1, 0.93))
         path = directory / f"chart_{dtype}.png"
         figure.savefig(path, dpi=100)
         plt.close(figure)

@@ -85,6 +85,9 @@ Geometry check_forward_args(const at::Tensor& input, const at::Tensor& weight,
   g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, "height");
   g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, "width");
 
+  TORCH_CHECK(weight.size(3) == g.in_channels, "input.shape[1] is not valid: got ", g.in_channels,
+              ", expected ", weight.size(3), " input channels (C_in, weight.shape[3]); input of shape ",
+              input.sizes(), ", weight of shape ", weight.sizes());
   const std::array<int64_t, 6> expected{g.out_h, g.out_w, g.out_channels,
                                         g.in_channels, g.kernel_h, g.kernel_w};
   TORCH_CHECK(weight.sizes() == at::IntArrayRef(expected), "weight.shape is not valid: got ",

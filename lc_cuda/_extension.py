@@ -1,14 +1,42 @@
 """Loads the compiled extension lc_cuda._C, which registers the torch.ops.lc_cuda operators."""
 
+import importlib.metadata
+from pathlib import Path
+
 import torch
+
+
+def _missing_extension_hint() -> str:
+    """What to do when lc_cuda._C cannot be imported, from where this package was found."""
+    package = Path(__file__).resolve().parent
+    built_here = any(package.glob("_C*.so")) or any(package.glob("_C*.pyd"))
+    if (package.parent / "setup.py").is_file() and not built_here:
+        # A clone's source folder, found first on sys.path (the current folder, for `python -c`
+        # or `python -m`), shadows the installed package.
+        # pip leaves lc_cuda.egg-info in the source folder too; that one is not the install.
+        locations = (
+            Path(distribution.locate_file("lc_cuda"))
+            for distribution in importlib.metadata.distributions(name="lc_cuda")
+        )
+        installed = next((path for path in locations if path.resolve() != package), None)
+        if installed is not None:
+            return (
+                f"Python found the source folder {package} (the current folder comes first on "
+                f"sys.path), not the installed lc_cuda at {installed}. Run from another folder, "
+                "or build in place with `pip install --no-build-isolation -e .`"
+            )
+    return (
+        f"Build it against the torch you run ({torch.__version__}) with "
+        "`pip install --no-build-isolation .` from the source tree"
+    )
+
 
 try:
     from . import _C
 except ImportError as error:
     raise ImportError(
-        "lc_cuda's compiled extension (lc_cuda._C) could not be loaded. Build it against the torch "
-        f"you run ({torch.__version__}) with `pip install --no-build-isolation .` "
-        f"from the source tree. Cause: {error}"
+        f"lc_cuda's compiled extension (lc_cuda._C) could not be loaded. "
+        f"{_missing_extension_hint()}. Cause: {error}"
     ) from error
 
 

@@ -88,12 +88,11 @@ class _LocallyConnectedNd(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _check_input_size(self, input: Tensor) -> None:
-        got = list(input.shape[2:])
-        if input.dim() == len(self.input_size) + 2 and got != list(self.input_size):
-            raise ValueError(
-                f"{self._layer_name} was built for input size {self.input_size}, "
-                f"got input of shape {_shape_text(input.shape)}"
-            )
+        shape = list(input.shape)
+        # Concatenated rather than unpacked: TorchScript has no starred list displays.
+        expected = [self.in_channels] + list(self.input_size)  # noqa: RUF005
+        if len(shape) == len(expected) + 1 and shape[1:] != expected:
+            raise ValueError(_input_shape_message(self._layer_name, expected, shape))
 
     def _local_conv2d(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self._extra_padding != [0, 0, 0, 0]:
@@ -119,13 +118,80 @@ class _LocallyConnectedNd(nn.Module):
         return text
 
 
-class LocallyConnected2d(_LocallyConnectedNd):
-    """A Conv2d with its own filters at every output location (an unshared-weight convolution).
+def _input_shape_message(layer: str, expected: list[int], shape: list[int]) -> str:
+    """Why an input of `shape` does not fit a layer that takes (N, *expected), expected being
+    (C_in, *input_size), and the fix where it is clear. Scriptable: forward calls it."""
+    in_channels = expected[0]
+    got = _shape_text(shape)
+    if shape[-1:] + shape[1:-1] == expected:
+        channels_first = "(N, " + ", ".join([str(size) for size in expected]) + ")"
+        return (
+            f"{layer} takes channels-first input {channels_first}, got {got}, which is "
+            "channels-last: pass input.movedim(-1, 1)"
+        )
+    if shape[1] != in_channels:
+        return (
+            f"{layer} expected {in_channels} input channels (in_channels), got input of shape {got}"
+        )
+    input_size = _shape_text(expected[1:])
+    return f"{layer} was built for input size {input_size}, got input of shape {got}"
 
-    Input (N, in_channels, *input_size) -> output (N, out_channels, *output_size).
-    weight: (OH, OW, out_channels, in_channels, KH, KW); bias: (out_channels, OH, OW), or
-    (out_channels,) with shared_bias=True. The input size is fixed at construction, since the
-    number of filter banks depends on it.
+
+class LocallyConnected2d(_LocallyConnectedNd):
+    r"""A 2D convolution whose filters differ at every output location (unshared weights).
+
+    Where ``nn.Conv2d`` slides one filter bank over the input, this layer holds one
+    ``(out_channels, in_channels, KH, KW)`` filter bank per output location ``(i, j)``:
+
+    .. code-block:: text
+
+        out[n, o, i, j] = bias[o, i, j] + sum_{c, p, q} weight[i, j, o, c, p, q]
+                          * input_padded[n, c, i * stride_h + p * dilation_h,
+                                               j * stride_w + q * dilation_w]
+
+    The number of locations depends on the input's height and width, so the input size is fixed
+    when the layer is built.
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_size (int or (int, int)): (H, W) of the inputs the layer takes.
+        kernel_size (int or (int, int)): (KH, KW) of each location's filters.
+        stride (int or (int, int)): step between neighbouring locations' windows. Default: 1.
+        padding (int, (int, int), 'valid' or 'same'): zeros added on both sides of the input
+            (an int or a (height, width) pair), none ('valid'), or as much as keeps the output
+            the input's size ('same', stride 1 only; where the total is odd the extra row or
+            column goes after, as in ``nn.Conv2d``). Default: 0.
+        dilation (int or (int, int)): spacing between a filter's taps. Default: 1.
+        bias (bool): add a learnable bias. Default: True.
+        shared_bias (bool): one bias per output channel, shared by all locations, as in
+            ``nn.Conv2d``, instead of one per channel and location. Default: False.
+        device, dtype: of the parameters, as for every torch.nn layer.
+
+    Shape:
+        - Input: (N, C_in, H, W), with (H, W) == input_size. Channels-last data (N, H, W, C)
+          must be moved first: ``input.movedim(-1, 1)``.
+        - Output: (N, C_out, OH, OW), where
+          OH = (H + 2 * padding_h - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
+
+    Attributes:
+        weight (Tensor): (OH, OW, C_out, C_in, KH, KW); ``weight[i, j]`` is exactly the weight
+            of an ``nn.Conv2d``, the filter bank of location (i, j). Initialised per location
+            like ``nn.Conv2d``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in * KH * KW.
+        bias (Tensor or None): (C_out, OH, OW), or (C_out,) with shared_bias=True; initialised
+            like the weight.
+        output_size (tuple): (OH, OW).
+
+    Example::
+
+        >>> layer = lc_cuda.LocallyConnected2d(3, 16, input_size=32, kernel_size=3, padding="same")
+        >>> layer(torch.randn(8, 3, 32, 32)).shape
+        torch.Size([8, 16, 32, 32])
+        >>> layer.weight.shape
+        torch.Size([32, 32, 16, 3, 3, 3])
+
+    ``from_conv2d`` builds one from a trained ``nn.Conv2d``; ``lc_cuda.local_conv2d`` is the
+    functional form.
     """
 
     spatial_dims = 2
@@ -144,6 +210,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
         device=None,
         dtype=None,
     ):
+        """See the class docstring: help(lc_cuda.LocallyConnected2d)."""
         super().__init__(
             in_channels,
             out_channels,
@@ -159,6 +226,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        """(N, C_in, H, W) -> (N, C_out, OH, OW); (H, W) must be the layer's input_size."""
         self._check_input_size(input)
         return self._local_conv2d(input, self.weight, self.bias)
 
@@ -215,11 +283,45 @@ def _dense_filters(conv: nn.Conv2d) -> Tensor:
 
 
 class LocallyConnected1d(_LocallyConnectedNd):
-    """A Conv1d with its own filters at every output position.
+    r"""A 1D convolution whose filters differ at every output position (unshared weights).
 
-    Input (N, in_channels, input_length) -> output (N, out_channels, OL).
-    weight: (OL, out_channels, in_channels, K); bias: (out_channels, OL), or (out_channels,) with
-    shared_bias=True.
+    .. code-block:: text
+
+        out[n, o, i] = bias[o, i] + sum_{c, q} weight[i, o, c, q]
+                       * input_padded[n, c, i * stride + q * dilation]
+
+    It runs on the 2D operator through views (no copies).
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_length (int): L, the length of the inputs the layer takes.
+        kernel_size (int): K, the length of each position's filters.
+        stride (int): step between neighbouring positions' windows. Default: 1.
+        padding (int, 'valid' or 'same'): zeros added at both ends, none ('valid'), or as many
+            as keep the output the input's length ('same', stride 1 only; an odd total puts the
+            extra zero at the end). Default: 0.
+        dilation (int): spacing between a filter's taps. Default: 1.
+        bias (bool): add a learnable bias. Default: True.
+        shared_bias (bool): one bias per output channel, shared by all positions. Default: False.
+        device, dtype: of the parameters.
+
+    Shape:
+        - Input: (N, C_in, L), with L == input_length. Channels-last data (N, L, C) must be
+          moved first: ``input.movedim(-1, 1)``.
+        - Output: (N, C_out, OL), OL = (L + 2 * padding - dilation * (K - 1) - 1) // stride + 1.
+
+    Attributes:
+        weight (Tensor): (OL, C_out, C_in, K); ``weight[i]`` is an ``nn.Conv1d`` weight.
+            Initialised per position like ``nn.Conv1d``: U(-1/sqrt(C_in * K), 1/sqrt(C_in * K)).
+        bias (Tensor or None): (C_out, OL), or (C_out,) with shared_bias=True.
+        output_size (tuple): (OL,).
+
+    Example::
+
+        >>> layer = lc_cuda.LocallyConnected1d(4, 8, input_length=100, kernel_size=5, stride=2)
+        >>> layer(torch.randn(2, 4, 100)).shape
+        torch.Size([2, 8, 48])
     """
 
     spatial_dims = 1
@@ -238,6 +340,7 @@ class LocallyConnected1d(_LocallyConnectedNd):
         device=None,
         dtype=None,
     ):
+        """See the class docstring: help(lc_cuda.LocallyConnected1d)."""
         super().__init__(
             in_channels,
             out_channels,
@@ -253,6 +356,7 @@ class LocallyConnected1d(_LocallyConnectedNd):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        """(N, C_in, L) -> (N, C_out, OL); L must be the layer's input_length."""
         if input.dim() != 3:
             raise ValueError(
                 f"input must be 3-D (N, C_in, L), got {input.dim()}-D of shape "

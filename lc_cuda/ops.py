@@ -141,18 +141,40 @@ def local_conv2d(
     padding: IntOrSeq | str = 0,
     dilation: IntOrSeq = 1,
 ) -> Tensor:
-    """Locally-connected 2D convolution: a Conv2d whose filters differ at every output location.
+    r"""Locally-connected 2D convolution: a conv2d whose filters differ at every output location.
+
+    .. code-block:: text
+
+        out[n, o, i, j] = bias + sum_{c, p, q} weight[i, j, o, c, p, q]
+                          * input_padded[n, c, i * stride_h + p * dilation_h,
+                                               j * stride_w + q * dilation_w]
 
     Args:
-        input: (N, C_in, H, W).
-        weight: (OH, OW, C_out, C_in, KH, KW), one Conv2d filter bank per output location.
-        bias: None, (C_out, OH, OW) for one bias per location, or (C_out,) shared.
-        stride, dilation: an int or a (height, width) pair.
-        padding: an int, a pair, 'valid' or 'same' (stride 1 only).
+        input (Tensor): (N, C_in, H, W), any strides (channels_last is read in place).
+        weight (Tensor): (OH, OW, C_out, C_in, KH, KW): ``weight[i, j]`` is the conv2d weight
+            (C_out, C_in, KH, KW) of output location (i, j).
+        bias (Tensor, optional): (C_out, OH, OW), one per location, or (C_out,), shared by all
+            locations. Default: None.
+        stride (int or (int, int)): step between neighbouring locations' windows. Default: 1.
+        padding (int, (int, int), 'valid' or 'same'): zeros added on both sides, none
+            ('valid'), or as much as keeps the input's size ('same', stride 1 only; where the
+            total is odd the extra row or column goes after, as in conv2d). Default: 0.
+        dilation (int or (int, int)): spacing between a filter's taps. Default: 1.
 
-    Returns (N, C_out, OH, OW), contiguous, with
-    out[n, o, i, j] = bias + sum_{c,p,q} weight[i, j, o, c, p, q] *
-                      input_padded[n, c, i*stride_h + p*dilation_h, j*stride_w + q*dilation_w].
+    input, weight and bias must have the same floating dtype (float64, float32, float16 or
+    bfloat16) and device. The weight's (OH, OW) must match the geometry:
+    OH = (H + 2 * padding_h - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
+
+    Returns:
+        Tensor: (N, C_out, OH, OW), contiguous. Differentiable in input, weight and bias (to any
+        order), traceable by torch.compile, and run in the autocast dtype under autocast.
+
+    Example::
+
+        >>> x = torch.randn(8, 3, 32, 32)
+        >>> w = torch.randn(15, 15, 16, 3, 3, 3)  # (OH, OW, C_out, C_in, KH, KW)
+        >>> lc_cuda.local_conv2d(x, w, torch.randn(16), stride=2).shape
+        torch.Size([8, 16, 15, 15])
     """
     return _local_conv2d(input, weight, bias, stride, padding, dilation, force_unfold=False)
 
@@ -181,16 +203,33 @@ def local_conv1d(
     padding: int | Sequence[int] | str = 0,
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
-    """Locally-connected 1D convolution, computed by local_conv2d on views (no copies).
+    r"""Locally-connected 1D convolution: a conv1d whose filters differ at every output position.
+
+    .. code-block:: text
+
+        out[n, o, i] = bias + sum_{c, q} weight[i, o, c, q]
+                       * input_padded[n, c, i * stride + q * dilation]
+
+    Computed by local_conv2d on views (no copies).
 
     Args:
-        input: (N, C_in, L).
-        weight: (OL, C_out, C_in, K).
-        bias: None, (C_out, OL) for one bias per location, or (C_out,) shared.
-        stride, dilation: an int (or a 1-sequence).
-        padding: an int (or a 1-sequence), 'valid' or 'same' (stride 1 only).
+        input (Tensor): (N, C_in, L).
+        weight (Tensor): (OL, C_out, C_in, K): ``weight[i]`` is the conv1d weight of position i.
+        bias (Tensor, optional): (C_out, OL), one per position, or (C_out,) shared. Default: None.
+        stride (int): step between neighbouring positions' windows. Default: 1.
+        padding (int, 'valid' or 'same'): zeros added at both ends, none ('valid'), or as many
+            as keep the length ('same', stride 1 only). Default: 0.
+        dilation (int): spacing between a filter's taps. Default: 1.
 
-    Returns (N, C_out, OL).
+    Returns:
+        Tensor: (N, C_out, OL), OL = (L + 2 * padding - dilation * (K - 1) - 1) // stride + 1.
+
+    Example::
+
+        >>> x = torch.randn(2, 4, 100)
+        >>> w = torch.randn(48, 8, 4, 5)  # (OL, C_out, C_in, K) for stride 2
+        >>> lc_cuda.local_conv1d(x, w, stride=2).shape
+        torch.Size([2, 8, 48])
     """
     if input.dim() != 3:
         raise ValueError(
@@ -242,6 +281,13 @@ def _fake_output_shape(input, weight, bias, stride, padding, dilation) -> tuple:
             and tensor.device == input.device,
             lambda message=message: message,
         )
+    torch._check(
+        weight.shape[3] == input.shape[1],
+        lambda: (
+            f"input.shape[1] is not valid: got {input.shape[1]}, expected {weight.shape[3]} "
+            "input channels (C_in, weight.shape[3])"
+        ),
+    )
     out_hw = output_size(input.shape[2:], weight.shape[4:], stride, padding, dilation)
     expected = (*out_hw, weight.shape[2], input.shape[1], *weight.shape[4:])
     torch._check(

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import torch
 from hypothesis import assume
 from hypothesis import strategies as st
-from reference import expected_size
+
+from lc_cuda.reference import expected_size
 
 BIAS_KINDS = ["none", "shared", "per_location"]
 

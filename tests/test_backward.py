@@ -5,9 +5,9 @@ import torch
 from cases import geometries, make_case
 from conftest import DEVICES
 from hypothesis import given, settings
-from reference import assert_matches_reference, reference_local_conv2d
 
 import lc_cuda
+from lc_cuda.reference import assert_matches_reference, reference_local_conv2d
 
 
 def gradients(function, input, weight, bias, grad_output, *args):

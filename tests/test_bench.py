@@ -42,12 +42,17 @@ def bench_run(tmp_path_factory):
 def test_outputs_exist(bench_run):
     out, stdout, result = bench_run
     assert "geometric means over the cases" in stdout
-    for dtype in result["dtypes"]:
-        assert (out / f"chart_{dtype}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    markdown = (out / "RESULTS.md").read_text()
-    assert result["device_name"] in markdown and "chart_float32.png" in markdown
+    assert result["device_name"] in (out / "RESULTS.md").read_text()
     with open(out / "results.csv") as file:
         assert len(list(csv.DictReader(file))) == len(result["records"])
+
+
+def test_charts_exist(bench_run):
+    pytest.importorskip("matplotlib")  # the `examples` extra; without it no charts are drawn
+    out, _, result = bench_run
+    for dtype in result["dtypes"]:
+        assert (out / f"chart_{dtype}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "chart_float32.png" in (out / "RESULTS.md").read_text()
 
 
 def test_numbers_are_finite_and_consistent(bench_run):

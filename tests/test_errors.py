@@ -1,6 +1,11 @@
 """Bad input gets a clear error naming the argument, with got/expected values."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,8 +45,17 @@ def test_weight_shape_mismatch_says_expected_shape():
         "shape [2, 3, 8, 8] with stride [1, 1], padding [1, 1]",
     ):
         lc_cuda.local_conv2d(input, weight, padding=1)
-    with raises(RuntimeError, "expected [6, 6, 4, 2, 3, 3]"):
+
+
+def test_channel_mismatch_names_the_input_channels():
+    input, weight = tensors()
+    message = (
+        "input.shape[1] is not valid: got 2, expected 3 input channels (C_in, weight.shape[3])"
+    )
+    with raises(RuntimeError, message):
         lc_cuda.local_conv2d(input[:, :2], weight)
+    with raises(RuntimeError, message):
+        lc_cuda.local_conv2d(input[:, :2].to("meta"), weight.to("meta"))
 
 
 def test_bias_shape():
@@ -215,5 +229,41 @@ def test_module_arguments_and_input_size():
         "LocallyConnected2d was built for input size (8, 8), got input of shape (2, 3, 9, 8)",
     ):
         layer(torch.randn(2, 3, 9, 8))
-    with raises(RuntimeError, "expected [6, 6, 4, 2, 3, 3]"):
+    with raises(
+        ValueError,
+        "LocallyConnected2d expected 3 input channels (in_channels), got input of shape "
+        "(2, 2, 8, 8)",
+    ):
         layer(torch.randn(2, 2, 8, 8))
+    with raises(
+        ValueError,
+        "LocallyConnected2d takes channels-first input (N, 3, 8, 8), got (2, 8, 8, 3), which is "
+        "channels-last: pass input.movedim(-1, 1)",
+    ):
+        layer(torch.randn(2, 8, 8, 3))
+    layer1d = lc_cuda.LocallyConnected1d(4, 2, 10, 3)
+    with raises(ValueError, "got (5, 10, 4), which is channels-last: pass input.movedim(-1, 1)"):
+        layer1d(torch.randn(5, 10, 4))
+    with raises(ValueError, "LocallyConnected1d expected 4 input channels (in_channels)"):
+        layer1d(torch.randn(5, 3, 10))
+
+
+def test_import_from_a_source_folder_without_a_build_points_to_the_installed_package(tmp_path):
+    """`python -c "import lc_cuda"` in a clone's root, after `pip install .`, finds the source
+    folder first: the hint says so, instead of advising a rebuild."""
+    package = Path(lc_cuda.__file__).parent
+    shutil.copytree(package, tmp_path / "lc_cuda", ignore=shutil.ignore_patterns("_C*", "__py*"))
+    (tmp_path / "setup.py").write_text("")
+    # -S: no .pth files, so that an editable install's import hook cannot supply lc_cuda._C;
+    # the installed packages stay reachable through PYTHONPATH.
+    site_folders = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import lc_cuda"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(site_folders)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert f"Python found the source folder {tmp_path / 'lc_cuda'}" in result.stderr
+    assert "Run from another folder" in result.stderr

@@ -5,9 +5,9 @@ import torch
 from cases import geometries, make_case
 from conftest import DEVICES
 from hypothesis import given, settings
-from reference import assert_matches_reference, expected_size, reference_local_conv2d
 
 import lc_cuda
+from lc_cuda.reference import assert_matches_reference, expected_size, reference_local_conv2d
 
 
 def check(input, weight, bias, stride, padding, dilation, function=lc_cuda.local_conv2d):

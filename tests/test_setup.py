@@ -1,6 +1,8 @@
 """setup.py's toolkit discovery and build record, tested without compiling anything."""
 
 import importlib.util
+import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -99,6 +101,12 @@ def test_build_config_header(setup_module, tmp_path):
     assert '#define LC_CUDA_BUILD_TORCH_VERSION "2.14.1"' in text
     assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in text
     assert "#define LC_CUDA_BUILD_DEBUG 0" in text
+    written = header.stat().st_mtime_ns
+    os.utime(header, ns=(written - 10**9, written - 10**9))  # as if written a second earlier
+    setup_module.write_build_config(
+        header, {"torch_version": "2.14.1", "with_cuda": True, "debug": False}
+    )
+    assert header.stat().st_mtime_ns == written - 10**9, "unchanged, so not rewritten"
 
 
 def build_record(directory: Path) -> str:
@@ -143,3 +151,34 @@ def test_cuda_build_honours_arch_list_and_nvcc_flags(setup_module, monkeypatch, 
     record = build_record(tmp_path)
     assert '#define LC_CUDA_BUILD_ARCH_LIST "sm_80 sm_90"' in record
     assert "#define LC_CUDA_BUILD_WITH_CUDA 1" in record
+
+
+def test_default_arch_list_is_torchs_that_nvcc_supports_with_ptx_for_the_newest(setup_module):
+    torch_archs = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+    nvcc_archs = {80, 86, 87, 90, 100, 110}
+    assert setup_module.default_arch_list(torch_archs, nvcc_archs) == "8.0;8.6;9.0;10.0+PTX"
+    with pytest.raises(RuntimeError, match="set TORCH_CUDA_ARCH_LIST"):
+        setup_module.default_arch_list(["sm_120"], {75, 80})
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_without_arch_list_or_gpu_the_build_takes_the_default(setup_module, monkeypatch, tmp_path):
+    """torch alone fails here (IndexError in _get_cuda_arch_flags): CI machines, containers."""
+    import torch
+
+    if torch.version.cuda is None or torch.cuda.device_count():
+        pytest.skip("needs a CUDA build of torch and no visible GPU")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # unset; restored after the test
+    setup_module.extension_modules(tmp_path)
+    expected = setup_module.default_arch_list(
+        setup_module.torch_arch_list(torch),
+        setup_module.nvcc_virtual_archs(setup_module.find_cuda_home()),
+    )
+    numbers = [arch.removesuffix("+PTX").replace(".", "") for arch in expected.split(";")]
+    recorded = re.search(r'LC_CUDA_BUILD_ARCH_LIST "(.*)"', build_record(tmp_path)).group(1)
+    # torch orders the -gencode flags as strings (sm_100 before sm_75)
+    assert sorted(recorded.split()) == sorted(
+        [f"sm_{number}" for number in numbers] + [f"compute_{numbers[-1]}"]
+    )

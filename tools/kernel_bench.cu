@@ -9,7 +9,7 @@
 // the TFLOP/s and GB/s they reach, by the same counts as the harness; also the tensor-core
 // kernels alone (the extension also packs the input, which is not timed here): in bfloat16 the
 // forward (16- and 32-channel tiles), grad_input and grad_weight, in float32 the same three on
-// TF32. It checks nothing: the tests and tools/exercise_kernels.py do.
+// TF32. It checks nothing: the tests and `python -m lc_cuda.selftest` do.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

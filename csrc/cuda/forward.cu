@@ -15,7 +15,7 @@ namespace {
 
 // Runs a tensor-core forward and returns true, or returns false (having done nothing) where it
 // does not fit: more shared memory than a block may have (very wide strides or dilations), or
-// more column groups than grid y holds. float16 and bfloat16 run forward_tensor_core_kernel,
+// more blocks than grid y or z holds. float16 and bfloat16 run forward_tensor_core_kernel,
 // float32 (under TF32) forward_tf32_kernel.
 template <typename scalar_t>
 bool tensor_core_forward(const at::Tensor& input, const at::Tensor& filters,

@@ -16,7 +16,7 @@ namespace {
 
 // Runs the tensor-core grad_input and returns true, or returns false (having done nothing)
 // where it does not fit: more shared memory than a block may have (kernel widths times
-// dilations in the hundreds), or more column groups than grid y holds.
+// dilations in the hundreds), or more blocks than grid y or z holds.
 template <typename scalar_t>
 bool tensor_core_grad_input(const at::Tensor& grad_output, const at::Tensor& filters,
                             const Geometry& g, at::Tensor& grad_input, cudaStream_t stream) {

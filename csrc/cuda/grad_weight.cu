@@ -17,7 +17,7 @@ namespace {
 // Runs the tensor-core grad_weight and returns true, or returns false (having done nothing)
 // where it does not fit: an empty batch, more shared memory than a block may have (very wide
 // strides or dilations, or a batch in the thousands, whose grad_output slice is staged whole),
-// or more column groups than grid y holds.
+// or more blocks than grid y or z holds.
 template <typename scalar_t>
 bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                              const Geometry& g, at::Tensor& grad_weight, at::Tensor* bias_sums,

@@ -1,5 +1,6 @@
 // What the kernel launchers share: the index-type choice, the ConvShape built from a checked
 // Geometry, the grid check, and the device queries and input packing of the tensor-core kernels.
+// The decisions themselves are in launch_policy.cuh.
 #pragma once
 
 #include <ATen/Context.h>
@@ -8,16 +9,21 @@
 #include <ATen/native/CanUse32BitIndexMath.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 
 #include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <mutex>
 #include <type_traits>
+#include <unordered_map>
 
+#include "cuda/launch_policy.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
 #include "lc_conv2d.h"
+#include "lc_cuda_build_config.h"
 
 namespace lc_cuda {
 namespace launch {
@@ -56,10 +62,9 @@ kernels::ConvShape<index_t> conv_shape(const Geometry& g, const at::Tensor& inpu
           static_cast<index_t>(gs[3])};
 }
 
-// Grid y and z are limited to 65535 blocks; the kernels' grids stay within that except for
-// channel counts no layer has.
+// The FFMA kernels' grids stay within the limits except for channel counts no layer has.
 inline void check_grid(const dim3& grid) {
-  TORCH_CHECK(grid.y <= kernels::kMaxGridYZ && grid.z <= kernels::kMaxGridYZ,
+  TORCH_CHECK(grid_fits(grid),
               "lc_cuda: a launch needs more than 65535 blocks along grid y or z: got y=", grid.y,
               ", z=", grid.z);
 }
@@ -70,14 +75,42 @@ inline int device_attribute(cudaDeviceAttr attribute, int device) {
   return value;
 }
 
+// An empty kernel whose attributes tell which of this build's code a device runs. Every .cu file
+// is compiled with the same -gencode flags, so its answer holds for every kernel.
+template <int = 0>
+__global__ void compiled_arch_probe_kernel() {}
+
+// The architecture the code that runs on `device` was compiled for (cudaFuncAttributes::
+// ptxVersion: 75 for sm_75 code, also where a newer GPU JIT-compiles compute_75 PTX), asked once
+// per device. A build without code for the device fails here, naming the fix.
+inline int compiled_arch(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, int> by_device;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto found = by_device.find(device); found != by_device.end()) return found->second;
+  const c10::cuda::CUDAGuard device_guard(static_cast<c10::DeviceIndex>(device));
+  cudaFuncAttributes attributes{};
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, compiled_arch_probe_kernel<>);
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+    (void)cudaGetLastError();  // clears the error, so that it is not reported again later
+    TORCH_CHECK(false, "lc_cuda: this build has no code for GPU ", device, " (compute capability ",
+                device_attribute(cudaDevAttrComputeCapabilityMajor, device), ".",
+                device_attribute(cudaDevAttrComputeCapabilityMinor, device), "): built for ",
+                LC_CUDA_BUILD_ARCH_LIST, ". Rebuild with TORCH_CUDA_ARCH_LIST set to include it, "
+                "or set LC_CUDA_BACKEND=unfold");
+  }
+  C10_CUDA_CHECK(status);
+  return by_device[device] = attributes.ptxVersion;
+}
+
 // The tensor-core policy, one place for the three passes: calls run(scalar_t{}) with the type of
-// the tensor-core kernel for `dtype` and returns its answer (true: it ran), on sm_80 and newer
-// (cp.async, ldmatrix, bf16 and TF32 mma.sync): float16 and bfloat16 always, float32 where
-// torch's matmul policy allows TF32 (torch.backends.cuda.matmul.allow_tf32, or
-// torch.set_float32_matmul_precision("high"/"medium")). Otherwise false, nothing run.
+// the tensor-core kernel for `dtype` and returns its answer (true: it ran), where the code for
+// this device was compiled for sm_80 or newer (compiled_with_tensor_cores): float16 and bfloat16
+// always, float32 where torch's matmul policy allows TF32 (torch.backends.cuda.matmul.allow_tf32,
+// or torch.set_float32_matmul_precision("high"/"medium")). Otherwise false, nothing run.
 template <typename Run>
 bool with_tensor_core_type(at::ScalarType dtype, int device, Run&& run) {
-  if (device_attribute(cudaDevAttrComputeCapabilityMajor, device) < 8) return false;
+  if (!compiled_with_tensor_cores(compiled_arch(device))) return false;
   switch (dtype) {
     case at::kBFloat16:
       return run(at::BFloat16{});
@@ -90,11 +123,9 @@ bool with_tensor_core_type(at::ScalarType dtype, int device, Run&& run) {
   }
 }
 
-// Whether a tensor-core launch fits the device: dynamic shared memory within the per-block
-// opt-in limit, grid y within 65535 (the kernels put (row, column group) there).
 inline bool tensor_core_launch_fits(int device, int64_t shared_bytes, const dim3& grid) {
-  return shared_bytes <= device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device) &&
-         grid.y <= kernels::kMaxGridYZ;
+  return tensor_core_launch_fits(
+      shared_bytes, device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device), grid);
 }
 
 // The batch rounded up to whole 16-byte pieces of 8 samples.

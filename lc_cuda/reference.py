@@ -1,5 +1,6 @@
 """An independent float64 oracle for local_conv2d: a direct sum over each output location's
-patch, written without unfold, as_strided or bmm."""
+patch, written without unfold, as_strided or bmm; and the errors allowed against it. The test
+suite and `python -m lc_cuda.selftest` both check against these."""
 
 import torch
 
@@ -49,6 +50,20 @@ RELATIVE_TOLERANCE = {
     torch.float16: 4e-3,
     torch.bfloat16: 3e-2,
 }
+
+
+# TF32 keeps 10 mantissa bits; the floor of allowed_error where TF32 runs.
+TF32_EPS = 2.0**-11
+
+
+def allowed_error(dtype, fallback_error=None, tf32=False):
+    """The relative error allowed against the reference: RELATIVE_TOLERANCE for float64 and exact
+    float32, and for the fallback itself (fallback_error None). A kernel in half precision or TF32
+    may have twice the error of the plain PyTorch path at the same precision (`fallback_error`,
+    the unfold + bmm fallback's), and at least one rounding step (flash-attention's rule)."""
+    if fallback_error is None or (dtype in (torch.float64, torch.float32) and not tf32):
+        return RELATIVE_TOLERANCE[dtype]
+    return 2 * max(fallback_error, TF32_EPS if tf32 else torch.finfo(dtype).eps)
 
 
 def relative_error(actual, expected):

@@ -1,0 +1,84 @@
+"""The documentation runs as written: every ```python block of README.md, each in a fresh process
+from an empty folder, and the examples in the public docstrings. A block whose first line is
+`# requires CUDA` is skipped without a GPU; one that imports a framework that is not installed
+(the `interop` extra) is skipped too."""
+
+import ast
+import doctest
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lc_cuda
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks():
+    text = README.read_text()
+    return [
+        pytest.param(match.group(1), id=f"README.md:{text.count(chr(10), 0, match.start()) + 1}")
+        for match in re.finditer(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    ]
+
+
+def imported_modules(source):
+    """The top-level names of the modules a block imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_readme_has_python_blocks():
+    assert len(python_blocks()) >= 6
+
+
+@pytest.mark.parametrize("source", python_blocks())
+def test_readme_block_runs(source, tmp_path):
+    if source.startswith("# requires CUDA") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    missing = sorted(m for m in imported_modules(source) if importlib.util.find_spec(m) is None)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    script = tmp_path / "block.py"
+    script.write_text(source)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{source}\n---\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize(
+    "documented",
+    [
+        lc_cuda.LocallyConnected2d,
+        lc_cuda.LocallyConnected1d,
+        lc_cuda.local_conv2d,
+        lc_cuda.local_conv1d,
+    ],
+    ids=lambda obj: obj.__name__,
+)
+def test_docstring_examples(documented):
+    tests = doctest.DocTestFinder(recurse=False).find(
+        documented, globs={"torch": torch, "lc_cuda": lc_cuda}
+    )
+    assert tests and tests[0].examples, f"{documented.__name__} has no example"
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0
