@@ -5,7 +5,7 @@ One model, `Zoo`, holds a LocallyConnected2d for every geometry option (padding 
 random 2D layers, LocallyConnected1d layers and a small DeepFace, each fed its own input. Every
 path exports or compiles Zoo once, with a dynamic batch, and runs it at two batch sizes in a
 fresh process (ONNX: onnxruntime, without torch or lc_cuda). Outputs are
-compared with the float64 oracle of tests/reference.py (DeepFace: with the model in float64).
+compared with the float64 oracle of lc_cuda/reference.py (DeepFace: with the model in float64).
 """
 
 import copy
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
-from reference import RELATIVE_TOLERANCE, reference_local_conv2d, relative_error
 from torch import nn
 
 import lc_cuda
 from lc_cuda.models import DeepFace
+from lc_cuda.reference import RELATIVE_TOLERANCE, reference_local_conv2d, relative_error
 
 BATCH_SIZES = (2, 5)
 
@@ -109,7 +109,7 @@ def make_inputs(zoo, batch, dtype=torch.float32, device="cpu", seed=0):
 
 
 def oracle(layer, input):
-    """float64 output of one layer: tests/reference.py for the locally-connected layers."""
+    """float64 output of one layer: lc_cuda/reference.py for the locally-connected layers."""
     layer, input = copy.deepcopy(layer).cpu(), input.cpu()
     if isinstance(layer, DeepFace):
         with torch.no_grad():
