@@ -24,6 +24,9 @@ void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, in
 void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
                           const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
                           float* c, int ldc) __attribute__((weak));
+// MKL's per-thread thread count (its C interface; the lower-case symbol is the Fortran one):
+// returns the previous count, 0 meaning the global setting.
+int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 }
 
 namespace lc_cuda {
@@ -84,6 +87,13 @@ void aten_gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t
 }
 
 }  // namespace
+
+SingleThreadedBlas::SingleThreadedBlas()
+    : previous_(MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+}
 
 void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const double* a,
           int64_t lda, const double* b, int64_t ldb, bool accumulate, double* c, int64_t ldc) {

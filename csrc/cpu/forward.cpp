@@ -46,6 +46,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
       const int64_t samples = std::min(block.samples, g.batch - n0);
       at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+        const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(scratch, thread_bytes);
         scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
         opmath_t* staged = slice.take<opmath_t>(block.tile * block.samples * out_channels);

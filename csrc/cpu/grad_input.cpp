@@ -70,7 +70,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       for (int64_t phase = 0; phase < 2; ++phase) {
         const int64_t phase_blocks = (row_blocks - phase + 1) / 2;
         at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
-          cpu::ScratchSlice slice(scratch, thread_bytes);
+          const cpu::SingleThreadedBlas one_thread;
+        cpu::ScratchSlice slice(scratch, thread_bytes);
           scalar_t* staged = slice.take<scalar_t>(block.tile * block.samples * out_channels);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
           for (int64_t index = begin; index < end; ++index) {

@@ -52,7 +52,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
 
     at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
-      cpu::ScratchSlice slice(scratch, thread_bytes);
+      const cpu::SingleThreadedBlas one_thread;
+        cpu::ScratchSlice slice(scratch, thread_bytes);
       scalar_t* staged = slice.take<scalar_t>(block.tile * block.samples * out_channels);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
       opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
