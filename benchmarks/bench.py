@@ -4,13 +4,17 @@
     python benchmarks/bench.py --quick         # four small cases, fewer repeats
 
 On a GPU every method runs in float32 (exact and with TF32 allowed), bfloat16 and float16. On a
-machine without one, the batch is cut to --cpu-batch and the fallback is compared with the
-naive snippet in float32 and bfloat16, in about a minute.
+machine without one it runs the CPU issue's seven cases at the batches of cases.CPU_BATCHES
+(--cpu-batch overrides them), float32 and bfloat16, and compares lc_cuda with the fallback, the
+snippet eager and compiled, JAX and tf-keras LocallyConnected2D (implementations 1 and 2, in
+their own process) where those are installed; --quick compares lc_cuda with the fallback and
+the snippet at batch 4 in about a minute. --threads sets torch's (and Keras') thread count.
 
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
-measured in the same run, its throughput and (on a GPU) its peak extra memory. Every method's
-results are first checked against lc_cuda's fallback; a mismatch is reported and fails the run
+measured in the same run, its throughput and its peak extra memory (on the CPU: resident
+memory, benchmarks/host_memory.py; not measured for JAX and Keras). Every method's results are
+first checked against lc_cuda's fallback; a mismatch is reported and fails the run
 (exit 1). A method that runs out of memory or fails is reported, and the run goes on.
 
 Outputs in --out: results.json, results.csv and chart_<dtype>.png; with --results-md, a
@@ -285,8 +289,15 @@ def main(argv=None) -> int:
         + ([JAX] if jax_here else [])
         + (list(KERAS) if keras_here else [])
     )
+    if not gpu and "--quick" in (argv if argv is not None else sys.argv[1:]):
+        default_methods = ["lc_cuda", "lc_cuda_unfold", "naive_snippet"]  # about a minute
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="four small cases, 5 repeats")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="four small cases, 5 repeats (on the CPU: batch 4, lc_cuda against the fallback and "
+        "the snippet)",
+    )
     parser.add_argument("--cases", nargs="+", choices=list(CASES_BY_NAME))
     parser.add_argument(
         "--methods", nargs="+", choices=[*METHODS, JAX, *KERAS], default=default_methods
@@ -326,8 +337,8 @@ def main(argv=None) -> int:
     def batch_of(case):
         if gpu:
             return case.batch
-        if args.cpu_batch:
-            return min(case.batch, args.cpu_batch)
+        if args.cpu_batch or args.quick:
+            return min(case.batch, args.cpu_batch or 4)
         return CPU_BATCHES.get(case.name, min(case.batch, 4))
 
     device_name = (
