@@ -4,13 +4,17 @@
     python benchmarks/bench.py --quick         # four small cases, fewer repeats
 
 On a GPU every method runs in float32 (exact and with TF32 allowed), bfloat16 and float16. On a
-machine without one, the batch is cut to --cpu-batch and the fallback is compared with the
-naive snippet in float32 and bfloat16, in about a minute.
+machine without one it runs the CPU issue's seven cases at the batches of cases.CPU_BATCHES
+(--cpu-batch overrides them), float32 and bfloat16, and compares lc_cuda with the fallback, the
+snippet eager and compiled, JAX and tf-keras LocallyConnected2D (implementations 1 and 2, in
+their own process) where those are installed; --quick compares lc_cuda with the fallback and
+the snippet at batch 4 in about a minute. --threads sets torch's (and Keras') thread count.
 
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
-measured in the same run, its throughput and (on a GPU) its peak extra memory. Every method's
-results are first checked against lc_cuda's fallback; a mismatch is reported and fails the run
+measured in the same run, its throughput and its peak extra memory (on the CPU: resident
+memory, benchmarks/host_memory.py; not measured for JAX and Keras). Every method's results are
+first checked against lc_cuda's fallback; a mismatch is reported and fails the run
 (exit 1). A method that runs out of memory or fails is reported, and the run goes on.
 
 Outputs in --out: results.json, results.csv and chart_<dtype>.png; with --results-md, a
@@ -30,11 +34,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import host_memory
 import numpy as np
 import torch
-from cases import CASES, CASES_BY_NAME, DIRECTIONS, QUICK_CASES, Case
+from cases import CASES, CASES_BY_NAME, CPU_BATCHES, DIRECTIONS, QUICK_CASES, Case
 from ceilings import PRECISIONS, measure_ceilings, precision
-from methods import JAX, METHODS, Method, environment
+from keras_tasks import run_keras
+from methods import JAX, KERAS, METHODS, Method, environment
 from report import print_table, write_all
 from timing import median_ms, peak_extra_bytes
 
@@ -184,7 +190,11 @@ def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
             record["status"] = f"MISMATCH {error:.2g}"
             return record
         record["ms"] = median_ms(runner, repeats, device)
-        peak = peak_extra_bytes(runner, device)
+        peak = (
+            host_memory.peak_extra_bytes(lambda: runner(0))
+            if device.type == "cpu" and host_memory.available()
+            else peak_extra_bytes(runner, device)
+        )
         record["peak_extra_MB"] = None if peak is None else peak / 2**20
         record["status"] = "ok"
     except torch.cuda.OutOfMemoryError:
@@ -270,16 +280,28 @@ def main(argv=None) -> int:
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     jax_here = importlib.util.find_spec("jax") is not None
+    keras_here = importlib.util.find_spec("tf_keras") is not None
     default_methods = (
         ["lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled", "cudnn_conv2d"]
         + ([JAX] if jax_here else [])
         if gpu
-        else ["lc_cuda_unfold", "naive_snippet"]
+        else ["lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled"]
+        + ([JAX] if jax_here else [])
+        + (list(KERAS) if keras_here else [])
     )
+    if not gpu and "--quick" in (argv if argv is not None else sys.argv[1:]):
+        default_methods = ["lc_cuda", "lc_cuda_unfold", "naive_snippet"]  # about a minute
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="four small cases, 5 repeats")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="four small cases, 5 repeats (on the CPU: batch 4, lc_cuda against the fallback and "
+        "the snippet)",
+    )
     parser.add_argument("--cases", nargs="+", choices=list(CASES_BY_NAME))
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, JAX], default=default_methods)
+    parser.add_argument(
+        "--methods", nargs="+", choices=[*METHODS, JAX, *KERAS], default=default_methods
+    )
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
     parser.add_argument(
         "--dtypes",
@@ -290,21 +312,40 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--repeats", type=int, help="timed calls per median (default 20; 5 with --quick)"
     )
-    parser.add_argument("--cpu-batch", type=int, default=4, help="batch size without a GPU")
+    parser.add_argument(
+        "--cpu-batch",
+        type=int,
+        help="batch size without a GPU (default: cases.CPU_BATCHES for its cases, 4 for others)",
+    )
+    parser.add_argument("--threads", type=int, help="torch (and Keras) CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results" / device.type)
     parser.add_argument("--results-md", type=Path, help="also write a RESULTS.md here")
     args = parser.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 20)
-    names = args.cases or [c.name for c in CASES if not args.quick or c.name in QUICK_CASES]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default_names = [c.name for c in CASES if not args.quick or c.name in QUICK_CASES]
+    if not gpu and not args.quick:
+        default_names = list(CPU_BATCHES)
+    names = args.cases or default_names
     cases = [CASES_BY_NAME[name] for name in names]
     methods = [m for m in args.methods if m in METHODS]
+    keras_methods = {m: KERAS[m] for m in args.methods if m in KERAS}
     dtypes = [d for d in args.dtypes if gpu or d != "float32_tf32"]
 
     def batch_of(case):
-        return case.batch if gpu else min(case.batch, args.cpu_batch)
+        if gpu:
+            return case.batch
+        if args.cpu_batch or args.quick:
+            return min(case.batch, args.cpu_batch or 4)
+        return CPU_BATCHES.get(case.name, min(case.batch, 4))
 
-    device_name = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
+    device_name = (
+        torch.cuda.get_device_name()
+        if gpu
+        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    )
     print(f"lc_cuda benchmark on {device_name}; build {lc_cuda.build_info()}", flush=True)
     ceilings = measure_ceilings(device, dtypes)
     print(
@@ -315,7 +356,9 @@ def main(argv=None) -> int:
 
     records = []
     progress = Progress(
-        len(dtypes) * len(cases) * (len(args.directions) * len(methods) + (JAX in args.methods))
+        len(dtypes)
+        * len(cases)
+        * (len(args.directions) * len(methods) + (JAX in args.methods) + bool(keras_methods))
     )
     for key in dtypes:
         with precision(key) as dtype:
@@ -376,6 +419,36 @@ def main(argv=None) -> int:
                     record.update(floor_ms=floor, bytes=bytes_, flops=flops)
                 records += jax_records
                 cached_sets.clear()
+            if keras_methods:
+                keras_records = run_keras(
+                    keras_methods,
+                    cases,
+                    key,
+                    batch_of,
+                    list(args.directions),
+                    repeats,
+                    sets_of,
+                    torch.get_num_threads(),
+                )
+                for case in cases:
+                    progress.step(f"{key} {case.name} keras")
+                for record in keras_records:
+                    if "status" not in record:
+                        ok = record["error"] <= TOLERANCE[key]
+                        record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
+                        if not ok:
+                            record.pop("ms", None)
+                    floor, bytes_, flops = floor_ms(
+                        CASES_BY_NAME[record["case"]],
+                        record["direction"],
+                        record["batch"],
+                        element_size,
+                        ceilings,
+                        key,
+                    )
+                    record.update(floor_ms=floor, bytes=bytes_, flops=flops)
+                records += keras_records
+                cached_sets.clear()
     progress.close()
 
     result = {
@@ -388,11 +461,16 @@ def main(argv=None) -> int:
         "ceilings": ceilings,
         "dtypes": dtypes,
         "directions": list(args.directions),
-        "methods": [*methods, *([JAX] if JAX in args.methods else [])],
+        "methods": [*methods, *([JAX] if JAX in args.methods else []), *keras_methods],
         "method_descriptions": {
             **{name: METHODS[name].description for name in methods},
             JAX: "jax.lax.conv_general_dilated_local under jax.jit, in its own process "
             "(wall-clock timing around block_until_ready)",
+            **{
+                name: f"tf-keras LocallyConnected2D implementation {number} under tf.function, "
+                "in its own process (ZeroPadding2D first where the case pads)"
+                for name, number in keras_methods.items()
+            },
         },
         "cases": [case.__dict__ for case in cases],
         "records": records,

@@ -69,3 +69,14 @@ CASES = [
 ]
 QUICK_CASES = ("deepface_L6", "convnet_local3", "cunn232_c1", "wide_16x16_c128_k1")
 CASES_BY_NAME = {case.name: case for case in CASES}
+
+# Without a GPU: the CPU issue's cases, at batches that keep a full run to minutes on 2 cores.
+CPU_BATCHES = {
+    "deepface_L4": 8,
+    "deepface_L5": 16,
+    "deepface_L6": 32,
+    "convnet_local3": 128,
+    "yolov1_local": 4,
+    "mid_32x32_c64": 8,
+    "cunn232_c1": 64,
+}

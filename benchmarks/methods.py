@@ -96,3 +96,5 @@ METHODS = {
     )
 }
 JAX = "jax"  # lax.conv_general_dilated_local, timed in its own process
+# tf-keras LocallyConnected2D, implementation 1 and 2, timed in their own process
+KERAS = {"keras_lc2d_impl1": 1, "keras_lc2d_impl2": 2}

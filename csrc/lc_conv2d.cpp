@@ -1,5 +1,5 @@
 // The lc_cuda operator schemas, the argument checks every backend shares, the autocast rule, and
-// the registration of the unfold fallback.
+// the registration of the unfold fallback on CUDA where the build has no kernels.
 #include "lc_conv2d.h"
 #include "lc_cuda_build_config.h"
 
@@ -7,6 +7,9 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
 
 namespace lc_cuda {
 namespace {
@@ -122,6 +125,17 @@ Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& in
   return g;
 }
 
+Backend backend(bool force_unfold) {
+  if (force_unfold) return Backend::unfold;
+  const char* value = std::getenv("LC_CUDA_BACKEND");
+  const std::string name = value == nullptr ? "" : value;
+  if (name.empty() || name == "auto") return Backend::kernels;
+  if (name == "ffma") return Backend::ffma;
+  if (name == "unfold") return Backend::unfold;
+  TORCH_CHECK(false, "LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold' (or unset), got '", name,
+              "'");
+}
+
 namespace {
 
 at::Tensor local_conv2d_unfold(const at::Tensor& input, const at::Tensor& weight,
@@ -169,11 +183,6 @@ TORCH_LIBRARY(lc_cuda, m) {
       "local_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
       "int[2] padding, int[2] dilation, bool shared_bias, bool[3] output_mask, "
       "bool force_unfold=False) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(lc_cuda, CPU, m) {
-  m.impl("local_conv2d", &local_conv2d_unfold);
-  m.impl("local_conv2d_backward", &local_conv2d_backward_unfold);
 }
 
 #if !LC_CUDA_BUILD_CUDA_KERNELS

@@ -39,6 +39,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const Geometry& geometry, bool shared_bias, std::array<bool, 3> output_mask);
 
+// Which implementation a call takes: LC_CUDA_BACKEND, read at every call, so that setting the
+// variable in a running process takes effect. auto (or unset): the kernels of the device (the CPU
+// kernels, or the CUDA kernels where the build has them); ffma: on CUDA, the kernels without
+// tensor cores (the CPU kernels on the CPU); unfold: the fallback. force_unfold (set by
+// unfold_local_conv2d) selects the fallback whatever the variable says.
+enum class Backend { kernels, ffma, unfold };
+Backend backend(bool force_unfold);
+
+// The CPU kernels (csrc/cpu/): blocked per-location GEMMs whose scratch stays within
+// LC_CUDA_CPU_SCRATCH_MB. Outputs are new contiguous tensors; inputs may have any strides.
+at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const Geometry& geometry);
+at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                          const Geometry& geometry);
+at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                           const Geometry& geometry);
+// (C_out,) for a shared bias, (C_out, OH, OW) otherwise.
+at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,
+                         bool shared_bias);
+
 // The hand-written CUDA kernels (csrc/cuda/, CUDA builds only). Outputs are new contiguous
 // tensors; inputs may have any strides. allow_tensor_cores: in float16 and bfloat16 every pass
 // may take its tensor-core kernel (sm_80 and newer) instead of the FFMA one, and so may the

@@ -5,29 +5,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "lc_conv2d.h"
 
 namespace lc_cuda {
 namespace {
-
-enum class Backend { kernels, ffma, unfold };
-
-// LC_CUDA_BACKEND, read at every call, so that setting the variable in a running process takes
-// effect: auto (or unset) for the kernels, ffma for the kernels without tensor cores, unfold for
-// the fallback.
-Backend backend(bool force_unfold) {
-  if (force_unfold) return Backend::unfold;
-  const char* value = std::getenv("LC_CUDA_BACKEND");
-  const std::string name = value == nullptr ? "" : value;
-  if (name.empty() || name == "auto") return Backend::kernels;
-  if (name == "ffma") return Backend::ffma;
-  if (name == "unfold") return Backend::unfold;
-  TORCH_CHECK(false, "LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold' (or unset), got '", name,
-              "'");
-}
 
 at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

@@ -1,0 +1,50 @@
+// The scratch budget of the CPU kernels and the block sizes that keep each pass inside it.
+#include "cpu_blocking.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+namespace lc_cuda {
+namespace cpu {
+
+int64_t scratch_budget_bytes() {
+  constexpr double default_megabytes = 256;
+  const char* value = std::getenv("LC_CUDA_CPU_SCRATCH_MB");
+  if (value == nullptr || *value == '\0') return static_cast<int64_t>(default_megabytes * (1 << 20));
+  char* end = nullptr;
+  const double megabytes = std::strtod(value, &end);
+  TORCH_CHECK(end != value && *end == '\0' && std::isfinite(megabytes) && megabytes > 0,
+              "LC_CUDA_CPU_SCRATCH_MB must be a positive number of megabytes, got '", value, "'");
+  return static_cast<int64_t>(std::max(1.0, megabytes * (1 << 20)));
+}
+
+Blocking choose_blocking(const Geometry& g,
+                         const std::function<int64_t(int64_t, int64_t)>& scratch_bytes) {
+  const int64_t budget = scratch_budget_bytes();
+  // The largest sample count in [1, batch] that fits with this tile, 0 where one sample does not.
+  const auto samples_that_fit = [&](int64_t tile) {
+    int64_t low = 0, high = std::max<int64_t>(g.batch, 1);
+    while (low < high) {
+      const int64_t middle = (low + high + 1) / 2;
+      if (scratch_bytes(middle, tile) <= budget)
+        low = middle;
+      else
+        high = middle - 1;
+    }
+    return low;
+  };
+  const int64_t tile = std::min<int64_t>(g.out_w, 16);
+  const int64_t samples = samples_that_fit(tile);
+  if (samples > 0) return {samples, tile};
+  return {std::max<int64_t>(samples_that_fit(1), 1), 1};
+}
+
+at::Tensor allocate_scratch(int64_t per_thread, int64_t shared) {
+  return at::empty({at::get_num_threads() * per_thread + shared}, at::dtype(at::kByte));
+}
+
+}  // namespace cpu
+}  // namespace lc_cuda

@@ -1,0 +1,65 @@
+// How the CPU kernels cut one call into blocks that fit the scratch budget, and each thread's
+// slice of that scratch.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+
+#include "lc_conv2d.h"
+
+namespace lc_cuda {
+namespace cpu {
+
+// The scratch budget in bytes, for all threads of one call together: LC_CUDA_CPU_SCRATCH_MB
+// (megabytes, 2^20 bytes, fractions allowed), 256 when unset. Read at every call.
+int64_t scratch_budget_bytes();
+
+// A pass works on `samples` samples at a time and stages `tile` neighbouring output locations of
+// one output row at a time.
+struct Blocking {
+  int64_t samples;
+  int64_t tile;
+};
+
+// The largest sample block (at most the batch) whose scratch fits the budget, with tiles of up to
+// 16 locations, or of 1 where even one sample does not fit 16. scratch_bytes(samples, tile) is the
+// pass's scratch for all threads; it must grow with both. At least one sample and one location:
+// where even that exceeds the budget, the pass runs at that size (the README states the bound).
+Blocking choose_blocking(const Geometry& g,
+                         const std::function<int64_t(int64_t samples, int64_t tile)>& scratch_bytes);
+
+// Tiles of an output row: ceil(out_w / tile).
+inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return (g.out_w + tile - 1) / tile; }
+
+// Bytes of `count` elements of `element_size`, rounded up to whole 64-byte cache lines, so
+// that every array carved from a scratch slice starts on its own line.
+inline int64_t line_bytes(int64_t count, int64_t element_size) {
+  return (count * element_size + 63) / 64 * 64;
+}
+
+// One byte tensor holds the scratch of all threads of a pass, `per_thread` bytes each; a thread
+// carves its arrays from its own slice (by at::get_thread_num()), so that nothing is allocated
+// inside the parallel loop.
+class ScratchSlice {
+ public:
+  ScratchSlice(const at::Tensor& scratch, int64_t per_thread)
+      : next_(static_cast<char*>(scratch.data_ptr()) + at::get_thread_num() * per_thread) {}
+  template <typename T>
+  T* take(int64_t count) {
+    T* array = reinterpret_cast<T*>(next_);
+    next_ += line_bytes(count, sizeof(T));
+    return array;
+  }
+
+ private:
+  char* next_;
+};
+
+// The scratch of a pass: `per_thread` bytes for each of at::get_num_threads() threads, plus
+// `shared` bytes at the end for arrays all threads write in disjoint parts.
+at::Tensor allocate_scratch(int64_t per_thread, int64_t shared);
+
+}  // namespace cpu
+}  // namespace lc_cuda

@@ -1,0 +1,89 @@
+// The CPU forward. Every output location is one GEMM: its filter bank (C_out x K, contiguous in
+// the weight) times its packed patches (samples x K). Threads take tiles of neighbouring locations
+// of one output row, so each reads its own part of the weight once per sample block; a tile's
+// results are staged and written to the (N, C_out, OH, OW) output as contiguous runs.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include "cpu_blocking.h"
+#include "cpu_gemm.h"
+#include "patches.h"
+
+namespace lc_cuda {
+
+at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const Geometry& g) {
+  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  if (g.batch == 0) return out;
+  const at::Tensor filters = weight.contiguous();
+  const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const bool shared_bias = bias_values.defined() && bias_values.dim() == 1;
+  const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
+                                 input.stride(3)};
+  const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
+  const int64_t locations = g.locations();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "lc_cuda_cpu_forward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    // Per thread: one location's patches and a tile's staged results.
+    const auto per_thread = [&](int64_t samples, int64_t tile) {
+      return cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
+             cpu::line_bytes(tile * samples * out_channels, sizeof(opmath_t));
+    };
+    const cpu::Blocking block = cpu::choose_blocking(g, [&](int64_t samples, int64_t tile) {
+      return at::get_num_threads() * per_thread(samples, tile);
+    });
+    const int64_t thread_bytes = per_thread(block.samples, block.tile);
+    const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, 0);
+    const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
+
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = filters.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias_values.defined() ? bias_values.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+
+    for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
+      const int64_t samples = std::min(block.samples, g.batch - n0);
+      at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+        const cpu::SingleThreadedBlas one_thread;
+        cpu::ScratchSlice slice(scratch, thread_bytes);
+        scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
+        opmath_t* staged = slice.take<opmath_t>(block.tile * block.samples * out_channels);
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+          const int64_t width = std::min(block.tile, g.out_w - j0);
+          const int64_t first_location = i * g.out_w + j0;
+          for (int64_t t = 0; t < width; ++t) {
+            cpu::pack_patches(in, in_strides, g, i, j0 + t, n0, samples, patches);
+            // staged[t] (C_out x samples, column-major) = filters^T(K x C_out)^T * patches
+            cpu::gemm(/*transpose_a=*/true, /*transpose_b=*/false, out_channels, samples,
+                      patch_size, w + (first_location + t) * out_channels * patch_size,
+                                patch_size, patches, patch_size, /*accumulate=*/false,
+                                staged + t * samples * out_channels, out_channels);
+          }
+          for (int64_t n = 0; n < samples; ++n) {
+            for (int64_t c = 0; c < out_channels; ++c) {
+              scalar_t* run = o + ((n0 + n) * out_channels + c) * locations + first_location;
+              const opmath_t* from = staged + n * out_channels + c;
+              const int64_t from_step = samples * out_channels;
+              if (b == nullptr) {
+                for (int64_t t = 0; t < width; ++t) run[t] = from[t * from_step];
+              } else if (shared_bias) {
+                const opmath_t offset = b[c];
+                for (int64_t t = 0; t < width; ++t) run[t] = from[t * from_step] + offset;
+              } else {
+                const scalar_t* offsets = b + c * locations + first_location;
+                for (int64_t t = 0; t < width; ++t)
+                  run[t] = from[t * from_step] + static_cast<opmath_t>(offsets[t]);
+              }
+            }
+          }
+        }
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace lc_cuda

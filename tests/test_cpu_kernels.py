@@ -1,0 +1,165 @@
+"""The CPU kernels: every dtype against the float64 oracle, also when the scratch budget cuts the
+batch and the output rows into blocks; determinism; 1 against 2 threads; the memory bound; and
+LC_CUDA_BACKEND on the CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cases import make_case
+from test_backward import check_gradients
+from test_forward import check
+
+import lc_cuda
+
+# n, c_in, (h, w), c_out, kernel, stride, padding, dilation
+GEOMETRIES = {
+    "strided_dilated_uneven": (5, 3, (9, 7), 4, (3, 2), (2, 1), (1, 2), (1, 2)),
+    "padded_wide_kernel": (7, 2, (8, 11), 3, (4, 3), (1, 2), (0, 1), (2, 1)),
+    "one_by_one": (3, 4, (6, 6), 5, (1, 1), (1, 1), (0, 0), (1, 1)),
+}
+# The default (one block); about 4 samples per block in float32 (with a last, partial block); one
+# sample and one location at a time.
+BUDGETS_MB = {"default": None, "few_samples": "0.002", "one_sample": "0.00001"}
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture
+def budget(monkeypatch, request):
+    if BUDGETS_MB[request.param] is not None:
+        monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", BUDGETS_MB[request.param])
+    else:
+        monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+    monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS_MB), indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", ["shared", "per_location"])
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_matches_reference_under_blocking(budget, dtype, bias, name):
+    n, c_in, size, c_out, kernel, stride, padding, dilation = GEOMETRIES[name]
+    tensors = make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, "cpu")
+    check(*tensors, stride, padding, dilation)
+    check_gradients(*tensors, stride, padding, dilation)
+
+
+def forward_and_gradients(seed=0, n=9, dtype=torch.float32):
+    input, weight, bias = make_case(
+        n, 3, (12, 10), 6, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", dtype, "cpu", seed
+    )
+    leaves = [t.requires_grad_() for t in (input, weight, bias)]
+    out = lc_cuda.local_conv2d(*leaves, 1, 1)
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1))
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad_output.to(dtype)))
+
+
+@pytest.mark.parametrize("budget", ["default", "one_sample"], indirect=True)
+def test_deterministic_from_run_to_run(budget):
+    first, second = forward_and_gradients(), forward_and_gradients()
+    for name, a, b in zip(("output", "input", "weight", "bias"), first, second):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("budget", ["default", "few_samples"], indirect=True)
+def test_one_and_two_threads_agree(budget):
+    """Every sum runs in an order fixed by the geometry and the sample block, and threads split
+    the work without sharing sums: bitwise equal where the batch is one block at both thread
+    counts. A smaller budget gives each of 2 threads half of it, so smaller sample blocks, which
+    changes the BLAS's rounding: equal up to float32 rounding there."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = forward_and_gradients()
+        torch.set_num_threads(2)
+        two = forward_and_gradients()
+    finally:
+        torch.set_num_threads(threads)
+    for name, a, b in zip(("output", "input", "weight", "bias"), one, two):
+        if os.environ.get("LC_CUDA_CPU_SCRATCH_MB") is None:
+            assert torch.equal(a, b), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+PEAK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {benchmarks!r})
+import host_memory, lc_cuda
+torch.manual_seed(0)
+x = torch.randn(64, 16, 25, 25, requires_grad=True)
+w = torch.randn(21, 21, 16, 16, 5, 5, requires_grad=True)
+b = torch.randn(16, 21, 21, requires_grad=True)
+g = torch.randn(64, 16, 21, 21)
+function = lc_cuda.unfold_local_conv2d if sys.argv[1] == "unfold" else lc_cuda.local_conv2d
+def call():
+    return torch.autograd.grad(function(x, w, b), (x, w, b), g)
+call()
+print(min(host_memory.peak_extra_bytes(call) for _ in range(3)))
+"""
+
+
+def peak_extra_bytes(method, budget_mb):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", LC_CUDA_CPU_SCRATCH_MB=str(budget_mb))
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT.format(benchmarks=benchmarks), method],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_extra_memory_stays_within_the_budget():
+    """Forward + backward of a DeepFace L6 layer at N=64: the fallback's patches and their
+    gradient take ~100 MB; the CPU kernels stay within a 2 MB budget plus what the call returns
+    and keeps (output, the three gradients: ~9 MB)."""
+    outputs = 4 * (64 * 16 * 21 * 21 + 64 * 16 * 25 * 25 + 21 * 21 * 16 * 16 * 25 + 16 * 21 * 21)
+    budget = 2 * 2**20
+    kernels = peak_extra_bytes("kernels", 2)
+    fallback = peak_extra_bytes("unfold", 2)
+    slack = 2 * 2**20  # the allocator's and the profiler-free bookkeeping's own pages
+    assert kernels <= outputs + budget + slack, (kernels, outputs)
+    assert fallback > outputs + 40 * 2**20, fallback  # the measurement sees the fallback's patches
+
+
+def test_unfold_backend_runs_the_fallback_on_the_cpu(monkeypatch):
+    input, weight, bias = make_case(
+        2, 3, (6, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", torch.float32, "cpu"
+    )
+
+    def ops_run():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            lc_cuda.local_conv2d(input, weight, bias, 1, 1)
+        return {event.name for event in profile.events()}
+
+    monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
+    assert "aten::baddbmm" in ops_run()
+    monkeypatch.setenv("LC_CUDA_BACKEND", "auto")
+    assert not {"aten::bmm", "aten::baddbmm"} & ops_run()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_bad_scratch_budget_is_an_error(monkeypatch, value):
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", value)
+    input, weight, _ = make_case(
+        1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
+    )
+    with pytest.raises(RuntimeError, match="LC_CUDA_CPU_SCRATCH_MB must be a positive number"):
+        lc_cuda.local_conv2d(input, weight)
+
+
+def test_bad_backend_is_an_error_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("LC_CUDA_BACKEND", "cudnn")
+    input, weight, _ = make_case(
+        1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
+    )
+    with pytest.raises(RuntimeError, match="LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold'"):
+        lc_cuda.local_conv2d(input, weight)
