@@ -77,9 +77,10 @@ if [ $failed -eq 0 ]; then
     --out "$PWD/gpu_check_bench" "${help[@]}"
   cp gpu_check_bench/results.json "$out/bench_results.json" 2>/dev/null
 fi
-# On request, the CPU emulation of the kernels with all its checks and ThreadSanitizer on every
-# case (CI runs a reduced set): LC_GPU_CHECK_EMULATION=1. Last, so that it never holds up the GPU
-# steps; it takes minutes even on many cores.
+# The CPU pre-flight, before a GPU session: `LC_GPU_CHECK_EMULATION=1 bash tools/gpu_check.sh
+# --dry-run` adds the CPU emulation of the kernels with all its checks and ThreadSanitizer on
+# every case (CI runs a reduced set; about 10 CPU-minutes). It needs no GPU, so it is not meant
+# for the GPU machine's scarce time; it runs last so that it never holds up the GPU steps.
 if [ "${LC_GPU_CHECK_EMULATION:-0}" = 1 ]; then
   step emulation env LC_EMULATION_TSAN_CASES=all "$python" -m pytest -q -p no:cacheprovider \
     tests/test_kernel_emulation.py
