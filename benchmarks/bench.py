@@ -207,6 +207,21 @@ def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
     return record
 
 
+def with_floors(records: list[dict], element_size: int, ceilings: dict, key) -> list[dict]:
+    """Adds the roofline floor to records measured in another process (JAX, Keras)."""
+    for record in records:
+        floor, bytes_, flops = floor_ms(
+            CASES_BY_NAME[record["case"]],
+            record["direction"],
+            record["batch"],
+            element_size,
+            ceilings,
+            key,
+        )
+        record.update(floor_ms=floor, bytes=bytes_, flops=flops)
+    return records
+
+
 def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[dict]:
     """JAX in its own process, on the same inputs (saved as float32 .npz files)."""
     records = []
@@ -407,17 +422,7 @@ def main(argv=None) -> int:
                 )
                 for case in cases:
                     progress.step(f"{key} {case.name} jax")
-                for record in jax_records:
-                    floor, bytes_, flops = floor_ms(
-                        CASES_BY_NAME[record["case"]],
-                        record["direction"],
-                        record["batch"],
-                        element_size,
-                        ceilings,
-                        key,
-                    )
-                    record.update(floor_ms=floor, bytes=bytes_, flops=flops)
-                records += jax_records
+                records += with_floors(jax_records, element_size, ceilings, key)
                 cached_sets.clear()
             if keras_methods:
                 keras_records = run_keras(
@@ -438,16 +443,7 @@ def main(argv=None) -> int:
                         record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
                         if not ok:
                             record.pop("ms", None)
-                    floor, bytes_, flops = floor_ms(
-                        CASES_BY_NAME[record["case"]],
-                        record["direction"],
-                        record["batch"],
-                        element_size,
-                        ceilings,
-                        key,
-                    )
-                    record.update(floor_ms=floor, bytes=bytes_, flops=flops)
-                records += keras_records
+                records += with_floors(keras_records, element_size, ceilings, key)
                 cached_sets.clear()
     progress.close()
 
