@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +40,7 @@ from ceilings import PRECISIONS, measure_ceilings, precision
 from keras_tasks import run_keras
 from methods import JAX, KERAS, METHODS, Method, environment
 from report import print_table, write_all
+from runner_process import run_tasks
 from timing import median_ms, peak_extra_bytes
 
 import lc_cuda
@@ -208,8 +207,14 @@ def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
 
 
 def with_floors(records: list[dict], element_size: int, ceilings: dict, key) -> list[dict]:
-    """Adds the roofline floor to records measured in another process (JAX, Keras)."""
+    """Checks records measured in another process (JAX, Keras) against the tolerance, as
+    measure_method does, and adds the roofline floor."""
     for record in records:
+        if "status" not in record:
+            ok = record["error"] <= TOLERANCE[key]
+            record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
+            if not ok:
+                record.pop("ms", None)
         floor, bytes_, flops = floor_ms(
             CASES_BY_NAME[record["case"]],
             record["direction"],
@@ -252,38 +257,23 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
                     "repeats": repeats,
                 }
             )
-        tasks_path, results_path = (
-            os.path.join(folder, "tasks.json"),
-            os.path.join(folder, "results.json"),
-        )
-        Path(tasks_path).write_text(json.dumps(tasks))
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         if device.type != "cuda":
             env["JAX_PLATFORMS"] = "cpu"
-        run = subprocess.run(
-            [sys.executable, str(HERE / "jax_runner.py"), tasks_path, results_path],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if run.returncode != 0:
+        results, failure = run_tasks(HERE / "jax_runner.py", tasks, folder, env)
+        if failure:
             return [
                 {
                     "case": t["case"],
                     "dtype": key,
                     "direction": d,
                     "method": JAX,
-                    "status": f"failed: {run.stderr.strip().splitlines()[-1][:120]}",
+                    "status": f"failed: {failure}",
                 }
                 for t in tasks
                 for d in directions
             ]
-        for record in json.loads(Path(results_path).read_text()):
-            if "status" not in record:
-                ok = record["error"] <= TOLERANCE[key]
-                record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
-                if not ok:
-                    record.pop("ms", None)
+        for record in results:
             peak = record.pop("peak_bytes", None)
             record["peak_extra_MB"] = None if peak is None else peak / 2**20
             record["batch"] = batch_of(CASES_BY_NAME[record["case"]])
@@ -437,12 +427,6 @@ def main(argv=None) -> int:
                 )
                 for case in cases:
                     progress.step(f"{key} {case.name} keras")
-                for record in keras_records:
-                    if "status" not in record:
-                        ok = record["error"] <= TOLERANCE[key]
-                        record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
-                        if not ok:
-                            record.pop("ms", None)
                 records += with_floors(keras_records, element_size, ceilings, key)
                 cached_sets.clear()
     progress.close()

@@ -3,15 +3,13 @@ benchmark's tensors and runs keras_runner.py in its own process, as run_jax does
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from runner_process import run_tasks
 
 import lc_cuda
 from lc_cuda import convert
@@ -76,25 +74,16 @@ def run_keras(methods, cases, key, batch_of, directions, repeats, sets_of, threa
                 })  # fmt: skip
         if not tasks:
             return records
-        tasks_path = os.path.join(folder, "tasks.json")
-        results_path = os.path.join(folder, "results.json")
-        Path(tasks_path).write_text(json.dumps(tasks))
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-        run = subprocess.run(
-            [sys.executable, str(HERE / "keras_runner.py"), tasks_path, results_path],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if run.returncode != 0:
-            reason = (run.stderr.strip().splitlines() or ["no output"])[-1][:120]
+        results, failure = run_tasks(HERE / "keras_runner.py", tasks, folder, env)
+        if failure:
             return records + [
                 {"case": t["case"], "dtype": key, "direction": d, "method": t["method"],
-                 "batch": batch_of_name(cases, batch_of, t["case"]), "status": f"failed: {reason}"}
+                 "batch": batch_of_name(cases, batch_of, t["case"]), "status": f"failed: {failure}"}
                 for t in tasks
                 for d in directions
             ]  # fmt: skip
-        for record in json.loads(Path(results_path).read_text()):
+        for record in results:
             record["batch"] = batch_of_name(cases, batch_of, record["case"])
             records.append(record)
     return records
