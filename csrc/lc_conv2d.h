@@ -42,19 +42,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
 // Which implementation a call takes: LC_CUDA_BACKEND, read at every call, so that setting the
 // variable in a running process takes effect. auto (or unset): the kernels of the device (the CPU
 // kernels, or the CUDA kernels where the build has them); ffma: on CUDA, the kernels without
-// tensor cores (the CPU kernels on the CPU); unfold: the fallback. force_unfold (set by
+// tensor cores, on the CPU the CPU kernels without the AVX-512 products (a BLAS call per
+// location, as on CPUs without AVX-512); unfold: the fallback. force_unfold (set by
 // unfold_local_conv2d) selects the fallback whatever the variable says.
 enum class Backend { kernels, ffma, unfold };
 Backend backend(bool force_unfold);
 
-// The CPU kernels (csrc/cpu/): blocked per-location GEMMs whose scratch stays within
+// The CPU kernels (csrc/cpu/): blocked per-location products whose scratch stays within
 // LC_CUDA_CPU_SCRATCH_MB. Outputs are new contiguous tensors; inputs may have any strides.
+// hand_written: float32 products go through the AVX-512 kernels (the caller checks that the CPU
+// has AVX-512); otherwise every product is a BLAS call.
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias, const Geometry& geometry);
+                       const std::optional<at::Tensor>& bias, const Geometry& geometry,
+                       bool hand_written);
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                          const Geometry& geometry);
+                          const Geometry& geometry, bool hand_written);
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                           const Geometry& geometry);
+                           const Geometry& geometry, bool hand_written);
 // (C_out,) for a shared bias, (C_out, OH, OW) otherwise.
 at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,
                          bool shared_bias);

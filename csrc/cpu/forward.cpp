@@ -6,14 +6,17 @@
 #include <ATen/Dispatch.h>
 
 #include "cpu_blocking.h"
-#include "cpu_gemm.h"
+#include "huge_pages.h"
+#include "location_products.h"
 #include "patches.h"
 
 namespace lc_cuda {
 
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias, const Geometry& g) {
-  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+                       const std::optional<at::Tensor>& bias, const Geometry& g,
+                       bool hand_written) {
+  auto out = cpu::empty_on_huge_pages({g.batch, g.out_channels, g.out_h, g.out_w},
+                                      input.options());
   if (g.batch == 0) return out;
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -22,14 +25,17 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                                  input.stride(3)};
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
   const int64_t locations = g.locations();
+  const int64_t row_count = g.in_channels * g.kernel_h;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // Per thread: one location's patches and a tile's staged results.
+    // Per thread: one location's patch rows and patches, and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
-      return cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
-             cpu::line_bytes(tile * samples * out_channels, sizeof(opmath_t));
+      return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
+             cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
+             cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
+                             sizeof(opmath_t));
     };
     const cpu::Blocking block = cpu::choose_blocking(g, [&](int64_t samples, int64_t tile) {
       return at::get_num_threads() * per_thread(samples, tile);
@@ -37,6 +43,8 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     const int64_t thread_bytes = per_thread(block.samples, block.tile);
     const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, 0);
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
+    const int64_t staged_stride =
+        cpu::staged_stride(block.samples, out_channels, sizeof(opmath_t));
 
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* w = filters.const_data_ptr<scalar_t>();
@@ -48,34 +56,34 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
       at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(scratch, thread_bytes);
+        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
         scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
-        opmath_t* staged = slice.take<opmath_t>(block.tile * block.samples * out_channels);
+        opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
           const int64_t width = std::min(block.tile, g.out_w - j0);
           const int64_t first_location = i * g.out_w + j0;
           for (int64_t t = 0; t < width; ++t) {
-            cpu::pack_patches(in, in_strides, g, i, j0 + t, n0, samples, patches);
-            // staged[t] (C_out x samples, column-major) = filters^T(K x C_out)^T * patches
-            cpu::gemm(/*transpose_a=*/true, /*transpose_b=*/false, out_channels, samples,
-                      patch_size, w + (first_location + t) * out_channels * patch_size,
-                                patch_size, patches, patch_size, /*accumulate=*/false,
-                                staged + t * samples * out_channels, out_channels);
+            cpu::patch_rows(g, in_strides, i, j0 + t, rows);
+            cpu::pack_location(hand_written, in + n0 * in_strides.n, in_strides, rows, g,
+                               samples, patches);
+            cpu::location_forward(hand_written, out_channels, samples, patch_size,
+                                  w + (first_location + t) * out_channels * patch_size, patches,
+                                  staged + t * staged_stride);
           }
           for (int64_t n = 0; n < samples; ++n) {
             for (int64_t c = 0; c < out_channels; ++c) {
               scalar_t* run = o + ((n0 + n) * out_channels + c) * locations + first_location;
               const opmath_t* from = staged + n * out_channels + c;
-              const int64_t from_step = samples * out_channels;
               if (b == nullptr) {
-                for (int64_t t = 0; t < width; ++t) run[t] = from[t * from_step];
+                for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride];
               } else if (shared_bias) {
                 const opmath_t offset = b[c];
-                for (int64_t t = 0; t < width; ++t) run[t] = from[t * from_step] + offset;
+                for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride] + offset;
               } else {
                 const scalar_t* offsets = b + c * locations + first_location;
                 for (int64_t t = 0; t < width; ++t)
-                  run[t] = from[t * from_step] + static_cast<opmath_t>(offsets[t]);
+                  run[t] = from[t * staged_stride] + static_cast<opmath_t>(offsets[t]);
               }
             }
           }

@@ -11,17 +11,21 @@
 #include <type_traits>
 
 #include "cpu_blocking.h"
-#include "cpu_gemm.h"
+#include "huge_pages.h"
+#include "location_products.h"
 #include "patches.h"
 
 namespace lc_cuda {
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                          const Geometry& g) {
+                          const Geometry& g, bool hand_written) {
   const at::Tensor filters = weight.contiguous();
   const cpu::Strides4 go_strides{grad_output.stride(0), grad_output.stride(1),
                                  grad_output.stride(2), grad_output.stride(3)};
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
   const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
+  const int64_t row_count = g.in_channels * g.kernel_h;
+  // The strides of the contiguous block the patch gradients are added into.
+  const cpu::Strides4 block_strides{sample_size, g.in_h * g.in_w, g.in_w, 1};
   // Output rows per block: blocks b and b + 2 read disjoint input rows when the kernel's span
   // fits in (rows + 1) strides.
   const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1;
@@ -36,14 +40,15 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     // float and double sum straight into grad_input; float16 and bfloat16 into a float block of
     // the scratch, rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    grad_input = in_place ? at::zeros({g.batch, g.in_channels, g.in_h, g.in_w},
-                                      grad_output.options())
-                          : at::empty({g.batch, g.in_channels, g.in_h, g.in_w},
-                                      grad_output.options());
+    grad_input = cpu::empty_on_huge_pages({g.batch, g.in_channels, g.in_h, g.in_w},
+                                          grad_output.options());
+    if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
-    // Per thread: a tile's staged grad_output and one location's patch gradients.
+    // Per thread: a tile's staged grad_output, one location's patch rows and patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
-      return cpu::line_bytes(tile * samples * out_channels, sizeof(scalar_t)) +
+      return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
+                             sizeof(scalar_t)) +
+             cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(opmath_t));
     };
     const auto shared = [&](int64_t samples) {
@@ -56,6 +61,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     const int64_t threads_bytes = at::get_num_threads() * thread_bytes;
     const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, shared(block.samples));
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
+    const int64_t staged_stride =
+        cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
 
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* w = filters.const_data_ptr<scalar_t>();
@@ -71,8 +78,9 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
         const int64_t phase_blocks = (row_blocks - phase + 1) / 2;
         at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
-        cpu::ScratchSlice slice(scratch, thread_bytes);
-          scalar_t* staged = slice.take<scalar_t>(block.tile * block.samples * out_channels);
+          cpu::ScratchSlice slice(scratch, thread_bytes);
+          scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
+          cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
           for (int64_t index = begin; index < end; ++index) {
             const int64_t first_row = (2 * index + phase) * block_rows;
@@ -81,16 +89,15 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
               for (int64_t tile = 0; tile < row_tiles; ++tile) {
                 const int64_t j0 = tile * block.tile;
                 const int64_t width = std::min(block.tile, g.out_w - j0);
-                cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples, staged);
+                cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples,
+                                       staged_stride, staged);
                 for (int64_t t = 0; t < width; ++t) {
                   const int64_t location = i * g.out_w + j0 + t;
-                  // grad_patches (K x samples, column-major) = filters(K x C_out) * staged[t]
-                  cpu::gemm(/*transpose_a=*/false, /*transpose_b=*/false, patch_size, samples,
-                                      out_channels, w + location * out_channels * patch_size,
-                                      patch_size, staged + t * samples * out_channels,
-                                      out_channels, /*accumulate=*/false, grad_patches,
-                                      patch_size);
-                  cpu::scatter_add_patches(grad_patches, g, i, j0 + t, samples, sums);
+                  cpu::location_grad_patches(hand_written, out_channels, samples, patch_size,
+                                             w + location * out_channels * patch_size,
+                                             staged + t * staged_stride, grad_patches);
+                  cpu::patch_rows(g, block_strides, i, j0 + t, rows);
+                  cpu::scatter_location(hand_written, grad_patches, rows, g, samples, sums);
                 }
               }
             }

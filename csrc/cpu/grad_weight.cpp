@@ -10,16 +10,16 @@
 #include <type_traits>
 
 #include "cpu_blocking.h"
-#include "cpu_gemm.h"
+#include "huge_pages.h"
+#include "location_products.h"
 #include "patches.h"
 
 namespace lc_cuda {
 
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                           const Geometry& g) {
-  auto grad_weight = at::empty({g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h,
-                                g.kernel_w},
-                               input.options());
+                           const Geometry& g, bool hand_written) {
+  auto grad_weight = cpu::empty_on_huge_pages(
+      {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
   if (g.batch == 0) return grad_weight.zero_();
   const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
                                  input.stride(3)};
@@ -27,6 +27,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                  grad_output.stride(2), grad_output.stride(3)};
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
   const int64_t filter_size = out_channels * patch_size;
+  const int64_t row_count = g.in_channels * g.kernel_h;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_grad_weight", [&] {
@@ -34,9 +35,12 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // float and double sum straight into grad_weight; float16 and bfloat16 into float sums per
     // location of the tile, rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    // Per thread: a tile's staged grad_output, one location's patches, the tile's float sums.
+    // Per thread: a tile's staged grad_output, one location's patch rows and patches, the tile's
+    // float sums.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
-      return cpu::line_bytes(tile * samples * out_channels, sizeof(scalar_t)) +
+      return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
+                             sizeof(scalar_t)) +
+             cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
              (in_place ? 0 : cpu::line_bytes(tile * filter_size, sizeof(opmath_t)));
     };
@@ -46,6 +50,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     const int64_t thread_bytes = per_thread(block.samples, block.tile);
     const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, 0);
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
+    const int64_t staged_stride =
+        cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
 
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
@@ -53,8 +59,9 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 
     at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
       const cpu::SingleThreadedBlas one_thread;
-        cpu::ScratchSlice slice(scratch, thread_bytes);
-      scalar_t* staged = slice.take<scalar_t>(block.tile * block.samples * out_channels);
+      cpu::ScratchSlice slice(scratch, thread_bytes);
+      scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
+      cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
       opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
       for (int64_t unit = begin; unit < end; ++unit) {
@@ -63,17 +70,19 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         const int64_t first_location = i * g.out_w + j0;
         for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
           const int64_t samples = std::min(block.samples, g.batch - n0);
-          cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples, staged);
+          cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples, staged_stride,
+                                 staged);
           for (int64_t t = 0; t < width; ++t) {
-            cpu::pack_patches(in, in_strides, g, i, j0 + t, n0, samples, patches);
+            cpu::patch_rows(g, in_strides, i, j0 + t, rows);
+            cpu::pack_location(hand_written, in + n0 * in_strides.n, in_strides, rows, g,
+                               samples, patches);
             opmath_t* sums = in_place
                                  ? reinterpret_cast<opmath_t*>(gw + (first_location + t) *
                                                                         filter_size)
                                  : tile_sums + t * filter_size;
-            // sums (K x C_out, column-major) += patches^T(K x samples) * staged[t]^T
-            cpu::gemm(/*transpose_a=*/false, /*transpose_b=*/true, patch_size, out_channels,
-                      samples, patches, patch_size, staged + t * samples * out_channels,
-                                out_channels, /*accumulate=*/n0 > 0, sums, patch_size);
+            cpu::location_grad_filters(hand_written, out_channels, samples, patch_size, patches,
+                                       staged + t * staged_stride, /*accumulate=*/n0 > 0,
+                                       sums);
           }
         }
         if constexpr (!in_place) {

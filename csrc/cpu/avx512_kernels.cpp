@@ -1,0 +1,332 @@
+// The AVX-512 location products. Compiled for AVX-512F by function attribute, not by a global
+// flag, so that the library still loads on any x86-64 CPU; callers check cpu_has_avx512() first.
+//
+// Each product is a register-blocked micro-kernel, templated on its block sizes so that the
+// accumulators stay in zmm registers, and a driver that cuts the location into blocks:
+// - forward: dot products along K (both operands are K-contiguous), 4 filters x up to 6 samples,
+//   each accumulator reduced across its lanes once at the end;
+// - grad_patches: 64 columns of K x up to 6 samples, a broadcast of grad_output times a row of
+//   filters per output channel;
+// - grad_filters: 64 columns of K x up to 6 filters, a broadcast of grad_output times a row of
+//   patches per sample.
+// The last vector of a row of K is loaded and stored under a mask, so nothing is read or
+// written past a row.
+#include "avx512_kernels.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#define LC_AVX512 __attribute__((target("avx512f,fma")))
+
+namespace lc_cuda {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int kMaxBlock = 6;  // filters or samples per block: 6 x 4 accumulators + operands fit
+constexpr int kChunkVectors = 4;
+constexpr int64_t kChunk = kChunkVectors * kLanes;  // columns of K per grad block
+// Forward blocks: kForwardFilters x kForwardSamples accumulators.
+constexpr int kForwardFilters = 4;
+constexpr int kForwardSamples = 6;
+// The forward streams its filters from memory once, one block of rows at a time; it prefetches
+// them into L2 this many rows ahead (measured best of 4, 8, 16 rows and L1 or L2, DeepFace L4).
+constexpr int64_t kForwardAheadRows = 8;
+
+// The lanes of the last vector of a run of `count` columns (all 16 for a full vector).
+inline __mmask16 tail_mask(int64_t count) {
+  return count >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+}
+
+// Splits `total` into ceil(total / most) blocks of near-equal size: block b starts at first(b)
+// and holds size(b) rows, so that no block is left with one or two rows.
+struct EvenBlocks {
+  int64_t count, base, larger;
+  EvenBlocks(int64_t total, int64_t most)
+      : count((total + most - 1) / most),
+        base(total / count),
+        larger(total % count) {}
+  int64_t first(int64_t b) const { return b * base + std::min(b, larger); }
+  int64_t size(int64_t b) const { return base + (b < larger ? 1 : 0); }
+};
+
+// ---- forward: FB filters x SB samples of dot products along K ----
+template <int FB, int SB>
+LC_AVX512 void forward_block(int64_t out_channels, int64_t patch_size, const float* filters,
+                             const float* patches, float* out) {
+  __m512 acc[FB][SB];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) acc[f][s] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < patch_size; k += kLanes) {
+    const __mmask16 mask = tail_mask(patch_size - k);
+    __m512 w[FB];
+#pragma GCC unroll 6
+    for (int f = 0; f < FB; ++f) {
+      // (A prefetch past the end of the filters is harmless.)
+      _mm_prefetch(
+          reinterpret_cast<const char*>(filters + (f + kForwardAheadRows) * patch_size + k),
+          _MM_HINT_T1);
+      w[f] = _mm512_maskz_loadu_ps(mask, filters + f * patch_size + k);
+    }
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) {
+      const __m512 p = _mm512_maskz_loadu_ps(mask, patches + s * patch_size + k);
+#pragma GCC unroll 6
+      for (int f = 0; f < FB; ++f) acc[f][s] = _mm512_fmadd_ps(w[f], p, acc[f][s]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) out[s * out_channels + f] = _mm512_reduce_add_ps(acc[f][s]);
+}
+
+// ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
+template <int SB, int CV>
+LC_AVX512 void grad_patches_block(int64_t out_channels, int64_t patch_size, __mmask16 last,
+                                  const float* filters, const float* grad_output,
+                                  float* grad_patches, bool prefetch) {
+  __m512 acc[SB][CV];
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) acc[s][v] = _mm512_setzero_ps();
+  for (int64_t o = 0; o < out_channels; ++o) {
+    const float* row = filters + o * patch_size;
+    // The filters stream from memory once, one chunk of every row at a time: fetch this row's
+    // chunk after next into L2 while this one is used (measured best of 1, 2 and 4 chunks ahead,
+    // into L1 or L2; a prefetch past the row's end is harmless).
+    if (prefetch) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kChunkVectors; ++v)
+        _mm_prefetch(reinterpret_cast<const char*>(row + 2 * kChunk + v * kLanes), _MM_HINT_T1);
+    }
+    __m512 w[CV];
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v)
+      w[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, row + v * kLanes)
+                         : _mm512_loadu_ps(row + v * kLanes);
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) {
+      const __m512 g = _mm512_set1_ps(grad_output[s * out_channels + o]);
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[s][v] = _mm512_fmadd_ps(g, w[v], acc[s][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      float* to = grad_patches + s * patch_size + v * kLanes;
+      if (v == CV - 1)
+        _mm512_mask_storeu_ps(to, last, acc[s][v]);
+      else
+        _mm512_storeu_ps(to, acc[s][v]);
+    }
+}
+
+// ---- grad_filters: FB filters x CV vectors of K, summed over the samples ----
+template <int FB, int CV>
+LC_AVX512 void grad_filters_block(int64_t out_channels, int64_t samples, int64_t patch_size,
+                                  __mmask16 last, const float* patches, const float* grad_output,
+                                  bool accumulate, float* grad_filters) {
+  __m512 acc[FB][CV];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      const float* from = grad_filters + f * patch_size + v * kLanes;
+      const __mmask16 mask = v == CV - 1 ? last : __mmask16(0xFFFF);
+      acc[f][v] = accumulate ? _mm512_maskz_loadu_ps(mask, from) : _mm512_setzero_ps();
+    }
+  for (int64_t s = 0; s < samples; ++s) {
+    const float* row = patches + s * patch_size;
+    __m512 p[CV];
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v)
+      p[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, row + v * kLanes)
+                         : _mm512_loadu_ps(row + v * kLanes);
+#pragma GCC unroll 6
+    for (int f = 0; f < FB; ++f) {
+      const __m512 g = _mm512_set1_ps(grad_output[s * out_channels + f]);
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[f][v] = _mm512_fmadd_ps(g, p[v], acc[f][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      float* to = grad_filters + f * patch_size + v * kLanes;
+      if (v == CV - 1)
+        _mm512_mask_storeu_ps(to, last, acc[f][v]);
+      else
+        _mm512_storeu_ps(to, acc[f][v]);
+    }
+}
+
+// Tables of the instantiations, indexed [rows - 1][second size - 1].
+template <typename Fn, template <int> class Pick, int... Rows, int... Cols>
+constexpr auto make_table(std::integer_sequence<int, Rows...>,
+                          std::integer_sequence<int, Cols...>) {
+  return std::array<std::array<Fn, sizeof...(Cols)>, sizeof...(Rows)>{
+      Pick<Rows + 1>::template row<(Cols + 1)...>()...};
+}
+
+using ForwardFn = void (*)(int64_t, int64_t, const float*, const float*, float*);
+using GradPatchesFn = void (*)(int64_t, int64_t, __mmask16, const float*, const float*, float*,
+                               bool);
+using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, __mmask16, const float*, const float*,
+                               bool, float*);
+
+template <int Rows>
+struct PickForward {
+  template <int... Cols>
+  static constexpr std::array<ForwardFn, sizeof...(Cols)> row() {
+    return {&forward_block<Rows, Cols>...};
+  }
+};
+template <int Rows>
+struct PickGradPatches {
+  template <int... Cols>
+  static constexpr std::array<GradPatchesFn, sizeof...(Cols)> row() {
+    return {&grad_patches_block<Rows, Cols>...};
+  }
+};
+template <int Rows>
+struct PickGradFilters {
+  template <int... Cols>
+  static constexpr std::array<GradFiltersFn, sizeof...(Cols)> row() {
+    return {&grad_filters_block<Rows, Cols>...};
+  }
+};
+
+const auto forward_table = make_table<ForwardFn, PickForward>(
+    std::make_integer_sequence<int, kForwardFilters>{},
+    std::make_integer_sequence<int, kForwardSamples>{});
+const auto grad_patches_table = make_table<GradPatchesFn, PickGradPatches>(
+    std::make_integer_sequence<int, kMaxBlock>{},
+    std::make_integer_sequence<int, kChunkVectors>{});
+const auto grad_filters_table = make_table<GradFiltersFn, PickGradFilters>(
+    std::make_integer_sequence<int, kMaxBlock>{},
+    std::make_integer_sequence<int, kChunkVectors>{});
+
+// The vectors of the chunk of K starting at k, and the mask of its last one.
+struct Chunk {
+  int vectors;
+  __mmask16 last;
+};
+inline Chunk chunk_at(int64_t patch_size, int64_t k) {
+  const int64_t width = std::min<int64_t>(kChunk, patch_size - k);
+  const int vectors = static_cast<int>((width + kLanes - 1) / kLanes);
+  return {vectors, tail_mask(width - (vectors - 1) * kLanes)};
+}
+
+// The lanes of columns [first, last) of the 16 columns starting at `start`.
+inline __mmask16 column_mask(int64_t start, int64_t first, int64_t last) {
+  const int64_t from = std::max<int64_t>(first - start, 0);
+  const int64_t to = std::min<int64_t>(last - start, kLanes);
+  return to > from ? __mmask16(((1u << to) - 1) & ~((1u << from) - 1)) : __mmask16(0);
+}
+
+}  // namespace
+
+bool cpu_has_avx512() {
+  static const bool available = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return available;
+}
+
+void avx512_forward(int64_t out_channels, int64_t samples, int64_t patch_size,
+                    const float* filters, const float* patches, float* out) {
+  const EvenBlocks sample_blocks(samples, kForwardSamples);
+  for (int64_t o = 0; o < out_channels; o += kForwardFilters) {
+    const int64_t rows = std::min<int64_t>(kForwardFilters, out_channels - o);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      forward_table[rows - 1][sample_blocks.size(b) - 1](
+          out_channels, patch_size, filters + o * patch_size, patches + s * patch_size,
+          out + s * out_channels + o);
+    }
+  }
+}
+
+void avx512_grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
+                         const float* filters, const float* grad_output, float* grad_patches) {
+  const EvenBlocks sample_blocks(samples, kMaxBlock);
+  for (int64_t k = 0; k < patch_size; k += kChunk) {
+    const Chunk chunk = chunk_at(patch_size, k);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      grad_patches_table[sample_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, patch_size, chunk.last, filters + k, grad_output + s * out_channels,
+          grad_patches + s * patch_size + k, /*prefetch=*/b == 0);
+    }
+  }
+}
+
+void avx512_grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
+                         const float* patches, const float* grad_output, bool accumulate,
+                         float* grad_filters) {
+  const EvenBlocks filter_blocks(out_channels, kMaxBlock);
+  for (int64_t b = 0; b < filter_blocks.count; ++b) {
+    const int64_t o = filter_blocks.first(b);
+    for (int64_t k = 0; k < patch_size; k += kChunk) {
+      const Chunk chunk = chunk_at(patch_size, k);
+      grad_filters_table[filter_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, samples, patch_size, chunk.last, patches + k, grad_output + o,
+          accumulate, grad_filters + o * patch_size + k);
+    }
+  }
+}
+
+LC_AVX512 void avx512_pack_patches(const float* input, int64_t sample_stride,
+                                   const PatchRow* rows, const Geometry& g, int64_t samples,
+                                   float* patches) {
+  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  for (int64_t n = 0; n < samples; ++n) {
+    const float* sample = input + n * sample_stride;
+    float* to = patches + n * g.patch_size();
+    for (int64_t r = 0; r < row_count; ++r, to += kernel_w) {
+      const PatchRow& row = rows[r];
+      // Column q of the row reads sample[row.source + q - row.first]; masked-off lanes are
+      // neither read nor written.
+      const float* from = sample + row.source - row.first;
+      for (int64_t q = 0; q < kernel_w; q += kLanes) {
+        const __m512 values =
+            _mm512_maskz_loadu_ps(column_mask(q, row.first, row.last), from + q);
+        _mm512_mask_storeu_ps(to + q, tail_mask(kernel_w - q), values);
+      }
+    }
+  }
+}
+
+LC_AVX512 void avx512_scatter_add_patches(const float* grad_patches, const PatchRow* rows,
+                                          const Geometry& g, int64_t samples, float* grad_input) {
+  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
+  for (int64_t n = 0; n < samples; ++n) {
+    float* sample = grad_input + n * sample_size;
+    const float* from = grad_patches + n * g.patch_size();
+    for (int64_t r = 0; r < row_count; ++r, from += kernel_w) {
+      const PatchRow& row = rows[r];
+      float* to = sample + row.source - row.first;
+      for (int64_t q = 0; q < kernel_w; q += kLanes) {
+        const __mmask16 mask = column_mask(q, row.first, row.last);
+        const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, to + q),
+                                         _mm512_maskz_loadu_ps(mask, from + q));
+        _mm512_mask_storeu_ps(to + q, mask, sum);
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace lc_cuda
