@@ -47,6 +47,37 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
     check_gradients(*tensors, stride, padding, dilation)
 
 
+# Geometries that reach every branch of the AVX-512 float32 path: a patch whose last vector is
+# partial (K = 255, 333), more kernel columns than one vector holds (17), C_out not a multiple of
+# the forward's 4 filters (7, 17, 6), sample counts that split into uneven blocks (13, 9, 33),
+# padding on every side, and a tiny patch (K = 9) with a power-of-two plane.
+# n, c_in, (h, w), c_out, kernel, stride, padding, dilation
+FLOAT32_PATH_GEOMETRIES = {
+    "wide_kernel": (13, 5, (7, 21), 7, (3, 17), (1, 1), (1, 2), (1, 1)),
+    "long_patch": (9, 37, (6, 6), 6, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "tiny_patch": (33, 1, (16, 16), 17, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "strided_dilated": (6, 4, (11, 10), 5, (3, 3), (2, 1), (2, 1), (2, 2)),
+}
+
+
+@pytest.mark.parametrize("backend", ["auto", "ffma"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", sorted(FLOAT32_PATH_GEOMETRIES))
+def test_float32_paths_match_reference(monkeypatch, backend, layout, name):
+    """auto takes the AVX-512 products where the CPU has AVX-512 (the vectorised packing only for
+    contiguous rows, dilation_w 1), ffma the BLAS products: both against the float64 oracle."""
+    monkeypatch.setenv("LC_CUDA_BACKEND", backend)
+    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+    n, c_in, size, c_out, kernel, stride, padding, dilation = FLOAT32_PATH_GEOMETRIES[name]
+    input, weight, bias = make_case(
+        n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location", torch.float32, "cpu"
+    )
+    if layout == "channels_last":
+        input = input.contiguous(memory_format=torch.channels_last)
+    check(input, weight, bias, stride, padding, dilation)
+    check_gradients(input, weight, bias, stride, padding, dilation)
+
+
 def forward_and_gradients(seed=0, n=9, dtype=torch.float32):
     input, weight, bias = make_case(
         n, 3, (12, 10), 6, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", dtype, "cpu", seed

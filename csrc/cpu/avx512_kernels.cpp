@@ -29,6 +29,7 @@ constexpr int kLanes = 16;
 constexpr int kMaxBlock = 6;  // filters or samples per block: 6 x 4 accumulators + operands fit
 constexpr int kChunkVectors = 4;
 constexpr int64_t kChunk = kChunkVectors * kLanes;  // columns of K per grad block
+constexpr int64_t kSampleGroup = 4;  // samples packed or scattered together
 // Forward blocks: kForwardFilters x kForwardSamples accumulators.
 constexpr int kForwardFilters = 4;
 constexpr int kForwardSamples = 6;
@@ -52,6 +53,24 @@ struct EvenBlocks {
   int64_t first(int64_t b) const { return b * base + std::min(b, larger); }
   int64_t size(int64_t b) const { return base + (b < larger ? 1 : 0); }
 };
+
+// The sums of the 16 lanes of each of a, b, c and d, in that order: 13 instructions for the four
+// (a lane reduction each would take about 8), which matters where K is short (cunn232_c1: K = 9,
+// one FMA per dot product).
+LC_AVX512 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // Within each 128-bit lane: x = (a0+a2, b0+b2, a1+a3, b1+b3), y the same for c and d.
+  const __m512 x = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 y = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  // Within each 128-bit lane: (sum of a's four, b's, c's, d's).
+  const __m512 z = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))));
+  // Add the four 128-bit lanes.
+  const __m256 halves = _mm256_add_ps(
+      _mm512_castps512_ps256(z),
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+}
 
 // ---- forward: FB filters x SB samples of dot products along K ----
 template <int FB, int SB>
@@ -80,10 +99,16 @@ LC_AVX512 void forward_block(int64_t out_channels, int64_t patch_size, const flo
       for (int f = 0; f < FB; ++f) acc[f][s] = _mm512_fmadd_ps(w[f], p, acc[f][s]);
     }
   }
+  if constexpr (FB == 4) {
 #pragma GCC unroll 6
-  for (int f = 0; f < FB; ++f)
+    for (int s = 0; s < SB; ++s)
+      _mm_storeu_ps(out + s * out_channels, reduce4(acc[0][s], acc[1][s], acc[2][s], acc[3][s]));
+  } else {
 #pragma GCC unroll 6
-    for (int s = 0; s < SB; ++s) out[s * out_channels + f] = _mm512_reduce_add_ps(acc[f][s]);
+    for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+      for (int s = 0; s < SB; ++s) out[s * out_channels + f] = _mm512_reduce_add_ps(acc[f][s]);
+  }
 }
 
 // ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
@@ -287,42 +312,57 @@ void avx512_grad_filters(int64_t out_channels, int64_t samples, int64_t patch_si
   }
 }
 
+// The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
+// that a row's masks are worked out once per block (they had cost more than the copy, measured
+// on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
+// from L1 where the sample stride is a power of two (cunn232_c1).
 LC_AVX512 void avx512_pack_patches(const float* input, int64_t sample_stride,
                                    const PatchRow* rows, const Geometry& g, int64_t samples,
                                    float* patches) {
   const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
-  for (int64_t n = 0; n < samples; ++n) {
-    const float* sample = input + n * sample_stride;
-    float* to = patches + n * g.patch_size();
-    for (int64_t r = 0; r < row_count; ++r, to += kernel_w) {
+  const int64_t patch_size = g.patch_size();
+  for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
+    for (int64_t r = 0; r < row_count; ++r) {
       const PatchRow& row = rows[r];
-      // Column q of the row reads sample[row.source + q - row.first]; masked-off lanes are
-      // neither read nor written.
-      const float* from = sample + row.source - row.first;
+      // Column q of the row reads input[row.source + q - row.first] of each sample; masked-off
+      // lanes are neither read nor written.
+      const float* from = input + n0 * sample_stride + row.source - row.first;
+      float* to = patches + n0 * patch_size + r * kernel_w;
       for (int64_t q = 0; q < kernel_w; q += kLanes) {
-        const __m512 values =
-            _mm512_maskz_loadu_ps(column_mask(q, row.first, row.last), from + q);
-        _mm512_mask_storeu_ps(to + q, tail_mask(kernel_w - q), values);
+        const __mmask16 read = column_mask(q, row.first, row.last);
+        const __mmask16 write = tail_mask(kernel_w - q);
+        for (int64_t n = 0; n < group; ++n) {
+          const __m512 values = _mm512_maskz_loadu_ps(read, from + n * sample_stride + q);
+          _mm512_mask_storeu_ps(to + n * patch_size + q, write, values);
+        }
       }
     }
   }
 }
 
+// Loops as in avx512_pack_patches.
 LC_AVX512 void avx512_scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
   const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
   const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
-  for (int64_t n = 0; n < samples; ++n) {
-    float* sample = grad_input + n * sample_size;
-    const float* from = grad_patches + n * g.patch_size();
-    for (int64_t r = 0; r < row_count; ++r, from += kernel_w) {
+  const int64_t patch_size = g.patch_size();
+  for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
+    for (int64_t r = 0; r < row_count; ++r) {
       const PatchRow& row = rows[r];
-      float* to = sample + row.source - row.first;
+      if (row.first == row.last) continue;  // the row lies in the padding
+      float* to = grad_input + n0 * sample_size + row.source - row.first;
+      const float* from = grad_patches + n0 * patch_size + r * kernel_w;
       for (int64_t q = 0; q < kernel_w; q += kLanes) {
         const __mmask16 mask = column_mask(q, row.first, row.last);
-        const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, to + q),
-                                         _mm512_maskz_loadu_ps(mask, from + q));
-        _mm512_mask_storeu_ps(to + q, mask, sum);
+        for (int64_t n = 0; n < group; ++n) {
+          float* target = to + n * sample_size + q;
+          const __m512 sum =
+              _mm512_add_ps(_mm512_maskz_loadu_ps(mask, target),
+                            _mm512_maskz_loadu_ps(mask, from + n * patch_size + q));
+          _mm512_mask_storeu_ps(target, mask, sum);
+        }
       }
     }
   }

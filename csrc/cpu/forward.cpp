@@ -71,9 +71,12 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                                   w + (first_location + t) * out_channels * patch_size, patches,
                                   staged + t * staged_stride);
           }
+          // Each (n, c) run lies a whole plane from the next, which no hardware prefetcher
+          // follows: the run of the row's next tile is fetched for writing now.
           for (int64_t n = 0; n < samples; ++n) {
             for (int64_t c = 0; c < out_channels; ++c) {
               scalar_t* run = o + ((n0 + n) * out_channels + c) * locations + first_location;
+              __builtin_prefetch(run + width, /*write=*/1);
               const opmath_t* from = staged + n * out_channels + c;
               if (b == nullptr) {
                 for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride];

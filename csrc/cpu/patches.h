@@ -113,7 +113,8 @@ inline int64_t staged_stride(int64_t samples, int64_t out_channels, int64_t elem
 
 // Stages grad_output[n0 + n, o, i, j0 + t] as staged[t*stride + n*C_out + o] (a tile of
 // locations, each a samples x C_out matrix, `stride` from staged_stride). grad_output may have
-// any strides.
+// any strides. Each (n, o) run is a cache line or two a whole plane away from the next, which no
+// hardware prefetcher follows: the run the next tile of the row needs is fetched now.
 template <typename scalar_t>
 void stage_grad_output(const scalar_t* grad_output, const Strides4& s, const Geometry& g,
                        int64_t i, int64_t j0, int64_t width, int64_t n0, int64_t samples,
@@ -121,6 +122,7 @@ void stage_grad_output(const scalar_t* grad_output, const Strides4& s, const Geo
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
       const scalar_t* run = grad_output + (n0 + n) * s.n + o * s.c + i * s.h + j0 * s.w;
+      __builtin_prefetch(run + width * s.w);
       scalar_t* to = staged + n * g.out_channels + o;
       for (int64_t t = 0; t < width; ++t) to[t * stride] = run[t * s.w];
     }
