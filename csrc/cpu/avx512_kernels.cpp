@@ -368,5 +368,105 @@ LC_AVX512 void avx512_scatter_add_patches(const float* grad_patches, const Patch
   }
 }
 
+namespace {
+
+// ---- forward by row tiles: FB filters, each a vector over the tile's 16 locations ----
+// filters_t[(k*FB + f)*16 + t] is the weight of location t of the tile (the FB vectors of one k
+// lie together, so one address register reaches them all); the input row of (c, p) read by
+// kernel column q is one (masked) vector over t. Outputs whose 16 locations are one whole,
+// aligned cache line are streamed to memory (the output is written once and not read back
+// here; streaming skips reading each line first).
+template <int FB>
+LC_AVX512 void row_tile_block(const float* sample, const Strides4& s, const Geometry& g,
+                              int64_t i, int64_t j0, __mmask16 width_mask, const float* filters_t,
+                              const float* bias, float* out, int64_t plane) {
+  __m512 acc[FB];
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f) acc[f] = _mm512_loadu_ps(bias + f * kLanes);
+  const int64_t patch_size = g.patch_size();
+  int64_t k = 0;
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    for (int64_t p = 0; p < g.kernel_h; ++p) {
+      const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+      if (y < 0 || y >= g.in_h) {
+        k += g.kernel_w;
+        continue;
+      }
+      const float* row = sample + c * s.c + y * s.h;
+      for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
+        // Location j0 + t reads input column x + t; lanes outside the row read the padding.
+        const int64_t x = j0 - g.pad_w + q * g.dilation_w;
+        const int64_t from = std::max<int64_t>(0, -x), to = std::min<int64_t>(kLanes, g.in_w - x);
+        const __mmask16 valid =
+            width_mask & (to > from ? __mmask16(((1u << to) - 1) & ~((1u << from) - 1)) : 0);
+        const __m512 values = _mm512_maskz_loadu_ps(valid, row + x);
+#pragma GCC unroll 16
+        for (int f = 0; f < FB; ++f)
+          acc[f] = _mm512_fmadd_ps(_mm512_loadu_ps(filters_t + (k * FB + f) * kLanes), values,
+                                   acc[f]);
+      }
+    }
+  }
+  const bool whole_lines =
+      width_mask == 0xFFFF && reinterpret_cast<uintptr_t>(out) % 64 == 0 && plane % kLanes == 0;
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f) {
+    if (whole_lines)
+      _mm512_stream_ps(out + f * plane, acc[f]);
+    else
+      _mm512_mask_storeu_ps(out + f * plane, width_mask, acc[f]);
+  }
+}
+
+using RowTileFn = void (*)(const float*, const Strides4&, const Geometry&, int64_t, int64_t,
+                           __mmask16, const float*, const float*, float*, int64_t);
+template <int... Filters>
+constexpr std::array<RowTileFn, sizeof...(Filters)> row_tile_table(
+    std::integer_sequence<int, Filters...>) {
+  return {&row_tile_block<Filters + 1>...};
+}
+const auto row_tile_blocks = row_tile_table(std::make_integer_sequence<int, kLanes>{});
+
+}  // namespace
+
+LC_AVX512 void avx512_forward_row_tile(const float* input, const Strides4& s, const Geometry& g,
+                                       int64_t i, int64_t j0, int64_t width, int64_t samples,
+                                       const float* filters, const float* bias, bool shared_bias,
+                                       float* out, float* scratch) {
+  const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
+  const int64_t plane = g.locations();
+  // The tile's filters, transposed so that the 16 locations' weights of one (o, k) are a vector,
+  // in blocks of 16 filters laid out as row_tile_block reads them.
+  for (int64_t o = 0; o < g.out_channels; o += kLanes) {
+    const int64_t block = std::min<int64_t>(kLanes, g.out_channels - o);
+    float* to = scratch + o * patch_size * kLanes;
+    for (int64_t k = 0; k < patch_size; ++k)
+      for (int64_t f = 0; f < block; ++f)
+        for (int64_t t = 0; t < kLanes; ++t)
+          to[(k * block + f) * kLanes + t] =
+              t < width ? filters[t * filter_size + (o + f) * patch_size + k] : 0.0f;
+  }
+  const __mmask16 width_mask = tail_mask(width);
+  const int64_t first = i * g.out_w + j0;
+  for (int64_t o = 0; o < g.out_channels; o += kLanes) {
+    const int64_t block = std::min<int64_t>(kLanes, g.out_channels - o);
+    // The block's bias, a vector over the tile per filter: the accumulators' start.
+    float offsets[kLanes * kLanes];
+    for (int64_t f = 0; f < block; ++f) {
+      _mm512_storeu_ps(offsets + f * kLanes,
+                       bias == nullptr ? _mm512_setzero_ps()
+                       : shared_bias   ? _mm512_set1_ps(bias[o + f])
+                                       : _mm512_maskz_loadu_ps(width_mask,
+                                                               bias + (o + f) * plane + first));
+    }
+    for (int64_t n = 0; n < samples; ++n) {
+      row_tile_blocks[block - 1](input + n * s.n, s, g, i, j0, width_mask,
+                                 scratch + o * patch_size * kLanes, offsets,
+                                 out + (n * g.out_channels + o) * plane + first, plane);
+    }
+  }
+  _mm_sfence();  // the streamed stores are ordered before whatever follows
+}
+
 }  // namespace cpu
 }  // namespace lc_cuda

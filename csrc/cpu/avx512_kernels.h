@@ -34,6 +34,30 @@ void avx512_grad_filters(int64_t out_channels, int64_t samples, int64_t patch_si
                          const float* patches, const float* grad_output, bool accumulate,
                          float* grad_filters);
 
+// The largest patch (K) the forward computes by row tiles (avx512_forward_row_tile) instead of
+// per location: below it a location's dot products are too short to pay for their lane
+// reductions (cunn232_c1: K = 9).
+constexpr int64_t kRowTilePatchLimit = 64;
+
+// Whether avx512_forward_row_tile applies: neighbouring output columns read neighbouring input
+// elements (stride_w 1, input rows contiguous) and the patch is short.
+inline bool forward_by_row_tiles(const Geometry& g, const Strides4& s) {
+  return g.stride_w == 1 && s.w == 1 && g.patch_size() <= kRowTilePatchLimit;
+}
+
+// The floats of scratch avx512_forward_row_tile takes.
+inline int64_t row_tile_scratch(const Geometry& g) { return 16 * g.out_channels * g.patch_size(); }
+
+// The forward of up to 16 neighbouring locations (i, j0 + t), t < width, of one output row, for
+// `samples` samples, vectorised over the locations: out[n, o, i, j0 + t] = sum_k
+// filters[t][o][k] * patch(n, i, j0 + t)[k] + bias, each output run written whole. `filters` is
+// the weight of location (i, j0) on (the tile's are contiguous), `input` and `out` start at the
+// tile's first sample, `out` is contiguous NCHW; bias as the op takes it (null, (C_out,) when
+// shared_bias, else (C_out, OH, OW)). `scratch` holds row_tile_scratch(g) floats.
+void avx512_forward_row_tile(const float* input, const Strides4& s, const Geometry& g, int64_t i,
+                             int64_t j0, int64_t width, int64_t samples, const float* filters,
+                             const float* bias, bool shared_bias, float* out, float* scratch);
+
 // pack_patches where neighbouring kernel columns read neighbouring input elements
 // (column_step == 1): each patch row is one masked load and store per 16 columns.
 void avx512_pack_patches(const float* input, int64_t sample_stride, const PatchRow* rows,

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <type_traits>
+
 #include "cpu_blocking.h"
 #include "huge_pages.h"
 #include "location_products.h"
@@ -30,8 +32,16 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // Per thread: one location's patch rows and patches, and a tile's staged results.
+    // Short patches in float32 on AVX-512 go by row tiles, each tile's outputs computed as
+    // vectors over its locations, where their scratch (the tile's filters) fits the budget.
+    const bool by_row_tiles =
+        std::is_same_v<scalar_t, float> && hand_written && cpu::forward_by_row_tiles(g, in_strides) &&
+        at::get_num_threads() * cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float)) <=
+            cpu::scratch_budget_bytes();
+    // Per thread: the tile's filters (by row tiles); otherwise one location's patch rows and
+    // patches, and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
+      if (by_row_tiles) return cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float));
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
@@ -56,6 +66,17 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
       at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(scratch, thread_bytes);
+        if (by_row_tiles) {
+          float* tile_filters = slice.take<float>(cpu::row_tile_scratch(g));
+          for (int64_t unit = begin; unit < end; ++unit) {
+            const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+            cpu::forward_row_tile(in + n0 * in_strides.n, in_strides, g, i, j0,
+                                  std::min(block.tile, g.out_w - j0), samples,
+                                  w + (i * g.out_w + j0) * out_channels * patch_size, b,
+                                  shared_bias, o + n0 * out_channels * locations, tile_filters);
+          }
+          return;
+        }
         cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
         scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);

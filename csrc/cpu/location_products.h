@@ -4,6 +4,8 @@
 // case). Layouts as in avx512_kernels.h; the BLAS sees the same arrays as column-major matrices.
 #pragma once
 
+#include <c10/util/Exception.h>
+
 #include "avx512_kernels.h"
 #include "cpu_gemm.h"
 #include "patches.h"
@@ -36,6 +38,20 @@ inline void scatter_location(bool hand_written, const float* grad_patches, const
   if (hand_written && g.dilation_w == 1)
     return avx512_scatter_add_patches(grad_patches, rows, g, samples, grad_input);
   scatter_add_patches(grad_patches, rows, g, samples, grad_input);
+}
+
+// avx512_forward_row_tile, which only float32 takes: callers choose row tiles only for float32.
+template <typename scalar_t>
+void forward_row_tile(const scalar_t*, const Strides4&, const Geometry&, int64_t, int64_t,
+                      int64_t, int64_t, const scalar_t*, const scalar_t*, bool, scalar_t*,
+                      float*) {
+  TORCH_INTERNAL_ASSERT(false, "the forward by row tiles is float32 only");
+}
+inline void forward_row_tile(const float* input, const Strides4& s, const Geometry& g, int64_t i,
+                             int64_t j0, int64_t width, int64_t samples, const float* filters,
+                             const float* bias, bool shared_bias, float* out, float* scratch) {
+  avx512_forward_row_tile(input, s, g, i, j0, width, samples, filters, bias, shared_bias, out,
+                          scratch);
 }
 
 // out (samples x C_out, row n at n*C_out) = patches * filters^T
