@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -163,6 +164,13 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
 
     debug = os.environ.get("DEBUG", "0") == "1"
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    # at::parallel_for is a header template: the CPU kernels' loops run on torch's OpenMP threads
+    # only where this library is compiled with OpenMP (without it they ran on one thread whatever
+    # torch.set_num_threads said). torch's wheel has loaded its libgomp.so.1 by the time the
+    # extension loads, and the extension's libgomp.so.1 resolves to that same runtime.
+    openmp = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+    openmp_flags = ["-fopenmp"] if openmp else []
+    cxx_flags += openmp_flags
     nvcc_flags = (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + shlex.split(
         os.environ.get("NVCC_FLAGS", "")
     )
@@ -204,7 +212,7 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
         + (f"CUDA {nvcc_version(cuda_home)} at {cuda_home}" if with_cuda else "CPU only")
         + f", torch {torch.__version__}, arch flags {arch_flags or 'none'}, "
         + f"MAX_JOBS={os.environ.get('MAX_JOBS', 'default')}, DEBUG={int(debug)}, "
-        + f"NVCC_FLAGS={os.environ.get('NVCC_FLAGS', '')!r}, "
+        + f"NVCC_FLAGS={os.environ.get('NVCC_FLAGS', '')!r}, OpenMP={int(openmp)}, "
         + f"{len(sources) + (len(cuda_sources) if with_cuda else 0)} source files",
         flush=True,
     )
@@ -213,6 +221,7 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
         name="lc_cuda._C",
         include_dirs=[str(ROOT / "csrc"), str(generated)],
         define_macros=[("LC_CUDA_WITH_CUDA", "1" if with_cuda else "0")],
+        extra_link_args=openmp_flags,
     )
     if with_cuda:
         extension = cpp_extension.CUDAExtension(

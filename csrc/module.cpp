@@ -6,15 +6,24 @@
 
 namespace {
 
+// Whether the CPU kernels' at::parallel_for loops run on torch's OpenMP threads: a header
+// template, it is parallel only where this library is compiled with OpenMP (setup.py).
+#ifdef _OPENMP
+constexpr bool kOpenMP = true;
+#else
+constexpr bool kOpenMP = false;
+#endif
+
 PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
-  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:O,s:O}",                     //
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:O,s:O,s:O}",                 //
                        "torch_version", LC_CUDA_BUILD_TORCH_VERSION,          //
                        "cuda_version", LC_CUDA_BUILD_CUDA_VERSION,            //
                        "arch_list", LC_CUDA_BUILD_ARCH_LIST,                  //
                        "arch_flags", LC_CUDA_BUILD_ARCH_FLAGS,                //
                        "with_cuda", LC_CUDA_BUILD_WITH_CUDA ? Py_True : Py_False,
                        "cuda_kernels", LC_CUDA_BUILD_CUDA_KERNELS ? Py_True : Py_False,
-                       "debug", LC_CUDA_BUILD_DEBUG ? Py_True : Py_False);
+                       "debug", LC_CUDA_BUILD_DEBUG ? Py_True : Py_False,
+                       "openmp", kOpenMP ? Py_True : Py_False);
 }
 
 PyMethodDef methods[] = {

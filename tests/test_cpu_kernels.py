@@ -194,3 +194,13 @@ def test_bad_backend_is_an_error_on_the_cpu(monkeypatch):
     )
     with pytest.raises(RuntimeError, match="LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold'"):
         lc_cuda.local_conv2d(input, weight)
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()),
+    reason="setup.py builds with OpenMP on Linux where torch has it",
+)
+def test_built_with_openmp():
+    """at::parallel_for is a header template: in a library built without OpenMP it runs every
+    CPU kernel's loop on one thread, whatever torch.set_num_threads says."""
+    assert lc_cuda.build_info()["openmp"]
