@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -281,6 +283,27 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
     return records
 
 
+# The layer and batch whose extra memory the CPU run checks against the scratch bound.
+MEMORY_CASE = ("deepface_L4", 128)
+
+
+def memory_check(case_name: str, batch: int) -> dict | None:
+    """memory_check.py in its own process, with glibc made to map every large block afresh so
+    that the resident-set high-water mark sees it; None (reported) where it fails."""
+    environment_ = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    run = subprocess.run(
+        [sys.executable, str(HERE / "memory_check.py"), case_name, str(batch)],
+        capture_output=True,
+        text=True,
+        env=environment_,
+        cwd=HERE,
+    )
+    if run.returncode != 0:
+        print(f"memory check failed: {run.stderr[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(run.stdout.splitlines()[-1])
+
+
 def main(argv=None) -> int:
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -430,6 +453,10 @@ def main(argv=None) -> int:
                 records += with_floors(keras_records, element_size, ceilings, key)
                 cached_sets.clear()
     progress.close()
+    memory = None
+    if not gpu and not args.quick and "lc_cuda" in methods and MEMORY_CASE[0] in names:
+        print(f"extra memory of {MEMORY_CASE[0]} at N={MEMORY_CASE[1]}...", flush=True)
+        memory = memory_check(*MEMORY_CASE)
 
     result = {
         "device_name": device_name,
@@ -454,6 +481,7 @@ def main(argv=None) -> int:
         },
         "cases": [case.__dict__ for case in cases],
         "records": records,
+        **({"memory_check": memory} if memory else {}),
     }
     write_all(result, args.out, args.results_md)
     print_table(result)

@@ -83,6 +83,22 @@ def cell(record: dict | None) -> str:
     return f"{record['ms']:.3f} ({record['times_floor']:.1f}x)"
 
 
+def memory_cell(record: dict | None) -> str:
+    if record is None or not record.get("ms") or record.get("peak_extra_MB") is None:
+        return ""
+    return f", {record['peak_extra_MB']:.0f} MiB"
+
+
+def lead_cell(row: dict[str, dict | None]) -> str:
+    """The fastest other method's time over lc_cuda's, and which method that is."""
+    times = {m: r["ms"] for m, r in row.items() if r is not None and r.get("ms")}
+    others = {m: ms for m, ms in times.items() if m != "lc_cuda"}
+    if "lc_cuda" not in times or not others:
+        return "-"
+    fastest = min(others, key=others.get)
+    return f"{others[fastest] / times['lc_cuda']:.2f}x ({fastest})"
+
+
 def print_table(result: dict) -> None:
     methods = result["methods"]
     index = {(r["case"], r["dtype"], r["direction"], r["method"]): r for r in result["records"]}
@@ -229,23 +245,70 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
             + " | ".join(ratio(value).strip() for value in ratios)
             + " |"
         )
-    lines += ["", "## Every measurement (ms, and multiple of the floor)", ""]
+    lines += [
+        "",
+        "## Every measurement",
+        "",
+        "ms, multiple of the floor, and peak extra memory in MiB where measured (resident-set "
+        "high-water mark less the resident size before the call, outputs included; not measured "
+        "for JAX and Keras). lc_cuda's lead: the fastest other method's time over lc_cuda's "
+        "(above 1: lc_cuda is ahead of every other method).",
+        "",
+    ]
     methods = result["methods"]
-    lines.append("| case | dtype | direction | floor ms | " + " | ".join(methods) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(methods))
+    leading = "lc_cuda" in methods and len(methods) > 1
+    lines.append(
+        "| case | dtype | direction | floor ms | "
+        + " | ".join(methods)
+        + (" | lc_cuda's lead |" if leading else " |")
+    )
+    lines.append("|---|---|---|---|" + "---|" * (len(methods) + leading))
     index = {(r["case"], r["dtype"], r["direction"], r["method"]): r for r in result["records"]}
     floors = {(r["case"], r["dtype"], r["direction"]): r["floor_ms"] for r in result["records"]}
     for (case, dtype, direction), floor in floors.items():
-        cells = [cell(index.get((case, dtype, direction, m))) for m in methods]
+        row = {m: index.get((case, dtype, direction, m)) for m in methods}
+        cells = [cell(record) + memory_cell(record) for record in row.values()]
+        if leading:
+            cells.append(lead_cell(row))
         lines.append(
             f"| {case} | {dtype} | {direction} | {floor:.4f} | " + " | ".join(cells) + " |"
         )
+    lines += memory_markdown(result.get("memory_check"))
     if charts:
         lines += ["", "## Charts", ""]
         for chart in charts:
             relative = os.path.relpath(chart, markdown_path.parent)
             lines.append(f"![{chart.stem}]({relative})")
     return "\n".join(lines) + "\n"
+
+
+def memory_markdown(check: dict | None) -> list[str]:
+    """The CPU run's check of the extra memory at a large batch (bench.memory_check)."""
+    if not check:
+        return []
+    mib = 2**20
+    lines = [
+        "",
+        f"## Extra host memory, {check['case']} at N={check['batch']} (float32)",
+        "",
+        "Peak resident memory one call adds (outputs included), measured in its own process with "
+        "`MALLOC_MMAP_THRESHOLD_=65536`; beyond outputs = that peak less the output (forward) or "
+        "the output and the three gradients (forward+backward). The CPU kernels' bound is "
+        f"`LC_CUDA_CPU_SCRATCH_MB` = {check['budget_bytes'] / mib:.0f} MiB.",
+        "",
+        "| method | direction | peak extra MiB | outputs MiB | beyond outputs MiB | within bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, directions in check["peak_extra_bytes"].items():
+        for direction, peak in directions.items():
+            outputs = check["outputs_bytes"][direction]
+            beyond = peak - outputs
+            within = "yes" if beyond <= check["budget_bytes"] else "no"
+            lines.append(
+                f"| {method} | {direction} | {peak / mib:.0f} | {outputs / mib:.0f} | "
+                f"{beyond / mib:.0f} | {within} |"
+            )
+    return lines
 
 
 def write_all(result: dict, out_dir: Path, results_md: Path | None) -> None:
