@@ -46,7 +46,8 @@ def build_info() -> dict:
     Keys: torch_version (at build time), cuda_version ('' for a CPU-only build), arch_list
     (e.g. ['sm_90']), arch_flags (the -gencode flags), with_cuda (built with nvcc and linked to
     the CUDA runtime), cuda_kernels (hand-written CUDA kernels compiled in; without them CUDA
-    tensors take the unfold fallback) and debug.
+    tensors take the unfold fallback), debug, and openmp (the CPU kernels' loops run on torch's
+    OpenMP threads; without it, on one thread).
     """
     info = _C.build_info()
     info["arch_list"] = info["arch_list"].split()

@@ -230,6 +230,7 @@ def test_build_info_describes_this_build():
         "with_cuda",
         "cuda_kernels",
         "debug",
+        "openmp",
     }
     assert info["torch_version"] == torch.__version__
     assert isinstance(info["arch_list"], list)

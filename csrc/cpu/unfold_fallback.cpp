@@ -137,7 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
   }
   at::Tensor grad_weight = empty();
   if (output_mask[1]) {
-    grad_weight = at::empty(weight.sizes(), weight.options());
+    grad_weight = g.batch == 0 ? at::zeros(weight.sizes(), weight.options())
+                               : at::empty(weight.sizes(), weight.options());
     auto grad_filters = grad_weight.view({g.locations(), g.out_channels, g.patch_size()});
     // The blocks' products are added into grad_weight in block order (in its own dtype: a
     // float accumulator would be one more weight-sized tensor).
