@@ -30,7 +30,12 @@ def measure(case_name: str, batch: int) -> dict:
     size, out = case.size, case.out_size
     input = torch.randn(batch, case.in_channels, size, size, generator=generator)
     weight = torch.randn(
-        out, out, case.out_channels, case.in_channels, case.kernel, case.kernel,
+        out,
+        out,
+        case.out_channels,
+        case.in_channels,
+        case.kernel,
+        case.kernel,
         generator=generator,
     )
     bias = torch.randn(case.out_channels, out, out, generator=generator)
@@ -60,7 +65,9 @@ def measure(case_name: str, batch: int) -> dict:
         forward_backward()  # first call: one-time allocations are not the layer's
         result["peak_extra_bytes"][name] = {
             "forward": min(host_memory.peak_extra_bytes(forward) for _ in range(2)),
-            "forward+backward": min(host_memory.peak_extra_bytes(forward_backward) for _ in range(2)),
+            "forward+backward": min(
+                host_memory.peak_extra_bytes(forward_backward) for _ in range(2)
+            ),
         }
     return result
 

@@ -70,7 +70,17 @@ def test_float32_paths_match_reference(monkeypatch, backend, layout, name):
     monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
     n, c_in, size, c_out, kernel, stride, padding, dilation = FLOAT32_PATH_GEOMETRIES[name]
     input, weight, bias = make_case(
-        n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location", torch.float32, "cpu"
+        n,
+        c_in,
+        size,
+        c_out,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        "per_location",
+        torch.float32,
+        "cpu",
     )
     if layout == "channels_last":
         input = input.contiguous(memory_format=torch.channels_last)
@@ -85,8 +95,9 @@ def test_fallback_in_sample_blocks_matches_reference(budget, monkeypatch, dtype)
     blocks of samples."""
     monkeypatch.setenv("LC_CUDA_BACKEND", "unfold")
     n, c_in, size, c_out, kernel, stride, padding, dilation = GEOMETRIES["padded_wide_kernel"]
-    tensors = make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location",
-                        dtype, "cpu")
+    tensors = make_case(
+        n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location", dtype, "cpu"
+    )
     check(*tensors, stride, padding, dilation)
     check_gradients(*tensors, stride, padding, dilation)
 

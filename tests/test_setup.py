@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,11 @@ def test_cpu_only_build_and_debug_flags(setup_module, monkeypatch, tmp_path):
     monkeypatch.setenv("DEBUG", "1")
     (extension,), cmdclass = setup_module.extension_modules(tmp_path)
     assert "cudart" not in extension.libraries
-    assert extension.extra_compile_args["cxx"] == ["-O0", "-g"]
+    import torch
+
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform == "linux" else []
+    assert extension.extra_compile_args["cxx"] == ["-O0", "-g", *openmp]
+    assert extension.extra_link_args == openmp  # at::parallel_for is serial without it
     assert not any(source.endswith(".cu") for source in extension.sources)
     record = build_record(tmp_path)
     assert "#define LC_CUDA_BUILD_WITH_CUDA 0" in record
