@@ -121,7 +121,9 @@ def test_cpu_only_build_and_debug_flags(setup_module, monkeypatch, tmp_path):
     assert "cudart" not in extension.libraries
     import torch
 
-    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform == "linux" else []
+    openmp = (
+        ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform == "linux" else []
+    )
     assert extension.extra_compile_args["cxx"] == ["-O0", "-g", *openmp]
     assert extension.extra_link_args == openmp  # at::parallel_for is serial without it
     assert not any(source.endswith(".cu") for source in extension.sources)
