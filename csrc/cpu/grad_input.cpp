@@ -1,10 +1,10 @@
-// The CPU grad_input. Per output location one GEMM turns the location's grad_output (samples x
-// C_out) into its patch gradients (samples x K), which are added onto the input positions the
-// patch read. Windows of neighbouring rows overlap, so threads take blocks of output rows tall
-// enough that blocks two apart never touch the same input row, and run in two phases (even
-// blocks, then odd ones): no two threads write the same element, without atomics. The blocks
-// follow from the geometry alone, so every input element sums its terms in the same order at any
-// thread count: the result does not depend on the thread count.
+// The CPU grad_input. Per output location one product (location_products.h) turns the location's
+// grad_output (samples x C_out) into its patch gradients (samples x K), which are added onto the
+// input positions the patch read. Windows of neighbouring rows overlap, so threads take blocks of
+// output rows tall enough that blocks two apart never touch the same input row, and run in two
+// phases (even blocks, then odd ones): no two threads write the same element, without atomics. The
+// blocks follow from the geometry alone, so every input element sums its terms in the same order
+// at any thread count: the result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
