@@ -290,9 +290,12 @@ MEMORY_CASE = ("deepface_L4", 128)
 
 
 def memory_check(case_name: str, batch: int) -> dict | None:
-    """memory_check.py in its own process, with glibc made to map every large block afresh so
-    that the resident-set high-water mark sees it; None (reported) where it fails."""
-    environment_ = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    """memory_check.py in its own process, at this run's thread count, with glibc made to map
+    every large block afresh so that the resident-set high-water mark sees it; None (reported)
+    where it fails."""
+    environment_ = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads())
+    )
     run = subprocess.run(
         [sys.executable, str(HERE / "memory_check.py"), case_name, str(batch)],
         capture_output=True,

@@ -264,7 +264,7 @@ inline __mmask16 column_mask(int64_t start, int64_t first, int64_t last) {
 bool cpu_has_avx512() {
   static const bool available = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
+    return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("fma") != 0;
   }();
   return available;
 }
@@ -396,9 +396,7 @@ LC_AVX512 void row_tile_block(const float* sample, const Strides4& s, const Geom
       for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
         // Location j0 + t reads input column x + t; lanes outside the row read the padding.
         const int64_t x = j0 - g.pad_w + q * g.dilation_w;
-        const int64_t from = std::max<int64_t>(0, -x), to = std::min<int64_t>(kLanes, g.in_w - x);
-        const __mmask16 valid =
-            width_mask & (to > from ? __mmask16(((1u << to) - 1) & ~((1u << from) - 1)) : 0);
+        const __mmask16 valid = width_mask & column_mask(x, 0, g.in_w);
         const __m512 values = _mm512_maskz_loadu_ps(valid, row + x);
 #pragma GCC unroll 16
         for (int f = 0; f < FB; ++f)

@@ -17,7 +17,7 @@
 namespace lc_cuda {
 namespace cpu {
 
-// Whether this CPU (and its operating system) runs AVX-512F code. Checked once.
+// Whether this CPU (and its operating system) runs AVX-512F and FMA code. Checked once.
 bool cpu_has_avx512();
 
 // out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]

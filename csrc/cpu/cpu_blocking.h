@@ -44,8 +44,17 @@ inline int64_t line_bytes(int64_t count, int64_t element_size) {
 // inside the parallel loop.
 class ScratchSlice {
  public:
-  ScratchSlice(const at::Tensor& scratch, int64_t per_thread)
-      : next_(static_cast<char*>(scratch.data_ptr()) + at::get_thread_num() * per_thread) {}
+  // `shared`: the bytes at the end that are not per-thread slices. The scratch was sized for
+  // at::get_num_threads() threads; a thread beyond them (an OpenMP team larger than torch's
+  // setting, as with a second OpenMP runtime in the process) is an error, never a write past
+  // the end.
+  ScratchSlice(const at::Tensor& scratch, int64_t per_thread, int64_t shared = 0)
+      : next_(static_cast<char*>(scratch.data_ptr()) + at::get_thread_num() * per_thread) {
+    TORCH_CHECK((at::get_thread_num() + 1) * per_thread <= scratch.nbytes() - shared,
+                "lc_cuda CPU kernels: thread ", at::get_thread_num(), " has no scratch slice (",
+                scratch.nbytes() - shared, " bytes for ", per_thread,
+                " per thread); torch and the extension disagree on the OpenMP thread count");
+  }
   template <typename T>
   T* take(int64_t count) {
     T* array = reinterpret_cast<T*>(next_);

@@ -1,7 +1,9 @@
-// The CPU forward. Every output location is one GEMM: its filter bank (C_out x K, contiguous in
-// the weight) times its packed patches (samples x K). Threads take tiles of neighbouring locations
-// of one output row, so each reads its own part of the weight once per sample block; a tile's
-// results are staged and written to the (N, C_out, OH, OW) output as contiguous runs.
+// The CPU forward. Threads take tiles of up to 16 neighbouring locations of one output row, so
+// each reads its own part of the weight once per sample block. Per location one product
+// (location_products.h): its filter bank (C_out x K, contiguous in the weight) times its packed
+// patches (samples x K), the tile's results staged and written to the (N, C_out, OH, OW) output
+// as contiguous runs. Short patches in float32 on AVX-512 go a whole tile at a time instead
+// (avx512_forward_row_tile: one vector over the tile's locations, written in place).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 

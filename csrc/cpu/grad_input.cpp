@@ -78,7 +78,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
         const int64_t phase_blocks = (row_blocks - phase + 1) / 2;
         at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
-          cpu::ScratchSlice slice(scratch, thread_bytes);
+          cpu::ScratchSlice slice(scratch, thread_bytes, shared(block.samples));
           scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
           cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);

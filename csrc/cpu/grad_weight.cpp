@@ -1,9 +1,11 @@
 // The CPU grad_weight. Per output location one product (location_products.h): the transposed
 // patches (K x samples) times the location's grad_output (samples x C_out), summed over the sample
 // blocks in order. Threads take tiles of neighbouring locations of one output row and write
-// disjoint parts of grad_weight. The sum over the batch is grouped by sample block; the block size
-// follows from the scratch budget and the thread count, so where the batch is larger than one
-// block the result depends on the thread count by floating-point reassociation (and only there).
+// disjoint parts of grad_weight. The AVX-512 products add each sample's term in sample order
+// whatever the sample blocks, so their result does not depend on the thread count. The BLAS
+// groups the sum over the batch by sample block, whose size follows from the scratch budget and
+// the thread count: there, where the batch is larger than one block, the result depends on the
+// thread count by floating-point reassociation (and only there).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
