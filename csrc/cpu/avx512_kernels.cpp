@@ -111,6 +111,27 @@ LC_AVX512 void forward_block(int64_t out_channels, int64_t patch_size, const flo
   }
 }
 
+// The CV vectors of a chunk of K starting at `row`, the last one under the mask `last`.
+template <int CV>
+LC_AVX512 inline void load_chunk(const float* row, __mmask16 last, __m512 (&to)[CV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v)
+    to[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, row + v * kLanes)
+                        : _mm512_loadu_ps(row + v * kLanes);
+}
+
+// Stores the CV vectors of a chunk of K at `row`, the last one under the mask `last`.
+template <int CV>
+LC_AVX512 inline void store_chunk(float* row, __mmask16 last, const __m512 (&from)[CV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) {
+    if (v == CV - 1)
+      _mm512_mask_storeu_ps(row + v * kLanes, last, from[v]);
+    else
+      _mm512_storeu_ps(row + v * kLanes, from[v]);
+  }
+}
+
 // ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
 template <int SB, int CV>
 LC_AVX512 void grad_patches_block(int64_t out_channels, int64_t patch_size, __mmask16 last,
@@ -132,10 +153,7 @@ LC_AVX512 void grad_patches_block(int64_t out_channels, int64_t patch_size, __mm
         _mm_prefetch(reinterpret_cast<const char*>(row + 2 * kChunk + v * kLanes), _MM_HINT_T1);
     }
     __m512 w[CV];
-#pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v)
-      w[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, row + v * kLanes)
-                         : _mm512_loadu_ps(row + v * kLanes);
+    load_chunk(row, last, w);
 #pragma GCC unroll 6
     for (int s = 0; s < SB; ++s) {
       const __m512 g = _mm512_set1_ps(grad_output[s * out_channels + o]);
@@ -144,15 +162,7 @@ LC_AVX512 void grad_patches_block(int64_t out_channels, int64_t patch_size, __mm
     }
   }
 #pragma GCC unroll 6
-  for (int s = 0; s < SB; ++s)
-#pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v) {
-      float* to = grad_patches + s * patch_size + v * kLanes;
-      if (v == CV - 1)
-        _mm512_mask_storeu_ps(to, last, acc[s][v]);
-      else
-        _mm512_storeu_ps(to, acc[s][v]);
-    }
+  for (int s = 0; s < SB; ++s) store_chunk(grad_patches + s * patch_size, last, acc[s]);
 }
 
 // ---- grad_filters: FB filters x CV vectors of K, summed over the samples ----
@@ -162,20 +172,17 @@ LC_AVX512 void grad_filters_block(int64_t out_channels, int64_t samples, int64_t
                                   bool accumulate, float* grad_filters) {
   __m512 acc[FB][CV];
 #pragma GCC unroll 6
-  for (int f = 0; f < FB; ++f)
+  for (int f = 0; f < FB; ++f) {
+    if (accumulate) {
+      load_chunk(grad_filters + f * patch_size, last, acc[f]);
+    } else {
 #pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v) {
-      const float* from = grad_filters + f * patch_size + v * kLanes;
-      const __mmask16 mask = v == CV - 1 ? last : __mmask16(0xFFFF);
-      acc[f][v] = accumulate ? _mm512_maskz_loadu_ps(mask, from) : _mm512_setzero_ps();
+      for (int v = 0; v < CV; ++v) acc[f][v] = _mm512_setzero_ps();
     }
+  }
   for (int64_t s = 0; s < samples; ++s) {
-    const float* row = patches + s * patch_size;
     __m512 p[CV];
-#pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v)
-      p[v] = v == CV - 1 ? _mm512_maskz_loadu_ps(last, row + v * kLanes)
-                         : _mm512_loadu_ps(row + v * kLanes);
+    load_chunk(patches + s * patch_size, last, p);
 #pragma GCC unroll 6
     for (int f = 0; f < FB; ++f) {
       const __m512 g = _mm512_set1_ps(grad_output[s * out_channels + f]);
@@ -184,15 +191,7 @@ LC_AVX512 void grad_filters_block(int64_t out_channels, int64_t samples, int64_t
     }
   }
 #pragma GCC unroll 6
-  for (int f = 0; f < FB; ++f)
-#pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v) {
-      float* to = grad_filters + f * patch_size + v * kLanes;
-      if (v == CV - 1)
-        _mm512_mask_storeu_ps(to, last, acc[f][v]);
-      else
-        _mm512_storeu_ps(to, acc[f][v]);
-    }
+  for (int f = 0; f < FB; ++f) store_chunk(grad_filters + f * patch_size, last, acc[f]);
 }
 
 // Tables of the instantiations, indexed [rows - 1][second size - 1].
