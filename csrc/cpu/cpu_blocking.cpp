@@ -21,9 +21,15 @@ int64_t scratch_budget_bytes() {
   return static_cast<int64_t>(std::max(1.0, megabytes * (1 << 20)));
 }
 
-Blocking choose_blocking(const Geometry& g,
-                         const std::function<int64_t(int64_t, int64_t)>& scratch_bytes) {
+PassScratch plan_pass(const Geometry& g,
+                      const std::function<int64_t(int64_t, int64_t)>& per_thread,
+                      const std::function<int64_t(int64_t)>& shared) {
   const int64_t budget = scratch_budget_bytes();
+  const int64_t threads = at::get_num_threads();
+  const auto shared_bytes = [&](int64_t samples) { return shared ? shared(samples) : 0; };
+  const auto scratch_bytes = [&](int64_t samples, int64_t tile) {
+    return threads * per_thread(samples, tile) + shared_bytes(samples);
+  };
   // The largest sample count in [1, batch] that fits with this tile, 0 where one sample does not.
   const auto samples_that_fit = [&](int64_t tile) {
     int64_t low = 0, high = std::max<int64_t>(g.batch, 1);
@@ -38,12 +44,12 @@ Blocking choose_blocking(const Geometry& g,
   };
   const int64_t tile = std::min<int64_t>(g.out_w, 16);
   const int64_t samples = samples_that_fit(tile);
-  if (samples > 0) return {samples, tile};
-  return {std::max<int64_t>(samples_that_fit(1), 1), 1};
-}
-
-at::Tensor allocate_scratch(int64_t per_thread, int64_t shared) {
-  return at::empty({at::get_num_threads() * per_thread + shared}, at::dtype(at::kByte));
+  const Blocking block =
+      samples > 0 ? Blocking{samples, tile} : Blocking{std::max<int64_t>(samples_that_fit(1), 1), 1};
+  const int64_t thread_bytes = per_thread(block.samples, block.tile);
+  const int64_t shared_part = shared_bytes(block.samples);
+  return {block, thread_bytes, shared_part,
+          at::empty({threads * thread_bytes + shared_part}, at::dtype(at::kByte))};
 }
 
 }  // namespace cpu

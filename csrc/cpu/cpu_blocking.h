@@ -23,12 +23,26 @@ struct Blocking {
   int64_t tile;
 };
 
+// A pass's blocking and its scratch, allocated once: `thread_bytes` for each of
+// at::get_num_threads() threads, then `shared_bytes` that all threads write in disjoint parts.
+struct PassScratch {
+  Blocking block;
+  int64_t thread_bytes, shared_bytes;
+  at::Tensor scratch;
+
+  char* shared() const {
+    return static_cast<char*>(scratch.data_ptr()) + scratch.nbytes() - shared_bytes;
+  }
+};
+
 // The largest sample block (at most the batch) whose scratch fits the budget, with tiles of up to
-// 16 locations, or of 1 where even one sample does not fit 16. scratch_bytes(samples, tile) is the
-// pass's scratch for all threads; it must grow with both. At least one sample and one location:
-// where even that exceeds the budget, the pass runs at that size (the README states the bound).
-Blocking choose_blocking(const Geometry& g,
-                         const std::function<int64_t(int64_t samples, int64_t tile)>& scratch_bytes);
+// 16 locations, or of 1 where even one sample does not fit 16, and that scratch. Per thread the
+// pass takes per_thread(samples, tile) bytes, and shared(samples) bytes once (none where shared
+// is empty); both must grow with their arguments. At least one sample and one location: where
+// even that exceeds the budget, the pass runs at that size (the README states the bound).
+PassScratch plan_pass(const Geometry& g,
+                      const std::function<int64_t(int64_t samples, int64_t tile)>& per_thread,
+                      const std::function<int64_t(int64_t samples)>& shared = {});
 
 // Tiles of an output row: ceil(out_w / tile).
 inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return (g.out_w + tile - 1) / tile; }
@@ -39,20 +53,21 @@ inline int64_t line_bytes(int64_t count, int64_t element_size) {
   return (count * element_size + 63) / 64 * 64;
 }
 
-// One byte tensor holds the scratch of all threads of a pass, `per_thread` bytes each; a thread
-// carves its arrays from its own slice (by at::get_thread_num()), so that nothing is allocated
-// inside the parallel loop.
+// One byte tensor holds the scratch of all threads of a pass (PassScratch); a thread carves its
+// arrays from its own slice (by at::get_thread_num()), so that nothing is allocated inside the
+// parallel loop.
 class ScratchSlice {
  public:
-  // `shared`: the bytes at the end that are not per-thread slices. The scratch was sized for
-  // at::get_num_threads() threads; a thread beyond them (an OpenMP team larger than torch's
-  // setting, as with a second OpenMP runtime in the process) is an error, never a write past
-  // the end.
-  ScratchSlice(const at::Tensor& scratch, int64_t per_thread, int64_t shared = 0)
-      : next_(static_cast<char*>(scratch.data_ptr()) + at::get_thread_num() * per_thread) {
-    TORCH_CHECK((at::get_thread_num() + 1) * per_thread <= scratch.nbytes() - shared,
+  // The scratch was sized for at::get_num_threads() threads; a thread beyond them (an OpenMP
+  // team larger than torch's setting, as with a second OpenMP runtime in the process) is an
+  // error, never a write past the end.
+  explicit ScratchSlice(const PassScratch& pass)
+      : next_(static_cast<char*>(pass.scratch.data_ptr()) +
+              at::get_thread_num() * pass.thread_bytes) {
+    const int64_t slices_bytes = pass.scratch.nbytes() - pass.shared_bytes;
+    TORCH_CHECK((at::get_thread_num() + 1) * pass.thread_bytes <= slices_bytes,
                 "lc_cuda CPU kernels: thread ", at::get_thread_num(), " has no scratch slice (",
-                scratch.nbytes() - shared, " bytes for ", per_thread,
+                slices_bytes, " bytes for ", pass.thread_bytes,
                 " per thread); torch and the extension disagree on the OpenMP thread count");
   }
   template <typename T>
@@ -65,10 +80,6 @@ class ScratchSlice {
  private:
   char* next_;
 };
-
-// The scratch of a pass: `per_thread` bytes for each of at::get_num_threads() threads, plus
-// `shared` bytes at the end for arrays all threads write in disjoint parts.
-at::Tensor allocate_scratch(int64_t per_thread, int64_t shared);
 
 }  // namespace cpu
 }  // namespace lc_cuda

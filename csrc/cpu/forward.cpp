@@ -49,11 +49,8 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
     };
-    const cpu::Blocking block = cpu::choose_blocking(g, [&](int64_t samples, int64_t tile) {
-      return at::get_num_threads() * per_thread(samples, tile);
-    });
-    const int64_t thread_bytes = per_thread(block.samples, block.tile);
-    const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, 0);
+    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
+    const cpu::Blocking& block = pass.block;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(opmath_t));
@@ -67,7 +64,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
       const int64_t samples = std::min(block.samples, g.batch - n0);
       at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         const cpu::SingleThreadedBlas one_thread;
-        cpu::ScratchSlice slice(scratch, thread_bytes);
+        cpu::ScratchSlice slice(pass);
         if (by_row_tiles) {
           float* tile_filters = slice.take<float>(cpu::row_tile_scratch(g));
           for (int64_t unit = begin; unit < end; ++unit) {

@@ -54,12 +54,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     const auto shared = [&](int64_t samples) {
       return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(opmath_t));
     };
-    const cpu::Blocking block = cpu::choose_blocking(g, [&](int64_t samples, int64_t tile) {
-      return at::get_num_threads() * per_thread(samples, tile) + shared(samples);
-    });
-    const int64_t thread_bytes = per_thread(block.samples, block.tile);
-    const int64_t threads_bytes = at::get_num_threads() * thread_bytes;
-    const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, shared(block.samples));
+    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
+    const cpu::Blocking& block = pass.block;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
@@ -71,14 +67,13 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
       const int64_t samples = std::min(block.samples, g.batch - n0);
       opmath_t* sums = in_place ? reinterpret_cast<opmath_t*>(gi + n0 * sample_size)
-                                : reinterpret_cast<opmath_t*>(
-                                      static_cast<char*>(scratch.data_ptr()) + threads_bytes);
+                                : reinterpret_cast<opmath_t*>(pass.shared());
       if (!in_place) std::fill(sums, sums + samples * sample_size, opmath_t(0));
       for (int64_t phase = 0; phase < 2; ++phase) {
         const int64_t phase_blocks = (row_blocks - phase + 1) / 2;
         at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
-          cpu::ScratchSlice slice(scratch, thread_bytes, shared(block.samples));
+          cpu::ScratchSlice slice(pass);
           scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
           cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);

@@ -46,11 +46,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
              (in_place ? 0 : cpu::line_bytes(tile * filter_size, sizeof(opmath_t)));
     };
-    const cpu::Blocking block = cpu::choose_blocking(g, [&](int64_t samples, int64_t tile) {
-      return at::get_num_threads() * per_thread(samples, tile);
-    });
-    const int64_t thread_bytes = per_thread(block.samples, block.tile);
-    const at::Tensor scratch = cpu::allocate_scratch(thread_bytes, 0);
+    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
+    const cpu::Blocking& block = pass.block;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
@@ -61,7 +58,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 
     at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
       const cpu::SingleThreadedBlas one_thread;
-      cpu::ScratchSlice slice(scratch, thread_bytes);
+      cpu::ScratchSlice slice(pass);
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
