@@ -31,6 +31,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from keras_tasks import run_keras
 from methods import JAX, KERAS, METHODS, Method, environment
 from report import print_table, write_all
 from runner_process import run_tasks
-from timing import median_ms, peak_extra_bytes
+from timing import peak_extra_bytes, timings_ms
 
 import lc_cuda
 from lc_cuda import convert
@@ -192,7 +193,9 @@ def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
         if not error <= TOLERANCE[key]:
             record["status"] = f"MISMATCH {error:.2g}"
             return record
-        record["ms"] = median_ms(runner, repeats, device)
+        times = timings_ms(runner, repeats, device)
+        # every call's time is kept, so that a run's spread can be judged afterwards
+        record["ms"], record["times_ms"] = statistics.median(times), times
         peak = (
             host_memory.peak_extra_bytes(lambda: runner(0))
             if device.type == "cpu" and host_memory.available()

@@ -13,6 +13,11 @@ import torch
 def median_ms(run: Callable[[int], Any], repeats: int, device: torch.device, warmup: int = 3):
     """Median time of run(i) over `repeats` calls, after `warmup` untimed ones. run(i) is told
     the call's index, so that the caller can rotate through input sets."""
+    return statistics.median(timings_ms(run, repeats, device, warmup))
+
+
+def timings_ms(run: Callable[[int], Any], repeats: int, device: torch.device, warmup: int = 3):
+    """The time of each of `repeats` calls of run(i), in ms, after `warmup` untimed ones."""
     for i in range(warmup):
         run(i)
     times = []
@@ -33,7 +38,7 @@ def median_ms(run: Callable[[int], Any], repeats: int, device: torch.device, war
             start = time.perf_counter()
             run(warmup + i)
             times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def peak_extra_bytes(run: Callable[[int], Any], device: torch.device) -> int | None:
