@@ -116,6 +116,22 @@ def default_arch_list(torch_archs: list[str], nvcc_archs: set[int]) -> str:
     return ";".join(f"{number // 10}.{number % 10}" for number in numbers) + "+PTX"
 
 
+def check_cuda_versions(toolkit_version: str, torch_cuda_version: str, cuda_home: Path) -> None:
+    """Fails at once, naming both versions and the way out, where the toolkit's CUDA major
+    version differs from torch's: torch's own check would stop the build only after the CPU
+    sources had compiled. Minor versions may differ (torch only warns then). A toolkit whose
+    version nvcc does not report ("unknown") is left to torch's check."""
+    if toolkit_version == "unknown":
+        return
+    if toolkit_version.split(".")[0] != torch_cuda_version.split(".")[0]:
+        raise RuntimeError(
+            f"the CUDA toolkit at {cuda_home} is CUDA {toolkit_version}, but this torch was built "
+            f"with CUDA {torch_cuda_version}: the extension must be compiled with the same major "
+            "version. Set FORCE_CUDA=0 for a CPU-only build (CUDA tensors then take the unfold "
+            f"fallback), or point CUDA_HOME at a CUDA {torch_cuda_version.split('.')[0]}.x toolkit"
+        )
+
+
 def arch_names(arch_flags: list[str]) -> list[str]:
     """The sm_XX / compute_XX targets named by -gencode flags, in order, without repeats."""
     names = []
@@ -161,6 +177,8 @@ def extension_modules(generated: Path = ROOT / "build" / "generated"):
             "FORCE_CUDA=1 needs a CUDA toolkit and a CUDA build of torch: "
             f"got CUDA_HOME={cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
         )
+    if with_cuda:
+        check_cuda_versions(nvcc_version(cuda_home), torch.version.cuda, cuda_home)
 
     debug = os.environ.get("DEBUG", "0") == "1"
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]

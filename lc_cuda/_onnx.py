@@ -30,9 +30,12 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where an export needs it: `import lc_cuda` needs no numpy
 
 _TORCHLIB_REGISTRY = "onnxscript.function_libs.torch_lib.registration"
 
@@ -47,6 +50,8 @@ def patch_rows(
 ) -> np.ndarray:
     """(OH*OW, C_in*KH*KW) int32: for every output location and patch element, in the weight's
     (c, p, q) order, the row of the padded input flattened as (C_in*H*W, N) that it reads."""
+    import numpy as np
+
     (height, width), (out_h, out_w) = padded_size, output_size
     (kernel_h, kernel_w), (stride_h, stride_w), (dil_h, dil_w) = kernel_size, stride, dilation
     rows = np.arange(out_h)[:, None] * stride_h + np.arange(kernel_h)[None, :] * dil_h  # (OH, KH)
@@ -67,6 +72,8 @@ def _local_conv2d_graph(
     """Builds the translation through `graph`, which has op(op_type, *inputs, **attributes) and
     constant(numpy array), and returns the output value. Shapes are lists of ints (None where
     unknown); bias_rank is 0 without a bias."""
+    import numpy as np
+
     if len(weight_shape) != 6 or not all(isinstance(size, int) for size in weight_shape):
         raise ValueError(
             f"lc_cuda's ONNX export needs a 6-D weight of static shape, got shape {weight_shape}"
@@ -106,6 +113,8 @@ def _local_conv2d_graph(
 
 
 def _int64(graph, values):
+    import numpy as np
+
     return graph.constant(np.array(values, dtype=np.int64))
 
 

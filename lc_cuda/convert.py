@@ -27,9 +27,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+try:
+    import numpy as np
+except ImportError as error:  # torch does not depend on numpy; the frameworks converted from do
+    raise ImportError(
+        "lc_cuda.convert needs numpy, which the frameworks it converts from install: "
+        "pip install numpy"
+    ) from error
 
 from .modules import LocallyConnected1d, LocallyConnected2d
 from .ops import ntuple

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from .convert import _KerasGeometry, keras_bias_to_bias, keras_kernel_to_weight
 from .modules import LocallyConnected2d
+
+if TYPE_CHECKING:
+    import numpy as np  # only from_keras needs it (h5py brings it): imported there
 
 
 class DeepFace(nn.Module):
@@ -71,6 +74,8 @@ class DeepFace(nn.Module):
             import h5py
         except ImportError as error:
             raise ImportError("DeepFace.from_keras needs h5py: pip install h5py") from error
+        from .convert import _KerasGeometry, keras_bias_to_bias, keras_kernel_to_weight
+
         with h5py.File(path, "r") as file:
             group = file["model_weights"] if "model_weights" in file else file
             weights = {name: _keras_layer_weights(group, name) for name in _KERAS_LAYERS}
@@ -122,12 +127,16 @@ def _keras_layer_weights(group, name: str) -> list[np.ndarray]:
     """[kernel, bias] of one layer of a Keras .h5 weight file, in the file's weight order."""
     if name not in group:
         raise KeyError(f"layer {name!r} not found in the Keras file; it has {sorted(group)}")
+    import numpy as np
+
     layer = group[name]
     names = [n.decode() if isinstance(n, bytes) else n for n in layer.attrs["weight_names"]]
     return [np.asarray(layer[n]) for n in names]
 
 
 def _copy(parameter: Tensor, array) -> None:
+    import numpy as np
+
     array = torch.as_tensor(np.ascontiguousarray(array))
     if parameter.shape != array.shape:
         raise ValueError(

@@ -189,3 +189,14 @@ def test_without_arch_list_or_gpu_the_build_takes_the_default(setup_module, monk
     assert sorted(recorded.split()) == sorted(
         [f"sm_{number}" for number in numbers] + [f"compute_{numbers[-1]}"]
     )
+
+
+def test_toolkit_and_torch_cuda_major_versions_must_match(setup_module, tmp_path):
+    """A CUDA 13 toolkit with a torch built for CUDA 12.1 fails before anything compiles, with
+    both versions and the CPU-only switch in the message; minor versions may differ."""
+    with pytest.raises(RuntimeError) as error:
+        setup_module.check_cuda_versions("13.0", "12.1", tmp_path)
+    message = str(error.value)
+    assert "CUDA 13.0" in message and "CUDA 12.1" in message and "FORCE_CUDA=0" in message
+    setup_module.check_cuda_versions("13.0", "13.1", tmp_path)
+    setup_module.check_cuda_versions("unknown", "12.1", tmp_path)
