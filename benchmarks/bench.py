@@ -383,6 +383,7 @@ def main(argv=None) -> int:
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     )
     print(f"lc_cuda benchmark on {device_name}; build {lc_cuda.build_info()}", flush=True)
+    load_at_start = os.getloadavg()
     ceilings = measure_ceilings(device, dtypes)
     print(
         f"ceilings: copy {ceilings['copy_GBps']:.0f} GB/s, matmul TFLOP/s "
@@ -474,6 +475,8 @@ def main(argv=None) -> int:
         "build_info": lc_cuda.build_info(),
         "command": " ".join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
+        # the 1, 5 and 15-minute load averages: another process's work shows up as noise
+        "load": {"start": load_at_start, "end": os.getloadavg(), "cpus": os.cpu_count()},
         "dtypes": dtypes,
         "directions": list(args.directions),
         "methods": [*methods, *([JAX] if JAX in args.methods else []), *keras_methods],

@@ -13,11 +13,13 @@ import csv
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 CSV_FIELDS = [
     "case", "dtype", "direction", "method", "batch", "status", "ms", "floor_ms", "times_floor",
     "percent_of_floor", "speedup_vs_naive", "GBps", "TFLOPs", "peak_extra_MB", "error",
+    "min_ms", "max_ms", "spread", "flags",
 ]  # fmt: skip
 
 
@@ -26,9 +28,41 @@ def geometric_mean(values) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+# A cell whose timed calls spread wider than this (interquartile range over the median) is
+# flagged noisy: on a shared machine another process took the cores during it. The quartiles
+# leave out one outlier at each end of 5 calls, so a single preemption does not flag a cell.
+NOISY_SPREAD = 0.25
+# A run in which more than this share of the cells is flagged is too noisy to trust as a whole.
+NOISY_RUN_SHARE = 0.25
+
+
+def spread(times: list[float]) -> float:
+    """Interquartile range of the calls' times over their median."""
+    if len(times) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else math.inf
+
+
+def flags(record: dict) -> list[str]:
+    """Why a timed record is not a result: 'below floor' (faster than the roofline floor, which
+    no method can be: the timer or the ceilings were wrong) and 'noisy' (spread too wide)."""
+    found = []
+    if record["ms"] < record["floor_ms"]:
+        found.append("below floor")
+    if record.get("spread", 0.0) > NOISY_SPREAD:
+        found.append("noisy")
+    return found
+
+
+def trusted(record: dict) -> bool:
+    return bool(record.get("ms")) and not record.get("flags")
+
+
 def derive(records: list[dict]) -> None:
     """Adds to each timed record what follows from its time: multiples and percent of the
-    floor, throughput, and the speed-up over the naive snippet of the same case."""
+    floor, throughput, the speed-up over the naive snippet of the same case, the calls' min,
+    max and spread, and its flags (a flagged record is reported, not counted as a result)."""
     naive = {
         (r["case"], r["dtype"], r["direction"]): r["ms"]
         for r in records
@@ -37,6 +71,10 @@ def derive(records: list[dict]) -> None:
     for r in records:
         if not r.get("ms"):
             continue
+        if r.get("times_ms"):
+            r["min_ms"], r["max_ms"] = min(r["times_ms"]), max(r["times_ms"])
+            r["spread"] = spread(r["times_ms"])
+        r["flags"] = flags(r)
         r["times_floor"] = r["ms"] / r["floor_ms"]
         r["percent_of_floor"] = 100 * r["floor_ms"] / r["ms"]
         r["GBps"] = r["bytes"] / r["ms"] / 1e6
@@ -48,7 +86,8 @@ def derive(records: list[dict]) -> None:
 
 def summary(result: dict) -> list[dict]:
     """Per dtype, direction and method: geometric means over the cases of the time as a
-    multiple of the floor, and of the speed-up over the naive snippet and over the fallback."""
+    multiple of the floor, and of the speed-up over the naive snippet and over the fallback.
+    Flagged records (below the floor, noisy) are left out, and counted in 'flagged'."""
     records = result["records"]
     rows = []
     for dtype in result["dtypes"]:
@@ -56,7 +95,12 @@ def summary(result: dict) -> list[dict]:
             timed = [
                 r
                 for r in records
-                if r["dtype"] == dtype and r["direction"] == direction and r.get("ms")
+                if r["dtype"] == dtype and r["direction"] == direction and trusted(r)
+            ]
+            flagged = [
+                r
+                for r in records
+                if r["dtype"] == dtype and r["direction"] == direction and r.get("flags")
             ]
             fallback = {r["case"]: r["ms"] for r in timed if r["method"] == "lc_cuda_unfold"}
             for method in result["methods"]:
@@ -66,6 +110,7 @@ def summary(result: dict) -> list[dict]:
                 rows.append({
                     "dtype": dtype, "direction": direction, "method": method,
                     "cases": len(mine),
+                    "flagged": sum(r["method"] == method for r in flagged),
                     "times_floor": geometric_mean(r["times_floor"] for r in mine),
                     "speedup_vs_naive": geometric_mean(r.get("speedup_vs_naive") for r in mine),
                     "speedup_vs_fallback": geometric_mean(
@@ -80,7 +125,32 @@ def cell(record: dict | None) -> str:
         return "-"
     if not record.get("ms"):
         return record.get("status", "?")[:14]
+    if record.get("flags"):
+        # shown, but marked as no result: the time and why it is not trusted
+        return f"{'/'.join(record['flags']).upper()}: {record['ms']:.3f}?"
     return f"{record['ms']:.3f} ({record['times_floor']:.1f}x)"
+
+
+def run_verdict(result: dict) -> str:
+    """'' for a run to trust; otherwise why not: too large a share of its cells flagged."""
+    timed = [r for r in result["records"] if r.get("ms")]
+    flagged = [r for r in timed if r.get("flags")]
+    if timed and len(flagged) > NOISY_RUN_SHARE * len(timed):
+        return (
+            f"TOO NOISY TO TRUST: {len(flagged)} of {len(timed)} timed cells are flagged "
+            f"(spread above {NOISY_SPREAD:.0%} or below the floor); rerun on a quiet machine"
+        )
+    return ""
+
+
+def load_text(result: dict) -> str:
+    load = result.get("load")
+    if not load:
+        return "not recorded"
+    return (
+        f"1-minute load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at "
+        f"the end, on {load['cpus']} logical CPUs"
+    )
 
 
 def memory_cell(record: dict | None) -> str:
@@ -91,7 +161,7 @@ def memory_cell(record: dict | None) -> str:
 
 def lead_cell(row: dict[str, dict | None]) -> str:
     """The fastest other method's time over lc_cuda's, and which method that is."""
-    times = {m: r["ms"] for m, r in row.items() if r is not None and r.get("ms")}
+    times = {m: r["ms"] for m, r in row.items() if r is not None and trusted(r)}
     others = {m: ms for m, ms in times.items() if m != "lc_cuda"}
     if "lc_cuda" not in times or not others:
         return "-"
@@ -114,13 +184,18 @@ def print_table(result: dict) -> None:
             f"{case:<20} {dtype:<13} {direction:<17} {floor:>9.4f} "
             + "".join(f"{c:>22}" for c in cells)
         )
-    print("\ngeometric means over the cases")
+    print("\ngeometric means over the cases (flagged cells left out)")
     for row in summary(result):
         print(
             f"  {row['dtype']:<13} {row['direction']:<17} {row['method']:<15} "
             f"{ratio(row['times_floor'])} floor  {ratio(row['speedup_vs_naive'])} vs naive  "
             f"{ratio(row['speedup_vs_fallback'])} vs fallback"
+            + (f"  ({row['flagged']} flagged)" if row.get("flagged") else "")
         )
+    print(f"\nmachine load: {load_text(result)}")
+    verdict = run_verdict(result)
+    if verdict:
+        print(f"\n{verdict}")
 
 
 def ratio(value: float) -> str:
@@ -132,7 +207,8 @@ def write_csv(result: dict, path: Path) -> None:
     with open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(result["records"])
+        for record in result["records"]:
+            writer.writerow({**record, "flags": " ".join(record.get("flags", []))})
 
 
 def write_charts(result: dict, directory: Path) -> list[Path]:
@@ -225,6 +301,11 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         ),
         "- floor = max(fewest bytes / copy bandwidth, flops / matmul rate of the precision); "
         "times are medians of CUDA-event timings (perf_counter on the CPU).",
+        f"- machine load: {load_text(result)}",
+        f"- a cell is flagged, and left out of the means, where its calls' interquartile range "
+        f"exceeds {NOISY_SPREAD:.0%} of their median (NOISY) or it is faster than the floor "
+        "(BELOW FLOOR)",
+        *([f"- **{run_verdict(result)}**"] if run_verdict(result) else []),
         "",
         "Methods:",
         "",
@@ -235,13 +316,15 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         "",
         "## Geometric means over the cases",
         "",
-        "| dtype | direction | method | cases | x floor | speed-up vs naive | vs fallback |",
+        "| dtype | direction | method | cases (flagged) | x floor | speed-up vs naive | "
+        "vs fallback |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary(result):
         ratios = (row[k] for k in ("times_floor", "speedup_vs_naive", "speedup_vs_fallback"))
+        cases = f"{row['cases']}" + (f" ({row['flagged']})" if row.get("flagged") else "")
         lines.append(
-            f"| {row['dtype']} | {row['direction']} | {row['method']} | {row['cases']} | "
+            f"| {row['dtype']} | {row['direction']} | {row['method']} | {cases} | "
             + " | ".join(ratio(value).strip() for value in ratios)
             + " |"
         )

@@ -90,8 +90,43 @@ def test_numbers_are_finite_and_consistent(bench_run):
             if (r["dtype"], r["direction"], r["method"])
             == (row["dtype"], row["direction"], row["method"])
         ]
-        expected = math.exp(sum(math.log(r["times_floor"]) for r in mine) / len(mine))
-        assert math.isclose(row["times_floor"], expected, rel_tol=1e-9)
+        kept = [r for r in mine if not r["flags"]]
+        assert row["flagged"] == len(mine) - len(kept)
+        if kept:
+            expected = math.exp(sum(math.log(r["times_floor"]) for r in kept) / len(kept))
+            assert math.isclose(row["times_floor"], expected, rel_tol=1e-9)
+    assert all(len(r["times_ms"]) == 2 for r in records)  # --repeats 2
+    assert all(r["min_ms"] <= r["ms"] <= r["max_ms"] for r in records)
+    assert len(result["load"]["start"]) == 3 and result["load"]["cpus"] >= 1
+
+
+def test_flags_keep_untrustworthy_cells_out_of_the_results():
+    """A cell faster than the floor, or whose calls spread wider than NOISY_SPREAD, is flagged,
+    shown as such, and left out of the geometric means; a run with many is marked untrusted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    def record(case, ms, times):
+        return {
+            "case": case, "dtype": "float32", "direction": "forward", "method": "lc_cuda",
+            "ms": ms, "times_ms": times, "floor_ms": 1.0, "bytes": 1, "flops": 1,
+        }  # fmt: skip
+
+    records = [
+        record("steady", 2.0, [1.9, 2.0, 2.0, 2.0, 2.1, 9.0]),  # one outlier: still trusted
+        record("fast", 0.5, [0.5, 0.5, 0.5]),  # below the floor
+        record("noisy", 4.0, [2.0, 2.0, 4.0, 8.0, 8.0]),
+    ]
+    result = {
+        "records": records, "dtypes": ["float32"], "directions": ["forward"],
+        "methods": ["lc_cuda"],
+    }  # fmt: skip
+    report.derive(records)
+    assert [r["flags"] for r in records] == [[], ["below floor"], ["noisy"]]
+    assert report.cell(records[1]).startswith("BELOW FLOOR") and "x)" not in report.cell(records[2])
+    (row,) = report.summary(result)
+    assert (row["cases"], row["flagged"]) == (1, 2) and math.isclose(row["times_floor"], 2.0)
+    assert report.run_verdict(result).startswith("TOO NOISY TO TRUST: 2 of 3")
 
 
 def test_counts_worked_by_hand(bench_run):
