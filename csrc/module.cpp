@@ -4,6 +4,11 @@
 
 #include "lc_cuda_build_config.h"
 
+// The torch this binary was built against, as a marker in its read-only data: lc_cuda/_extension.py
+// reads it from the file where the binary cannot be loaded (another torch's ABI), to say which.
+extern "C" __attribute__((used)) const char lc_cuda_build_marker[] =
+    "lc_cuda build: torch " LC_CUDA_BUILD_TORCH_VERSION ";";
+
 namespace {
 
 // Whether the CPU kernels' at::parallel_for loops run on torch's OpenMP threads: a header
@@ -15,13 +20,14 @@ constexpr bool kOpenMP = false;
 #endif
 
 PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
-  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:O,s:O,s:O}",                 //
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:O,s:O,s:O,s:O}",             //
                        "torch_version", LC_CUDA_BUILD_TORCH_VERSION,          //
                        "cuda_version", LC_CUDA_BUILD_CUDA_VERSION,            //
                        "arch_list", LC_CUDA_BUILD_ARCH_LIST,                  //
                        "arch_flags", LC_CUDA_BUILD_ARCH_FLAGS,                //
                        "with_cuda", LC_CUDA_BUILD_WITH_CUDA ? Py_True : Py_False,
                        "cuda_kernels", LC_CUDA_BUILD_CUDA_KERNELS ? Py_True : Py_False,
+                       "gpu_verified", LC_CUDA_BUILD_GPU_VERIFIED ? Py_True : Py_False,
                        "debug", LC_CUDA_BUILD_DEBUG ? Py_True : Py_False,
                        "openmp", kOpenMP ? Py_True : Py_False);
 }

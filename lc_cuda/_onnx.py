@@ -1,12 +1,14 @@
-"""ONNX export of lc_cuda::local_conv2d, in standard ONNX operators only.
+"""ONNX export of lc_cuda::local_conv, in standard ONNX operators only.
 
-A runtime needs no custom-op library to run the exported graph. The translation:
+A runtime needs no custom-op library to run the exported graph. The translation, for 1 to 3
+spatial dimensions (*S; L = prod(out) locations, G groups, K = C_in/G * prod(kernel)):
 
-    Pad (and Slice, where the input has rows or columns no patch reads)
-    -> Transpose to (C_in, H, W, N) -> Reshape to rows (C_in*H*W, N)
-    -> Gather of every patch's rows with constant indices: (OH*OW, C_in*KH*KW, N)
-    -> MatMul with the weight viewed as (OH*OW, C_out, C_in*KH*KW): (OH*OW, C_out, N)
-    -> Transpose and Reshape to (N, C_out, OH, OW) -> Add bias
+    Pad (and Slice, where the input has positions no patch reads)
+    -> Transpose to (C_in, *S, N) -> Reshape to rows (C_in*prod(S), N)
+    -> Gather of every patch's rows with constant indices: (L, G, K, N)
+    -> MatMul with the weight viewed as (L, G, C_out/G, K) (where locations share weight
+       regions, first gathered from the regions by a constant index): (L, G, C_out/G, N)
+    -> Transpose and Reshape to (N, C_out, *out) -> Add bias
 
 The batch stays dynamic; the other sizes come from the weight's shape. The Gather
 reads each patch element once, as the unfold fallback does; gathering with a Conv over a one-hot
@@ -22,7 +24,7 @@ Both exporters are served:
     imports it (see _RegisterWhenImported), or at once if it already is.
   - torch.onnx.export(..., dynamo=False), the TorchScript-based exporter: a symbolic function
     registered with torch.onnx.register_custom_op_symbolic.
-Both build the same graph through _local_conv2d_graph.
+Both build the same graph through _local_conv_graph.
 """
 
 from __future__ import annotations
@@ -42,74 +44,194 @@ _TORCHLIB_REGISTRY = "onnxscript.function_libs.torch_lib.registration"
 
 def patch_rows(
     channels: int,
-    padded_size: tuple[int, int],
-    output_size: tuple[int, int],
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
+    groups: int,
+    padded_size: tuple[int, ...],
+    output_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
 ) -> np.ndarray:
-    """(OH*OW, C_in*KH*KW) int32: for every output location and patch element, in the weight's
-    (c, p, q) order, the row of the padded input flattened as (C_in*H*W, N) that it reads."""
+    """(L, groups, C_in/groups * prod(kernel)) integers: for every output location, group and
+    patch element in the weight's (c, *taps) order, the row of the padded input flattened as
+    (C_in * prod(padded_size), N) that it reads."""
     import numpy as np
 
-    (height, width), (out_h, out_w) = padded_size, output_size
-    (kernel_h, kernel_w), (stride_h, stride_w), (dil_h, dil_w) = kernel_size, stride, dilation
-    rows = np.arange(out_h)[:, None] * stride_h + np.arange(kernel_h)[None, :] * dil_h  # (OH, KH)
-    cols = np.arange(out_w)[:, None] * stride_w + np.arange(kernel_w)[None, :] * dil_w  # (OW, KW)
-    index = (
-        np.arange(channels)[None, None, :, None, None] * (height * width)
-        + rows[:, None, None, :, None] * width
-        + cols[None, :, None, None, :]
-    )  # (OH, OW, C_in, KH, KW)
+    dims = len(output_size)
+    # Per dimension: the padded position each (output position, tap) reads, (out, kernel).
+    positions = [
+        np.arange(out)[:, None] * s + np.arange(k)[None, :] * d
+        for out, k, s, d in zip(output_size, kernel_size, stride, dilation)
+    ]
+    # Row-major offset inside one channel, over axes (*out, *kernel).
+    offset = np.zeros([*output_size, *kernel_size], dtype=np.int64)
+    for axis, position in enumerate(positions):
+        shape = [1] * (2 * dims)
+        shape[axis], shape[dims + axis] = position.shape
+        offset = offset * padded_size[axis] + position.reshape(shape)
+    plane = int(np.prod(padded_size))
+    channel = np.arange(channels).reshape([1] * dims + [channels] + [1] * dims) * plane
+    # (*out, C_in, *kernel), then locations x groups x (C_in/groups * taps)
+    index = channel + np.expand_dims(offset, dims)
+    locations = int(np.prod(output_size))
+    index = index.reshape(locations, groups, -1)
     if index.size and index.max() > np.iinfo(np.int32).max:
-        return index.reshape(out_h * out_w, -1)
-    return index.reshape(out_h * out_w, -1).astype(np.int32)
+        return index
+    return index.astype(np.int32)
 
 
-def _local_conv2d_graph(
-    graph, input, weight, bias, input_shape, weight_shape, bias_rank, stride, padding, dilation
-):
+def region_of_locations(output_size, share, share_mode) -> np.ndarray:
+    """The flat weight region of every output location (int64), as the operator maps them."""
+    import numpy as np
+
+    grids = np.meshgrid(*[np.arange(out) for out in output_size], indexing="ij")
+    flat = np.zeros(grids[0].shape, dtype=np.int64)
+    for grid, out, s in zip(grids, output_size, share):
+        count = s if share_mode == "tile" else -(-out // s)
+        flat = flat * count + (grid % s if share_mode == "tile" else grid // s)
+    return flat.reshape(-1)
+
+
+def _local_conv_graph(
+    graph, input, weight, bias, input_shape, weight_shape, bias_rank, stride, padding, dilation,
+    groups, share, share_mode,
+):  # fmt: skip
     """Builds the translation through `graph`, which has op(op_type, *inputs, **attributes) and
     constant(numpy array), and returns the output value. Shapes are lists of ints (None where
-    unknown); bias_rank is 0 without a bias."""
+    unknown); padding is (before, after) per dimension; bias_rank is 0 without a bias."""
     import numpy as np
 
-    if len(weight_shape) != 6 or not all(isinstance(size, int) for size in weight_shape):
+    dims = len(stride)
+    if len(weight_shape) != 2 * dims + 2 or not all(isinstance(n, int) for n in weight_shape):
         raise ValueError(
-            f"lc_cuda's ONNX export needs a 6-D weight of static shape, got shape {weight_shape}"
+            f"lc_cuda's ONNX export needs a {2 * dims + 2}-D weight of static shape, got shape "
+            f"{weight_shape}"
         )
-    out_h, out_w, out_channels, in_channels, kernel_h, kernel_w = weight_shape
-    pad_h, pad_w = padding
-    if pad_h or pad_w:
-        pads = np.array([0, 0, pad_h, pad_w, 0, 0, pad_h, pad_w], dtype=np.int64)
+    out_channels, group_channels = weight_shape[dims], weight_shape[dims + 1]
+    kernel = weight_shape[dims + 2 :]
+    in_channels = group_channels * groups
+    before, after = padding[0::2], padding[1::2]
+    shares = share_mode == "tile" or any(s > 1 for s in share)
+    if all(isinstance(n, int) for n in input_shape[2:]):
+        padded = [n + b + a for n, b, a in zip(input_shape[2:], before, after)]
+        out = [
+            (n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(padded, kernel, stride, dilation)
+        ]
+    elif not shares:  # one filter bank per location: the weight gives the output size
+        padded, out = None, list(weight_shape[:dims])
+    else:
+        raise ValueError(
+            "lc_cuda's ONNX export of a layer with shared weights needs the input's spatial "
+            f"sizes, which the exporter did not give: got input shape {input_shape}"
+        )
+    if any(before) or any(after):
+        pads = np.array([0, 0, *before, 0, 0, *after], dtype=np.int64)
         input = graph.op("Pad", input, graph.constant(pads))
-    # The extent the patches read; the input may have up to stride - 1 more rows or columns.
-    height = (out_h - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1
-    width = (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1
-    if input_shape[2:] != [height - 2 * pad_h, width - 2 * pad_w]:
+    # The extent the patches read; the input may have up to stride - 1 more positions.
+    extent = [(o - 1) * s + d * (k - 1) + 1 for o, k, s, d in zip(out, kernel, stride, dilation)]
+    if extent != padded:  # also where the input's size is unknown: slicing to it is a no-op
         input = graph.op(
             "Slice",
             input,
-            _int64(graph, [0, 0]),
-            _int64(graph, [height, width]),
-            _int64(graph, [2, 3]),
+            _int64(graph, [0] * dims),
+            _int64(graph, extent),
+            _int64(graph, list(range(2, dims + 2))),
         )
-    rows = graph.op("Transpose", input, perm=[1, 2, 3, 0])  # (C_in, H, W, N)
-    rows = graph.op("Reshape", rows, _int64(graph, [in_channels * height * width, -1]))
-    index = patch_rows(
-        in_channels, (height, width), (out_h, out_w), (kernel_h, kernel_w), stride, dilation
-    )
-    patches = graph.op("Gather", rows, graph.constant(index), axis=0)  # (L, C_in*KH*KW, N)
-    locations, patch_size = out_h * out_w, in_channels * kernel_h * kernel_w
-    filters = graph.op("Reshape", weight, _int64(graph, [locations, out_channels, patch_size]))
-    out = graph.op("MatMul", filters, patches)  # (L, C_out, N)
-    out = graph.op("Transpose", out, perm=[2, 1, 0])
-    out = graph.op("Reshape", out, _int64(graph, [-1, out_channels, out_h, out_w]))
+    rows = graph.op("Transpose", input, perm=[*range(1, dims + 2), 0])  # (C_in, *extent, N)
+    rows = graph.op("Reshape", rows, _int64(graph, [in_channels * int(np.prod(extent)), -1]))
+    index = patch_rows(in_channels, groups, extent, out, kernel, stride, dilation)
+    patches = graph.op("Gather", rows, graph.constant(index), axis=0)  # (L, G, K/G, N)
+    group_out, patch = out_channels // groups, index.shape[2]
+    filters = graph.op("Reshape", weight, _int64(graph, [-1, groups, group_out, patch]))
+    region_index = region_of_locations(out, share, share_mode) if shares else None
+    if shares:  # each location's filters from its region
+        filters = graph.op("Gather", filters, graph.constant(region_index), axis=0)
+    result = graph.op("MatMul", filters, patches)  # (L, G, C_out/G, N)
+    result = graph.op("Transpose", result, perm=[3, 1, 2, 0])
+    result = graph.op("Reshape", result, _int64(graph, [-1, out_channels, *out]))
     if bias_rank == 1:
-        bias = graph.op("Reshape", bias, _int64(graph, [out_channels, 1, 1]))
+        bias = graph.op("Reshape", bias, _int64(graph, [out_channels, *[1] * dims]))
+    elif bias_rank and shares:
+        bias = graph.op("Reshape", bias, _int64(graph, [out_channels, -1]))
+        bias = graph.op("Gather", bias, graph.constant(region_index), axis=1)
+        bias = graph.op("Reshape", bias, _int64(graph, [out_channels, *out]))
     if bias_rank:
-        out = graph.op("Add", out, bias)
-    return out
+        result = graph.op("Add", result, bias)
+    return result
+
+
+def _local_conv_transpose_graph(
+    graph, input, weight, bias, input_shape, weight_shape, bias_rank, stride, padding,
+    output_padding, dilation, groups, share, share_mode,
+):  # fmt: skip
+    """The transposed op: the adjoint of _local_conv_graph. Every location's contributions
+    (its filters times its input column: the patch gradients) are added with ScatterND
+    (reduction 'add', opset 16) onto the rows the forward's Gather reads, then the padding is
+    cut off and output_padding appended."""
+    import numpy as np
+
+    dims = len(stride)
+    if len(weight_shape) != 2 * dims + 2 or not all(isinstance(n, int) for n in weight_shape):
+        raise ValueError(
+            f"lc_cuda's ONNX export needs a {2 * dims + 2}-D weight of static shape, got shape "
+            f"{weight_shape}"
+        )
+    in_channels, group_out = weight_shape[dims], weight_shape[dims + 1]
+    kernel = weight_shape[dims + 2 :]
+    out_channels, group_in = group_out * groups, in_channels // groups
+    shares = share_mode == "tile" or any(s > 1 for s in share)
+    if all(isinstance(n, int) for n in input_shape[2:]):
+        positions = list(input_shape[2:])
+    elif not shares:
+        positions = list(weight_shape[:dims])
+    else:
+        raise ValueError(
+            "lc_cuda's ONNX export of a layer with shared weights needs the input's spatial "
+            f"sizes, which the exporter did not give: got input shape {input_shape}"
+        )
+    extent = [
+        (o - 1) * s + d * (k - 1) + 1 for o, k, s, d in zip(positions, kernel, stride, dilation)
+    ]
+    index = patch_rows(out_channels, groups, extent, positions, kernel, stride, dilation)
+    locations, patch = index.shape[0], index.shape[2]
+    # (N, C_in, *positions) -> (L, G, C_in/G, N): each location's input column, by group
+    columns = graph.op("Transpose", input, perm=[*range(2, dims + 2), 1, 0])
+    columns = graph.op("Reshape", columns, _int64(graph, [locations, groups, group_in, -1]))
+    filters = graph.op("Reshape", weight, _int64(graph, [-1, groups, group_in, patch]))
+    if shares:
+        region_index = region_of_locations(positions, share, share_mode)
+        filters = graph.op("Gather", filters, graph.constant(region_index), axis=0)
+    filters = graph.op("Transpose", filters, perm=[0, 1, 3, 2])  # (L, G, K/G, C_in/G)
+    contributions = graph.op("MatMul", filters, columns)  # (L, G, K/G, N)
+    updates = graph.op("Reshape", contributions, _int64(graph, [locations * groups * patch, -1]))
+    # Summed in float32 (onnxruntime's CPU ScatterND adds no float16), then cast back.
+    updates = graph.op("Cast", updates, to=1)  # TensorProto.FLOAT
+    rows = out_channels * int(np.prod(extent))
+    batch = graph.op("Slice", graph.op("Shape", input), _int64(graph, [0]), _int64(graph, [1]))
+    shape = graph.op("Concat", _int64(graph, [rows]), batch, axis=0)
+    zeros = graph.op("Expand", graph.constant(np.zeros((), np.float32)), shape)
+    indices = graph.constant(index.reshape(-1, 1).astype(np.int64))
+    result = graph.op("ScatterND", zeros, indices, updates, reduction="add")
+    result = graph.op("CastLike", result, input)
+    result = graph.op("Reshape", result, _int64(graph, [out_channels, *extent, -1]))
+    result = graph.op("Transpose", result, perm=[dims + 1, *range(dims + 1)])  # (N, C_out, *E)
+    before, after = padding[0::2], padding[1::2]
+    if any(output_padding):
+        pads = np.array([0, 0, *[0] * dims, 0, 0, *output_padding], dtype=np.int64)
+        result = graph.op("Pad", result, graph.constant(pads))
+    ends = [e + extra - a for e, extra, a in zip(extent, output_padding, after)]
+    if any(before) or any(after):
+        result = graph.op(
+            "Slice",
+            result,
+            _int64(graph, list(before)),
+            _int64(graph, ends),
+            _int64(graph, list(range(2, dims + 2))),
+        )
+    if bias_rank == 1:
+        bias = graph.op("Reshape", bias, _int64(graph, [out_channels, *[1] * dims]))
+    if bias_rank:
+        result = graph.op("Add", result, bias)
+    return result
 
 
 def _int64(graph, values):
@@ -119,30 +241,42 @@ def _int64(graph, values):
 
 
 class _TorchScriptGraph:
-    """The TorchScript-based exporter's graph context, as _local_conv2d_graph uses it."""
+    """The TorchScript-based exporter's graph context, as _local_conv_graph uses it."""
 
     def __init__(self, g):
         self.g = g
 
     def op(self, op_type, *inputs, **attributes):
-        # The TorchScript-based exporter types attributes by suffix; these are ints or int lists.
-        return self.g.op(op_type, *inputs, **{f"{name}_i": v for name, v in attributes.items()})
+        # The TorchScript-based exporter types attributes by suffix: strings, or ints and lists.
+        return self.g.op(
+            op_type,
+            *inputs,
+            **{f"{name}_{'s' if isinstance(v, str) else 'i'}": v for name, v in attributes.items()},
+        )
 
     def constant(self, array):
         return self.g.op("Constant", value_t=torch.from_numpy(array))
 
 
-def _local_conv2d_symbolic(g, input, weight, bias, stride, padding, dilation, force_unfold=None):
+def _constant_argument(value, kind, name):
+    """A non-tensor argument of the operator as the TorchScript-based exporter holds it."""
     from torch.onnx import symbolic_helper
 
-    def static_ints(value, name):
-        ints = symbolic_helper._maybe_get_const(value, "is")
-        if not isinstance(ints, list):
-            raise ValueError(f"lc_cuda's ONNX export needs a constant {name}, got {value}")
-        return ints
+    found = symbolic_helper._maybe_get_const(value, kind)
+    if isinstance(found, torch._C.Value):
+        raise ValueError(f"lc_cuda's ONNX export needs a constant {name}, got {value}")
+    return found
 
+
+def _local_conv_symbolic(
+    g, input, weight, bias, stride, padding, dilation, groups, share, share_mode,
+    force_unfold=None,
+):  # fmt: skip
+    from torch.onnx import symbolic_helper
+
+    constant = _constant_argument
     sizes = symbolic_helper._get_tensor_sizes
-    return _local_conv2d_graph(
+    return _local_conv_graph(
         _TorchScriptGraph(g),
         input,
         weight,
@@ -150,9 +284,38 @@ def _local_conv2d_symbolic(g, input, weight, bias, stride, padding, dilation, fo
         sizes(input),
         sizes(weight),
         0 if symbolic_helper._is_none(bias) else len(sizes(bias)),
-        static_ints(stride, "stride"),
-        static_ints(padding, "padding"),
-        static_ints(dilation, "dilation"),
+        constant(stride, "is", "stride"),
+        constant(padding, "is", "padding"),
+        constant(dilation, "is", "dilation"),
+        constant(groups, "i", "groups"),
+        constant(share, "is", "share"),
+        constant(share_mode, "s", "share_mode"),
+    )
+
+
+def _local_conv_transpose_symbolic(
+    g, input, weight, bias, stride, padding, output_padding, dilation, groups, share,
+    share_mode, force_unfold=None,
+):  # fmt: skip
+    from torch.onnx import symbolic_helper
+
+    constant = _constant_argument
+    sizes = symbolic_helper._get_tensor_sizes
+    return _local_conv_transpose_graph(
+        _TorchScriptGraph(g),
+        input,
+        weight,
+        None if symbolic_helper._is_none(bias) else bias,
+        sizes(input),
+        sizes(weight),
+        0 if symbolic_helper._is_none(bias) else len(sizes(bias)),
+        constant(stride, "is", "stride"),
+        constant(padding, "is", "padding"),
+        constant(output_padding, "is", "output_padding"),
+        constant(dilation, "is", "dilation"),
+        constant(groups, "i", "groups"),
+        constant(share, "is", "share"),
+        constant(share_mode, "s", "share_mode"),
     )
 
 
@@ -184,7 +347,11 @@ class _RegisterAfterLoading(importlib.abc.Loader):
 
 def register() -> None:
     """Registers the translation with both exporters; called once, on `import lc_cuda`."""
-    torch.onnx.register_custom_op_symbolic("lc_cuda::local_conv2d", _local_conv2d_symbolic, 11)
+    torch.onnx.register_custom_op_symbolic("lc_cuda::local_conv", _local_conv_symbolic, 11)
+    # ScatterND's reduction, which the transposed op's translation adds with, is opset 16.
+    torch.onnx.register_custom_op_symbolic(
+        "lc_cuda::local_conv_transpose", _local_conv_transpose_symbolic, 16
+    )
     if _TORCHLIB_REGISTRY in sys.modules:
         from . import _onnx_dynamo  # noqa: F401
     elif importlib.util.find_spec("onnxscript") is not None:

@@ -38,8 +38,8 @@ except ImportError as error:  # torch does not depend on numpy; the frameworks c
         "pip install numpy"
     ) from error
 
+from ._arguments import ntuple
 from .modules import LocallyConnected1d, LocallyConnected2d
-from .ops import ntuple
 
 _MODULES = {1: LocallyConnected1d, 2: LocallyConnected2d}
 _CONSTANT_PADS = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d}

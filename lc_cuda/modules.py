@@ -1,4 +1,10 @@
-"""LocallyConnected1d and LocallyConnected2d: nn.Modules over local_conv1d / local_conv2d."""
+"""The layers: LocallyConnected1d/2d/3d and LocallyConnectedTranspose1d/2d/3d.
+
+One base class per direction holds what every dimension shares (arguments, parameters, init,
+repr); the public classes name the dimension and document it. forward calls the operator
+through lc_cuda._autograd in eager mode (every torch.func transform applies) and the operator
+itself under TorchScript, so that the layers script.
+"""
 
 from __future__ import annotations
 
@@ -9,97 +15,185 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import IntOrSeq, ntuple, operator_padding, output_size, padding_arg
+from ._arguments import (
+    IntOrSeq,
+    Padding,
+    flat_padding,
+    ntuple,
+    output_size,
+    padding_pairs,
+    regions,
+    sharing,
+    transposed_size,
+)
+from ._autograd import conv, conv_transpose
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
-class _LocallyConnectedNd(nn.Module):
-    """Shared parameters, initialisation and repr of the 1d and 2d layers.
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
-    weight: (*output_size, out_channels, in_channels, *kernel_size)
-    bias:   (out_channels, *output_size), or (out_channels,) with shared_bias=True
-    """
+
+class _LocalLayer(nn.Module):
+    """What the forward and transposed layers share: arguments, weight sharing, parameters,
+    batching, repr. Subclasses set spatial_dims and build the geometry."""
 
     spatial_dims: int
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        input_size: IntOrSeq,
-        kernel_size: IntOrSeq,
-        stride: IntOrSeq,
-        padding: IntOrSeq | str,
-        dilation: IntOrSeq,
-        bias: bool,
-        shared_bias: bool,
-        device,
-        dtype,
-    ):
-        super().__init__()
+    def _common_arguments(
+        self, in_channels, out_channels, input_size, kernel_size, stride, dilation, groups,
+        share_block, share_period,
+    ):  # fmt: skip
         n = self.spatial_dims
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.groups = _positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups must divide in_channels and out_channels: got groups {groups}, "
+                f"in_channels {in_channels}, out_channels {out_channels}"
+            )
         self.input_size = ntuple(input_size, n, "input_size")
         self.kernel_size = ntuple(kernel_size, n, "kernel_size")
         self.stride = ntuple(stride, n, "stride")
         self.dilation = ntuple(dilation, n, "dilation")
-        self.padding = padding_arg(padding, n)
-        self.output_size = output_size(
-            self.input_size, self.kernel_size, self.stride, self.padding, self.dilation
+        self.share_block = None if share_block is None else ntuple(share_block, n, "share_block")
+        self.share_period = (
+            None if share_period is None else ntuple(share_period, n, "share_period")
         )
-        self.shared_bias = shared_bias
-        # forward calls the operator itself, with the arguments local_conv2d would compute, so
-        # that the layers script with torch.jit.script. 1D layers run on 2D views of height 1.
-        ones = [1] * (2 - n)
-        self._op_stride = ones + list(self.stride)
-        self._op_dilation = ones + list(self.dilation)
-        self._op_padding, self._extra_padding = operator_padding(
-            self.padding if isinstance(self.padding, str) else [0] * (2 - n) + list(self.padding),
-            ones + list(self.kernel_size),
-            self._op_dilation,
-        )
+        self._sharing = sharing(share_block, share_period, n)
         self._layer_name = type(self).__name__
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(
-            torch.empty(
-                (*self.output_size, out_channels, in_channels, *self.kernel_size), **factory
-            )
-        )
+        # The operator's arguments as lists, which TorchScript takes.
+        self._op_stride = list(self.stride)
+        self._op_dilation = list(self.dilation)
+        self._op_share = list(self._sharing.share)
+        self._op_share_mode = self._sharing.mode
+
+    def _make_parameters(self, weight_shape, bias_shape, bias: bool, fan_in: int, factory):
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
         if bias:
-            bias_shape = (out_channels,) if shared_bias else (out_channels, *self.output_size)
             self.bias = nn.Parameter(torch.empty(bias_shape, **factory))
         else:
             self.register_parameter("bias", None)
+        self._fan_in = fan_in
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Conv's default init, per location: kaiming_uniform_(a=sqrt(5)) for the weight and
-        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, fan_in = C_in * prod(kernel_size).
+        """Conv's default init, per filter bank: kaiming_uniform_(a=sqrt(5)) for the weight and
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, fan_in = C_in / groups *
+        prod(kernel_size) (C_out / groups * prod(kernel_size) for the transposed layers, as
+        ConvTranspose computes it).
 
         Both bounds equal 1/sqrt(fan_in). They are applied directly, because nn.init would take
-        the fan-in of the whole (*output_size, C_out, C_in, *kernel) tensor, not of one filter.
+        the fan-in of the whole (*regions, C_out, C_in / groups, *kernel) tensor, not of one
+        filter bank.
         """
-        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
+        bound = 1.0 / math.sqrt(self._fan_in)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def _check_input_size(self, input: Tensor) -> None:
+    def _check_input(self, input: Tensor) -> bool:
+        """Raises where input does not fit the layer; returns whether it lacks the batch
+        dimension (which forward then adds and removes, as Conv does)."""
         shape = list(input.shape)
         # Concatenated rather than unpacked: TorchScript has no starred list displays.
         expected = [self.in_channels] + list(self.input_size)  # noqa: RUF005
-        if len(shape) == len(expected) + 1 and shape[1:] != expected:
-            raise ValueError(_input_shape_message(self._layer_name, expected, shape))
+        unbatched = len(shape) == len(expected)
+        if not unbatched and len(shape) != len(expected) + 1:
+            raise RuntimeError(
+                f"{self._layer_name} takes input of shape (N, {_shape_text(expected)[1:]} or "
+                f"{_shape_text(expected)} without the batch, got {len(shape)}-D input of shape "
+                f"{_shape_text(shape)}"
+            )
+        if (shape[1:] if not unbatched else shape) != expected:
+            raise RuntimeError(_input_shape_message(self._layer_name, expected, shape, unbatched))
+        return unbatched
 
-    def _local_conv2d(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if self._extra_padding != [0, 0, 0, 0]:
-            input = F.pad(input, self._extra_padding)
-        return torch.ops.lc_cuda.local_conv2d(
-            input, weight, bias, self._op_stride, self._op_padding, self._op_dilation
+    def _repr_common(self) -> str:
+        text = ""
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.share_block is not None:
+            text += f", share_block={self.share_block}"
+        if self.share_period is not None:
+            text += f", share_period={self.share_period}"
+        if self.bias is None:
+            text += ", bias=False"
+        elif self.shared_bias:
+            text += ", shared_bias=True"
+        return text
+
+
+class _LocallyConnectedNd(_LocalLayer):
+    """Shared parameters, initialisation and repr of the 1d, 2d and 3d layers.
+
+    weight: (*regions, out_channels, in_channels / groups, *kernel_size), regions = the output
+            size without weight sharing
+    bias:   (out_channels, *regions), or (out_channels,) with shared_bias=True
+    """
+
+    def __init__(
+        self, in_channels, out_channels, input_size, kernel_size, stride, padding, dilation,
+        groups, bias, shared_bias, share_block, share_period, padding_mode, device, dtype,
+    ):  # fmt: skip
+        super().__init__()
+        n = self.spatial_dims
+        self._common_arguments(
+            in_channels, out_channels, input_size, kernel_size, stride, dilation, groups,
+            share_block, share_period,
+        )  # fmt: skip
+        if isinstance(padding, str) and padding == "same" and max(self.stride) != 1:
+            raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        self.padding = padding if isinstance(padding, str) else _padding_value(padding, n)
+        self.padding_mode = padding_mode
+        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
+        self.output_size = output_size(
+            self.input_size, self.kernel_size, self.stride, pairs, self.dilation
         )
+        self.regions = regions(self.output_size, self._sharing)
+        self.shared_bias = shared_bias
+        # Zeros are skipped by the operator; other modes pad a copy of the input first, with
+        # F.pad's sides (the last dimension's first).
+        self._pad_input = [side for pair in reversed(pairs) for side in pair]
+        self._op_padding = flat_padding(pairs) if padding_mode == "zeros" else [0] * (2 * n)
+        self._make_parameters(
+            (*self.regions, out_channels, in_channels // groups, *self.kernel_size),
+            (out_channels,) if shared_bias else (out_channels, *self.regions),
+            bias,
+            in_channels // groups * math.prod(self.kernel_size),
+            {"device": device, "dtype": dtype},
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        """(N, C_in, *input_size) -> (N, C_out, *output_size); also without N."""
+        unbatched = self._check_input(input)
+        if unbatched:
+            input = input.unsqueeze(0)
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._pad_input, mode=self.padding_mode)
+        if torch.jit.is_scripting():
+            out = torch.ops.lc_cuda.local_conv(
+                input, self.weight, self.bias, self._op_stride, self._op_padding,
+                self._op_dilation, self.groups, self._op_share, self._op_share_mode,
+            )  # fmt: skip
+        else:
+            out = self._eager(input)
+        return out.squeeze(0) if unbatched else out
+
+    @torch.jit.unused
+    def _eager(self, input: Tensor) -> Tensor:
+        return conv(
+            input, self.weight, self.bias, self._op_stride, self._op_padding, self._op_dilation,
+            self.groups, self._op_share, self._op_share_mode, False,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         text = (
@@ -109,78 +203,217 @@ class _LocallyConnectedNd(nn.Module):
         )
         if self.padding != (0,) * self.spatial_dims:
             text += f", padding={self.padding!r}"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.dilation != (1,) * self.spatial_dims:
             text += f", dilation={self.dilation}"
-        if self.bias is None:
-            text += ", bias=False"
-        elif self.shared_bias:
-            text += ", shared_bias=True"
-        return text
+        return text + self._repr_common()
+
+    @classmethod
+    def _from_conv(cls, conv_layer, input_size, shared_bias, share_block, share_period):
+        conv_type = _CONV[cls.spatial_dims]
+        if not isinstance(conv_layer, conv_type):
+            raise TypeError(
+                f"conv must be an nn.{conv_type.__name__}, got {type(conv_layer).__name__}"
+            )
+        layer = cls(
+            conv_layer.in_channels,
+            conv_layer.out_channels,
+            input_size,
+            conv_layer.kernel_size,
+            conv_layer.stride,
+            conv_layer.padding,
+            conv_layer.dilation,
+            groups=conv_layer.groups,
+            bias=conv_layer.bias is not None,
+            shared_bias=shared_bias,
+            share_block=share_block,
+            share_period=share_period,
+            padding_mode=conv_layer.padding_mode,
+            device=conv_layer.weight.device,
+            dtype=conv_layer.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv_layer.weight.expand_as(layer.weight))
+            if conv_layer.bias is not None:
+                bias = conv_layer.bias
+                if not shared_bias:
+                    bias = bias.view(-1, *[1] * cls.spatial_dims)
+                layer.bias.copy_(bias.expand_as(layer.bias))
+        return layer
+
+    _FROM_CONV_DOC = """A layer that computes exactly what `conv` computes on `input_size` inputs.
+
+        conv's filters are copied to every filter bank (every output position, or every region
+        with share_block or share_period; cuda-convnet's conv-to-local tiling), so training can
+        start from a trained convolution and then let the banks drift apart. Groups, padding
+        and padding_mode carry over. The bias is copied per region, or kept shared with
+        shared_bias=True.
+        """
 
 
-def _input_shape_message(layer: str, expected: list[int], shape: list[int]) -> str:
+def _padding_value(padding: Padding, n: int):
+    """The padding as the layer keeps it for its repr: an n-tuple of ints or of pairs."""
+    if (
+        isinstance(padding, Sequence)
+        and len(padding) == n
+        and all(isinstance(p, Sequence) for p in padding)
+    ):
+        return tuple(tuple(p) for p in padding)
+    return ntuple(padding, n, "padding")
+
+
+def _input_shape_message(layer: str, expected: list[int], shape: list[int], unbatched: bool) -> str:
     """Why an input of `shape` does not fit a layer that takes (N, *expected), expected being
     (C_in, *input_size), and the fix where it is clear. Scriptable: forward calls it."""
     in_channels = expected[0]
     got = _shape_text(shape)
-    if shape[-1:] + shape[1:-1] == expected:
+    per_sample = shape if unbatched else shape[1:]
+    if per_sample[-1:] + per_sample[:-1] == expected:
         channels_first = "(N, " + ", ".join([str(size) for size in expected]) + ")"
         return (
             f"{layer} takes channels-first input {channels_first}, got {got}, which is "
             "channels-last: pass input.movedim(-1, 1)"
         )
-    if shape[1] != in_channels:
+    if per_sample[0] != in_channels:
         return (
-            f"{layer} expected {in_channels} input channels (in_channels), got input of shape {got}"
+            f"input.shape[{0 if unbatched else 1}] is not valid: got {per_sample[0]}, expected "
+            f"{in_channels} input channels (in_channels of {layer}); input of shape {got}"
         )
     input_size = _shape_text(expected[1:])
     return f"{layer} was built for input size {input_size}, got input of shape {got}"
 
 
-class LocallyConnected2d(_LocallyConnectedNd):
-    r"""A 2D convolution whose filters differ at every output location (unshared weights).
+def _shape_text(shape: list[int]) -> str:
+    """A shape as Python prints a tuple; TorchScript cannot turn a list into a tuple."""
+    sizes = ", ".join([str(size) for size in shape])
+    return f"({sizes},)" if len(shape) == 1 else f"({sizes})"
 
-    Where ``nn.Conv2d`` slides one filter bank over the input, this layer holds one
-    ``(out_channels, in_channels, KH, KW)`` filter bank per output location ``(i, j)``:
+
+_LAYER_ARGUMENTS = """
+        stride (int or tuple): step between neighbouring windows. Default: 1.
+        padding (int, tuple, (before, after) pairs, 'valid' or 'same'): added to both sides (an
+            int, or one per dimension), per side (a (before, after) pair per dimension, e.g.
+            ((2, 0),) for a causal 1D layer), none ('valid'), or as many as keep the output the
+            input's size ('same', stride 1 only; an odd total puts the extra after, as Conv
+            does). Default: 0.
+        dilation (int or tuple): spacing between a filter's taps. Default: 1.
+        groups (int): channel groups, as in Conv (groups = in_channels: depthwise). Default: 1.
+        bias (bool): add a learnable bias. Default: True.
+        shared_bias (bool): one bias per output channel, shared by all positions, as in Conv,
+            instead of one per channel and weight region. Default: False.
+        share_block (int or tuple, optional): neighbouring output positions in blocks of this
+            size share a filter bank (locally-shared convolution; the last block may be
+            partial). Default: None, a bank per position.
+        share_period (int or tuple, optional): positions this far apart share a filter bank,
+            position i using bank i % share_period (tiled convolution). Default: None.
+        padding_mode (str): 'zeros', 'reflect', 'replicate' or 'circular', as in Conv. Zeros
+            are skipped by the operator (no copy); the other modes pad a copy of the input
+            first. Default: 'zeros'.
+        device, dtype: of the parameters, as for every torch.nn layer."""
+
+
+class LocallyConnected1d(_LocallyConnectedNd):
+    r"""A 1D convolution whose filters differ at every output position (unshared weights), or
+    at every region of positions (share_block, share_period).
 
     .. code-block:: text
 
-        out[n, o, i, j] = bias[o, i, j] + sum_{c, p, q} weight[i, j, o, c, p, q]
+        out[n, o, i] = bias[o, r(i)] + sum_{c in o's group, q} weight[r(i), o, c, q]
+                       * input_padded[n, c, i * stride + q * dilation]
+
+    with r(i) = i, i // share_block or i % share_period.
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_length (int): L, the length of the inputs the layer takes.
+        kernel_size (int): K, the length of each filter.<layer arguments>
+
+    Shape:
+        - Input: (N, C_in, L) or (C_in, L), with L == input_length. Channels-last data (N, L, C)
+          must be moved first: ``input.movedim(-1, 1)``.
+        - Output: (N, C_out, OL), OL = (L + before + after - dilation * (K - 1) - 1) // stride
+          + 1.
+
+    Attributes:
+        weight (Tensor): (R, C_out, C_in / groups, K); ``weight[r]`` is an ``nn.Conv1d``
+            weight. Without sharing R = OL. Initialised per bank like ``nn.Conv1d``:
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in / groups * K.
+        bias (Tensor or None): (C_out, R), or (C_out,) with shared_bias=True.
+        output_size (tuple): (OL,). regions (tuple): (R,).
+
+    Example::
+
+        >>> layer = lc_cuda.LocallyConnected1d(4, 8, input_length=100, kernel_size=5, stride=2)
+        >>> layer(torch.randn(2, 4, 100)).shape
+        torch.Size([2, 8, 48])
+        >>> causal = lc_cuda.LocallyConnected1d(1, 4, 1000, kernel_size=5, padding=((4, 0),))
+        >>> causal(torch.randn(8, 1, 1000)).shape  # the output keeps the input's length
+        torch.Size([8, 4, 1000])
+    """
+
+    spatial_dims = 1
+
+    def __init__(
+        self, in_channels: int, out_channels: int, input_length: IntOrSeq, kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1, padding: Padding = 0, dilation: IntOrSeq = 1, groups: int = 1,
+        bias: bool = True, shared_bias: bool = False, share_block: IntOrSeq | None = None,
+        share_period: IntOrSeq | None = None, padding_mode: str = "zeros", device=None,
+        dtype=None,
+    ):  # fmt: skip
+        """See the class docstring: help(lc_cuda.LocallyConnected1d)."""
+        super().__init__(
+            in_channels, out_channels, input_length, kernel_size, stride, padding, dilation,
+            groups, bias, shared_bias, share_block, share_period, padding_mode, device, dtype,
+        )  # fmt: skip
+
+    @classmethod
+    def from_conv1d(
+        cls, conv: nn.Conv1d, input_length: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnected1d:  # fmt: skip
+        return cls._from_conv(conv, input_length, shared_bias, share_block, share_period)
+
+
+class LocallyConnected2d(_LocallyConnectedNd):
+    r"""A 2D convolution whose filters differ at every output location (unshared weights), or
+    at every region of locations (share_block, share_period).
+
+    Where ``nn.Conv2d`` slides one filter bank over the input, this layer holds one
+    ``(out_channels, in_channels / groups, KH, KW)`` filter bank per output location ``(i, j)``
+    (or per region):
+
+    .. code-block:: text
+
+        out[n, o, i, j] = bias[o, r(i, j)] + sum_{c in o's group, p, q} weight[r(i, j), o, c, p, q]
                           * input_padded[n, c, i * stride_h + p * dilation_h,
                                                j * stride_w + q * dilation_w]
 
-    The number of locations depends on the input's height and width, so the input size is fixed
+    with r(i, j) = (i, j), (i // block_h, j // block_w) or (i % period_h, j % period_w). The
+    number of locations depends on the input's height and width, so the input size is fixed
     when the layer is built.
 
     Args:
         in_channels (int): channels of the input, C_in.
         out_channels (int): channels of the output, C_out.
         input_size (int or (int, int)): (H, W) of the inputs the layer takes.
-        kernel_size (int or (int, int)): (KH, KW) of each location's filters.
-        stride (int or (int, int)): step between neighbouring locations' windows. Default: 1.
-        padding (int, (int, int), 'valid' or 'same'): zeros added on both sides of the input
-            (an int or a (height, width) pair), none ('valid'), or as much as keeps the output
-            the input's size ('same', stride 1 only; where the total is odd the extra row or
-            column goes after, as in ``nn.Conv2d``). Default: 0.
-        dilation (int or (int, int)): spacing between a filter's taps. Default: 1.
-        bias (bool): add a learnable bias. Default: True.
-        shared_bias (bool): one bias per output channel, shared by all locations, as in
-            ``nn.Conv2d``, instead of one per channel and location. Default: False.
-        device, dtype: of the parameters, as for every torch.nn layer.
+        kernel_size (int or (int, int)): (KH, KW) of each filter bank.<layer arguments>
 
     Shape:
-        - Input: (N, C_in, H, W), with (H, W) == input_size. Channels-last data (N, H, W, C)
-          must be moved first: ``input.movedim(-1, 1)``.
+        - Input: (N, C_in, H, W) or (C_in, H, W), with (H, W) == input_size. Channels-last data
+          (N, H, W, C) must be moved first: ``input.movedim(-1, 1)``.
         - Output: (N, C_out, OH, OW), where
-          OH = (H + 2 * padding_h - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
+          OH = (H + top + bottom - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
 
     Attributes:
-        weight (Tensor): (OH, OW, C_out, C_in, KH, KW); ``weight[i, j]`` is exactly the weight
-            of an ``nn.Conv2d``, the filter bank of location (i, j). Initialised per location
-            like ``nn.Conv2d``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in * KH * KW.
-        bias (Tensor or None): (C_out, OH, OW), or (C_out,) with shared_bias=True; initialised
+        weight (Tensor): (RH, RW, C_out, C_in / groups, KH, KW); ``weight[i, j]`` is exactly the
+            weight of an ``nn.Conv2d``, the filter bank of location (or region) (i, j); without
+            sharing (RH, RW) = (OH, OW). Initialised per bank like ``nn.Conv2d``:
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in / groups * KH * KW.
+        bias (Tensor or None): (C_out, RH, RW), or (C_out,) with shared_bias=True; initialised
             like the weight.
-        output_size (tuple): (OH, OW).
+        output_size (tuple): (OH, OW). regions (tuple): (RH, RW).
 
     Example::
 
@@ -189,6 +422,9 @@ class LocallyConnected2d(_LocallyConnectedNd):
         torch.Size([8, 16, 32, 32])
         >>> layer.weight.shape
         torch.Size([32, 32, 16, 3, 3, 3])
+        >>> deepid = lc_cuda.LocallyConnected2d(3, 16, 32, 3, padding=1, share_block=16)
+        >>> deepid.weight.shape  # 2x2 regions of 16x16 locations, a filter bank each
+        torch.Size([2, 2, 16, 3, 3, 3])
 
     ``from_conv2d`` builds one from a trained ``nn.Conv2d``; ``lc_cuda.local_conv2d`` is the
     functional form.
@@ -197,180 +433,410 @@ class LocallyConnected2d(_LocallyConnectedNd):
     spatial_dims = 2
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        input_size: IntOrSeq,
-        kernel_size: IntOrSeq,
-        stride: IntOrSeq = 1,
-        padding: IntOrSeq | str = 0,
-        dilation: IntOrSeq = 1,
-        bias: bool = True,
-        shared_bias: bool = False,
-        device=None,
+        self, in_channels: int, out_channels: int, input_size: IntOrSeq, kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1, padding: Padding = 0, dilation: IntOrSeq = 1, groups: int = 1,
+        bias: bool = True, shared_bias: bool = False, share_block: IntOrSeq | None = None,
+        share_period: IntOrSeq | None = None, padding_mode: str = "zeros", device=None,
         dtype=None,
-    ):
+    ):  # fmt: skip
         """See the class docstring: help(lc_cuda.LocallyConnected2d)."""
         super().__init__(
-            in_channels,
-            out_channels,
-            input_size,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            bias,
-            shared_bias,
-            device,
-            dtype,
-        )
-
-    def forward(self, input: Tensor) -> Tensor:
-        """(N, C_in, H, W) -> (N, C_out, OH, OW); (H, W) must be the layer's input_size."""
-        self._check_input_size(input)
-        return self._local_conv2d(input, self.weight, self.bias)
+            in_channels, out_channels, input_size, kernel_size, stride, padding, dilation,
+            groups, bias, shared_bias, share_block, share_period, padding_mode, device, dtype,
+        )  # fmt: skip
 
     @classmethod
     def from_conv2d(
-        cls, conv: nn.Conv2d, input_size: IntOrSeq, shared_bias: bool = False
-    ) -> LocallyConnected2d:
-        """A layer that computes exactly what `conv` computes on inputs of `input_size`.
-
-        conv's filters are copied to every output location (cuda-convnet's conv-to-local
-        tiling), so training can start from a trained convolution and then let each location's
-        filters drift apart. Grouped convolutions become dense filters that are zero outside
-        each group. The bias is copied per location, or kept shared with shared_bias=True.
-        """
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if conv.padding_mode != "zeros":
-            raise ValueError(
-                f"conv.padding_mode must be 'zeros', got {conv.padding_mode!r}: "
-                "local_conv2d pads with zeros only"
-            )
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            input_size,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-            shared_bias=shared_bias,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(_dense_filters(conv).expand_as(layer.weight))
-            if conv.bias is not None:
-                bias = conv.bias if shared_bias else conv.bias.view(-1, 1, 1)
-                layer.bias.copy_(bias.expand_as(layer.bias))
-        return layer
+        cls, conv: nn.Conv2d, input_size: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnected2d:  # fmt: skip
+        return cls._from_conv(conv, input_size, shared_bias, share_block, share_period)
 
 
-def _dense_filters(conv: nn.Conv2d) -> Tensor:
-    """conv.weight as (C_out, C_in, KH, KW), zero where a grouped conv does not connect."""
-    if conv.groups == 1:
-        return conv.weight
-    dense = conv.weight.new_zeros((conv.out_channels, conv.in_channels, *conv.kernel_size))
-    outs, ins = conv.out_channels // conv.groups, conv.in_channels // conv.groups
-    for group in range(conv.groups):
-        dense[group * outs : (group + 1) * outs, group * ins : (group + 1) * ins] = conv.weight[
-            group * outs : (group + 1) * outs
-        ]
-    return dense
-
-
-class LocallyConnected1d(_LocallyConnectedNd):
-    r"""A 1D convolution whose filters differ at every output position (unshared weights).
+class LocallyConnected3d(_LocallyConnectedNd):
+    r"""A 3D convolution whose filters differ at every output position of a volume (unshared
+    weights), or at every region of positions (share_block, share_period).
 
     .. code-block:: text
 
-        out[n, o, i] = bias[o, i] + sum_{c, q} weight[i, o, c, q]
-                       * input_padded[n, c, i * stride + q * dilation]
-
-    It runs on the 2D operator through views (no copies).
+        out[n, o, z, y, x] = bias[o, r(z, y, x)]
+            + sum_{c in o's group, a, p, q} weight[r(z, y, x), o, c, a, p, q]
+              * input_padded[n, c, z * stride_d + a * dilation_d,
+                                   y * stride_h + p * dilation_h, x * stride_w + q * dilation_w]
 
     Args:
         in_channels (int): channels of the input, C_in.
         out_channels (int): channels of the output, C_out.
-        input_length (int): L, the length of the inputs the layer takes.
-        kernel_size (int): K, the length of each position's filters.
-        stride (int): step between neighbouring positions' windows. Default: 1.
-        padding (int, 'valid' or 'same'): zeros added at both ends, none ('valid'), or as many
-            as keep the output the input's length ('same', stride 1 only; an odd total puts the
-            extra zero at the end). Default: 0.
-        dilation (int): spacing between a filter's taps. Default: 1.
-        bias (bool): add a learnable bias. Default: True.
-        shared_bias (bool): one bias per output channel, shared by all positions. Default: False.
-        device, dtype: of the parameters.
+        input_size (int or (int, int, int)): (D, H, W) of the inputs the layer takes.
+        kernel_size (int or (int, int, int)): (KD, KH, KW) of each filter bank.<layer arguments>
 
     Shape:
-        - Input: (N, C_in, L), with L == input_length. Channels-last data (N, L, C) must be
-          moved first: ``input.movedim(-1, 1)``.
-        - Output: (N, C_out, OL), OL = (L + 2 * padding - dilation * (K - 1) - 1) // stride + 1.
+        - Input: (N, C_in, D, H, W) or (C_in, D, H, W), with (D, H, W) == input_size; any
+          strides (channels_last_3d is read in place).
+        - Output: (N, C_out, OD, OH, OW), where
+          OD = (D + front + back - dilation_d * (KD - 1) - 1) // stride_d + 1, likewise OH, OW.
 
     Attributes:
-        weight (Tensor): (OL, C_out, C_in, K); ``weight[i]`` is an ``nn.Conv1d`` weight.
-            Initialised per position like ``nn.Conv1d``: U(-1/sqrt(C_in * K), 1/sqrt(C_in * K)).
-        bias (Tensor or None): (C_out, OL), or (C_out,) with shared_bias=True.
-        output_size (tuple): (OL,).
+        weight (Tensor): (RD, RH, RW, C_out, C_in / groups, KD, KH, KW); ``weight[z, y, x]`` is
+            an ``nn.Conv3d`` weight; without sharing (RD, RH, RW) = (OD, OH, OW). Initialised
+            per bank like ``nn.Conv3d``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+            fan_in = C_in / groups * KD * KH * KW.
+        bias (Tensor or None): (C_out, RD, RH, RW), or (C_out,) with shared_bias=True.
+        output_size (tuple): (OD, OH, OW). regions (tuple): (RD, RH, RW).
 
     Example::
 
-        >>> layer = lc_cuda.LocallyConnected1d(4, 8, input_length=100, kernel_size=5, stride=2)
-        >>> layer(torch.randn(2, 4, 100)).shape
-        torch.Size([2, 8, 48])
+        >>> layer = lc_cuda.LocallyConnected3d(1, 4, input_size=16, kernel_size=3, padding=1)
+        >>> layer(torch.randn(2, 1, 16, 16, 16)).shape
+        torch.Size([2, 4, 16, 16, 16])
+        >>> layer.weight.shape
+        torch.Size([16, 16, 16, 4, 1, 3, 3, 3])
+    """
+
+    spatial_dims = 3
+
+    def __init__(
+        self, in_channels: int, out_channels: int, input_size: IntOrSeq, kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1, padding: Padding = 0, dilation: IntOrSeq = 1, groups: int = 1,
+        bias: bool = True, shared_bias: bool = False, share_block: IntOrSeq | None = None,
+        share_period: IntOrSeq | None = None, padding_mode: str = "zeros", device=None,
+        dtype=None,
+    ):  # fmt: skip
+        """See the class docstring: help(lc_cuda.LocallyConnected3d)."""
+        super().__init__(
+            in_channels, out_channels, input_size, kernel_size, stride, padding, dilation,
+            groups, bias, shared_bias, share_block, share_period, padding_mode, device, dtype,
+        )  # fmt: skip
+
+    @classmethod
+    def from_conv3d(
+        cls, conv: nn.Conv3d, input_size: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnected3d:  # fmt: skip
+        return cls._from_conv(conv, input_size, shared_bias, share_block, share_period)
+
+
+class _LocallyConnectedTransposeNd(_LocalLayer):
+    """The transposed layers: weight (*regions, in_channels, out_channels / groups, *kernel),
+    regions over the layer's input positions (the forward layer's output); bias
+    (out_channels, *output_size) or (out_channels,)."""
+
+    def __init__(
+        self, in_channels, out_channels, input_size, kernel_size, stride, padding,
+        output_padding, dilation, groups, bias, shared_bias, share_block, share_period,
+        padding_mode, device, dtype,
+    ):  # fmt: skip
+        super().__init__()
+        n = self.spatial_dims
+        self._common_arguments(
+            in_channels, out_channels, input_size, kernel_size, stride, dilation, groups,
+            share_block, share_period,
+        )  # fmt: skip
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode must be 'zeros' for a transposed layer (as for ConvTranspose), "
+                f"got {padding_mode!r}"
+            )
+        if isinstance(padding, str):
+            raise ValueError(
+                f"padding must be an int, {n} ints or {n} (before, after) pairs for a transposed "
+                f"layer, got {padding!r}"
+            )
+        self.padding = _padding_value(padding, n)
+        self.padding_mode = padding_mode
+        self.output_padding = ntuple(output_padding, n, "output_padding")
+        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
+        self.output_size = transposed_size(
+            self.input_size, self.kernel_size, self.stride, pairs, self.output_padding,
+            self.dilation,
+        )  # fmt: skip
+        self.regions = regions(self.input_size, self._sharing)
+        self.shared_bias = shared_bias
+        self._op_padding = flat_padding(pairs)
+        self._op_output_padding = list(self.output_padding)
+        self._make_parameters(
+            (*self.regions, in_channels, out_channels // groups, *self.kernel_size),
+            (out_channels,) if shared_bias else (out_channels, *self.output_size),
+            bias,
+            out_channels // groups * math.prod(self.kernel_size),
+            {"device": device, "dtype": dtype},
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        """(N, C_in, *input_size) -> (N, C_out, *output_size); also without N."""
+        unbatched = self._check_input(input)
+        if unbatched:
+            input = input.unsqueeze(0)
+        if torch.jit.is_scripting():
+            out = torch.ops.lc_cuda.local_conv_transpose(
+                input, self.weight, self.bias, self._op_stride, self._op_padding,
+                self._op_output_padding, self._op_dilation, self.groups, self._op_share,
+                self._op_share_mode,
+            )  # fmt: skip
+        else:
+            out = self._eager(input)
+        return out.squeeze(0) if unbatched else out
+
+    @torch.jit.unused
+    def _eager(self, input: Tensor) -> Tensor:
+        return conv_transpose(
+            input, self.weight, self.bias, self._op_stride, self._op_padding,
+            self._op_output_padding, self._op_dilation, self.groups, self._op_share,
+            self._op_share_mode, False,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+            f"output_size={self.output_size}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0,) * self.spatial_dims:
+            text += f", padding={self.padding!r}"
+        if self.output_padding != (0,) * self.spatial_dims:
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1,) * self.spatial_dims:
+            text += f", dilation={self.dilation}"
+        return text + self._repr_common()
+
+    @classmethod
+    def _from_conv_transpose(cls, convt, input_size, shared_bias, share_block, share_period):
+        conv_type = _CONV_TRANSPOSE[cls.spatial_dims]
+        if not isinstance(convt, conv_type):
+            raise TypeError(f"conv must be an nn.{conv_type.__name__}, got {type(convt).__name__}")
+        layer = cls(
+            convt.in_channels,
+            convt.out_channels,
+            input_size,
+            convt.kernel_size,
+            convt.stride,
+            convt.padding,
+            convt.output_padding,
+            convt.dilation,
+            groups=convt.groups,
+            bias=convt.bias is not None,
+            shared_bias=shared_bias,
+            share_block=share_block,
+            share_period=share_period,
+            padding_mode=convt.padding_mode,
+            device=convt.weight.device,
+            dtype=convt.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(convt.weight.expand_as(layer.weight))
+            if convt.bias is not None:
+                bias = convt.bias
+                if not shared_bias:
+                    bias = bias.view(-1, *[1] * cls.spatial_dims)
+                layer.bias.copy_(bias.expand_as(layer.bias))
+        return layer
+
+
+_TRANSPOSE_ARGUMENTS = """
+        stride, dilation, groups, bias, shared_bias, share_block, share_period: as for the
+            forward layer (regions over this layer's input positions; the bias one per output
+            position, or shared). Defaults: 1, 1, 1, True, False, None, None.
+        padding (int, tuple or (before, after) pairs): the forward layer's padding: each side's
+            output positions this much fewer. Default: 0.
+        output_padding (int or tuple): extra size after each dimension, smaller than the stride
+            or the dilation, where several output sizes map to the same input size. Default: 0.
+        padding_mode (str): 'zeros' only, as for ConvTranspose. Default: 'zeros'.
+        device, dtype: of the parameters."""
+
+
+class LocallyConnectedTranspose1d(_LocallyConnectedTransposeNd):
+    r"""The transpose of LocallyConnected1d, as ConvTranspose1d is to Conv1d: a decoder layer
+    whose filters differ at every input position (or region of positions).
+
+    Each input position's filter bank spreads its values over the output window it covers, and
+    the output sums what every position contributes: with the same arguments and weight, it is
+    the gradient of a LocallyConnected1d in its input.
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_length (int): L, the length of the inputs the layer takes (the forward layer's
+            output length).
+        kernel_size (int): K.<transpose arguments>
+
+    Shape:
+        - Input: (N, C_in, L) or (C_in, L).
+        - Output: (N, C_out, OL), OL = (L - 1) * stride - before - after + dilation * (K - 1)
+          + 1 + output_padding.
+
+    Attributes:
+        weight (Tensor): (R, C_in, C_out / groups, K), a ``ConvTranspose1d`` weight per input
+            position (R = L) or region. Initialised like ``ConvTranspose1d``:
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_out / groups * K.
+        bias (Tensor or None): (C_out, OL), or (C_out,) with shared_bias=True.
+
+    Example::
+
+        >>> decoder = lc_cuda.LocallyConnectedTranspose1d(8, 2, input_length=50, kernel_size=4,
+        ...                                              stride=2, padding=1)
+        >>> decoder(torch.randn(3, 8, 50)).shape
+        torch.Size([3, 2, 100])
     """
 
     spatial_dims = 1
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        input_length: int | Sequence[int],
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | str = 0,
-        dilation: int | Sequence[int] = 1,
-        bias: bool = True,
-        shared_bias: bool = False,
-        device=None,
+        self, in_channels: int, out_channels: int, input_length: IntOrSeq,
+        kernel_size: IntOrSeq, stride: IntOrSeq = 1, padding: Padding = 0,
+        output_padding: IntOrSeq = 0, dilation: IntOrSeq = 1, groups: int = 1,
+        bias: bool = True, shared_bias: bool = False, share_block: IntOrSeq | None = None,
+        share_period: IntOrSeq | None = None, padding_mode: str = "zeros", device=None,
         dtype=None,
-    ):
-        """See the class docstring: help(lc_cuda.LocallyConnected1d)."""
+    ):  # fmt: skip
+        """See the class docstring: help(lc_cuda.LocallyConnectedTranspose1d)."""
         super().__init__(
-            in_channels,
-            out_channels,
-            input_length,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            bias,
-            shared_bias,
-            device,
-            dtype,
-        )
+            in_channels, out_channels, input_length, kernel_size, stride, padding,
+            output_padding, dilation, groups, bias, shared_bias, share_block, share_period,
+            padding_mode, device, dtype,
+        )  # fmt: skip
 
-    def forward(self, input: Tensor) -> Tensor:
-        """(N, C_in, L) -> (N, C_out, OL); L must be the layer's input_length."""
-        if input.dim() != 3:
-            raise ValueError(
-                f"input must be 3-D (N, C_in, L), got {input.dim()}-D of shape "
-                f"{_shape_text(input.shape)}"
-            )
-        self._check_input_size(input)
-        bias: Tensor | None = self.bias
-        if bias is not None and bias.dim() == 2:
-            bias = bias.unsqueeze(1)
-        out = self._local_conv2d(input.unsqueeze(2), self.weight.unsqueeze(0).unsqueeze(4), bias)
-        return out.squeeze(2)
+    @classmethod
+    def from_conv_transpose1d(
+        cls, conv: nn.ConvTranspose1d, input_length: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnectedTranspose1d:  # fmt: skip
+        return cls._from_conv_transpose(conv, input_length, shared_bias, share_block, share_period)
 
 
-def _shape_text(shape: list[int]) -> str:
-    """A shape as Python prints a tuple; TorchScript cannot turn a list into a tuple."""
-    sizes = ", ".join([str(size) for size in shape])
-    return f"({sizes},)" if len(shape) == 1 else f"({sizes})"
+class LocallyConnectedTranspose2d(_LocallyConnectedTransposeNd):
+    r"""The transpose of LocallyConnected2d, as ConvTranspose2d is to Conv2d: a decoder layer
+    whose filters differ at every input location (or region of locations).
+
+    Each input location's filter bank spreads its values over the output window it covers, and
+    the output sums what every location contributes: with the same arguments and weight, it is
+    the gradient of a LocallyConnected2d in its input.
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_size (int or (int, int)): (H, W) of the inputs the layer takes (the forward
+            layer's output size).
+        kernel_size (int or (int, int)): (KH, KW).<transpose arguments>
+
+    Shape:
+        - Input: (N, C_in, H, W) or (C_in, H, W).
+        - Output: (N, C_out, OH, OW), OH = (H - 1) * stride_h - top - bottom
+          + dilation_h * (KH - 1) + 1 + output_padding_h, likewise OW.
+
+    Attributes:
+        weight (Tensor): (RH, RW, C_in, C_out / groups, KH, KW), a ``ConvTranspose2d`` weight
+            per input location ((RH, RW) = (H, W)) or region. Initialised like
+            ``ConvTranspose2d``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+            fan_in = C_out / groups * KH * KW.
+        bias (Tensor or None): (C_out, OH, OW), or (C_out,) with shared_bias=True.
+
+    Example::
+
+        >>> decoder = lc_cuda.LocallyConnectedTranspose2d(
+        ...     8, 3, input_size=15, kernel_size=3, stride=2, output_padding=1
+        ... )
+        >>> decoder(torch.randn(2, 8, 15, 15)).shape
+        torch.Size([2, 3, 32, 32])
+
+    ``from_conv_transpose2d`` builds one from a trained ``nn.ConvTranspose2d``.
+    """
+
+    spatial_dims = 2
+
+    def __init__(
+        self, in_channels: int, out_channels: int, input_size: IntOrSeq, kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1, padding: Padding = 0, output_padding: IntOrSeq = 0,
+        dilation: IntOrSeq = 1, groups: int = 1, bias: bool = True, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+        padding_mode: str = "zeros", device=None, dtype=None,
+    ):  # fmt: skip
+        """See the class docstring: help(lc_cuda.LocallyConnectedTranspose2d)."""
+        super().__init__(
+            in_channels, out_channels, input_size, kernel_size, stride, padding,
+            output_padding, dilation, groups, bias, shared_bias, share_block, share_period,
+            padding_mode, device, dtype,
+        )  # fmt: skip
+
+    @classmethod
+    def from_conv_transpose2d(
+        cls, conv: nn.ConvTranspose2d, input_size: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnectedTranspose2d:  # fmt: skip
+        return cls._from_conv_transpose(conv, input_size, shared_bias, share_block, share_period)
+
+
+class LocallyConnectedTranspose3d(_LocallyConnectedTransposeNd):
+    r"""The transpose of LocallyConnected3d, as ConvTranspose3d is to Conv3d: a decoder layer
+    for volumes whose filters differ at every input position (or region of positions).
+
+    Args:
+        in_channels (int): channels of the input, C_in.
+        out_channels (int): channels of the output, C_out.
+        input_size (int or (int, int, int)): (D, H, W) of the inputs the layer takes (the
+            forward layer's output size).
+        kernel_size (int or (int, int, int)): (KD, KH, KW).<transpose arguments>
+
+    Shape:
+        - Input: (N, C_in, D, H, W) or (C_in, D, H, W).
+        - Output: (N, C_out, OD, OH, OW), OD = (D - 1) * stride_d - front - back
+          + dilation_d * (KD - 1) + 1 + output_padding_d, likewise OH, OW.
+
+    Attributes:
+        weight (Tensor): (RD, RH, RW, C_in, C_out / groups, KD, KH, KW), a ``ConvTranspose3d``
+            weight per input position or region. Initialised like ``ConvTranspose3d``.
+        bias (Tensor or None): (C_out, OD, OH, OW), or (C_out,) with shared_bias=True.
+
+    Example::
+
+        >>> decoder = lc_cuda.LocallyConnectedTranspose3d(4, 1, input_size=8, kernel_size=2,
+        ...                                              stride=2)
+        >>> decoder(torch.randn(2, 4, 8, 8, 8)).shape
+        torch.Size([2, 1, 16, 16, 16])
+    """
+
+    spatial_dims = 3
+
+    def __init__(
+        self, in_channels: int, out_channels: int, input_size: IntOrSeq, kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1, padding: Padding = 0, output_padding: IntOrSeq = 0,
+        dilation: IntOrSeq = 1, groups: int = 1, bias: bool = True, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+        padding_mode: str = "zeros", device=None, dtype=None,
+    ):  # fmt: skip
+        """See the class docstring: help(lc_cuda.LocallyConnectedTranspose3d)."""
+        super().__init__(
+            in_channels, out_channels, input_size, kernel_size, stride, padding,
+            output_padding, dilation, groups, bias, shared_bias, share_block, share_period,
+            padding_mode, device, dtype,
+        )  # fmt: skip
+
+    @classmethod
+    def from_conv_transpose3d(
+        cls, conv: nn.ConvTranspose3d, input_size: IntOrSeq, shared_bias: bool = False,
+        share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+    ) -> LocallyConnectedTranspose3d:  # fmt: skip
+        return cls._from_conv_transpose(conv, input_size, shared_bias, share_block, share_period)
+
+
+for _layer in (LocallyConnected1d, LocallyConnected2d, LocallyConnected3d):
+    _layer.__doc__ = _layer.__doc__.replace("<layer arguments>", _LAYER_ARGUMENTS)
+for _layer in (LocallyConnectedTranspose1d, LocallyConnectedTranspose2d,
+               LocallyConnectedTranspose3d):  # fmt: skip
+    _layer.__doc__ = _layer.__doc__.replace("<transpose arguments>", _TRANSPOSE_ARGUMENTS)
+for _method in (
+    LocallyConnected1d.from_conv1d,
+    LocallyConnected2d.from_conv2d,
+    LocallyConnected3d.from_conv3d,
+):
+    _method.__func__.__doc__ = _LocallyConnectedNd._FROM_CONV_DOC
+for _method in (
+    LocallyConnectedTranspose1d.from_conv_transpose1d,
+    LocallyConnectedTranspose2d.from_conv_transpose2d,
+    LocallyConnectedTranspose3d.from_conv_transpose3d,
+):
+    _method.__func__.__doc__ = (
+        "A layer that computes exactly what `conv`, a ConvTranspose layer, computes on inputs of "
+        "`input_size`: its filters copied to every filter bank (every input position, or "
+        "region), groups and output_padding carried over, the bias per output position or "
+        "shared."
+    )

@@ -1,228 +1,134 @@
-"""The functional API, and the fake and autograd rules of the lc_cuda operators.
+"""The functional API: local_conv1d/2d/3d, their transposes, and the fallback's versions.
 
-The operators' schemas, argument checks and kernels live in csrc/. This module normalises the
-Python arguments (ints or pairs, 'valid' and 'same'), and registers with torch.library:
-  - fake kernels, for torch.compile and other tracing;
-  - autograd for the forward op, whose backward is the lc_cuda backward op;
-  - autograd for the backward op. The op is bilinear, so the derivatives of its gradients are
-    again forward and backward ops: double backward (and higher) needs no other kernel.
+Each function turns its Python arguments into the operator's (lc_cuda._arguments) and calls the
+operator through lc_cuda._autograd, which makes it differentiable by autograd and by every
+torch.func transform. Unbatched input (without N) is taken as a batch of one, as Conv does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from . import _fake  # noqa: F401  (registers the fake kernels)
+from ._arguments import IntOrSeq, Padding, flat_padding, ntuple, padding_pairs, sharing
+from ._autograd import conv, conv_transpose
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from . import _extension  # noqa: F401  (registers torch.ops.lc_cuda)
-
-_forward_op = torch.ops.lc_cuda.local_conv2d.default
-_backward_op = torch.ops.lc_cuda.local_conv2d_backward.default
-
-IntOrSeq = int | Sequence[int]
+_WEIGHT_LAYOUT = {
+    1: "(OL, C_out, C_in / groups, K)",
+    2: "(OH, OW, C_out, C_in / groups, KH, KW)",
+    3: "(OD, OH, OW, C_out, C_in / groups, KD, KH, KW)",
+}
+_INPUT_LAYOUT = {1: "(N, C_in, L)", 2: "(N, C_in, H, W)", 3: "(N, C_in, D, H, W)"}
 
 
-def ntuple(value: IntOrSeq, n: int, name: str) -> tuple[int, ...]:
-    """An int, or a sequence of n ints, as an n-tuple; `name` goes into the error message."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    if (
-        isinstance(value, Sequence)
-        and len(value) == n
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return tuple(value)
-    expected = "an int" if n == 1 else f"an int or a sequence of {n} ints"
-    raise TypeError(f"{name} must be {expected}, got {value!r}")
+def _batched(input, dims: int, function: str):
+    """(input with a batch dimension, whether one was added): unbatched (C_in, *size) input is
+    a batch of one, as for Conv."""
+    if input.dim() == dims + 1:
+        return input.unsqueeze(0), True
+    if input.dim() != dims + 2:
+        raise ValueError(
+            f"{function}: input must be {dims + 2}-D {_INPUT_LAYOUT[dims]} or "
+            f"{dims + 1}-D without the batch, got {input.dim()}-D of shape {tuple(input.shape)}"
+        )
+    return input, False
 
 
-def same_padding(kernel_size: int, dilation: int) -> tuple[int, int]:
-    """(before, after) padding that keeps the size at stride 1. For an even span the extra
-    element goes after, as Conv2d does."""
-    total = dilation * (kernel_size - 1)
-    return total // 2, total - total // 2
+def _local_conv(
+    dims, function, input, weight, bias, stride, padding, dilation, groups, share_block,
+    share_period, force_unfold,
+):  # fmt: skip
+    stride = ntuple(stride, dims, "stride")
+    dilation = ntuple(dilation, dims, "dilation")
+    if isinstance(padding, str) and padding == "same" and max(stride) != 1:
+        raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+    if weight.dim() != 2 * dims + 2:
+        raise ValueError(
+            f"{function}: weight must be {2 * dims + 2}-D {_WEIGHT_LAYOUT[dims]}, got "
+            f"{weight.dim()}-D of shape {tuple(weight.shape)}"
+        )
+    pairs = padding_pairs(padding, dims, weight.shape[-dims:], dilation)
+    share = sharing(share_block, share_period, dims)
+    input, added_batch = _batched(input, dims, function)
+    out = conv(
+        input, weight, bias, stride, flat_padding(pairs), dilation, groups, share.share,
+        share.mode, force_unfold,
+    )  # fmt: skip
+    return out.squeeze(0) if added_batch else out
 
 
-def operator_padding(
-    padding: Sequence[int] | str, kernel_size: Sequence[int], dilation: Sequence[int]
-) -> tuple[list[int], list[int]]:
-    """The operator's padding (top, left) for two spatial dims, and the F.pad argument
-    (left, right, top, bottom) applied before the operator: all zeros except where 'same' has
-    an odd total padding, whose extra row and column go after the input, as Conv2d does."""
-    if padding == "valid":
-        return [0, 0], [0, 0, 0, 0]
-    if padding != "same":
-        return list(padding), [0, 0, 0, 0]
-    (top, bottom), (left, right) = (same_padding(k, d) for k, d in zip(kernel_size, dilation))
-    return [top, left], [0, right - left, 0, bottom - top]
-
-
-def output_size(
-    input_size: Sequence[int],
-    kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int] | str,
-    dilation: Sequence[int],
-) -> tuple[int, ...]:
-    """Output extent per spatial dimension: (in + 2*pad - dilation*(kernel-1) - 1) // stride + 1.
-
-    Raises ValueError, naming the dimension, where the dilated kernel is wider than the padded
-    input or a value is out of range.
-    """
-    for name, values, minimum in (
-        ("input_size", input_size, 1),
-        ("kernel_size", kernel_size, 1),
-        ("stride", stride, 1),
-        ("dilation", dilation, 1),
-    ):
-        if min(values) < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {tuple(values)}")
-    if padding == "same":
-        if max(stride) != 1:
-            raise ValueError(f"padding='same' needs stride 1, got stride={tuple(stride)}")
-        return tuple(input_size)
-    if padding == "valid":
-        padding = (0,) * len(input_size)
-    if min(padding) < 0:
-        raise ValueError(f"padding must be non-negative, got {tuple(padding)}")
-    sizes = []
-    for dim, (n, k, s, p, d) in enumerate(zip(input_size, kernel_size, stride, padding, dilation)):
-        span = d * (k - 1) + 1
-        if span > n + 2 * p:
-            raise ValueError(
-                f"kernel does not fit the padded input in spatial dim {dim}: dilated kernel {span} "
-                f"(dilation * (kernel - 1) + 1) > padded input {n + 2 * p} "
-                f"(input {n} + 2 * padding {p})"
-            )
-        sizes.append((n + 2 * p - span) // s + 1)
-    return tuple(sizes)
-
-
-def padding_arg(padding: IntOrSeq | str, n: int) -> tuple[int, ...] | str:
-    """'valid', 'same', or an int or n ints as an n-tuple, for n spatial dims."""
+def _local_conv_transpose(
+    dims, function, input, weight, bias, stride, padding, output_padding, dilation, groups,
+    share_block, share_period, force_unfold,
+):  # fmt: skip
+    stride = ntuple(stride, dims, "stride")
+    dilation = ntuple(dilation, dims, "dilation")
+    output_padding = ntuple(output_padding, dims, "output_padding")
     if isinstance(padding, str):
-        if padding not in ("valid", "same"):
-            forms = "an int, 'valid' or 'same'" if n == 1 else "an int, a pair, 'valid' or 'same'"
-            raise ValueError(f"padding must be {forms}, got {padding!r}")
-        return padding
-    return ntuple(padding, n, "padding")
+        raise ValueError(
+            f"{function}: padding must be an int, {dims} ints or {dims} (before, after) pairs, "
+            f"got {padding!r}"
+        )
+    if weight.dim() != 2 * dims + 2:
+        raise ValueError(
+            f"{function}: weight must be {2 * dims + 2}-D "
+            f"{_WEIGHT_LAYOUT[dims].replace('C_out, C_in', 'C_in, C_out')}, got "
+            f"{weight.dim()}-D of shape {tuple(weight.shape)}"
+        )
+    pairs = padding_pairs(padding, dims, weight.shape[-dims:], dilation)
+    share = sharing(share_block, share_period, dims)
+    input, added_batch = _batched(input, dims, function)
+    out = conv_transpose(
+        input, weight, bias, stride, flat_padding(pairs), output_padding, dilation, groups,
+        share.share, share.mode, force_unfold,
+    )  # fmt: skip
+    return out.squeeze(0) if added_batch else out
 
 
-def _local_conv2d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: IntOrSeq,
-    padding: IntOrSeq | str,
-    dilation: IntOrSeq,
-    force_unfold: bool,
-) -> Tensor:
-    stride = ntuple(stride, 2, "stride")
-    dilation = ntuple(dilation, 2, "dilation")
-    padding = padding_arg(padding, 2)
-    if padding == "same":
-        if stride != (1, 1):
-            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-        if weight.dim() != 6 or min(dilation) < 1:
-            padding = "valid"  # malformed weight or dilation: the operator reports it
-    padding, extra_padding = operator_padding(padding, weight.shape[-2:], dilation)
-    if any(extra_padding):
-        input = F.pad(input, extra_padding)
-    return _forward_op(input, weight, bias, stride, padding, dilation, force_unfold)
-
-
-def local_conv2d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0,
-    dilation: IntOrSeq = 1,
-) -> Tensor:
-    r"""Locally-connected 2D convolution: a conv2d whose filters differ at every output location.
-
-    .. code-block:: text
-
-        out[n, o, i, j] = bias + sum_{c, p, q} weight[i, j, o, c, p, q]
-                          * input_padded[n, c, i * stride_h + p * dilation_h,
-                                               j * stride_w + q * dilation_w]
-
-    Args:
-        input (Tensor): (N, C_in, H, W), any strides (channels_last is read in place).
-        weight (Tensor): (OH, OW, C_out, C_in, KH, KW): ``weight[i, j]`` is the conv2d weight
-            (C_out, C_in, KH, KW) of output location (i, j).
-        bias (Tensor, optional): (C_out, OH, OW), one per location, or (C_out,), shared by all
-            locations. Default: None.
-        stride (int or (int, int)): step between neighbouring locations' windows. Default: 1.
-        padding (int, (int, int), 'valid' or 'same'): zeros added on both sides, none
-            ('valid'), or as much as keeps the input's size ('same', stride 1 only; where the
-            total is odd the extra row or column goes after, as in conv2d). Default: 0.
-        dilation (int or (int, int)): spacing between a filter's taps. Default: 1.
-
-    input, weight and bias must have the same floating dtype (float64, float32, float16 or
-    bfloat16) and device. The weight's (OH, OW) must match the geometry:
-    OH = (H + 2 * padding_h - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
-
-    Returns:
-        Tensor: (N, C_out, OH, OW), contiguous. Differentiable in input, weight and bias (to any
-        order), traceable by torch.compile, and run in the autocast dtype under autocast.
-
-    Example::
-
-        >>> x = torch.randn(8, 3, 32, 32)
-        >>> w = torch.randn(15, 15, 16, 3, 3, 3)  # (OH, OW, C_out, C_in, KH, KW)
-        >>> lc_cuda.local_conv2d(x, w, torch.randn(16), stride=2).shape
-        torch.Size([8, 16, 15, 15])
-    """
-    return _local_conv2d(input, weight, bias, stride, padding, dilation, force_unfold=False)
-
-
-def unfold_local_conv2d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0,
-    dilation: IntOrSeq = 1,
-) -> Tensor:
-    """local_conv2d computed by the unfold + batched-matmul fallback on every device.
-
-    The same operator, autograd, compile and autocast behaviour as local_conv2d; only the
-    kernels differ. It is the baseline the CUDA kernels are measured against.
-    """
-    return _local_conv2d(input, weight, bias, stride, padding, dilation, force_unfold=True)
+_ARGUMENTS = """stride (int or tuple): step between neighbouring windows, per dimension. Default: 1.
+        padding (int, tuple, tuple of (before, after) pairs, 'valid' or 'same'): zeros added
+            to both sides (an int, or one per dimension), per side (a (before, after) pair per
+            dimension, e.g. ((2, 0),) for a causal 1D layer), none ('valid'), or as many as
+            keep the size ('same', stride 1 only; an odd total puts the extra zero after, as
+            Conv does). No padded copy of the input is made. Default: 0.
+        dilation (int or tuple): spacing between a filter's taps. Default: 1.
+        groups (int): input and output channels split into this many groups, each output
+            channel reading its group's inputs only, as in Conv; groups = C_in is depthwise.
+            Default: 1.
+        share_block (int or tuple, optional): neighbouring output positions in blocks of this
+            size (per dimension) share one filter bank: a locally-shared convolution (DeepID).
+            The weight then has ceil(out / share_block) regions per dimension instead of one
+            bank per position; the last block may be partial. A block covering the whole output
+            is an ordinary convolution. Default: None (a bank per position).
+        share_period (int or tuple, optional): output positions this far apart share one
+            filter bank, position i using bank i % share_period: a tiled convolution (Ngiam et
+            al.). The weight has share_period regions per dimension (at most the output size).
+            Not with share_block. Default: None."""
 
 
 def local_conv1d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] | str = 0,
-    dilation: int | Sequence[int] = 1,
-) -> Tensor:
-    r"""Locally-connected 1D convolution: a conv1d whose filters differ at every output position.
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    dilation: IntOrSeq = 1, groups: int = 1, share_block: IntOrSeq | None = None,
+    share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    r"""Locally-connected 1D convolution: a conv1d whose filters differ at every output
+    position (or region of positions, with share_block or share_period).
 
     .. code-block:: text
 
-        out[n, o, i] = bias + sum_{c, q} weight[i, o, c, q]
+        out[n, o, i] = bias[o, r(i)] + sum_{c in o's group, q} weight[r(i), o, c, q]
                        * input_padded[n, c, i * stride + q * dilation]
 
-    Computed by local_conv2d on views (no copies).
+    with r(i) = i without sharing, i // share_block or i % share_period.
 
     Args:
-        input (Tensor): (N, C_in, L).
-        weight (Tensor): (OL, C_out, C_in, K): ``weight[i]`` is the conv1d weight of position i.
-        bias (Tensor, optional): (C_out, OL), one per position, or (C_out,) shared. Default: None.
-        stride (int): step between neighbouring positions' windows. Default: 1.
-        padding (int, 'valid' or 'same'): zeros added at both ends, none ('valid'), or as many
-            as keep the length ('same', stride 1 only). Default: 0.
-        dilation (int): spacing between a filter's taps. Default: 1.
+        input (Tensor): (N, C_in, L), or (C_in, L). Any strides.
+        weight (Tensor): (R, C_out, C_in / groups, K): ``weight[r]`` is the conv1d weight of
+            region r; without sharing, R = OL, a bank per output position.
+        bias (Tensor, optional): (C_out, R), one per region, or (C_out,) shared. Default: None.
+        <shared arguments>
 
     Returns:
-        Tensor: (N, C_out, OL), OL = (L + 2 * padding - dilation * (K - 1) - 1) // stride + 1.
+        Tensor: (N, C_out, OL) (or (C_out, OL)), contiguous, with
+        OL = (L + before + after - dilation * (K - 1) - 1) // stride + 1.
 
     Example::
 
@@ -230,189 +136,226 @@ def local_conv1d(
         >>> w = torch.randn(48, 8, 4, 5)  # (OL, C_out, C_in, K) for stride 2
         >>> lc_cuda.local_conv1d(x, w, stride=2).shape
         torch.Size([2, 8, 48])
+        >>> causal = torch.randn(100, 8, 4, 5)  # pads 4 before: the output keeps L
+        >>> lc_cuda.local_conv1d(x, causal, padding=((4, 0),)).shape
+        torch.Size([2, 8, 100])
     """
-    if input.dim() != 3:
-        raise ValueError(
-            f"input must be 3-D (N, C_in, L), got {input.dim()}-D of shape {tuple(input.shape)}"
-        )
-    if weight.dim() != 4:
-        raise ValueError(
-            "weight must be 4-D (OL, C_out, C_in, K), "
-            f"got {weight.dim()}-D of shape {tuple(weight.shape)}"
-        )
-    if bias is not None and bias.dim() not in (1, 2):
-        raise ValueError(
-            f"bias must be (C_out, OL) or (C_out,), got {bias.dim()}-D of shape {tuple(bias.shape)}"
-        )
-    (stride,) = ntuple(stride, 1, "stride")
-    (dilation,) = ntuple(dilation, 1, "dilation")
-    padding = padding_arg(padding, 1)
-    out = local_conv2d(
-        input.unsqueeze(2),
-        weight.unsqueeze(0).unsqueeze(4),
-        bias.unsqueeze(1) if bias is not None and bias.dim() == 2 else bias,
-        (1, stride),
-        padding if isinstance(padding, str) else (0, padding[0]),
-        (1, dilation),
-    )
-    return out.squeeze(2)
+    return _local_conv(
+        1, "local_conv1d", input, weight, bias, stride, padding, dilation, groups, share_block,
+        share_period, False,
+    )  # fmt: skip
 
 
-def _fake_output_shape(input, weight, bias, stride, padding, dilation) -> tuple:
-    """The meta kernel's checks: the C++ checks' conditions, so that meta and fake tensors
-    (torch.compile, deferred init) fail where real ones would, instead of taking a wrong shape."""
-    torch._check(
-        input.dim() == 4, lambda: f"input must be 4-D (N, C_in, H, W), got {input.dim()}-D"
-    )
-    torch._check(
-        weight.dim() == 6,
-        lambda: f"weight must be 6-D (OH, OW, C_out, C_in, KH, KW), got {weight.dim()}-D",
-    )
-    for name, tensor in (("input", input), ("weight", weight), ("bias", bias)):
-        if tensor is None:
-            continue
-        message = (
-            f"{name} dtype/device must match input and be floating-point: got {tensor.dtype} "
-            f"on {tensor.device}, expected {input.dtype} on {input.device}"
-        )
-        torch._check(
-            tensor.dtype.is_floating_point
-            and tensor.dtype == input.dtype
-            and tensor.device == input.device,
-            lambda message=message: message,
-        )
-    torch._check(
-        weight.shape[3] == input.shape[1],
-        lambda: (
-            f"input.shape[1] is not valid: got {input.shape[1]}, expected {weight.shape[3]} "
-            "input channels (C_in, weight.shape[3])"
-        ),
-    )
-    out_hw = output_size(input.shape[2:], weight.shape[4:], stride, padding, dilation)
-    expected = (*out_hw, weight.shape[2], input.shape[1], *weight.shape[4:])
-    torch._check(
-        tuple(weight.shape) == expected,
-        lambda: f"weight.shape is not valid: got {list(weight.shape)}, expected {list(expected)}",
-    )
-    out_channels = weight.shape[2]
-    if bias is not None:
-        torch._check(
-            tuple(bias.shape) in ((out_channels,), (out_channels, *out_hw)),
-            lambda: (
-                f"bias.shape is not valid: got {list(bias.shape)}, expected "
-                f"{[out_channels, *out_hw]} (C_out, OH, OW) or [{out_channels}] (C_out,)"
-            ),
-        )
-    return (input.shape[0], out_channels, *out_hw)
+def local_conv2d(
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    dilation: IntOrSeq = 1, groups: int = 1, share_block: IntOrSeq | None = None,
+    share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    r"""Locally-connected 2D convolution: a conv2d whose filters differ at every output
+    location (or region of locations, with share_block or share_period).
+
+    .. code-block:: text
+
+        out[n, o, i, j] = bias[o, r(i, j)] + sum_{c in o's group, p, q} weight[r(i, j), o, c, p, q]
+                          * input_padded[n, c, i * stride_h + p * dilation_h,
+                                               j * stride_w + q * dilation_w]
+
+    with r(i, j) = (i, j) without sharing, (i // block_h, j // block_w) with share_block,
+    (i % period_h, j % period_w) with share_period.
+
+    Args:
+        input (Tensor): (N, C_in, H, W), or (C_in, H, W). Any strides (channels_last is read in
+            place).
+        weight (Tensor): (RH, RW, C_out, C_in / groups, KH, KW): ``weight[i, j]`` is the conv2d
+            weight (C_out, C_in / groups, KH, KW) of region (i, j); without sharing
+            (RH, RW) = (OH, OW), a bank per output location.
+        bias (Tensor, optional): (C_out, RH, RW), one per region, or (C_out,) shared.
+            Default: None.
+        <shared arguments>
+
+    input, weight and bias must have the same floating dtype (float64, float32, float16 or
+    bfloat16) and device.
+
+    Returns:
+        Tensor: (N, C_out, OH, OW) (or (C_out, OH, OW)), contiguous, with
+        OH = (H + top + bottom - dilation_h * (KH - 1) - 1) // stride_h + 1, likewise OW.
+        Differentiable in input, weight and bias (to any order, and by torch.func's grad, jvp,
+        vmap and jacrev), traceable by torch.compile, and run in the autocast dtype under
+        autocast.
+
+    Example::
+
+        >>> x = torch.randn(8, 3, 32, 32)
+        >>> w = torch.randn(15, 15, 16, 3, 3, 3)  # (OH, OW, C_out, C_in, KH, KW)
+        >>> lc_cuda.local_conv2d(x, w, torch.randn(16), stride=2).shape
+        torch.Size([8, 16, 15, 15])
+        >>> shared = torch.randn(2, 2, 16, 3, 3, 3)  # 2x2 regions of 8x8 locations (DeepID)
+        >>> lc_cuda.local_conv2d(x, shared, stride=2, padding=1, share_block=8).shape
+        torch.Size([8, 16, 16, 16])
+    """
+    return _local_conv(
+        2, "local_conv2d", input, weight, bias, stride, padding, dilation, groups, share_block,
+        share_period, False,
+    )  # fmt: skip
 
 
-@torch.library.register_fake("lc_cuda::local_conv2d")
-def _local_conv2d_fake(input, weight, bias, stride, padding, dilation, force_unfold=False):
-    return input.new_empty(_fake_output_shape(input, weight, bias, stride, padding, dilation))
+def local_conv3d(
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    dilation: IntOrSeq = 1, groups: int = 1, share_block: IntOrSeq | None = None,
+    share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    r"""Locally-connected 3D convolution: a conv3d whose filters differ at every output
+    position of a volume (or region of positions, with share_block or share_period).
+
+    .. code-block:: text
+
+        out[n, o, z, y, x] = bias[o, r(z, y, x)]
+            + sum_{c in o's group, a, p, q} weight[r(z, y, x), o, c, a, p, q]
+              * input_padded[n, c, z * stride_d + a * dilation_d,
+                                   y * stride_h + p * dilation_h, x * stride_w + q * dilation_w]
+
+    Args:
+        input (Tensor): (N, C_in, D, H, W), or (C_in, D, H, W). Any strides
+            (channels_last_3d is read in place).
+        weight (Tensor): (RD, RH, RW, C_out, C_in / groups, KD, KH, KW): ``weight[z, y, x]`` is
+            the conv3d weight of region (z, y, x); without sharing (RD, RH, RW) =
+            (OD, OH, OW), a bank per output position.
+        bias (Tensor, optional): (C_out, RD, RH, RW), one per region, or (C_out,) shared.
+            Default: None.
+        <shared arguments>
+
+    Returns:
+        Tensor: (N, C_out, OD, OH, OW) (or (C_out, OD, OH, OW)), contiguous, with
+        OD = (D + front + back - dilation_d * (KD - 1) - 1) // stride_d + 1, likewise OH, OW.
+
+    Example::
+
+        >>> x = torch.randn(2, 1, 16, 16, 16)
+        >>> w = torch.randn(14, 14, 14, 4, 1, 3, 3, 3)  # (OD, OH, OW, C_out, C_in, KD, KH, KW)
+        >>> lc_cuda.local_conv3d(x, w).shape
+        torch.Size([2, 4, 14, 14, 14])
+    """
+    return _local_conv(
+        3, "local_conv3d", input, weight, bias, stride, padding, dilation, groups, share_block,
+        share_period, False,
+    )  # fmt: skip
 
 
-@torch.library.register_fake("lc_cuda::local_conv2d_backward")
-def _local_conv2d_backward_fake(
-    grad_output,
-    input,
-    weight,
-    stride,
-    padding,
-    dilation,
-    shared_bias,
-    output_mask,
-    force_unfold=False,
-):
-    out_shape = _fake_output_shape(input, weight, None, stride, padding, dilation)
-    torch._check(
-        tuple(grad_output.shape) == out_shape and grad_output.dtype == input.dtype,
-        lambda: (
-            f"grad_output.shape is not valid: got {list(grad_output.shape)}, expected "
-            f"{list(out_shape)} (N, C_out, OH, OW)"
-        ),
-    )
-    bias_shape = out_shape[1:2] if shared_bias else out_shape[1:]
+def _unfold_doc(dims: int) -> str:
     return (
-        input.new_empty(input.shape if output_mask[0] else (0,)),
-        weight.new_empty(weight.shape if output_mask[1] else (0,)),
-        grad_output.new_empty(bias_shape if output_mask[2] else (0,)),
+        f"local_conv{dims}d computed by the unfold + batched-matmul fallback on every device.\n\n"
+        f"    The same operator, autograd, compile and autocast behaviour as local_conv{dims}d;"
+        " only\n    the kernels differ. It is the baseline the kernels are measured against.\n"
     )
 
 
-def _forward_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, force_unfold = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.geometry = (stride, padding, dilation)
-    ctx.shared_bias = bias is not None and bias.dim() == 1
-    ctx.force_unfold = force_unfold
+def unfold_local_conv1d(
+    input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, share_block=None,
+    share_period=None,
+):  # fmt: skip
+    return _local_conv(
+        1, "unfold_local_conv1d", input, weight, bias, stride, padding, dilation, groups,
+        share_block, share_period, True,
+    )  # fmt: skip
 
 
-def _forward_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    output_mask = list(ctx.needs_input_grad[:3])
-    grads = _backward_op(
-        grad_output, input, weight, *ctx.geometry, ctx.shared_bias, output_mask, ctx.force_unfold
+def unfold_local_conv2d(
+    input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, share_block=None,
+    share_period=None,
+):  # fmt: skip
+    return _local_conv(
+        2, "unfold_local_conv2d", input, weight, bias, stride, padding, dilation, groups,
+        share_block, share_period, True,
+    )  # fmt: skip
+
+
+def unfold_local_conv3d(
+    input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, share_block=None,
+    share_period=None,
+):  # fmt: skip
+    return _local_conv(
+        3, "unfold_local_conv3d", input, weight, bias, stride, padding, dilation, groups,
+        share_block, share_period, True,
+    )  # fmt: skip
+
+
+for _function in (local_conv1d, local_conv2d, local_conv3d):
+    _function.__doc__ = _function.__doc__.replace("<shared arguments>", _ARGUMENTS)
+unfold_local_conv1d.__doc__ = _unfold_doc(1)
+unfold_local_conv2d.__doc__ = _unfold_doc(2)
+unfold_local_conv3d.__doc__ = _unfold_doc(3)
+
+_TRANSPOSE_DOC = r"""The transpose of local_conv{dims}d: its adjoint in the input, as
+    ConvTranspose{dims}d is to Conv{dims}d, for decoders and autoencoders.
+
+    With y = local_conv{dims}d(x, weight, ...), local_conv_transpose{dims}d(g, weight, ...) with
+    the same geometry is the gradient of <y, g> in x: every output position sums what the
+    positions whose windows read it contribute. The result's size along each dimension is
+    (in - 1) * stride - before - after + dilation * (kernel - 1) + 1 + output_padding.
+
+    Args:
+        input (Tensor): {input_layout}, shaped like local_conv{dims}d's output (or without N).
+        weight (Tensor): {weight_layout}: local_conv{dims}d's weight, whose C_out is this op's
+            input channels (the layout ConvTranspose{dims}d uses per location).
+        bias (Tensor, optional): (C_out, *size), one per output position, or (C_out,) shared.
+            Default: None.
+        stride, padding, dilation, groups, share_block, share_period: local_conv{dims}d's, the
+            padding as an int, one per dimension or (before, after) pairs. Defaults: 1, 0, 1,
+            1, None, None.
+        output_padding (int or tuple): extra size after each dimension (smaller than the
+            stride or the dilation), where several sizes map to the same input size. Default: 0.
+
+    Returns:
+        Tensor: (N, C_out, *size), contiguous.
+"""
+
+
+def local_conv_transpose1d(
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    output_padding: IntOrSeq = 0, dilation: IntOrSeq = 1, groups: int = 1,
+    share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    return _local_conv_transpose(
+        1, "local_conv_transpose1d", input, weight, bias, stride, padding, output_padding,
+        dilation, groups, share_block, share_period, False,
+    )  # fmt: skip
+
+
+def local_conv_transpose2d(
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    output_padding: IntOrSeq = 0, dilation: IntOrSeq = 1, groups: int = 1,
+    share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    return _local_conv_transpose(
+        2, "local_conv_transpose2d", input, weight, bias, stride, padding, output_padding,
+        dilation, groups, share_block, share_period, False,
+    )  # fmt: skip
+
+
+def local_conv_transpose3d(
+    input, weight, bias=None, stride: IntOrSeq = 1, padding: Padding = 0,
+    output_padding: IntOrSeq = 0, dilation: IntOrSeq = 1, groups: int = 1,
+    share_block: IntOrSeq | None = None, share_period: IntOrSeq | None = None,
+):  # fmt: skip
+    return _local_conv_transpose(
+        3, "local_conv_transpose3d", input, weight, bias, stride, padding, output_padding,
+        dilation, groups, share_block, share_period, False,
+    )  # fmt: skip
+
+
+for _dims, _function in ((1, local_conv_transpose1d), (2, local_conv_transpose2d),
+                         (3, local_conv_transpose3d)):  # fmt: skip
+    _function.__doc__ = _TRANSPOSE_DOC.format(
+        dims=_dims,
+        input_layout=_INPUT_LAYOUT[_dims].replace("C_in", "C_in"),
+        weight_layout=_WEIGHT_LAYOUT[_dims].replace("C_out, C_in", "C_in, C_out"),
     )
-    grads = [grad if needed else None for grad, needed in zip(grads, output_mask)]
-    return *grads, None, None, None, None
+_TRANSPOSE_EXAMPLE = """
+    Example::
 
-
-def _backward_setup_context(ctx, inputs, output):
-    grad_output, input, weight, stride, padding, dilation, shared_bias, output_mask, force = inputs
-    ctx.save_for_backward(grad_output, input, weight)
-    ctx.geometry = (stride, padding, dilation)
-    ctx.shared_bias = shared_bias
-    ctx.output_mask = output_mask
-    ctx.force_unfold = force
-
-
-def _backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
-    """Derivatives of (grad_input, grad_weight, grad_bias) = backward(grad_output, input, weight).
-
-    grad_input is linear in (grad_output, weight), grad_weight in (grad_output, input), and
-    grad_bias in grad_output, so with g* the incoming gradients:
-      d/d grad_output = forward(g_input, weight) + forward(input, g_weight) + broadcast(g_bias)
-      d/d input       = grad_input computed with weight := g_weight
-      d/d weight      = grad_weight computed with input := g_input
-    """
-    grad_output, input, weight = ctx.saved_tensors
-    geometry, force = ctx.geometry, ctx.force_unfold
-    g_input, g_weight, g_bias = (
-        grad if produced else None
-        for grad, produced in zip(
-            (grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.output_mask
-        )
-    )
-    needs_grad_output, needs_input, needs_weight = ctx.needs_input_grad[:3]
-
-    grad_grad_output = None
-    if needs_grad_output:
-        terms = []
-        if g_input is not None:
-            terms.append(_forward_op(g_input, weight, None, *geometry, force))
-        if g_weight is not None:
-            terms.append(_forward_op(input, g_weight, None, *geometry, force))
-        if g_bias is not None:
-            per_sample = g_bias.view(-1, 1, 1) if ctx.shared_bias else g_bias
-            terms.append(per_sample.expand_as(grad_output))
-        grad_grad_output = sum(terms) if terms else None
-
-    grad_input = None
-    if needs_input and g_weight is not None:
-        grad_input = _backward_op(
-            grad_output, input, g_weight, *geometry, False, [True, False, False], force
-        )[0]
-    grad_weight = None
-    if needs_weight and g_input is not None:
-        grad_weight = _backward_op(
-            grad_output, g_input, weight, *geometry, False, [False, True, False], force
-        )[1]
-    return grad_grad_output, grad_input, grad_weight, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "lc_cuda::local_conv2d", _forward_backward, setup_context=_forward_setup_context
-)
-torch.library.register_autograd(
-    "lc_cuda::local_conv2d_backward", _backward_backward, setup_context=_backward_setup_context
-)
+        >>> y = torch.randn(2, 8, 15, 15)
+        >>> w = torch.randn(15, 15, 8, 3, 3, 3)  # local_conv2d's: (OH, OW, C_out=8, C_in=3, 3, 3)
+        >>> lc_cuda.local_conv_transpose2d(y, w, stride=2, output_padding=1).shape
+        torch.Size([2, 3, 32, 32])
+"""
+local_conv_transpose2d.__doc__ += _TRANSPOSE_EXAMPLE

@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-# TensorFlow (the interop tests) bundles an LLVM that makes a later `import triton` (torch.compile,
-# or an optimizer step) segfault; the other order works. So triton is loaded first.
+# TensorFlow (the keras extra's tests) bundles an LLVM that makes a later `import triton`
+# (torch.compile, or an optimizer step) segfault; the other order works. So triton is loaded first.
 if importlib.util.find_spec("triton") is not None:
     import triton  # noqa: F401
 

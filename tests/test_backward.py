@@ -108,13 +108,13 @@ def test_only_requested_gradients_are_computed(monkeypatch):
     input = torch.randn(2, 3, 6, 6, requires_grad=True)
     weight = torch.randn(4, 4, 2, 3, 3, 3)
     masks = []
-    real_op = lc_cuda.ops._backward_op
+    real_op = lc_cuda._autograd._backward_op
 
     def recording_op(*args):
-        masks.append(list(args[7]))
+        masks.append(list(args[10]))
         return real_op(*args)
 
-    monkeypatch.setattr(lc_cuda.ops, "_backward_op", recording_op)
+    monkeypatch.setattr(lc_cuda._autograd, "_backward_op", recording_op)
     lc_cuda.local_conv2d(input, weight).sum().backward()
     assert masks == [[True, False, False]]
     assert input.grad.shape == input.shape

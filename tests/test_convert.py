@@ -1,7 +1,7 @@
 """Weight conversion checked against the real layers: tf-keras LocallyConnected1D/2D, JAX's
 lax.conv_general_dilated_local and flax.linen.ConvLocal, all on the CPU.
 
-These tests need the `interop` extra (tensorflow-cpu, tf-keras, jax, flax, h5py); each one
+These tests need the `keras` and `jax` extras (tf-keras, h5py; jax, flax); each one
 skips where its framework is absent."""
 
 import os

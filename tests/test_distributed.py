@@ -12,6 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import lc_cuda
 
+pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
+
 STEPS = 2
 WORLD_SIZE = 2
 

@@ -1,7 +1,7 @@
 """The documentation runs as written: every ```python block of README.md, each in a fresh process
 from an empty folder, and the examples in the public docstrings. A block whose first line is
 `# requires CUDA` is skipped without a GPU; one that imports a framework that is not installed
-(the `interop` extra) is skipped too."""
+(the `keras` or `jax` extra) is skipped too."""
 
 import ast
 import doctest
@@ -43,6 +43,7 @@ def test_readme_has_python_blocks():
     assert len(python_blocks()) >= 6
 
 
+@pytest.mark.slow  # a fresh process each, the deployment block about a minute
 @pytest.mark.parametrize("source", python_blocks())
 def test_readme_block_runs(source, tmp_path):
     if source.startswith("# requires CUDA") and not torch.cuda.is_available():
@@ -66,10 +67,16 @@ def test_readme_block_runs(source, tmp_path):
 @pytest.mark.parametrize(
     "documented",
     [
-        lc_cuda.LocallyConnected2d,
         lc_cuda.LocallyConnected1d,
-        lc_cuda.local_conv2d,
+        lc_cuda.LocallyConnected2d,
+        lc_cuda.LocallyConnected3d,
+        lc_cuda.LocallyConnectedTranspose1d,
+        lc_cuda.LocallyConnectedTranspose2d,
+        lc_cuda.LocallyConnectedTranspose3d,
         lc_cuda.local_conv1d,
+        lc_cuda.local_conv2d,
+        lc_cuda.local_conv3d,
+        lc_cuda.local_conv_transpose2d,
     ],
     ids=lambda obj: obj.__name__,
 )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
 
 

@@ -1,8 +1,9 @@
 """Deployment: ONNX (run in onnxruntime), TorchScript, torch.export and AOTInductor.
 
-One model, `Zoo`, holds a LocallyConnected2d for every geometry option (padding int, pair,
-'valid' and 'same' with odd and even kernels; strides; dilations; the three bias kinds), seeded
-random 2D layers, LocallyConnected1d layers and a small DeepFace, each fed its own input. Every
+One model, `Zoo`, holds a layer for every geometry option (1D, 2D and 3D; padding int, pair,
+per side, 'valid' and 'same' with odd and even kernels, and every padding mode; strides;
+dilations; the three bias kinds; groups; weight shared in blocks and periodically; the
+transposed layers), seeded random 2D layers and a small DeepFace, each fed its own input. Every
 path exports or compiles Zoo once, with a dynamic batch, and runs it at two batch sizes in a
 fresh process (ONNX: onnxruntime, without torch or lc_cuda). Outputs are
 compared with the float64 oracle of lc_cuda/reference.py (DeepFace: with the model in float64).
@@ -18,19 +19,36 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DEVICES
 from torch import nn
 
 import lc_cuda
+from lc_cuda._arguments import flat_padding, padding_pairs
 from lc_cuda.models import DeepFace
-from lc_cuda.reference import RELATIVE_TOLERANCE, reference_local_conv2d, relative_error
+from lc_cuda.modules import _LocallyConnectedTransposeNd
+from lc_cuda.reference import (
+    RELATIVE_TOLERANCE,
+    reference_local_conv,
+    reference_local_conv_transpose,
+    relative_error,
+)
+
+pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
 
 BATCH_SIZES = (2, 5)
 
 
 def fixed_layers():
-    """Each geometry option of LocallyConnected2d at least once, and the 1D layer's."""
-    lc2d, lc1d = lc_cuda.LocallyConnected2d, lc_cuda.LocallyConnected1d
+    """Each geometry option of the layers at least once: 1D, 2D and 3D, every padding form and
+    mode, groups, both kinds of weight sharing, and the transposed layers."""
+    lc1d, lc2d, lc3d = (
+        lc_cuda.LocallyConnected1d,
+        lc_cuda.LocallyConnected2d,
+        lc_cuda.LocallyConnected3d,
+    )
+    t1d, t2d = lc_cuda.LocallyConnectedTranspose1d, lc_cuda.LocallyConnectedTranspose2d
+    t3d = lc_cuda.LocallyConnectedTranspose3d
     return [
         lc2d(3, 4, 7, 3),
         lc2d(2, 3, (8, 7), (3, 2), stride=(2, 1), padding=(1, 2), shared_bias=True),
@@ -38,9 +56,23 @@ def fixed_layers():
         lc2d(3, 2, (6, 7), 3, padding="same", dilation=(1, 2)),
         lc2d(2, 3, 6, (2, 4), padding="same"),  # even kernels: the extra row/column after
         lc2d(2, 2, 8, 1, stride=3, padding="valid"),
+        lc2d(2, 3, 8, 3, padding=((2, 0), (1, 3))),
+        lc2d(2, 3, 8, 3, padding=1, padding_mode="circular"),
+        lc2d(2, 3, (7, 8), 3, padding=(2, 1), padding_mode="reflect", shared_bias=True),
+        lc2d(4, 6, 7, 3, padding=1, groups=2),
+        lc2d(4, 8, 6, 3, padding=1, groups=4),  # depthwise
+        lc2d(3, 4, 9, 3, padding=(1, 0), share_block=(4, 3)),  # partial last blocks
+        lc2d(2, 4, 8, 3, share_period=(2, 3), groups=2, shared_bias=True),
         lc1d(3, 4, 10, 4, padding="same", shared_bias=True),
         lc1d(2, 3, 11, 3, stride=2, padding=1, dilation=2),
         lc1d(2, 3, 9, 2, bias=False),
+        lc1d(1, 2, 12, 3, padding=((2, 0),), padding_mode="replicate"),  # causal
+        lc3d(2, 3, (5, 6, 4), (3, 2, 3), stride=(1, 2, 1), padding=((1, 0), (0, 1), (1, 1))),
+        lc3d(2, 2, 4, 2, share_block=2, groups=2),
+        t2d(3, 2, 5, 3, stride=2, padding=1, output_padding=1),
+        t2d(4, 2, (4, 3), 2, stride=(2, 1), groups=2, share_block=2, shared_bias=True),
+        t1d(2, 3, 6, 4, stride=2, padding=1),
+        t3d(2, 2, (3, 3, 2), 2, stride=2, share_period=(1, 3, 2), bias=False),
     ]
 
 
@@ -114,24 +146,26 @@ def oracle(layer, input):
     if isinstance(layer, DeepFace):
         with torch.no_grad():
             return layer.double()(input.double())
-    one_d = isinstance(layer, lc_cuda.LocallyConnected1d)
-    kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
-    if layer.padding == "same":
-        spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
-        pads = [(span // 2, span - span // 2) for span in spans]  # the extra one after
-    else:
-        pads = [(p, p) for p in ((0,) * len(kernel) if layer.padding == "valid" else layer.padding)]
-    weight, bias = layer.weight, layer.bias
-    if one_d:
-        input, weight = input.unsqueeze(2), weight.unsqueeze(0).unsqueeze(4)
-        bias = bias.unsqueeze(1) if bias is not None and bias.dim() == 2 else bias
-        pads, stride, dilation = [(0, 0), *pads], (1, *stride), (1, *dilation)
-    (top, bottom), (left, right) = pads
+    n = layer.spatial_dims
+    pairs = padding_pairs(layer.padding, n, layer.kernel_size, layer.dilation)
+    geometry = dict(
+        stride=layer.stride, dilation=layer.dilation, groups=layer.groups,
+        share=layer.share_block or layer.share_period, share_mode="block",
+    )  # fmt: skip
+    if layer.share_period is not None:
+        geometry["share_mode"] = "tile"
     with torch.no_grad():
-        out = reference_local_conv2d(
-            input, weight, bias, stride, (top, bottom, left, right), dilation
+        if isinstance(layer, _LocallyConnectedTransposeNd):
+            return reference_local_conv_transpose(
+                input, layer.weight, layer.bias, padding=flat_padding(pairs),
+                output_padding=layer.output_padding, **geometry,
+            )  # fmt: skip
+        if layer.padding_mode != "zeros":
+            sides = [side for pair in reversed(pairs) for side in pair]
+            input, pairs = F.pad(input.double(), sides, mode=layer.padding_mode), [(0, 0)] * n
+        return reference_local_conv(
+            input, layer.weight, layer.bias, padding=flat_padding(pairs), **geometry
         )
-    return out.squeeze(2) if one_d else out
 
 
 def assert_outputs_match(zoo, inputs, outputs, dtype=torch.float32):
@@ -258,7 +292,7 @@ def test_onnx_registration_when_onnxscript_was_imported_first():
     needs_export_extra()
     code = (
         "import onnxscript.function_libs.torch_lib.registration as r, lc_cuda\n"
-        "print('lc_cuda::local_conv2d' in r.default_registry)"
+        "print('lc_cuda::local_conv' in r.default_registry)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

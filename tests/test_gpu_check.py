@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -23,7 +23,10 @@ from torch.utils.cpp_extension import include_paths
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = ROOT / "tests" / "emulation"
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20)"),
+]
 
 # Compiler flags per build: plain, AddressSanitizer with UBSan (both abort at the first error),
 # ThreadSanitizer.

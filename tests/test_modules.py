@@ -95,11 +95,104 @@ def test_from_conv2d_equals_conv2d(device, conv_args, shared_bias):
     torch.testing.assert_close(layer(input), conv(input))
 
 
-def test_from_conv2d_rejects_other_padding_modes_and_types():
-    with pytest.raises(ValueError, match=r"conv\.padding_mode must be 'zeros', got 'reflect'"):
-        lc_cuda.LocallyConnected2d.from_conv2d(nn.Conv2d(2, 2, 3, padding_mode="reflect"), 8)
+def test_from_conv2d_rejects_other_layer_types():
     with pytest.raises(TypeError, match=r"conv must be an nn\.Conv2d, got Conv1d"):
         lc_cuda.LocallyConnected2d.from_conv2d(nn.Conv1d(2, 2, 3), 8)
+    with pytest.raises(TypeError, match=r"conv must be an nn\.ConvTranspose2d, got Conv2d"):
+        lc_cuda.LocallyConnectedTranspose2d.from_conv_transpose2d(nn.Conv2d(2, 2, 3), 8)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_from_conv_equals_conv_for_every_padding_mode(dims, padding_mode):
+    """Conv1d/2d/3d with groups, padding per mode: the layer computes the same."""
+    torch.manual_seed(0)
+    conv_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    conv = conv_type(4, 6, 3, padding=1, groups=2, padding_mode=padding_mode).double()
+    size = (7, 6, 5)[:dims]
+    layer_type = {1: lc_cuda.LocallyConnected1d, 2: lc_cuda.LocallyConnected2d}.get(
+        dims, lc_cuda.LocallyConnected3d
+    )
+    layer = getattr(layer_type, f"from_conv{dims}d")(conv, size)
+    assert layer.groups == 2 and layer.padding_mode == padding_mode
+    input = torch.randn(2, 4, *size, dtype=torch.float64)
+    torch.testing.assert_close(layer(input), conv(input))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_from_conv_transpose_equals_conv_transpose(dims):
+    torch.manual_seed(0)
+    convt_type = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+    convt = convt_type(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=1)
+    convt = convt.double()
+    size = (5, 4, 3)[:dims]
+    layer_type = (
+        lc_cuda.LocallyConnectedTranspose1d,
+        lc_cuda.LocallyConnectedTranspose2d,
+        lc_cuda.LocallyConnectedTranspose3d,
+    )[dims - 1]
+    layer = getattr(layer_type, f"from_conv_transpose{dims}d")(convt, size)
+    input = torch.randn(3, 4, *size, dtype=torch.float64)
+    torch.testing.assert_close(layer(input), convt(input))
+    assert layer.output_size == tuple(convt(input).shape[2:])
+
+
+def test_circular_padding_matches_conv2d_and_f_pad():
+    """The circular layer equals F.pad(circular) + the zero-padded op, and Conv2d's circular
+    mode on a layer converted with from_conv2d."""
+    torch.manual_seed(0)
+    layer = lc_cuda.LocallyConnected2d(2, 3, (6, 7), 3, padding=(1, 2), padding_mode="circular")
+    input = torch.randn(2, 2, 6, 7)
+    padded = torch.nn.functional.pad(input, (2, 2, 1, 1), mode="circular")
+    torch.testing.assert_close(layer(input), lc_cuda.local_conv2d(padded, layer.weight, layer.bias))
+
+
+def test_causal_1d_layer_keeps_the_length():
+    layer = lc_cuda.LocallyConnected1d(1, 4, 50, kernel_size=5, padding=((4, 0),))
+    input = torch.randn(3, 1, 50)
+    out = layer(input)
+    assert out.shape == (3, 4, 50)
+    # causal: output position i reads inputs up to i only
+    changed = input.clone()
+    changed[..., 30:] += 1
+    torch.testing.assert_close(layer(changed)[..., :30], out[..., :30])
+
+
+def test_groups_equal_split_and_concatenate():
+    """A grouped layer is its groups' separate layers side by side."""
+    torch.manual_seed(0)
+    layer = lc_cuda.LocallyConnected2d(6, 4, 7, 3, padding=1, groups=2, dtype=torch.float64)
+    input = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    halves = []
+    for g in range(2):
+        part = lc_cuda.LocallyConnected2d(3, 2, 7, 3, padding=1, dtype=torch.float64)
+        with torch.no_grad():
+            part.weight.copy_(layer.weight[:, :, 2 * g : 2 * g + 2])
+            part.bias.copy_(layer.bias[2 * g : 2 * g + 2])
+        halves.append(part(input[:, 3 * g : 3 * g + 3]))
+    torch.testing.assert_close(layer(input), torch.cat(halves, 1), rtol=0, atol=1e-12)
+
+
+def test_a_block_over_the_whole_output_is_a_convolution():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    layer = lc_cuda.LocallyConnected2d.from_conv2d(conv, (9, 8), share_block=(9, 8))
+    assert layer.weight.shape == (1, 1, 6, 2, 3, 3)
+    input = torch.randn(2, 4, 9, 8)
+    torch.testing.assert_close(layer(input), conv(input))
+    one_period = lc_cuda.LocallyConnected2d.from_conv2d(conv, (9, 8), share_period=1)
+    torch.testing.assert_close(one_period(input), conv(input))
+
+
+def test_no_sharing_is_the_unshared_op_bit_for_bit():
+    """share_block of 1 (and a period of the whole output) is today's op: same weight shape,
+    bitwise the same output."""
+    torch.manual_seed(0)
+    input = torch.randn(3, 2, 8, 7)
+    weight = torch.randn(6, 5, 4, 2, 3, 3)
+    plain = lc_cuda.local_conv2d(input, weight)
+    assert torch.equal(lc_cuda.local_conv2d(input, weight, share_block=1), plain)
+    assert torch.equal(lc_cuda.local_conv2d(input, weight, share_period=(6, 5)), plain)
 
 
 def test_1d_equals_2d_with_unit_height():
@@ -125,6 +218,29 @@ def test_extra_repr():
         "LocallyConnected1d(2, 4, input_size=(10,), output_size=(10,), kernel_size=(3,), "
         "stride=(1,), padding='same', bias=False)"
     )
+    assert repr(
+        lc_cuda.LocallyConnected2d(4, 4, 8, 3, groups=2, share_block=4, padding_mode="circular",
+                                   padding=1)
+    ) == (
+        "LocallyConnected2d(4, 4, input_size=(8, 8), output_size=(8, 8), kernel_size=(3, 3), "
+        "stride=(1, 1), padding=(1, 1), padding_mode='circular', groups=2, share_block=(4, 4))"
+    )  # fmt: skip
+    assert repr(lc_cuda.LocallyConnectedTranspose2d(3, 2, 5, 3, stride=2, output_padding=1)) == (
+        "LocallyConnectedTranspose2d(3, 2, input_size=(5, 5), output_size=(12, 12), "
+        "kernel_size=(3, 3), stride=(2, 2), output_padding=(1, 1))"
+    )
+
+
+def test_shapes_of_3d_shared_and_transposed_layers():
+    layer = lc_cuda.LocallyConnected3d(2, 4, (6, 7, 8), 3, share_block=(2, 3, 4))
+    assert layer.output_size == (4, 5, 6) and layer.regions == (2, 2, 2)
+    assert layer.weight.shape == (2, 2, 2, 4, 2, 3, 3, 3) and layer.bias.shape == (4, 2, 2, 2)
+    assert layer(torch.randn(3, 2, 6, 7, 8)).shape == (3, 4, 4, 5, 6)
+    tiled = lc_cuda.LocallyConnected2d(2, 4, 9, 3, share_period=(2, 3), groups=2)
+    assert tiled.weight.shape == (2, 3, 4, 1, 3, 3)
+    decoder = lc_cuda.LocallyConnectedTranspose2d(4, 2, (5, 6), 3, stride=2, groups=2)
+    assert decoder.weight.shape == (5, 6, 4, 1, 3, 3) and decoder.bias.shape == (2, 11, 13)
+    assert decoder(torch.randn(2, 4, 5, 6)).shape == (2, 2, 11, 13)
 
 
 def test_module_gradients_and_dtype_device_arguments():

@@ -1,5 +1,6 @@
 """The registered operators: opcheck, torch.compile, autocast, dispatch, and the build record."""
 
+import dataclasses
 import os
 
 import pytest
@@ -8,60 +9,40 @@ from cases import make_case
 from conftest import DEVICES
 
 import lc_cuda
+from lc_cuda.selftest import CASES, make_tensors
 
+# Every kind of call: 2D with each bias kind, an empty batch, 1D, 3D, groups, weight shared in
+# blocks and periodically, and the transposed op (lc_cuda.selftest's cases, and one of N = 0).
 OPCHECK_CASES = {
-    "no_bias": dict(
-        n=2, size=(6, 5), kernel=(3, 2), stride=(1, 2), padding=(1, 0), dilation=(1, 1), bias="none"
-    ),
-    "shared_bias_dilated": dict(
-        n=3,
-        size=(7, 7),
-        kernel=(2, 2),
-        stride=(2, 1),
-        padding=(0, 1),
-        dilation=(2, 3),
-        bias="shared",
-    ),
-    "per_location_bias": dict(
-        n=1,
-        size=(5, 6),
-        kernel=(3, 3),
-        stride=(1, 1),
-        padding=(1, 1),
-        dilation=(1, 1),
-        bias="per_location",
-    ),
-    "empty_batch": dict(
-        n=0,
-        size=(4, 4),
-        kernel=(2, 2),
-        stride=(1, 1),
-        padding=(0, 0),
-        dilation=(1, 1),
-        bias="per_location",
-    ),
+    **{name: CASES[name] for name in ("c_out_3", "causal_1d", "volume_3d", "depthwise")},
+    **{name: CASES[name] for name in ("share_block", "share_tile", "transpose_2d", "transpose_3d")},
+    "c_out_20": dataclasses.replace(CASES["c_out_20"], c_in=3, c_out=4),
+    "empty_batch": dataclasses.replace(CASES["c_out_3"], n=0, bias="per_location"),
 }
 
 
 def case_tensors(case, dtype, device, requires_grad=True):
-    input, weight, bias = make_case(
-        case["n"],
-        2,
-        case["size"],
-        3,
-        case["kernel"],
-        case["stride"],
-        case["padding"],
-        case["dilation"],
-        case["bias"],
-        dtype,
-        device,
-    )
+    """input, weight and bias of a case (grad_output is left out)."""
+    input, weight, bias, _ = (t.to(device) for t in make_tensors(case, dtype))
     if requires_grad:
         for tensor in (input, weight, bias):
-            if tensor is not None:
-                tensor.requires_grad_()
+            tensor.requires_grad_()
     return input, weight, bias
+
+
+def op_arguments(case, force_unfold=False):
+    """The operator and its non-tensor arguments for a case."""
+    share = list(case.share_args)
+    if case.transposed:
+        output_padding = list(case.output_padding or (0,) * case.dims)
+        return torch.ops.lc_cuda.local_conv_transpose.default, [
+            list(case.stride), list(case.padding), output_padding, list(case.dilation),
+            case.groups, share, case.share_mode, force_unfold,
+        ]  # fmt: skip
+    return torch.ops.lc_cuda.local_conv.default, [
+        list(case.stride), list(case.padding), list(case.dilation), case.groups, share,
+        case.share_mode, force_unfold,
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -70,17 +51,20 @@ def case_tensors(case, dtype, device, requires_grad=True):
 def test_opcheck_forward_and_backward(device, name, force_unfold):
     case = OPCHECK_CASES[name]
     input, weight, bias = case_tensors(case, torch.float64, device)
-    geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
-    torch.library.opcheck(
-        torch.ops.lc_cuda.local_conv2d.default, (input, weight, bias, *geometry, force_unfold)
-    )
-    out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry, force_unfold)
+    op, arguments = op_arguments(case, force_unfold)
+    torch.library.opcheck(op, (input, weight, bias, *arguments))
+    if case.transposed:
+        return  # its backward is the forward and backward ops, checked by the other cases
+    out = op(input, weight, bias, *arguments)
     grad_output = torch.randn_like(out).requires_grad_()
     for mask in ([True, True, True], [True, False, False], [False, True, True]):
         torch.library.opcheck(
-            torch.ops.lc_cuda.local_conv2d_backward.default,
-            (grad_output, input, weight, *geometry, case["bias"] == "shared", mask, force_unfold),
-        )
+            torch.ops.lc_cuda.local_conv_backward.default,
+            (
+                grad_output, input, weight, *arguments[:6], case.bias == "shared", mask,
+                force_unfold,
+            ),
+        )  # fmt: skip
 
 
 @pytest.mark.cuda
@@ -90,14 +74,35 @@ def test_opcheck_half_precision_on_cuda(name, dtype):
     """float16 and bfloat16 take the tensor-core kernels on CUDA (sm_80+): the same checks."""
     case = OPCHECK_CASES[name]
     input, weight, bias = case_tensors(case, dtype, "cuda")
-    geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
-    torch.library.opcheck(torch.ops.lc_cuda.local_conv2d.default, (input, weight, bias, *geometry))
-    out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry)
-    grad_output = torch.randn_like(out)
+    op, arguments = op_arguments(case)
+    torch.library.opcheck(op, (input, weight, bias, *arguments))
+    if case.transposed:
+        return
+    out = op(input, weight, bias, *arguments)
     torch.library.opcheck(
-        torch.ops.lc_cuda.local_conv2d_backward.default,
-        (grad_output, input, weight, *geometry, case["bias"] == "shared", [True, True, True]),
+        torch.ops.lc_cuda.local_conv_backward.default,
+        (
+            torch.randn_like(out), input, weight, *arguments[:6], case.bias == "shared",
+            [True, True, True],
+        ),
+    )  # fmt: skip
+
+
+def test_the_earlier_releases_operators_compute_the_same(tmp_path):
+    """lc_cuda::local_conv2d and local_conv2d_backward, which files saved by the earlier
+    release call, give the N-D operators' results."""
+    input, weight, bias = case_tensors(OPCHECK_CASES["c_out_3"], torch.float64, "cpu")
+    old = torch.ops.lc_cuda.local_conv2d(input, weight, bias, [1, 2], [1, 0], [1, 1])
+    new = lc_cuda.local_conv2d(input, weight, bias, (1, 2), (1, 0))
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    grads = torch.autograd.grad(old.square().sum(), (input, weight, bias))
+    expected = torch.autograd.grad(new.square().sum(), (input, weight, bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    backward = torch.ops.lc_cuda.local_conv2d_backward(
+        torch.ones_like(old), input, weight, [1, 2], [1, 0], [1, 1], True, [True, True, True]
     )
+    assert backward[2].shape == (3,)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -106,12 +111,14 @@ def test_outputs_are_fresh_tensors_not_views(device, name):
     """A view of a kernel's temporary would surprise autograd users (and FSDP's hooks)."""
     case = OPCHECK_CASES[name]
     input, weight, bias = case_tensors(case, torch.float32, device, requires_grad=False)
-    geometry = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
-    out = torch.ops.lc_cuda.local_conv2d(input, weight, bias, *geometry)
-    grads = torch.ops.lc_cuda.local_conv2d_backward(
-        torch.randn_like(out), input, weight, *geometry, False, [True, True, True]
-    )
-    for tensor in (out, *grads):
+    op, arguments = op_arguments(case)
+    out = op(input, weight, bias, *arguments)
+    outputs = [out]
+    if not case.transposed:
+        outputs += torch.ops.lc_cuda.local_conv_backward(
+            torch.randn_like(out), input, weight, *arguments[:6], False, [True, True, True]
+        )
+    for tensor in outputs:
         assert not tensor._is_view()
         assert tensor.is_contiguous() and tensor.storage_offset() == 0
 
@@ -119,13 +126,13 @@ def test_outputs_are_fresh_tensors_not_views(device, name):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph_forward_and_backward(device):
     torch._dynamo.reset()
-    input, weight, bias = case_tensors(OPCHECK_CASES["shared_bias_dilated"], torch.float32, device)
+    input, weight, bias = case_tensors(OPCHECK_CASES["c_out_20"], torch.float32, device)
     other_input, other_weight, other_bias = (
         t.detach().clone().requires_grad_() for t in (input, weight, bias)
     )
 
     def layer(input, weight, bias):
-        return torch.tanh(lc_cuda.local_conv2d(input, weight, bias, (2, 1), (0, 1), (2, 3)))
+        return torch.tanh(lc_cuda.local_conv2d(input, weight, bias, (2, 1), (0, 1), (2, 1)))
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     out = compiled(input, weight, bias)
@@ -154,26 +161,28 @@ def test_compile_fullgraph_inductor_module_and_same_padding():
     ],
 )
 def test_autocast_runs_in_autocast_dtype(device, dtype):
-    input, weight, bias = case_tensors(OPCHECK_CASES["per_location_bias"], torch.float32, device)
+    input, weight, bias = case_tensors(OPCHECK_CASES["c_out_3"], torch.float32, device)
     with torch.autocast(device, dtype=dtype):
-        out = lc_cuda.local_conv2d(input, weight, bias, 1, 1)
+        out = lc_cuda.local_conv2d(input, weight, bias, (1, 2), (1, 0))
     assert out.dtype == dtype
     out.float().sum().backward()
     assert input.grad.dtype == weight.grad.dtype == bias.grad.dtype == torch.float32
-    expected = lc_cuda.local_conv2d(input.to(dtype), weight.to(dtype), bias.to(dtype), 1, 1)
+    expected = lc_cuda.local_conv2d(
+        input.to(dtype), weight.to(dtype), bias.to(dtype), (1, 2), (1, 0)
+    )
     torch.testing.assert_close(out, expected)
 
 
 def test_autocast_under_compile():
     torch._dynamo.reset()
     input, weight, bias = case_tensors(
-        OPCHECK_CASES["per_location_bias"], torch.float32, "cpu", requires_grad=False
+        OPCHECK_CASES["c_out_3"], torch.float32, "cpu", requires_grad=False
     )
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def layer(input, weight, bias):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return lc_cuda.local_conv2d(input, weight, bias, 1, 1)
+            return lc_cuda.local_conv2d(input, weight, bias, (1, 2), (1, 0))
 
     assert layer(input, weight, bias).dtype == torch.bfloat16
 
@@ -198,14 +207,14 @@ def test_fallback_has_no_per_sample_loop(monkeypatch, direction):
         input, weight, bias = make_case(
             n, 3, (9, 9), 4, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", torch.float32, "cpu"
         )
-        geometry = ([1, 1], [1, 1], [1, 1])
+        geometry = ([1, 1], [1, 1, 1, 1], [1, 1], 1, [1, 1], "block")
         if direction == "forward":
             return op_calls_made_by_lc_cuda(
-                torch.ops.lc_cuda.local_conv2d, input, weight, bias, *geometry
+                torch.ops.lc_cuda.local_conv, input, weight, bias, *geometry
             )
         grad_output = torch.randn(n, 4, 9, 9)
         return op_calls_made_by_lc_cuda(
-            torch.ops.lc_cuda.local_conv2d_backward,
+            torch.ops.lc_cuda.local_conv_backward,
             grad_output,
             input,
             weight,
@@ -229,6 +238,7 @@ def test_build_info_describes_this_build():
         "arch_flags",
         "with_cuda",
         "cuda_kernels",
+        "gpu_verified",
         "debug",
         "openmp",
     }
@@ -239,6 +249,7 @@ def test_build_info_describes_this_build():
         assert all(arch.startswith(("sm_", "compute_")) for arch in info["arch_list"])
     else:
         assert info["cuda_version"] == "" and info["arch_list"] == [] and not info["cuda_kernels"]
+        assert not info["gpu_verified"]
     if os.environ.get("LC_CUDA_EXPECT_ARCH"):  # set by .ci/run, which builds for one arch
         assert info["arch_list"] == [os.environ["LC_CUDA_EXPECT_ARCH"]], info
 
@@ -247,7 +258,7 @@ def test_build_info_describes_this_build():
 @pytest.mark.parametrize("backend", ["auto", "unfold"])
 def test_cuda_backend_environment_variable(monkeypatch, backend):
     monkeypatch.setenv("LC_CUDA_BACKEND", backend)
-    input, weight, bias = case_tensors(OPCHECK_CASES["per_location_bias"], torch.float64, "cuda")
-    out = lc_cuda.local_conv2d(input, weight, bias, 1, 1)
-    expected = lc_cuda.local_conv2d(input.cpu(), weight.cpu(), bias.cpu(), 1, 1)
+    input, weight, bias = case_tensors(OPCHECK_CASES["c_out_3"], torch.float64, "cuda")
+    out = lc_cuda.local_conv2d(input, weight, bias, (1, 2), (1, 0))
+    expected = lc_cuda.local_conv2d(input.cpu(), weight.cpu(), bias.cpu(), (1, 2), (1, 0))
     torch.testing.assert_close(out.cpu(), expected)

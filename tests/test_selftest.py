@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-import lc_cuda
 from lc_cuda import selftest
 
 
@@ -28,17 +27,18 @@ def test_selftest_passes_and_prints_its_table(tmp_path):
         assert "No GPU found: checking the CPU path only." in result.stdout
 
 
-def off_by_a_thousandth(*args):
-    return lc_cuda.local_conv2d(*args) * (1 + 1e-3)
+def off_by_a_thousandth(case, *tensors):
+    return selftest.call(case, *tensors) * (1 + 1e-3)
 
 
-def raising(*args):
+def raising(case, *tensors):
     raise RuntimeError("no kernel image is available")
 
 
 @pytest.mark.parametrize("implementation", [off_by_a_thousandth, raising])
-def test_a_wrong_path_is_reported_and_fails(implementation, capsys):
-    assert selftest.main(["--cases", "c_out_3"], local_conv2d=implementation) == 1
+@pytest.mark.parametrize("case", ["c_out_3", "volume_3d", "share_tile", "transpose_3d"])
+def test_a_wrong_path_is_reported_and_fails(implementation, case, capsys):
+    assert selftest.main(["--cases", case], function=implementation) == 1
     output = capsys.readouterr().out
     float64_rows = [line for line in output.splitlines() if "float64" in line]
     assert float64_rows and all(line.endswith("FAIL") for line in float64_rows)

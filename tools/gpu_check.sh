@@ -180,4 +180,11 @@ for name in build import selftest bench tests memcheck racecheck emulation; do
   passed "$name" || grep -q "REFUSED BY MACHINE" "$logs/$name.summary" || failed=1
 done
 passed import || failed=1
+# A full pass on a GPU records the sources it passed on (tools/record_gpu_check.py): their builds
+# then report build_info()["gpu_verified"] and skip the first-use check. Commit the record.
+if [ $failed -eq 0 ] && [ $dry_run -eq 0 ] && [ ${#only[@]} -eq 0 ]; then
+  "$python" tools/record_gpu_check.py "$(nvidia-smi --query-gpu=name,driver_version \
+    --format=csv,noheader 2>/dev/null | head -n 1)"
+  cp csrc/cuda/gpu_check_passed.txt "${OUT:-$logs}/" 2>/dev/null
+fi
 exit $failed

@@ -382,7 +382,6 @@ LC_AVX512 void row_tile_block(const float* sample, const Strides4& s, const Geom
   __m512 acc[FB];
 #pragma GCC unroll 16
   for (int f = 0; f < FB; ++f) acc[f] = _mm512_loadu_ps(bias + f * kLanes);
-  const int64_t patch_size = g.patch_size();
   int64_t k = 0;
   for (int64_t c = 0; c < g.in_channels; ++c) {
     for (int64_t p = 0; p < g.kernel_h; ++p) {

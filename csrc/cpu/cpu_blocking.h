@@ -7,7 +7,7 @@
 
 #include <functional>
 
-#include "lc_conv2d.h"
+#include "local_conv.h"
 
 namespace lc_cuda {
 namespace cpu {

@@ -19,8 +19,7 @@ namespace lc_cuda {
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Geometry& g,
                        bool hand_written) {
-  auto out = cpu::empty_on_huge_pages({g.batch, g.out_channels, g.out_h, g.out_w},
-                                      input.options());
+  auto out = cpu::empty_on_huge_pages(output_shape(g), input.options());
   if (g.batch == 0) return out;
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();

@@ -40,8 +40,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     // float and double sum straight into grad_input; float16 and bfloat16 into a float block of
     // the scratch, rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    grad_input = cpu::empty_on_huge_pages({g.batch, g.in_channels, g.in_h, g.in_w},
-                                          grad_output.options());
+    grad_input = cpu::empty_on_huge_pages(input_shape(g), grad_output.options());
     if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
     // Per thread: a tile's staged grad_output, one location's patch rows and patch gradients.

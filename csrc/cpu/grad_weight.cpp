@@ -20,8 +20,7 @@ namespace lc_cuda {
 
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                            const Geometry& g, bool hand_written) {
-  auto grad_weight = cpu::empty_on_huge_pages(
-      {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
+  auto grad_weight = cpu::empty_on_huge_pages(weight_shape(g), input.options());
   if (g.batch == 0) return grad_weight.zero_();
   const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
                                  input.stride(3)};

@@ -1,10 +1,12 @@
 // The CPU implementations of the lc_cuda operators: the CPU kernels, or the unfold fallback where
-// the caller forces it (unfold_local_conv2d) or LC_CUDA_BACKEND=unfold is set.
+// the caller forces it (unfold_local_conv*), LC_CUDA_BACKEND=unfold is set, or the kernels do not
+// take the geometry yet (choose_backend()).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "avx512_kernels.h"
-#include "lc_conv2d.h"
+#include "backend_choice.h"
+#include "local_conv.h"
 
 namespace lc_cuda {
 namespace {
@@ -14,36 +16,82 @@ bool hand_written_products(Backend chosen) {
   return chosen == Backend::kernels && cpu::cpu_has_avx512();
 }
 
-at::Tensor local_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, bool force_unfold) {
-  const Geometry g = check_forward_args(input, weight, bias, stride, padding, dilation);
-  const Backend chosen = backend(force_unfold);
-  if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
-  return cpu_forward(input, weight, bias, g, hand_written_products(chosen));
+// The CPU kernels as the first-use check runs them (LC_CUDA_FIRST_USE_CHECK=all checks them).
+const DeviceKernels& cpu_kernels() {
+  static const DeviceKernels kernels{
+      // 1D and 2D layers with a filter bank per location and one group, for now
+      [](const Geometry& g) { return g.plain_2d(); },
+      [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+         const Geometry& g, Backend backend) {
+        return cpu_forward(as_4d(input, g), weight, bias, g, hand_written_products(backend));
+      },
+      [](const at::Tensor& grad_output, const at::Tensor& weight, const Geometry& g,
+         Backend backend) {
+        return cpu_grad_input(as_4d(grad_output, g), weight, g, hand_written_products(backend));
+      },
+      [](const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
+         Backend backend) {
+        return cpu_grad_weight(as_4d(grad_output, g), as_4d(input, g), g,
+                               hand_written_products(backend));
+      }};
+  return kernels;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv2d_backward_cpu(
+at::Tensor local_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          at::IntArrayRef share, c10::string_view share_mode, bool force_unfold) {
+  const Geometry g = check_forward_args(input, weight, bias, stride, padding, dilation, groups,
+                                        share, share_mode);
+  const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
+  if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
+  return cpu_forward(as_4d(input, g), weight, bias, g, hand_written_products(chosen));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool shared_bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef share, c10::string_view share_mode, bool shared_bias,
     std::array<bool, 3> output_mask, bool force_unfold) {
-  const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
-  const Backend chosen = backend(force_unfold);
+  const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation,
+                                         groups, share, share_mode);
+  const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
+  const auto empty = [&] { return at::empty({0}, input.options()); };
   if (chosen == Backend::unfold) {
-    return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
+    return {output_mask[0] ? unfold_grad_input(grad_output, weight, g) : empty(),
+            output_mask[1] ? unfold_grad_weight(grad_output, input, g) : empty(),
+            output_mask[2] ? unfold_grad_bias(grad_output, g, shared_bias) : empty()};
   }
   const bool hand_written = hand_written_products(chosen);
-  const auto empty = [&] { return at::empty({0}, input.options()); };
-  return {output_mask[0] ? cpu_grad_input(grad_output, weight, g, hand_written) : empty(),
-          output_mask[1] ? cpu_grad_weight(grad_output, input, g, hand_written) : empty(),
+  const at::Tensor grads = as_4d(grad_output, g);
+  return {output_mask[0] ? cpu_grad_input(grads, weight, g, hand_written) : empty(),
+          output_mask[1] ? cpu_grad_weight(grads, as_4d(input, g), g, hand_written) : empty(),
           output_mask[2] ? cpu_grad_bias(grad_output, g, shared_bias) : empty()};
+}
+
+at::Tensor local_conv_transpose_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                    at::IntArrayRef dilation, int64_t groups,
+                                    at::IntArrayRef share, c10::string_view share_mode,
+                                    bool force_unfold) {
+  const Geometry g = check_transpose_args(input, weight, bias, stride, padding, output_padding,
+                                          dilation, groups, share, share_mode);
+  const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
+  // The forward op's grad_input, with this op's input as its grad_output.
+  at::Tensor out = chosen == Backend::unfold
+                       ? unfold_grad_input(input, weight, g)
+                       : cpu_grad_input(as_4d(input, g), weight, g, hand_written_products(chosen));
+  add_transpose_bias(out, bias);
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lc_cuda, CPU, m) {
-  m.impl("local_conv2d", &local_conv2d_cpu);
-  m.impl("local_conv2d_backward", &local_conv2d_backward_cpu);
+  m.impl("local_conv", &local_conv_cpu);
+  m.impl("local_conv_backward", &local_conv_backward_cpu);
+  m.impl("local_conv_transpose", &local_conv_transpose_cpu);
 }
 
 }  // namespace lc_cuda

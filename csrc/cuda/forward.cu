@@ -87,7 +87,7 @@ at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, const Geometry& g,
                         bool allow_tensor_cores) {
   const c10::cuda::CUDAGuard device_guard(input.device());
-  auto output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  auto output = at::empty(output_shape(g), input.options());
   if (output.numel() == 0) return output;
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();

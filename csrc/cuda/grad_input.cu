@@ -49,7 +49,7 @@ bool tensor_core_grad_input(const at::Tensor& grad_output, const at::Tensor& fil
 at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                            const Geometry& g, bool allow_tensor_cores) {
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
-  auto grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  auto grad_input = at::empty(input_shape(g), grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor filters = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();

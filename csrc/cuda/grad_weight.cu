@@ -74,8 +74,7 @@ bool tensor_core_grad_weight(const at::Tensor& grad_output, const at::Tensor& in
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                             const Geometry& g, bool allow_tensor_cores, at::Tensor* bias_sums) {
   const c10::cuda::CUDAGuard device_guard(input.device());
-  auto grad_weight = at::empty(
-      {g.out_h, g.out_w, g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
+  auto grad_weight = at::empty(weight_shape(g), input.options());
   if (grad_weight.numel() == 0) return grad_weight;
   const auto stream = c10::cuda::getCurrentCUDAStream();
 

@@ -22,7 +22,7 @@
 
 #include "cuda/launch_policy.cuh"
 #include "cuda/local_conv2d_kernels.cuh"
-#include "lc_conv2d.h"
+#include "local_conv.h"
 #include "lc_cuda_build_config.h"
 
 namespace lc_cuda {

@@ -1,0 +1,172 @@
+#include "backend_choice.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <tuple>
+
+#include "lc_cuda_build_config.h"
+
+namespace lc_cuda {
+namespace {
+
+enum class CheckMode { automatic, off, all, test_fault };
+
+CheckMode check_mode() {
+  const char* value = std::getenv("LC_CUDA_FIRST_USE_CHECK");
+  const std::string name = value == nullptr ? "" : value;
+  if (name.empty() || name == "auto") return CheckMode::automatic;
+  if (name == "off" || name == "0") return CheckMode::off;
+  if (name == "all") return CheckMode::all;
+  if (name == "test_fault") return CheckMode::test_fault;
+  TORCH_CHECK(false, "LC_CUDA_FIRST_USE_CHECK must be 'auto', 'off', 'all' or 'test_fault' (or "
+              "unset), got '", name, "'");
+}
+
+// A path: the device, the dtype, kernels or ffma, and for float32 on CUDA whether TF32 may run.
+using PathKey = std::tuple<c10::DeviceType, c10::DeviceIndex, at::ScalarType, Backend, bool>;
+
+// The geometry of the check: small, but wide enough for every kernel family to run, two channel
+// tiles of the tensor-core kernels among them, a batch that is no multiple of 8, padding on
+// every side and a dilation.
+Geometry check_geometry() {
+  Geometry g{};
+  g.batch = 9, g.in_channels = 4, g.out_channels = 18, g.groups = 1;
+  g.in_d = 1, g.in_h = 5, g.in_w = 10;
+  g.kernel_d = 1, g.kernel_h = 3, g.kernel_w = 3;
+  g.stride_d = 1, g.stride_h = 1, g.stride_w = 1;
+  g.pad_d = 0, g.pad_h = 1, g.pad_w = 2;
+  g.pad_d_end = 0, g.pad_h_end = 1, g.pad_w_end = 2;
+  g.dilation_d = 1, g.dilation_h = 1, g.dilation_w = 2;
+  g.out_d = 1, g.out_h = 5, g.out_w = 10;
+  g.share_mode = ShareMode::block;
+  g.share_d = g.share_h = g.share_w = 1;
+  g.regions_d = 1, g.regions_h = 5, g.regions_w = 10;
+  g.spatial_dims = 2;
+  return g;
+}
+
+// The largest difference the path may show against the fallback, relative to the fallback's
+// largest value: a few roundings of the dtype (TF32: of its 10-bit mantissa). A wrong index or
+// a lost stage gives differences of the order of 1.
+double tolerance(at::ScalarType dtype, bool tf32) {
+  switch (dtype) {
+    case at::kDouble: return 1e-10;
+    case at::kFloat: return tf32 ? 2e-2 : 1e-4;
+    case at::kHalf: return 2e-2;
+    default: return 8e-2;  // bfloat16
+  }
+}
+
+double relative_difference(const at::Tensor& got, const at::Tensor& expected) {
+  const at::Tensor reference = expected.to(at::kDouble);
+  const double scale = reference.abs().max().item<double>();
+  return (got.to(at::kDouble) - reference).abs().max().item<double>() / std::max(scale, 1e-30);
+}
+
+std::string path_name(const PathKey& key) {
+  std::ostringstream text;
+  const auto& [type, index, dtype, backend, tf32] = key;
+  text << (type == c10::DeviceType::CUDA ? "CUDA" : "CPU") << " kernels for " << dtype
+       << (backend == Backend::ffma ? " (LC_CUDA_BACKEND=ffma)" : "") << (tf32 ? " with TF32" : "")
+       << " on " << c10::Device(type, type == c10::DeviceType::CUDA ? index : -1);
+  return text.str();
+}
+
+// Runs the path and the fallback on the check's input; returns the largest relative difference
+// over the three passes and the name of the worst.
+std::pair<double, const char*> compare_with_fallback(const at::Tensor& like,
+                                                     const DeviceKernels& kernels,
+                                                     Backend backend, bool perturb) {
+  const Geometry g = check_geometry();
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(20261204);
+  const auto draw = [&](at::IntArrayRef shape) {
+    return at::randn(shape, generator, at::TensorOptions().dtype(at::kDouble))
+        .to(like.options());
+  };
+  const at::Tensor input = draw(input_shape(g)), weight = draw(weight_shape(g));
+  const at::Tensor bias = draw({g.out_channels, g.out_h, g.out_w});
+  const at::Tensor grad_output = draw(output_shape(g));
+  std::array<at::Tensor, 3> got{kernels.forward(input, weight, bias, g, backend),
+                                kernels.grad_input(grad_output, weight, g, backend),
+                                kernels.grad_weight(grad_output, input, g, backend)};
+  if (perturb) {
+    for (auto& result : got) result = result * 1.5;  // a kernel that computes the wrong thing
+  }
+  const std::array<at::Tensor, 3> expected{unfold_forward(input, weight, bias, g),
+                                           unfold_grad_input(grad_output, weight, g),
+                                           unfold_grad_weight(grad_output, input, g)};
+  static const char* passes[3] = {"forward", "grad_input", "grad_weight"};
+  std::pair<double, const char*> worst{0.0, passes[0]};
+  for (int pass = 0; pass < 3; ++pass) {
+    const double difference = relative_difference(got[pass], expected[pass]);
+    // NaN compares false either way: it is the worst there is.
+    if (!(difference <= worst.first)) worst = {difference, passes[pass]};
+  }
+  return worst;
+}
+
+// LC_CUDA_BACKEND's choice.
+Backend requested_backend() {
+  const char* value = std::getenv("LC_CUDA_BACKEND");
+  const std::string name = value == nullptr ? "" : value;
+  if (name.empty() || name == "auto") return Backend::kernels;
+  if (name == "ffma") return Backend::ffma;
+  if (name == "unfold") return Backend::unfold;
+  TORCH_CHECK(false, "LC_CUDA_BACKEND must be 'auto', 'ffma' or 'unfold' (or unset), got '", name,
+              "'");
+}
+
+// `chosen`, or Backend::unfold where the first-use check finds (or found earlier in this
+// process) that the path disagrees with the fallback.
+Backend checked_backend(Backend chosen, const at::Tensor& like, const DeviceKernels& kernels) {
+  if (chosen == Backend::unfold) return chosen;
+  const CheckMode mode = check_mode();
+  if (mode == CheckMode::off) return chosen;
+  const bool cuda = like.is_cuda();
+  if (mode == CheckMode::automatic && (!cuda || LC_CUDA_BUILD_GPU_VERIFIED)) return chosen;
+  const bool tf32 = cuda && like.scalar_type() == at::kFloat && chosen == Backend::kernels &&
+                    at::globalContext().allowTF32CuBLAS();
+  const PathKey key{like.device().type(), cuda ? like.device().index() : c10::DeviceIndex(-1),
+                    like.scalar_type(), chosen, tf32};
+  static std::mutex mutex;
+  static std::map<PathKey, bool> agrees;
+  const std::lock_guard<std::mutex> lock(mutex);  // a path is checked once, by one thread
+  auto found = agrees.find(key);
+  if (found == agrees.end()) {
+    const auto [difference, pass] =
+        compare_with_fallback(like, kernels, chosen, mode == CheckMode::test_fault);
+    const bool ok = difference <= tolerance(like.scalar_type(), tf32);
+    if (!ok) {
+      TORCH_WARN("lc_cuda: the ", path_name(key),
+                 " disagreed with the unfold fallback on the first-use check's small input (",
+                 pass, " relative difference ", difference, "). They are switched off for this "
+                 "process: calls on this path take the fallback, which is correct but slower. "
+                 "Please report it to the lc_cuda maintainers with the output of "
+                 "`python -m lc_cuda.selftest` and lc_cuda.build_info(). "
+                 "LC_CUDA_FIRST_USE_CHECK=off turns the check off.");
+    }
+    found = agrees.emplace(key, ok).first;
+  }
+  return found->second ? chosen : Backend::unfold;
+}
+
+}  // namespace
+
+Backend choose_backend(bool force_unfold, const Geometry& g, const at::Tensor& like,
+                       const DeviceKernels& kernels) {
+  if (force_unfold) return Backend::unfold;
+  const Backend requested = requested_backend();  // checked even where the fallback runs anyway
+  if (!kernels.takes(g)) return Backend::unfold;
+  return checked_backend(requested, like, kernels);
+}
+
+}  // namespace lc_cuda

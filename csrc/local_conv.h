@@ -1,0 +1,73 @@
+// What lc_cuda's backends provide for a checked Geometry (geometry.h): the unfold + bmm fallback,
+// the CPU kernels and the CUDA kernels, and which of them a call takes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "geometry.h"
+
+namespace lc_cuda {
+
+// The unfold + batched-matmul fallback. It runs on any device ATen supports: every location's
+// (or, where locations share weights, every region's) products in one bmm, with no loop over
+// samples, the batch taken in blocks whose patches fit LC_CUDA_CPU_SCRATCH_MB. It takes every
+// geometry. Outputs are new contiguous tensors.
+at::Tensor unfold_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const Geometry& g);
+at::Tensor unfold_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                             const Geometry& g);
+at::Tensor unfold_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                              const Geometry& g);
+
+// The fallback's bias gradient: (C_out,) for a shared bias, else (C_out, *regions); ATen sums
+// over the batch (and the locations, or each region's locations), in a fixed order.
+at::Tensor unfold_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool shared_bias);
+
+// The transposed op's bias, (C, *in) per output location or (C,) shared, added in place to its
+// result (the forward op's grad_input).
+void add_transpose_bias(at::Tensor& out, const std::optional<at::Tensor>& bias);
+
+// The implementations a call can take (backend_choice.h chooses).
+enum class Backend { kernels, ffma, unfold };
+
+// A tensor of a plain geometry (Geometry::plain_2d) as the kernels read it: (N, C, H, W), a 1D
+// call's with height 1, a 3D call's without its trivial depth. A view, no copy.
+at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
+
+// The CPU kernels (csrc/cpu/): blocked per-location products whose scratch stays within
+// LC_CUDA_CPU_SCRATCH_MB. Outputs are new contiguous tensors; inputs may have any strides.
+// hand_written: float32 products go through the AVX-512 kernels (the caller checks that the CPU
+// has AVX-512); otherwise every product is a BLAS call. Plain 2D geometries only.
+at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const Geometry& geometry,
+                       bool hand_written);
+at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                          const Geometry& geometry, bool hand_written);
+at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                           const Geometry& geometry, bool hand_written);
+// (C_out,) for a shared bias, else (C_out, *regions): sums over the batch in sample order (in
+// float for float16 and bfloat16), then over the locations in order; threads take channels.
+at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,
+                         bool shared_bias);
+
+// The hand-written CUDA kernels (csrc/cuda/, CUDA builds only). Outputs are new contiguous
+// tensors; inputs may have any strides. allow_tensor_cores: in float16 and bfloat16 every pass
+// may take its tensor-core kernel (sm_80 and newer) instead of the FFMA one, and so may the
+// float32 forward where TF32 is allowed. Plain 2D geometries only.
+at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, const Geometry& geometry,
+                        bool allow_tensor_cores);
+at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                           const Geometry& geometry, bool allow_tensor_cores);
+// bias_sums: where given and the tensor-core kernel runs, it is set to grad_output summed over
+// the batch per location, (C_out, OH, OW) in float32, computed with grad_weight from the same
+// read of grad_output; left undefined otherwise.
+at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                            const Geometry& geometry, bool allow_tensor_cores,
+                            at::Tensor* bias_sums);
+
+}  // namespace lc_cuda
