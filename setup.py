@@ -144,7 +144,7 @@ def arch_names(arch_flags: list[str]) -> list[str]:
 
 # Written by tools/gpu_check.sh where every step passed on a GPU: the digest of the sources it
 # passed on. A build of the same sources records that its kernels are verified, and the
-# first-use check (csrc/first_use_check.h) then stays off by default.
+# first-use check (csrc/backend_choice.h) then stays off by default.
 GPU_CHECK_RECORD = ROOT / "csrc" / "cuda" / "gpu_check_passed.txt"
 
 

@@ -28,6 +28,10 @@ namespace lc_cuda {
 // geometry they take, on the path `backend` (kernels or ffma), as the first-use check runs them.
 struct DeviceKernels {
   std::function<bool(const Geometry& g)> takes;
+  // Whether the device's current stream is capturing a CUDA graph, where the check cannot run
+  // (it synchronises): an unchecked path then takes the fallback for that call, and is checked
+  // at its first call outside a capture.
+  std::function<bool(const at::Tensor& like)> capturing;
   std::function<at::Tensor(const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& bias, const Geometry& g, Backend backend)>
       forward;

@@ -26,6 +26,11 @@ at::Tensor unfold_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
 // The fallback's bias gradient: (C_out,) for a shared bias, else (C_out, *regions); ATen sums
 // over the batch (and the locations, or each region's locations), in a fixed order.
 at::Tensor unfold_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool shared_bias);
+// The three together, as the backward operator returns them: those output_mask leaves out are
+// empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const Geometry& g, bool shared_bias, std::array<bool, 3> output_mask);
 
 // The transposed op's bias, (C, *in) per output location or (C,) shared, added in place to its
 // result (the forward op's grad_input).
@@ -34,7 +39,7 @@ void add_transpose_bias(at::Tensor& out, const std::optional<at::Tensor>& bias);
 // The implementations a call can take (backend_choice.h chooses).
 enum class Backend { kernels, ffma, unfold };
 
-// A tensor of a plain geometry (Geometry::plain_2d) as the kernels read it: (N, C, H, W), a 1D
+// A tensor of a plain geometry (Geometry::kernels_of_2d_take) as the kernels read it: (N, C, H, W), a 1D
 // call's with height 1, a 3D call's without its trivial depth. A view, no copy.
 at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
 

@@ -36,10 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_unfold(
     std::array<bool, 3> output_mask, bool /*force_unfold*/) {
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation,
                                          groups, share, share_mode);
-  const auto empty = [&] { return at::empty({0}, input.options()); };
-  return {output_mask[0] ? unfold_grad_input(grad_output, weight, g) : empty(),
-          output_mask[1] ? unfold_grad_weight(grad_output, input, g) : empty(),
-          output_mask[2] ? unfold_grad_bias(grad_output, g, shared_bias) : empty()};
+  return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
 }
 
 at::Tensor local_conv_transpose_unfold(const at::Tensor& input, const at::Tensor& weight,

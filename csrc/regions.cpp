@@ -38,8 +38,9 @@ RegionSlots region_slots(const Geometry& g, at::Device device) {
       axis_members(g.out_w, g.share_w, g.regions_w, g.share_mode)};
   const int64_t members = axes[0].members * axes[1].members * axes[2].members;
   const int64_t locations = g.locations();
-  std::vector<int64_t> location_of_slot(g.regions() * members, locations);
+  std::vector<int64_t> location_of_slot(g.regions() * members, 0);
   std::vector<int64_t> slot_of_location(locations, -1);
+  std::vector<int64_t> empty_slots;
   int64_t slot = 0;
   for (int64_t rd = 0; rd < g.regions_d; ++rd)
     for (int64_t rh = 0; rh < g.regions_h; ++rh)
@@ -50,24 +51,18 @@ RegionSlots region_slots(const Geometry& g, at::Device device) {
               const int64_t z = axes[0].position[rd * axes[0].members + md];
               const int64_t y = axes[1].position[rh * axes[1].members + mh];
               const int64_t x = axes[2].position[rw * axes[2].members + mw];
-              if (z < 0 || y < 0 || x < 0) continue;
+              if (z < 0 || y < 0 || x < 0) {
+                empty_slots.push_back(slot);
+                continue;
+              }
               const int64_t location = (z * g.out_h + y) * g.out_w + x;
               location_of_slot[slot] = location;
               slot_of_location[location] = slot;
             }
   const auto options = at::TensorOptions().dtype(at::kLong);
-  return {members,
-          at::tensor(location_of_slot, options).to(device),
+  return {members, at::tensor(location_of_slot, options).to(device),
+          at::tensor(empty_slots, options).to(device),
           at::tensor(slot_of_location, options).to(device)};
-}
-
-at::Tensor region_of_location(const Geometry& g, at::Device device) {
-  std::vector<int64_t> regions;
-  regions.reserve(g.locations());
-  for (int64_t z = 0; z < g.out_d; ++z)
-    for (int64_t y = 0; y < g.out_h; ++y)
-      for (int64_t x = 0; x < g.out_w; ++x) regions.push_back(g.region_of(z, y, x));
-  return at::tensor(regions, at::TensorOptions().dtype(at::kLong)).to(device);
 }
 
 std::vector<int64_t> region_sizes(const Geometry& g) {
@@ -81,15 +76,13 @@ at::Tensor sum_over_regions(const at::Tensor& per_location, const Geometry& g) {
   const auto regions = region_sizes(g);
   shape.insert(shape.end(), regions.begin(), regions.end());
   const RegionSlots slots = region_slots(g, per_location.device());
-  // A zero column for the empty slots, then each region's members side by side, summed into a
-  // fresh tensor of the result's shape.
-  const at::Tensor padded = at::cat({per_location, per_location.new_zeros({shape[0], 1})}, 1);
+  // Each region's members side by side (the empty slots zero), summed into a fresh tensor of
+  // the result's shape.
+  at::Tensor members = per_location.index_select(1, slots.location_of_slot);
+  members.index_fill_(1, slots.empty_slots, 0);
   at::Tensor sums = at::empty(shape, per_location.options());
   at::Tensor flat = sums.view({shape[0], g.regions()});
-  at::sum_out(flat,
-              padded.index_select(1, slots.location_of_slot)
-                  .view({shape[0], g.regions(), slots.members}),
-              2);
+  at::sum_out(flat, members.view({shape[0], g.regions(), slots.members}), 2);
   return sums;
 }
 

@@ -1,6 +1,5 @@
 // Which output locations share each weight region, for the code that works region by region: the
-// unfold fallback's products and the bias gradients. (The kernels work out a location's region
-// with Geometry::region_of.)
+// unfold fallback's products and the bias gradients.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,18 +10,16 @@ namespace lc_cuda {
 
 // The locations of every region as (regions x members) slots, members = the most locations a
 // region has. A region that has fewer (the last block along a dimension that the share does not
-// divide, or a period the output does not divide) leaves slots holding `g.locations()`, one past
-// the last location, which the callers point at a row of zeros.
+// divide, or a period the output does not divide) leaves empty slots: they hold location 0, and
+// `empty_slots` lists them, for the callers to fill with zeros.
 struct RegionSlots {
   int64_t members;
   at::Tensor location_of_slot;  // (regions * members,) int64
+  at::Tensor empty_slots;       // int64, possibly empty
   at::Tensor slot_of_location;  // (locations,) int64: the inverse, for every real location
 };
 
 RegionSlots region_slots(const Geometry& g, at::Device device);
-
-// (locations,) int64: the flat region index of every location.
-at::Tensor region_of_location(const Geometry& g, at::Device device);
 
 // (C, *regions) summed from (C, locations) values, in a fixed order on every device (a gather and
 // a sum, no atomics), as a fresh tensor. Only for geometries whose locations share regions.

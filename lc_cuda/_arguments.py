@@ -21,7 +21,7 @@ Padding = int | Sequence[int] | Sequence[Sequence[int]] | str
 DIM_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
-def _as_int(value, name: str) -> int:
+def as_int(value, name: str) -> int:
     """An int-like value (int, numpy integer, 0-d integer tensor) as an int; bools are refused."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -35,12 +35,12 @@ def ntuple(value: IntOrSeq, n: int, name: str) -> tuple[int, ...]:
     """An int, or a sequence of n ints, as an n-tuple; `name` goes into the error message."""
     if not isinstance(value, Sequence) or isinstance(value, str):
         try:
-            return (_as_int(value, name),) * n
+            return (as_int(value, name),) * n
         except TypeError:
             pass
     elif len(value) == n:
         try:
-            return tuple(_as_int(v, name) for v in value)
+            return tuple(as_int(v, name) for v in value)
         except TypeError:
             pass
     expected = "an int" if n == 1 else f"an int or a sequence of {n} ints"
@@ -77,15 +77,19 @@ def padding_pairs(
                     f"padding must give (before, after) for each of the {n} spatial dimensions, "
                     f"got {padding!r}"
                 )
-            pairs.append(tuple(_as_int(v, "padding") for v in pair))
+            pairs.append(tuple(as_int(v, "padding") for v in pair))
         pairs = tuple(pairs)
     else:
         try:
             pairs = tuple((p, p) for p in ntuple(padding, n, "padding"))
         except TypeError:
+            hint = ""
+            if n == 1 and isinstance(padding, Sequence) and len(padding) == 2:
+                hint = f"; for (before, after) of the one dimension write ({tuple(padding)},)"
+            plural = "s" if n > 1 else ""
             raise TypeError(
-                f"padding must be an int, {n} ints, {n} (before, after) pairs, 'valid' or "
-                f"'same', got {padding!r}"
+                f"padding must be an int, {n} int{plural}, {n} (before, after) pair{plural}, "
+                f"'valid' or 'same', got {padding!r}{hint}"
             ) from None
     if min(min(pair) for pair in pairs) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
@@ -97,6 +101,31 @@ def flat_padding(pairs: Sequence[Sequence[int]]) -> list[int]:
     return [value for pair in pairs for value in pair]
 
 
+def extent(size: int, kernel: int, stride: int, before: int, after: int, dilation: int) -> int:
+    """The output size along one dimension (may be < 1 where the kernel does not fit)."""
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def transposed_extent(
+    size: int, kernel: int, stride: int, before: int, after: int, output_padding: int, dilation: int
+) -> int:
+    """The transposed op's output size along one dimension: ConvTranspose's formula."""
+    return (size - 1) * stride - before - after + dilation * (kernel - 1) + 1 + output_padding
+
+
+def region_count(out: int, share: int, mode: str) -> int:
+    """The weight's regions along one dimension: ceil(out / block), or the period."""
+    return share if mode == "tile" else -(-out // share)
+
+
+def region_index(out: int, share: int, mode: str):
+    """The weight region of every output position along one dimension (a torch tensor)."""
+    import torch
+
+    positions = torch.arange(out)
+    return positions % share if mode == "tile" else positions // share
+
+
 @dataclass(frozen=True)
 class Sharing:
     """How output locations share filter banks: the operators' share and share_mode."""
@@ -106,6 +135,8 @@ class Sharing:
 
     @property
     def shares(self) -> bool:
+        """Whether locations map to regions other than themselves (a period that equals the
+        output size maps each to itself, which this counts as sharing: the mapping is needed)."""
         return self.mode == "tile" or any(s > 1 for s in self.share)
 
 
@@ -128,16 +159,14 @@ def sharing(share_block: IntOrSeq | None, share_period: IntOrSeq | None, n: int)
 
 
 def regions(output_size: Sequence[int], share: Sharing) -> tuple[int, ...]:
-    """The weight's region sizes: ceil(out / block) per dimension, or the period."""
-    if share.mode == "tile":
-        for out, period in zip(output_size, share.share):
-            if period > out:
-                raise ValueError(
-                    "share_period must be at most the output size along each dimension: got "
-                    f"share_period {share.share}, output size {tuple(output_size)}"
-                )
-        return tuple(share.share)
-    return tuple(-(-out // block) for out, block in zip(output_size, share.share))
+    """The weight's region sizes: ceil(out / block) per dimension, or the period (at most the
+    output size: ValueError otherwise)."""
+    if share.mode == "tile" and any(p > out for out, p in zip(output_size, share.share)):
+        raise ValueError(
+            "share_period must be at most the output size along each dimension: got "
+            f"share_period {share.share}, output size {tuple(output_size)}"
+        )
+    return tuple(region_count(out, s, share.mode) for out, s in zip(output_size, share.share))
 
 
 def output_size(
@@ -159,10 +188,7 @@ def output_size(
         if min(values) < 1:
             raise ValueError(f"{name} must be at least 1, got {tuple(values)}")
     names = DIM_NAMES[len(input_size)]
-    sizes = []
-    for name, n, k, s, (before, after), d in zip(
-        names, input_size, kernel_size, stride, pairs, dilation
-    ):
+    for name, n, k, (before, after), d in zip(names, input_size, kernel_size, pairs, dilation):
         span = d * (k - 1) + 1
         if span > n + before + after:
             raise ValueError(
@@ -170,8 +196,10 @@ def output_size(
                 f"(dilation * (kernel - 1) + 1) > padded input {name} {n + before + after} "
                 f"(input {n} + padding {before} + {after})"
             )
-        sizes.append((n + before + after - span) // s + 1)
-    return tuple(sizes)
+    return tuple(
+        extent(n, k, s, before, after, d)
+        for n, k, s, (before, after), d in zip(input_size, kernel_size, stride, pairs, dilation)
+    )
 
 
 def transposed_size(
@@ -194,7 +222,7 @@ def transposed_size(
                 f"got output_padding {tuple(output_padding)}, stride {tuple(stride)}, "
                 f"dilation {tuple(dilation)}"
             )
-        size = (n - 1) * s - before - after + d * (k - 1) + 1 + extra
+        size = transposed_extent(n, k, s, before, after, extra, d)
         if size < 1:
             raise ValueError(
                 f"the output would be empty: size {size} = (input {n} - 1) * stride {s} - "

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import _extension  # noqa: F401  (registers torch.ops.lc_cuda)
+from ._arguments import region_index
 
 _forward_op = torch.ops.lc_cuda.local_conv.default
 _backward_op = torch.ops.lc_cuda.local_conv_backward.default
@@ -65,7 +66,11 @@ def _autocast(*tensors):
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return tensors
     dtype = torch.get_autocast_dtype(device)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+    # ATen's rule (cached_cast): floating tensors other than float64 take the autocast dtype.
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    )
 
 
 def conv(input, weight, bias, stride, padding, dilation, groups, share, share_mode, force_unfold):
@@ -102,19 +107,13 @@ def conv_transpose(input, weight, bias, stride, padding, output_padding, *geomet
     )
 
 
-def region_index(size: int, share: int, share_mode: str, device) -> Tensor:
-    """The weight region of every output position along one dimension."""
-    positions = torch.arange(size, device=device)
-    return positions // share if share_mode == "block" else positions % share
-
-
 def bias_per_location(bias: Tensor, output_size, share, share_mode) -> Tensor:
     """A bias as added to the output, (C_out, *output_size): a shared (C_out,) bias broadcast,
     a per-region one repeated over each region's locations."""
     if bias.dim() == 1:
         return bias.view(-1, *[1] * len(output_size)).expand(-1, *output_size)
     for dim, (size, block) in enumerate(zip(output_size, share)):
-        bias = bias.index_select(dim + 1, region_index(size, block, share_mode, bias.device))
+        bias = bias.index_select(dim + 1, region_index(size, block, share_mode).to(bias.device))
     return bias
 
 
@@ -293,8 +292,8 @@ class LocalConvBackward(torch.autograd.Function):
         results = []
         for index, made in enumerate(mask):
             terms = [t[index] for t in tangents if t[index] is not None]
-            empty = input.new_empty((0,))
-            results.append(sum(terms[1:], terms[0]) if made and terms else empty)
+            # None where the output was not made: that empty output is not differentiable
+            results.append(sum(terms[1:], terms[0]) if made and terms else None)
         return tuple(results)
 
     @staticmethod

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._arguments import Sharing, region_count, region_index
+
 if TYPE_CHECKING:
     import numpy as np  # imported where an export needs it: `import lc_cuda` needs no numpy
 
@@ -81,14 +83,13 @@ def patch_rows(
 
 def region_of_locations(output_size, share, share_mode) -> np.ndarray:
     """The flat weight region of every output location (int64), as the operator maps them."""
-    import numpy as np
-
-    grids = np.meshgrid(*[np.arange(out) for out in output_size], indexing="ij")
-    flat = np.zeros(grids[0].shape, dtype=np.int64)
-    for grid, out, s in zip(grids, output_size, share):
-        count = s if share_mode == "tile" else -(-out // s)
-        flat = flat * count + (grid % s if share_mode == "tile" else grid // s)
-    return flat.reshape(-1)
+    flat = torch.zeros((), dtype=torch.int64)
+    for out, s in zip(output_size, share):
+        # row-major over the regions: the previous dimensions' index times this one's count
+        flat = flat.unsqueeze(-1) * region_count(out, s, share_mode) + region_index(
+            out, s, share_mode
+        )
+    return flat.reshape(-1).numpy()
 
 
 def _local_conv_graph(
@@ -110,7 +111,7 @@ def _local_conv_graph(
     kernel = weight_shape[dims + 2 :]
     in_channels = group_channels * groups
     before, after = padding[0::2], padding[1::2]
-    shares = share_mode == "tile" or any(s > 1 for s in share)
+    shares = Sharing(tuple(share), share_mode).shares
     if all(isinstance(n, int) for n in input_shape[2:]):
         padded = [n + b + a for n, b, a in zip(input_shape[2:], before, after)]
         out = [
@@ -178,7 +179,7 @@ def _local_conv_transpose_graph(
     in_channels, group_out = weight_shape[dims], weight_shape[dims + 1]
     kernel = weight_shape[dims + 2 :]
     out_channels, group_in = group_out * groups, in_channels // groups
-    shares = share_mode == "tile" or any(s > 1 for s in share)
+    shares = Sharing(tuple(share), share_mode).shares
     if all(isinstance(n, int) for n in input_shape[2:]):
         positions = list(input_shape[2:])
     elif not shares:
@@ -203,15 +204,21 @@ def _local_conv_transpose_graph(
     filters = graph.op("Transpose", filters, perm=[0, 1, 3, 2])  # (L, G, K/G, C_in/G)
     contributions = graph.op("MatMul", filters, columns)  # (L, G, K/G, N)
     updates = graph.op("Reshape", contributions, _int64(graph, [locations * groups * patch, -1]))
-    # Summed in float32 (onnxruntime's CPU ScatterND adds no float16), then cast back.
-    updates = graph.op("Cast", updates, to=1)  # TensorProto.FLOAT
+    # float16 and bfloat16 are summed in float32 (onnxruntime's CPU ScatterND adds neither),
+    # then cast back; float32 and float64 in their own type.
+    half = graph.is_half(input)
+    if half:
+        updates = graph.op("Cast", updates, to=1)  # TensorProto.FLOAT
     rows = out_channels * int(np.prod(extent))
     batch = graph.op("Slice", graph.op("Shape", input), _int64(graph, [0]), _int64(graph, [1]))
     shape = graph.op("Concat", _int64(graph, [rows]), batch, axis=0)
-    zeros = graph.op("Expand", graph.constant(np.zeros((), np.float32)), shape)
+    zeros = graph.op(
+        "Expand", graph.op("CastLike", graph.constant(np.zeros((), np.float32)), updates), shape
+    )
     indices = graph.constant(index.reshape(-1, 1).astype(np.int64))
     result = graph.op("ScatterND", zeros, indices, updates, reduction="add")
-    result = graph.op("CastLike", result, input)
+    if half:
+        result = graph.op("CastLike", result, input)
     result = graph.op("Reshape", result, _int64(graph, [out_channels, *extent, -1]))
     result = graph.op("Transpose", result, perm=[dims + 1, *range(dims + 1)])  # (N, C_out, *E)
     before, after = padding[0::2], padding[1::2]
@@ -256,6 +263,11 @@ class _TorchScriptGraph:
 
     def constant(self, array):
         return self.g.op("Constant", value_t=torch.from_numpy(array))
+
+    def is_half(self, value) -> bool:
+        """Whether value holds float16 or bfloat16."""
+        scalar_type = torch.onnx.JitScalarType
+        return scalar_type.from_value(value) in (scalar_type.HALF, scalar_type.BFLOAT16)
 
 
 def _constant_argument(value, kind, name):

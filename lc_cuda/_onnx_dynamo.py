@@ -25,6 +25,10 @@ class _OnnxScriptGraph:
     def constant(self, array):
         return op.Constant(value=ir.tensor(array))
 
+    def is_half(self, value) -> bool:
+        """Whether value holds float16 or bfloat16."""
+        return value.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
 
 def _shape(value) -> list:
     return [size if isinstance(size, int) else None for size in value.shape]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ._arguments import (
     IntOrSeq,
     Padding,
+    as_int,
     flat_padding,
     ntuple,
     output_size,
@@ -34,9 +35,14 @@ _CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTrans
 
 
 def _positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """An int-like value (numpy integers included, bools not) that is at least 1."""
+    try:
+        number = as_int(value, name)
+    except TypeError:
+        number = 0
+    if number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return number
 
 
 class _LocalLayer(nn.Module):
@@ -53,10 +59,10 @@ class _LocalLayer(nn.Module):
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.groups = _positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
+        if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"groups must divide in_channels and out_channels: got groups {groups}, "
-                f"in_channels {in_channels}, out_channels {out_channels}"
+                f"groups must divide in_channels and out_channels: got groups {self.groups}, "
+                f"in_channels {self.in_channels}, out_channels {self.out_channels}"
             )
         self.input_size = ntuple(input_size, n, "input_size")
         self.kernel_size = ntuple(kernel_size, n, "kernel_size")
@@ -115,6 +121,33 @@ class _LocalLayer(nn.Module):
             raise RuntimeError(_input_shape_message(self._layer_name, expected, shape, unbatched))
         return unbatched
 
+    def forward(self, input: Tensor) -> Tensor:
+        """(N, C_in, *input_size) -> (N, C_out, *output_size); also without N."""
+        unbatched = self._check_input(input)
+        out = self._run_op(input.unsqueeze(0) if unbatched else input)
+        return out.squeeze(0) if unbatched else out
+
+    def _repr_head(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+            f"output_size={self.output_size}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0,) * self.spatial_dims:
+            text += f", padding={self.padding!r}"
+        return text
+
+    def _copy_filters_from(self, conv, shared_bias: bool) -> None:
+        """conv's weight into every filter bank, its bias per position (or region) or shared:
+        the conv's and this layer's weights have the same layout per bank."""
+        with torch.no_grad():
+            self.weight.copy_(conv.weight.expand_as(self.weight))
+            if conv.bias is not None:
+                bias = conv.bias
+                if not shared_bias:
+                    bias = bias.view(-1, *[1] * self.spatial_dims)
+                self.bias.copy_(bias.expand_as(self.bias))
+
     def _repr_common(self) -> str:
         text = ""
         if self.groups != 1:
@@ -152,14 +185,15 @@ class _LocallyConnectedNd(_LocalLayer):
             raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
         self.padding = padding if isinstance(padding, str) else _padding_value(padding, n)
         self.padding_mode = padding_mode
-        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
         self.output_size = output_size(
             self.input_size, self.kernel_size, self.stride, pairs, self.dilation
         )
         self.regions = regions(self.output_size, self._sharing)
         self.shared_bias = shared_bias
+        _check_padding_fits_the_mode(padding_mode, pairs, self.input_size)
         # Zeros are skipped by the operator; other modes pad a copy of the input first, with
         # F.pad's sides (the last dimension's first).
         self._pad_input = [side for pair in reversed(pairs) for side in pair]
@@ -172,21 +206,15 @@ class _LocallyConnectedNd(_LocalLayer):
             {"device": device, "dtype": dtype},
         )
 
-    def forward(self, input: Tensor) -> Tensor:
-        """(N, C_in, *input_size) -> (N, C_out, *output_size); also without N."""
-        unbatched = self._check_input(input)
-        if unbatched:
-            input = input.unsqueeze(0)
+    def _run_op(self, input: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             input = F.pad(input, self._pad_input, mode=self.padding_mode)
         if torch.jit.is_scripting():
-            out = torch.ops.lc_cuda.local_conv(
+            return torch.ops.lc_cuda.local_conv(
                 input, self.weight, self.bias, self._op_stride, self._op_padding,
                 self._op_dilation, self.groups, self._op_share, self._op_share_mode,
             )  # fmt: skip
-        else:
-            out = self._eager(input)
-        return out.squeeze(0) if unbatched else out
+        return self._eager(input)
 
     @torch.jit.unused
     def _eager(self, input: Tensor) -> Tensor:
@@ -196,13 +224,7 @@ class _LocallyConnectedNd(_LocalLayer):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
-            f"output_size={self.output_size}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0,) * self.spatial_dims:
-            text += f", padding={self.padding!r}"
+        text = self._repr_head()
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
         if self.dilation != (1,) * self.spatial_dims:
@@ -233,13 +255,7 @@ class _LocallyConnectedNd(_LocalLayer):
             device=conv_layer.weight.device,
             dtype=conv_layer.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv_layer.weight.expand_as(layer.weight))
-            if conv_layer.bias is not None:
-                bias = conv_layer.bias
-                if not shared_bias:
-                    bias = bias.view(-1, *[1] * cls.spatial_dims)
-                layer.bias.copy_(bias.expand_as(layer.bias))
+        layer._copy_filters_from(conv_layer, shared_bias)
         return layer
 
     _FROM_CONV_DOC = """A layer that computes exactly what `conv` computes on `input_size` inputs.
@@ -250,6 +266,20 @@ class _LocallyConnectedNd(_LocalLayer):
         and padding_mode carry over. The bias is copied per region, or kept shared with
         shared_bias=True.
         """
+
+
+def _check_padding_fits_the_mode(mode: str, pairs, input_size) -> None:
+    """F.pad's limits: reflect pads less than the input's size, circular at most its size."""
+    limit = {"reflect": 0, "circular": 1}.get(mode)
+    if limit is None:
+        return
+    for (before, after), size in zip(pairs, input_size):
+        if max(before, after) > size - 1 + limit:
+            bound = "smaller than" if mode == "reflect" else "at most"
+            raise ValueError(
+                f"padding_mode={mode!r} pads {bound} the input's size along each dimension: got "
+                f"padding {tuple(pairs)}, input_size {tuple(input_size)}"
+            )
 
 
 def _padding_value(padding: Padding, n: int):
@@ -542,10 +572,10 @@ class _LocallyConnectedTransposeNd(_LocalLayer):
                 f"padding must be an int, {n} ints or {n} (before, after) pairs for a transposed "
                 f"layer, got {padding!r}"
             )
+        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
         self.padding = _padding_value(padding, n)
         self.padding_mode = padding_mode
         self.output_padding = ntuple(output_padding, n, "output_padding")
-        pairs = padding_pairs(padding, n, self.kernel_size, self.dilation)
         self.output_size = transposed_size(
             self.input_size, self.kernel_size, self.stride, pairs, self.output_padding,
             self.dilation,
@@ -562,20 +592,14 @@ class _LocallyConnectedTransposeNd(_LocalLayer):
             {"device": device, "dtype": dtype},
         )
 
-    def forward(self, input: Tensor) -> Tensor:
-        """(N, C_in, *input_size) -> (N, C_out, *output_size); also without N."""
-        unbatched = self._check_input(input)
-        if unbatched:
-            input = input.unsqueeze(0)
+    def _run_op(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
-            out = torch.ops.lc_cuda.local_conv_transpose(
+            return torch.ops.lc_cuda.local_conv_transpose(
                 input, self.weight, self.bias, self._op_stride, self._op_padding,
                 self._op_output_padding, self._op_dilation, self.groups, self._op_share,
                 self._op_share_mode,
             )  # fmt: skip
-        else:
-            out = self._eager(input)
-        return out.squeeze(0) if unbatched else out
+        return self._eager(input)
 
     @torch.jit.unused
     def _eager(self, input: Tensor) -> Tensor:
@@ -586,13 +610,7 @@ class _LocallyConnectedTransposeNd(_LocalLayer):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
-            f"output_size={self.output_size}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0,) * self.spatial_dims:
-            text += f", padding={self.padding!r}"
+        text = self._repr_head()
         if self.output_padding != (0,) * self.spatial_dims:
             text += f", output_padding={self.output_padding}"
         if self.dilation != (1,) * self.spatial_dims:
@@ -622,13 +640,7 @@ class _LocallyConnectedTransposeNd(_LocalLayer):
             device=convt.weight.device,
             dtype=convt.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(convt.weight.expand_as(layer.weight))
-            if convt.bias is not None:
-                bias = convt.bias
-                if not shared_bias:
-                    bias = bias.view(-1, *[1] * cls.spatial_dims)
-                layer.bias.copy_(bias.expand_as(layer.bias))
+        layer._copy_filters_from(convt, shared_bias)
         return layer
 
 

@@ -8,7 +8,16 @@ torch.func transform. Unbatched input (without N) is taken as a batch of one, as
 from __future__ import annotations
 
 from . import _fake  # noqa: F401  (registers the fake kernels)
-from ._arguments import IntOrSeq, Padding, flat_padding, ntuple, padding_pairs, sharing
+from ._arguments import (
+    IntOrSeq,
+    Padding,
+    as_int,
+    extent,
+    flat_padding,
+    ntuple,
+    padding_pairs,
+    sharing,
+)
 from ._autograd import conv, conv_transpose
 
 _WEIGHT_LAYOUT = {
@@ -25,7 +34,7 @@ def _batched(input, dims: int, function: str):
     if input.dim() == dims + 1:
         return input.unsqueeze(0), True
     if input.dim() != dims + 2:
-        raise ValueError(
+        raise RuntimeError(
             f"{function}: input must be {dims + 2}-D {_INPUT_LAYOUT[dims]} or "
             f"{dims + 1}-D without the batch, got {input.dim()}-D of shape {tuple(input.shape)}"
         )
@@ -41,13 +50,27 @@ def _local_conv(
     if isinstance(padding, str) and padding == "same" and max(stride) != 1:
         raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
     if weight.dim() != 2 * dims + 2:
-        raise ValueError(
+        raise RuntimeError(
             f"{function}: weight must be {2 * dims + 2}-D {_WEIGHT_LAYOUT[dims]}, got "
             f"{weight.dim()}-D of shape {tuple(weight.shape)}"
         )
+    groups = as_int(groups, "groups")
     pairs = padding_pairs(padding, dims, weight.shape[-dims:], dilation)
     share = sharing(share_block, share_period, dims)
     input, added_batch = _batched(input, dims, function)
+    if share.mode == "tile":
+        # The operator would name it share; the output size follows from the shapes.
+        out_size = [
+            extent(n, k, s, before, after, d)
+            for n, k, s, (before, after), d in zip(
+                input.shape[2:], weight.shape[-dims:], stride, pairs, dilation
+            )
+        ]
+        if any(period > out for period, out in zip(share.share, out_size)):
+            raise RuntimeError(
+                "share_period must be at most the output size along each dimension: got "
+                f"share_period {share.share}, output size {tuple(out_size)}"
+            )
     out = conv(
         input, weight, bias, stride, flat_padding(pairs), dilation, groups, share.share,
         share.mode, force_unfold,
@@ -67,8 +90,9 @@ def _local_conv_transpose(
             f"{function}: padding must be an int, {dims} ints or {dims} (before, after) pairs, "
             f"got {padding!r}"
         )
+    groups = as_int(groups, "groups")
     if weight.dim() != 2 * dims + 2:
-        raise ValueError(
+        raise RuntimeError(
             f"{function}: weight must be {2 * dims + 2}-D "
             f"{_WEIGHT_LAYOUT[dims].replace('C_out, C_in', 'C_in, C_out')}, got "
             f"{weight.dim()}-D of shape {tuple(weight.shape)}"
@@ -88,7 +112,8 @@ _ARGUMENTS = """stride (int or tuple): step between neighbouring windows, per di
             to both sides (an int, or one per dimension), per side (a (before, after) pair per
             dimension, e.g. ((2, 0),) for a causal 1D layer), none ('valid'), or as many as
             keep the size ('same', stride 1 only; an odd total puts the extra zero after, as
-            Conv does). No padded copy of the input is made. Default: 0.
+            Conv does). The kernels skip the taps that fall on it (no padded copy of the
+            input); the unfold fallback pads a copy. Default: 0.
         dilation (int or tuple): spacing between a filter's taps. Default: 1.
         groups (int): input and output channels split into this many groups, each output
             channel reading its group's inputs only, as in Conv; groups = C_in is depthwise.
@@ -347,7 +372,7 @@ for _dims, _function in ((1, local_conv_transpose1d), (2, local_conv_transpose2d
                          (3, local_conv_transpose3d)):  # fmt: skip
     _function.__doc__ = _TRANSPOSE_DOC.format(
         dims=_dims,
-        input_layout=_INPUT_LAYOUT[_dims].replace("C_in", "C_in"),
+        input_layout=_INPUT_LAYOUT[_dims],
         weight_layout=_WEIGHT_LAYOUT[_dims].replace("C_out, C_in", "C_in, C_out"),
     )
 _TRANSPOSE_EXAMPLE = """

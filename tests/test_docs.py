@@ -1,7 +1,8 @@
 """The documentation runs as written: every ```python block of README.md, each in a fresh process
 from an empty folder, and the examples in the public docstrings. A block whose first line is
-`# requires CUDA` is skipped without a GPU; one that imports a framework that is not installed
-(the `keras` or `jax` extra) is skipped too."""
+`# requires CUDA` is skipped without a GPU, one whose first line is `# requires torch X.Y ...`
+below that release, and one that imports a framework that is not installed (the `keras` or
+`jax` extra)."""
 
 import ast
 import doctest
@@ -43,11 +44,20 @@ def test_readme_has_python_blocks():
     assert len(python_blocks()) >= 6
 
 
+def required_torch(source):
+    """(major, minor) from a block's first line `# requires torch X.Y ...`, or None."""
+    match = re.match(r"# requires torch (\d+)\.(\d+)", source)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 @pytest.mark.slow  # a fresh process each, the deployment block about a minute
 @pytest.mark.parametrize("source", python_blocks())
 def test_readme_block_runs(source, tmp_path):
     if source.startswith("# requires CUDA") and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    needed = required_torch(source)
+    if needed and tuple(int(p) for p in torch.__version__.split(".")[:2]) < needed:
+        pytest.skip(f"{source.splitlines()[0][2:]} (Supported torch versions)")
     missing = sorted(m for m in imported_modules(source) if importlib.util.find_spec(m) is None)
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")

@@ -27,21 +27,21 @@ def raises(exception, message):
 def test_wrong_ndim():
     input, weight = tensors()
     with raises(
-        ValueError, "local_conv2d: input must be 4-D (N, C_in, H, W) or 3-D without the batch, "
+        RuntimeError, "local_conv2d: input must be 4-D (N, C_in, H, W) or 3-D without the batch, "
         "got 2-D of shape (8, 8)",
     ):  # fmt: skip
         lc_cuda.local_conv2d(input[0, 0], weight)
     with raises(
-        ValueError, "local_conv2d: weight must be 6-D (OH, OW, C_out, C_in / groups, KH, KW), "
+        RuntimeError, "local_conv2d: weight must be 6-D (OH, OW, C_out, C_in / groups, KH, KW), "
         "got 4-D",
     ):  # fmt: skip
         lc_cuda.local_conv2d(input, weight[0, 0])
     with raises(
-        ValueError, "local_conv1d: input must be 3-D (N, C_in, L) or 2-D without the batch"
+        RuntimeError, "local_conv1d: input must be 3-D (N, C_in, L) or 2-D without the batch"
     ):
         lc_cuda.local_conv1d(input, weight[0, :, :, :, 0])
     with raises(
-        ValueError, "local_conv1d: weight must be 4-D (OL, C_out, C_in / groups, K), got 6-D"
+        RuntimeError, "local_conv1d: weight must be 4-D (OL, C_out, C_in / groups, K), got 6-D"
     ):
         lc_cuda.local_conv1d(input[:, :, 0], weight)
     with raises(RuntimeError, "weight must be 8-D (OD, OH, OW, C_out, C_in / groups, KD, KH, KW)"):
@@ -234,6 +234,7 @@ def test_same_padding_needs_stride_one():
         ),
         (dict(dilation=1.5), TypeError, "dilation must be an int or a sequence of 2 ints"),
         (dict(padding=True), TypeError, "padding must be an int, 2 ints, 2 (before, after) pairs"),
+        (dict(padding=((1, 0), 1)), TypeError, "padding must be an int, 2 ints, 2 (before, after)"),
         (dict(stride=True), TypeError, "stride must be an int or a sequence of 2 ints, got True"),
         (
             dict(share_block=2, share_period=2),
@@ -397,8 +398,8 @@ def test_a_binary_built_for_another_torch_says_which(tmp_path, monkeypatch):
 
     assert _extension.built_against(Path(lc_cuda.__file__).parent) == torch.__version__
     (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(
-        b"\x7fELF...lc_cuda build: torch 2.4.0+cu121;\x00..."
+        b"\x7fELF...lc_cuda build: torch 1.2.3+other;\x00..."
     )
     monkeypatch.setattr(_extension, "__file__", str(tmp_path / "_extension.py"))
     hint = _extension._missing_extension_hint()
-    assert f"built against torch 2.4.0+cu121, and this is torch {torch.__version__}" in hint
+    assert f"built against torch 1.2.3+other, and this is torch {torch.__version__}" in hint

@@ -39,6 +39,15 @@ pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minu
 BATCH_SIZES = (2, 5)
 
 
+def needs_torch(major: int, minor: int, feature: str):
+    """Skips a test below the torch release that brought `feature` (README: Supported torch
+    versions)."""
+    version = tuple(int(part) for part in torch.__version__.split(".")[:2])
+    return pytest.mark.skipif(
+        version < (major, minor), reason=f"{feature} needs torch {major}.{minor} or later"
+    )
+
+
 def fixed_layers():
     """Each geometry option of the layers at least once: 1D, 2D and 3D, every padding form and
     mode, groups, both kinds of weight sharing, and the transposed layers."""
@@ -246,7 +255,8 @@ def dynamo_onnx(zoo, inputs):
     return program.model_proto.SerializeToString()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@needs_torch(2, 6, "ONNX export with dynamo=True")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
 def test_onnx_dynamo_export_runs_in_onnxruntime(dtype, tmp_path):
     needs_export_extra()
     zoo = make_zoo(dtype)
@@ -280,6 +290,7 @@ def test_onnx_legacy_torchscript_exporter(tmp_path):
         assert_outputs_match(zoo, inputs, outputs)
 
 
+@needs_torch(2, 6, "torch.onnx that imports onnxscript only on demand")
 def test_import_does_not_import_onnxscript():
     """onnxscript costs about 2 s to import: lc_cuda registers its translation lazily."""
     code = "import sys, lc_cuda; print('onnxscript' in sys.modules, 'onnx' in sys.modules)"
@@ -360,6 +371,7 @@ def test_torch_export_save_load_fresh_process(tmp_path, device):
     check_fresh_process("export", tmp_path / "zoo.pt2", zoo, tmp_path, device)
 
 
+@needs_torch(2, 6, "AOTInductor's aoti_compile_and_package")
 @pytest.mark.parametrize("device", DEVICES)
 def test_aoti_compile_and_package_fresh_process(tmp_path, device):
     zoo = make_zoo(device=device)

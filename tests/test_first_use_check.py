@@ -1,4 +1,4 @@
-"""The first-use check (csrc/first_use_check.h): a kernel path that disagrees with the fallback
+"""The first-use check (csrc/backend_choice.h): a kernel path that disagrees with the fallback
 on the check's small input is switched off for the process with one warning, and its calls take
 the fallback. Shown on the CPU with LC_CUDA_FIRST_USE_CHECK=test_fault, which perturbs the
 kernels' results inside the check: a wrong kernel, as a GPU that miscomputes would give. Each

@@ -135,3 +135,63 @@ def test_per_sample_gradients_match_a_loop_of_backward_passes(name):
         layer(input[index : index + 1]).pow(2).sum().backward()
         for key, parameter in layer.named_parameters():
             torch.testing.assert_close(per_sample[key][index], parameter.grad)
+
+
+def test_forward_over_reverse_hessian_and_jacfwd():
+    """Forward mode through the backward operator (hessian = jacfwd(jacrev))."""
+    layer, input = layer_and_input("shared_grouped_2d", batch=1)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(weight):
+        return functional_call(layer, {**params, "weight": weight}, (input,)).pow(2).sum()
+
+    expected = torch.autograd.functional.hessian(loss, params["weight"])
+    torch.testing.assert_close(torch.func.hessian(loss)(params["weight"]), expected)
+
+    def cubed(x):
+        return layer(x).pow(3).sum()
+
+    torch.testing.assert_close(
+        torch.func.jacfwd(grad(cubed))(input), torch.autograd.functional.hessian(cubed, input)
+    )
+    direction = torch.randn_like(input)
+    _, tangent = jvp(grad(cubed), (input,), (direction,))
+    eps = 1e-6
+    expected = (grad(cubed)(input + eps * direction) - grad(cubed)(input - eps * direction)) / (
+        2 * eps
+    )
+    torch.testing.assert_close(tangent, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("in_dim", [1, -1])
+def test_vmap_over_other_dimensions(name, in_dim):
+    """The batched dimension anywhere: the rules move it first themselves."""
+    layer, input = layer_and_input(name, batch=2)
+    stacked = torch.stack([input, -input, 2 * input], dim=in_dim)
+    got = vmap(layer, in_dims=in_dim)(stacked)
+    expected = torch.stack([layer(x) for x in stacked.unbind(in_dim)])
+    torch.testing.assert_close(got, expected)
+
+
+def test_vmap_over_weights_of_the_transposed_op_and_nested_vmap():
+    torch.manual_seed(0)
+    y = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    weights = torch.randn(3, 5, 5, 4, 1, 3, 3, dtype=torch.float64)
+
+    def decoder(weight):
+        return lc_cuda.local_conv_transpose2d(y, weight, stride=2, groups=2)
+
+    got = vmap(decoder, in_dims=-1)(weights.movedim(0, -1))
+    torch.testing.assert_close(got, torch.stack([decoder(w) for w in weights]))
+    inputs = torch.randn(2, 3, 2, 4, 5, 5, dtype=torch.float64)
+    nested = vmap(vmap(lambda x, w: lc_cuda.local_conv_transpose2d(x, w, groups=2)))(
+        inputs, weights[:2, None].expand(2, 3, *weights.shape[1:])
+    )
+    loop = torch.stack(
+        [
+            torch.stack([lc_cuda.local_conv_transpose2d(x, weights[i], groups=2) for x in row])
+            for i, row in enumerate(inputs)
+        ]
+    )
+    torch.testing.assert_close(nested, loop)

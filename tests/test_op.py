@@ -187,13 +187,24 @@ def test_autocast_under_compile():
     assert layer(input, weight, bias).dtype == torch.bfloat16
 
 
+def called_by_lc_cuda(event) -> bool:
+    """Whether an ATen op's nearest ATen-or-lc_cuda ancestor is an lc_cuda operator: a call the
+    operator makes itself, through whatever wrappers the torch release records between them."""
+    parent = event.cpu_parent
+    while parent is not None and not parent.name.startswith("aten::"):
+        if parent.name.startswith("lc_cuda::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def op_calls_made_by_lc_cuda(function, *args):
-    """How often the lc_cuda operator itself calls each op (not what those ops call inside)."""
+    """How often the lc_cuda operator itself calls each ATen op (not what those ops call)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         function(*args)
     counts = {}
     for event in profile.events():
-        if event.cpu_parent is not None and event.cpu_parent.name.startswith("lc_cuda::"):
+        if event.name.startswith("aten::") and called_by_lc_cuda(event):
             counts[event.name] = counts.get(event.name, 0) + 1
     return counts
 
@@ -262,3 +273,84 @@ def test_cuda_backend_environment_variable(monkeypatch, backend):
     out = lc_cuda.local_conv2d(input, weight, bias, (1, 2), (1, 0))
     expected = lc_cuda.local_conv2d(input.cpu(), weight.cpu(), bias.cpu(), (1, 2), (1, 0))
     torch.testing.assert_close(out.cpu(), expected)
+
+
+def test_autocast_leaves_float64_alone_like_conv():
+    """ATen's autocast rule: float64 tensors keep their dtype (eager and compiled agree)."""
+    input = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    weight = torch.randn(4, 4, 5, 3, 3, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lc_cuda.local_conv2d(input, weight).dtype == torch.float64
+        assert torch.nn.functional.conv2d(input, weight[0, 0]).dtype == torch.float64
+
+
+FAMILY_LAYERS = {
+    "volume_3d": lambda: lc_cuda.LocallyConnected3d(
+        2, 3, (4, 5, 4), 2, padding=((1, 0), (0, 0), (0, 1))
+    ),
+    "grouped_shared": lambda: lc_cuda.LocallyConnected2d(
+        4, 6, 7, 3, padding=1, groups=2, share_block=(3, 4)
+    ),
+    "tiled_circular_1d": lambda: lc_cuda.LocallyConnected1d(
+        2, 3, 12, 3, padding=1, padding_mode="circular", share_period=4
+    ),
+    "transpose": lambda: lc_cuda.LocallyConnectedTranspose2d(
+        4, 2, 5, 3, stride=2, output_padding=1, groups=2, share_period=(2, 5)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_LAYERS))
+def test_compile_and_export_of_the_whole_family(name):
+    """torch.compile(fullgraph) forward and backward, and torch.export with a dynamic batch, of
+    3D, grouped and shared, tiled with a padding mode, and transposed layers."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = FAMILY_LAYERS[name]()
+    input = torch.randn(3, layer.in_channels, *layer.input_size, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(input)
+    torch.testing.assert_close(out, layer(input))
+    (grad,) = torch.autograd.grad(out.square().sum(), input)
+    (expected,) = torch.autograd.grad(layer(input).square().sum(), input)
+    torch.testing.assert_close(grad, expected)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(layer, (input.detach(),), dynamic_shapes=({0: batch},))
+    torch.testing.assert_close(program.module()(input[:2].detach()), layer(input[:2]).detach())
+
+
+# Arguments of local_conv that its checks refuse, and the opening words of the refusal.
+GOOD_ARGUMENTS = dict(
+    stride=[1, 1], padding=[0] * 4, dilation=[1, 1], groups=1, share=[1, 1], share_mode="block"
+)
+BAD_ARGUMENTS = {
+    "stride_count": (dict(stride=[1, 1, 1]), "stride must have 2 values"),
+    "share_zero": (dict(share=[0, 1]), "share must be positive"),
+    "share_mode": (dict(share_mode="blocks"), "share_mode must be 'block' or 'tile'"),
+    "groups_zero": (dict(groups=0), "groups must be positive"),
+    "negative_padding": (dict(padding=[0, -1, 0, 0]), "padding must be non-negative"),
+    "weight_shape": (dict(weight=slice(0, 5)), r"weight\.shape is not valid"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARGUMENTS))
+def test_fake_kernels_fail_where_the_operator_fails(name):
+    """Meta tensors (what torch.compile and torch.export trace with) raise like real ones."""
+    changes, message = BAD_ARGUMENTS[name]
+    arguments = {**GOOD_ARGUMENTS, **changes}
+    rows = arguments.pop("weight", slice(None))
+    input, weight = torch.randn(2, 3, 8, 8), torch.randn(6, 6, 4, 3, 3, 3)[:, rows]
+    for device in ("cpu", "meta"):
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.lc_cuda.local_conv(input.to(device), weight.to(device), None, **arguments)
+
+
+def test_fake_kernel_of_the_transpose_fails_where_the_operator_fails():
+    y, w = torch.randn(2, 4, 6, 6), torch.randn(6, 6, 4, 3, 3, 3)
+    for tensors in ((y, w), (y.to("meta"), w.to("meta"))):
+        arguments = (*tensors, None, [1, 1], [0] * 4, [1, 0], [1, 1], 1, [1, 1], "block")
+        with pytest.raises(RuntimeError, match="output_padding must be smaller than stride"):
+            torch.ops.lc_cuda.local_conv_transpose(*arguments)
+        arguments = (*tensors, None, [1, 1], [0] * 4, [0, 0], [1, 1], 1, [2, 2], "block")
+        with pytest.raises(RuntimeError, match=r"weight\.shape is not valid"):
+            torch.ops.lc_cuda.local_conv_transpose(*arguments)

@@ -139,12 +139,21 @@ def test_force_cuda_must_be_0_or_1(setup_module, monkeypatch, tmp_path):
         setup_module.extension_modules(tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
-def test_cuda_build_honours_arch_list_and_nvcc_flags(setup_module, monkeypatch, tmp_path):
+def skip_unless_torch_matches_the_toolkit(setup_module):
+    """A CUDA build is refused where the toolkit's CUDA major version differs from torch's
+    (test_toolkit_and_torch_cuda_major_versions_must_match): the build tests need them equal."""
     import torch
 
     if torch.version.cuda is None:
         pytest.skip("torch has no CUDA")
+    toolkit = setup_module.nvcc_version(setup_module.find_cuda_home())
+    if toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        pytest.skip(f"this toolkit is CUDA {toolkit}, torch's is {torch.version.cuda}")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+def test_cuda_build_honours_arch_list_and_nvcc_flags(setup_module, monkeypatch, tmp_path):
+    skip_unless_torch_matches_the_toolkit(setup_module)
     monkeypatch.delenv("CUDA_HOME", raising=False)  # extension_modules sets it; undone after
     monkeypatch.setenv("FORCE_CUDA", "1")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -173,8 +182,9 @@ def test_without_arch_list_or_gpu_the_build_takes_the_default(setup_module, monk
     """torch alone fails here (IndexError in _get_cuda_arch_flags): CI machines, containers."""
     import torch
 
-    if torch.version.cuda is None or torch.cuda.device_count():
-        pytest.skip("needs a CUDA build of torch and no visible GPU")
+    skip_unless_torch_matches_the_toolkit(setup_module)
+    if torch.cuda.device_count():
+        pytest.skip("needs no visible GPU")
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.setenv("FORCE_CUDA", "1")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # unset; restored after the test

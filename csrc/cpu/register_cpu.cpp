@@ -20,7 +20,8 @@ bool hand_written_products(Backend chosen) {
 const DeviceKernels& cpu_kernels() {
   static const DeviceKernels kernels{
       // 1D and 2D layers with a filter bank per location and one group, for now
-      [](const Geometry& g) { return g.plain_2d(); },
+      [](const Geometry& g) { return g.kernels_of_2d_take(); },
+      [](const at::Tensor&) { return false; },  // no graphs on the CPU
       [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
          const Geometry& g, Backend backend) {
         return cpu_forward(as_4d(input, g), weight, bias, g, hand_written_products(backend));
@@ -58,9 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
   const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
   const auto empty = [&] { return at::empty({0}, input.options()); };
   if (chosen == Backend::unfold) {
-    return {output_mask[0] ? unfold_grad_input(grad_output, weight, g) : empty(),
-            output_mask[1] ? unfold_grad_weight(grad_output, input, g) : empty(),
-            output_mask[2] ? unfold_grad_bias(grad_output, g, shared_bias) : empty()};
+    return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
   const bool hand_written = hand_written_products(chosen);
   const at::Tensor grads = as_4d(grad_output, g);

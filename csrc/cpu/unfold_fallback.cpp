@@ -105,9 +105,10 @@ struct ProductLayout {
       return by_location.reshape(
           {g.locations() * g.groups, by_location.size(2), by_location.size(3)});
     }
-    const auto zero = by_location.new_zeros({1, g.groups, by_location.size(2), by_location.size(3)});
-    return at::cat({by_location, zero})
-        .index_select(0, slots.location_of_slot)
+    at::Tensor members = by_location.index_select(0, slots.location_of_slot);
+    members.index_fill_(0, slots.empty_slots, 0);
+    // With one group the permutation moves a dimension of 1 only: the reshape is a view.
+    return members
         .view({g.regions(), slots.members, g.groups, by_location.size(2), by_location.size(3)})
         .permute({0, 2, 1, 3, 4})
         .reshape({g.regions() * g.groups, slots.members * by_location.size(2),
@@ -131,9 +132,10 @@ at::Tensor filters_of(const at::Tensor& weight, const Geometry& g) {
 }
 
 // The samples per block: as many as keep one block's patches within the budget, at least one.
-// Regrouped by region the patches are copied once more.
+// Regrouped by region the patches are copied once more (ProductLayout::to_products), and with
+// several groups once more again (its permutation).
 int64_t samples_per_block(const Geometry& g, int64_t element_size) {
-  const int64_t copies = g.shares_weights() ? 2 : 1;
+  const int64_t copies = !g.shares_weights() ? 1 : g.groups == 1 ? 2 : 3;
   const int64_t sample_patches = copies * g.locations() * g.groups * g.patch_size() * element_size;
   return std::clamp<int64_t>(cpu::scratch_budget_bytes() / std::max<int64_t>(sample_patches, 1),
                              1, std::max<int64_t>(g.batch, 1));
@@ -231,6 +233,15 @@ at::Tensor unfold_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       grad_filters.baddbmm_(grads_t, patches);
   }
   return grad_weight;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unfold_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const Geometry& g, bool shared_bias, std::array<bool, 3> output_mask) {
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  return {output_mask[0] ? unfold_grad_input(grad_output, weight, g) : empty(),
+          output_mask[1] ? unfold_grad_weight(grad_output, input, g) : empty(),
+          output_mask[2] ? unfold_grad_bias(grad_output, g, shared_bias) : empty()};
 }
 
 at::Tensor unfold_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool shared_bias) {

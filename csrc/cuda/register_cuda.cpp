@@ -3,6 +3,7 @@
 // kernels do not take the geometry yet (choose_backend()). LC_CUDA_BACKEND=ffma keeps float16 and
 // bfloat16 on the FFMA kernels (no tensor cores).
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -17,7 +18,12 @@ namespace {
 const DeviceKernels& cuda_kernels() {
   static const DeviceKernels kernels{
       // 1D and 2D layers with a filter bank per location and one group, for now
-      [](const Geometry& g) { return g.plain_2d(); },
+      [](const Geometry& g) { return g.kernels_of_2d_take(); },
+      [](const at::Tensor& like) {
+        const c10::cuda::CUDAGuard device_guard(like.device());
+        return c10::cuda::currentStreamCaptureStatusMayInitCtx() !=
+               c10::cuda::CaptureStatus::None;
+      },
       [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
          const Geometry& g, Backend backend) {
         return cuda_forward(as_4d(input, g), weight, bias, g, backend == Backend::kernels);
@@ -57,9 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cuda(
   const Backend chosen = choose_backend(force_unfold, g, input, cuda_kernels());
   const auto empty = [&] { return at::empty({0}, input.options()); };
   if (chosen == Backend::unfold) {
-    return {output_mask[0] ? unfold_grad_input(grad_output, weight, g) : empty(),
-            output_mask[1] ? unfold_grad_weight(grad_output, input, g) : empty(),
-            output_mask[2] ? unfold_grad_bias(grad_output, g, shared_bias) : empty()};
+    return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const bool tensor_cores = chosen == Backend::kernels;
