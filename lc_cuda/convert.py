@@ -2,7 +2,8 @@
 
 Layouts (N spatial dims; lc_cuda's is (*out, C_out, C_in, *kernel)):
 
-- tf.keras / tf-keras LocallyConnected1D/2D
+- tf.keras / tf-keras LocallyConnected1D/2D, and neurite's (0.2 and earlier) TensorFlow
+  LocallyConnected3D, which follows the same layouts in 3D
   - implementation 1: kernel (prod(out), prod(kernel) * C_in, C_out); the patch is flattened
     as (*kernel, C_in) for channels_last and (C_in, *kernel) for channels_first. 'valid' only.
   - implementation 2: a dense kernel masked to the windows, (*in, C_in, *out, C_out) for
@@ -39,10 +40,10 @@ except ImportError as error:  # torch does not depend on numpy; the frameworks c
     ) from error
 
 from ._arguments import ntuple
-from .modules import LocallyConnected1d, LocallyConnected2d
+from .modules import LocallyConnected1d, LocallyConnected2d, LocallyConnected3d
 
-_MODULES = {1: LocallyConnected1d, 2: LocallyConnected2d}
-_CONSTANT_PADS = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d}
+_MODULES = {1: LocallyConnected1d, 2: LocallyConnected2d, 3: LocallyConnected3d}
+_CONSTANT_PADS = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 
 
 def _to_numpy(array) -> np.ndarray:
@@ -92,10 +93,10 @@ class _KerasGeometry:
         input_shape = tuple(input_shape)
         if input_shape and input_shape[0] is None:  # a Keras shape with its batch dimension
             input_shape = input_shape[1:]
-        if len(input_shape) not in (2, 3):
+        if len(input_shape) not in (2, 3, 4):
             raise ValueError(
                 "input_shape must be the layer's input shape without the batch, (*spatial, C_in) "
-                f"or (C_in, *spatial) for 1 or 2 spatial dims, got {input_shape}"
+                f"or (C_in, *spatial) for 1, 2 or 3 spatial dims, got {input_shape}"
             )
         self.dims = len(input_shape) - 1
         self.channels_last = data_format == "channels_last"
@@ -221,17 +222,31 @@ def from_keras(
     data_format: str = "channels_last",
     implementation: int = 1,
 ) -> nn.Module:
-    """A ready lc_cuda module from a Keras LocallyConnected1D/2D layer's weights.
+    """A ready lc_cuda module from the weights of a Keras LocallyConnected1D/2D layer, or of
+    neurite's TensorFlow LocallyConnected3D (neurite 0.1 and 0.2; 0.3 on is PyTorch and has
+    none), which keeps Keras' kernel and bias layouts in 3D.
 
     Args:
         kernel, bias: the layer's weights (`layer.get_weights()`); bias may be None.
         input_shape: the layer's input shape without the batch, e.g. (H, W, C_in) for
-            channels_last or (C_in, H, W) for channels_first; (L, C_in) / (C_in, L) for 1D.
-        kernel_size, strides, padding, data_format, implementation: the layer's arguments.
+            channels_last or (C_in, H, W) for channels_first; (L, C_in) / (C_in, L) for 1D,
+            (D, H, W, C_in) / (C_in, D, H, W) for neurite's 3D layer.
+        kernel_size, strides, padding, data_format, implementation: the layer's arguments
+            (implementation 1 or 2).
 
-    Returns a LocallyConnected1d/2d that takes channels-first input (N, C_in, *spatial) and
+    Returns a LocallyConnected1d/2d/3d that takes channels-first input (N, C_in, *spatial) and
     computes what the Keras layer computes (before its activation). Where Keras pads unevenly
     ('same' with an even kernel or a stride), the module is nn.Sequential(ConstantPad, layer).
+
+    Example (a neurite LocallyConnected3D's implementation-1 kernel, channels last)::
+
+        >>> import numpy as np
+        >>> from lc_cuda import convert
+        >>> kernel = np.zeros((4 * 3 * 2, 27 * 2, 8), np.float32)  # (prod(out), 27 C_in, C_out)
+        >>> bias = np.zeros((4, 3, 2, 8), np.float32)  # (*out, C_out)
+        >>> layer = convert.from_keras(kernel, bias, input_shape=(6, 5, 4, 2), kernel_size=3)
+        >>> type(layer).__name__, layer.weight.shape  # (*out, C_out, C_in, *kernel)
+        ('LocallyConnected3d', torch.Size([4, 3, 2, 8, 2, 3, 3, 3]))
     """
     geometry = _KerasGeometry(input_shape, kernel_size, strides, padding, data_format)
     weight = keras_kernel_to_weight(kernel, geometry, implementation)
@@ -268,20 +283,28 @@ def from_keras(
 def to_keras(
     module: nn.Module, data_format: str = "channels_last", implementation: int = 1
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(kernel, bias) for a Keras LocallyConnected1D/2D layer that computes what `module` does.
+    """(kernel, bias) for a Keras LocallyConnected1D/2D layer (or neurite's LocallyConnected3D)
+    that computes what `module` does.
 
-    `module` is a LocallyConnected1d/2d, or the nn.Sequential(ConstantPad, layer) that
-    from_keras returns. Its geometry must be one Keras has: dilation 1, and padding 'valid'
-    or Keras' 'same'. A shared bias becomes Keras' per-location bias.
+    `module` is a LocallyConnected1d/2d/3d, or the nn.Sequential(ConstantPad, layer) that
+    from_keras returns. Its geometry must be one Keras has: dilation 1, one group, a filter
+    bank per position (no share_block or share_period), zero padding 'valid' or Keras' 'same'.
+    A shared bias becomes Keras' per-location bias.
     """
     pad_module, layer = (
         (module[0], module[1]) if isinstance(module, nn.Sequential) else (None, module)
     )
-    if not isinstance(layer, (LocallyConnected1d, LocallyConnected2d)):
-        raise TypeError(f"module must be a LocallyConnected1d/2d, got {type(module).__name__}")
+    if type(layer) not in _MODULES.values():
+        raise TypeError(f"module must be a LocallyConnected1d/2d/3d, got {type(module).__name__}")
     dims = layer.spatial_dims
     if layer.dilation != (1,) * dims:
         raise ValueError(f"Keras has no dilation: got dilation={layer.dilation}")
+    if layer.groups != 1 or layer._sharing.shares or layer.padding_mode != "zeros":
+        raise ValueError(
+            "Keras has a filter bank per position, one group and zero padding: got groups="
+            f"{layer.groups}, share_block={layer.share_block}, share_period={layer.share_period}, "
+            f"padding_mode={layer.padding_mode!r}"
+        )
     if isinstance(layer.padding, str):
         raise ValueError(f"padding={layer.padding!r}: build the layer with explicit padding")
     if pad_module is not None:
@@ -338,12 +361,16 @@ def to_keras(
 # ----------------------------------------------------------------------------------------------
 
 
+# Letters for the spatial dims of the default specs; lax's None is channels first, 'OI' first.
+_SPATIAL_LETTERS = {1: "H", 2: "HW", 3: "DHW"}
+
+
 def _jax_specs(dimension_numbers, dims: int) -> tuple[str, str]:
     """(spatial letters in input order, rhs spec) from lax-style dimension_numbers."""
-    if dims not in (1, 2):
-        raise ValueError(f"lc_cuda has 1 and 2 spatial dims, got {dims}")
+    if dims not in _SPATIAL_LETTERS:
+        raise ValueError(f"lc_cuda has 1, 2 and 3 spatial dims, got {dims}")
     if dimension_numbers is None:
-        lhs_spec, rhs_spec = "NC" + "HW"[:dims], "OI" + "HW"[:dims]
+        lhs_spec, rhs_spec = "NC" + _SPATIAL_LETTERS[dims], "OI" + _SPATIAL_LETTERS[dims]
     else:
         lhs_spec, rhs_spec = dimension_numbers[0], dimension_numbers[1]
     if not (isinstance(lhs_spec, str) and isinstance(rhs_spec, str)):
@@ -360,12 +387,20 @@ def _jax_specs(dimension_numbers, dims: int) -> tuple[str, str]:
 def from_jax(rhs, filter_shape: Sequence[int], dimension_numbers=None) -> Tensor:
     """The lc_cuda weight (*out, C_out, C_in, *kernel) for a
     `jax.lax.conv_general_dilated_local` rhs with the given filter_shape and dimension_numbers
-    (None means ('NCHW', 'OIHW', 'NCHW'), or the 1D equivalent).
+    (None means ('NCHW', 'OIHW', 'NCHW'), or its 1D or 3D equivalent: channels first).
 
     lc_cuda's spatial dims follow the input (lhs) spec. lax orders filter_shape, strides,
     padding and rhs_dilation like the rhs spec's spatial dims instead; the two orders differ
     only for specs such as ('NCHW', 'OIWH', ...). Pass filter_shape as lax takes it, and the
-    others to local_conv2d / local_conv1d in the input's order.
+    others to local_conv1d / local_conv2d / local_conv3d in the input's order.
+
+    Example (3D)::
+
+        >>> import numpy as np
+        >>> from lc_cuda import convert
+        >>> rhs = np.zeros((8, 2 * 3 * 3 * 3, 4, 4, 4), np.float32)  # (O, C_in * 27, *out)
+        >>> convert.from_jax(rhs, filter_shape=(3, 3, 3)).shape  # (*out, C_out, C_in, *kernel)
+        torch.Size([4, 4, 4, 8, 2, 3, 3, 3])
     """
     rhs = _to_numpy(rhs)
     filter_shape = tuple(filter_shape)
@@ -406,7 +441,12 @@ def to_jax(weight, dimension_numbers=None) -> np.ndarray:
 
 def _flax_dimension_numbers(dims: int) -> tuple[str, str, str]:
     # flax.linen's convolutions are channels-last with an (*spatial, I, O) kernel.
-    spatial = "HW"[:dims]
+    if dims not in _SPATIAL_LETTERS:
+        raise ValueError(
+            f"a ConvLocal kernel is (*out, prod(kernel_size) * C_in, C_out) with 1, 2 or 3 "
+            f"spatial dims: got a {dims + 2}-D kernel"
+        )
+    spatial = _SPATIAL_LETTERS[dims]
     return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
 
 
