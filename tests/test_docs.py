@@ -80,6 +80,9 @@ def test_readme_block_runs(source, tmp_path):
         lc_cuda.local_conv_transpose2d,
         convert.from_keras,
         convert.from_jax,
+        convert.conv_to_local,
+        convert.share_weights,
+        convert.average_filter_banks,
     ],
     ids=lambda obj: obj.__name__,
 )
