@@ -584,11 +584,12 @@ def conv_to_local(
             one per channel and region (per output position for the transposed layers).
             Default: False.
         noise (float): Gaussian noise added to every weight of every new layer, independently
-            per filter bank, with standard deviation ``noise * conv.weight.std()`` (the standard
-            deviation of the convolution's weight elements; noise=0.1 moves each weight by
-            about a tenth of the filters' typical size). The banks start apart, so that
-            training can move them apart (Pogodin et al. 2021). Biases get none; weights are not
-            rescaled, so the banks' average stays the convolution's filter in expectation.
+            per filter bank, with standard deviation ``noise * conv.weight.std(correction=0)``
+            (the standard deviation of the convolution's weight elements: noise=0.1 moves each
+            weight by about a tenth of the filters' typical size), so that the banks start as
+            perturbed copies rather than equal ones (Pogodin et al. 2021). Biases get none;
+            weights are not rescaled, so the banks' average stays the convolution's filter in
+            expectation.
             Default: 0, exact copies.
         generator (torch.Generator, optional): draws the noise, for reproducible noise; on its
             own device, moved to the weights'. Default: torch's global generator on the
