@@ -8,6 +8,9 @@ Public API:
   LocallyConnected1d/2d/3d                        layers (from_conv1d/2d/3d)
   LocallyConnectedTranspose1d/2d/3d               transposed layers (from_conv_transpose1d/2d/3d)
   build_info()                                    what the installed extension was built with
+  lc_cuda.convert (needs numpy)                   Keras, neurite, JAX and Flax weights; whole
+                                                  models: conv_to_local, share_weights,
+                                                  average_filter_banks
 
 Every op and layer takes channel groups (groups) and weight shared by regions of output
 positions (share_block: locally-shared convolution; share_period: tiled convolution).

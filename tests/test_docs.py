@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import lc_cuda
+from lc_cuda import convert
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -87,6 +88,11 @@ def test_readme_block_runs(source, tmp_path):
         lc_cuda.local_conv2d,
         lc_cuda.local_conv3d,
         lc_cuda.local_conv_transpose2d,
+        convert.from_keras,
+        convert.from_jax,
+        convert.conv_to_local,
+        convert.share_weights,
+        convert.average_filter_banks,
     ],
     ids=lambda obj: obj.__name__,
 )
