@@ -2,88 +2,106 @@
 
 #include <ATen/ATen.h>
 
-#include <array>
-#include <vector>
-
 namespace lc_cuda {
 namespace {
 
-// Along one dimension: the positions of each region's members, row-major (regions x members),
-// -1 where a region has fewer members than the most any has.
-struct AxisMembers {
-  int64_t regions, members;
-  std::vector<int64_t> position;
-};
-
-AxisMembers axis_members(int64_t out, int64_t share, int64_t regions, ShareMode mode) {
-  // block: region r holds r*share + m; tile (a period): r + m*share.
-  const int64_t members =
-      mode == ShareMode::block ? std::min(share, out) : (out + share - 1) / share;
-  AxisMembers axis{regions, members, std::vector<int64_t>(regions * members, -1)};
-  for (int64_t r = 0; r < regions; ++r) {
-    for (int64_t m = 0; m < members; ++m) {
-      const int64_t i = mode == ShareMode::block ? r * share + m : r + m * share;
-      if (i < out) axis.position[r * members + m] = i;
-    }
-  }
-  return axis;
+RegionAxis region_axis(int64_t out, int64_t share, int64_t regions, ShareMode mode) {
+  if (mode == ShareMode::tile) return {regions, (out + share - 1) / share, 1, share};
+  // A block wider than the output is one region of the whole output.
+  return {regions, std::min(share, out), share, 1};
 }
 
 }  // namespace
 
-RegionSlots region_slots(const Geometry& g, at::Device device) {
-  const std::array<AxisMembers, 3> axes{
-      axis_members(g.out_d, g.share_d, g.regions_d, g.share_mode),
-      axis_members(g.out_h, g.share_h, g.regions_h, g.share_mode),
-      axis_members(g.out_w, g.share_w, g.regions_w, g.share_mode)};
-  const int64_t members = axes[0].members * axes[1].members * axes[2].members;
-  const int64_t locations = g.locations();
-  std::vector<int64_t> location_of_slot(g.regions() * members, 0);
-  std::vector<int64_t> slot_of_location(locations, -1);
-  std::vector<int64_t> empty_slots;
-  int64_t slot = 0;
-  for (int64_t rd = 0; rd < g.regions_d; ++rd)
-    for (int64_t rh = 0; rh < g.regions_h; ++rh)
-      for (int64_t rw = 0; rw < g.regions_w; ++rw)
-        for (int64_t md = 0; md < axes[0].members; ++md)
-          for (int64_t mh = 0; mh < axes[1].members; ++mh)
-            for (int64_t mw = 0; mw < axes[2].members; ++mw, ++slot) {
-              const int64_t z = axes[0].position[rd * axes[0].members + md];
-              const int64_t y = axes[1].position[rh * axes[1].members + mh];
-              const int64_t x = axes[2].position[rw * axes[2].members + mw];
-              if (z < 0 || y < 0 || x < 0) {
-                empty_slots.push_back(slot);
-                continue;
-              }
-              const int64_t location = (z * g.out_h + y) * g.out_w + x;
-              location_of_slot[slot] = location;
-              slot_of_location[location] = slot;
-            }
-  const auto options = at::TensorOptions().dtype(at::kLong);
-  return {members, at::tensor(location_of_slot, options).to(device),
-          at::tensor(empty_slots, options).to(device),
-          at::tensor(slot_of_location, options).to(device)};
+std::array<RegionAxis, 3> region_axes(const Geometry& g) {
+  return {region_axis(g.out_d, g.share_d, g.regions_d, g.share_mode),
+          region_axis(g.out_h, g.share_h, g.regions_h, g.share_mode),
+          region_axis(g.out_w, g.share_w, g.regions_w, g.share_mode)};
+}
+
+int64_t members_per_region(const Geometry& g) {
+  const auto axes = region_axes(g);
+  return axes[0].members * axes[1].members * axes[2].members;
+}
+
+bool has_empty_slots(const Geometry& g) {
+  const auto axes = region_axes(g);
+  return axes[0].extent() != g.out_d || axes[1].extent() != g.out_h ||
+         axes[2].extent() != g.out_w;
+}
+
+at::Tensor split_by_region(const at::Tensor& extended, const Geometry& g) {
+  const auto axes = region_axes(g);
+  const int64_t first = extended.dim() - 3;
+  at::Tensor split = extended;
+  std::vector<int64_t> order(first);
+  for (int64_t i = 0; i < first; ++i) order[i] = i;
+  std::array<int64_t, 3> region_dim{}, member_dim{};
+  // Splitting dimension first + d into two: block (region, member), tile (member, region).
+  for (int64_t d = 0; d < 3; ++d) {
+    const RegionAxis& a = axes[d];
+    const int64_t at_dim = first + 2 * d;
+    const bool block = a.member_step == 1;
+    split = split.unflatten(at_dim, block ? at::IntArrayRef({a.regions, a.members})
+                                          : at::IntArrayRef({a.members, a.regions}));
+    region_dim[d] = block ? at_dim : at_dim + 1;
+    member_dim[d] = block ? at_dim + 1 : at_dim;
+  }
+  order.insert(order.end(), region_dim.begin(), region_dim.end());
+  order.insert(order.end(), member_dim.begin(), member_dim.end());
+  return split.permute(order);
+}
+
+at::Tensor extend_to_grid(const at::Tensor& per_location, const Geometry& g) {
+  if (!has_empty_slots(g)) return per_location;
+  const auto axes = region_axes(g);
+  return at::constant_pad_nd(per_location, {0, axes[2].extent() - g.out_w, 0,
+                                            axes[1].extent() - g.out_h, 0,
+                                            axes[0].extent() - g.out_d});
+}
+
+at::Tensor empty_slot_rows(const Geometry& g, at::Device device) {
+  const auto axes = region_axes(g);
+  const std::array<int64_t, 3> out{g.out_d, g.out_h, g.out_w};
+  // Per dimension (regions, members): whether the slot is an output position.
+  std::array<at::Tensor, 3> real;
+  for (int64_t d = 0; d < 3; ++d) {
+    const RegionAxis& a = axes[d];
+    const at::Tensor position = at::arange(a.regions, at::kLong).mul_(a.region_step).unsqueeze(1) +
+                                at::arange(a.members, at::kLong).mul_(a.member_step);
+    real[d] = position < out[d];
+  }
+  const auto shaped = [&](int64_t d) {
+    std::vector<int64_t> shape(7, 1);
+    shape[d] = axes[d].regions;
+    shape[4 + d] = axes[d].members;
+    return real[d].view(shape);
+  };
+  const at::Tensor slot_is_real =
+      (shaped(0) & shaped(1) & shaped(2))
+          .expand({axes[0].regions, axes[1].regions, axes[2].regions, g.groups,
+                   axes[0].members, axes[1].members, axes[2].members});
+  return slot_is_real.logical_not().flatten().nonzero().squeeze(1).to(device);
+}
+
+at::Tensor sum_over_regions(const at::Tensor& per_location, const Geometry& g) {
+  TORCH_INTERNAL_ASSERT(g.shares_weights(), "sum_over_regions: every location is its own region");
+  const at::Tensor by_region = split_by_region(
+      extend_to_grid(per_location.reshape({per_location.size(0), g.out_d, g.out_h, g.out_w}), g),
+      g);
+  std::vector<int64_t> shape{per_location.size(0)};
+  const auto regions = region_sizes(g);
+  shape.insert(shape.end(), regions.begin(), regions.end());
+  // Summed into a tensor of the caller's shape: a reshaped sum would reach it as a view.
+  at::Tensor sums = at::empty(shape, per_location.options());
+  at::Tensor flat = sums.view({per_location.size(0), g.regions_d, g.regions_h, g.regions_w});
+  at::sum_out(flat, by_region, {4, 5, 6});
+  return sums;
 }
 
 std::vector<int64_t> region_sizes(const Geometry& g) {
   const std::array<int64_t, 3> regions{g.regions_d, g.regions_h, g.regions_w};
   return {regions.end() - g.spatial_dims, regions.end()};
-}
-
-at::Tensor sum_over_regions(const at::Tensor& per_location, const Geometry& g) {
-  TORCH_INTERNAL_ASSERT(g.shares_weights(), "sum_over_regions: every location is its own region");
-  std::vector<int64_t> shape{per_location.size(0)};
-  const auto regions = region_sizes(g);
-  shape.insert(shape.end(), regions.begin(), regions.end());
-  const RegionSlots slots = region_slots(g, per_location.device());
-  // Each region's members side by side (the empty slots zero), summed into a fresh tensor of
-  // the result's shape.
-  at::Tensor members = per_location.index_select(1, slots.location_of_slot);
-  members.index_fill_(1, slots.empty_slots, 0);
-  at::Tensor sums = at::empty(shape, per_location.options());
-  at::Tensor flat = sums.view({shape[0], g.regions()});
-  at::sum_out(flat, members.view({shape[0], g.regions(), slots.members}), 2);
-  return sums;
 }
 
 }  // namespace lc_cuda

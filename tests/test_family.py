@@ -138,6 +138,56 @@ def test_forward_and_gradients_match_the_oracle(device, dtype, seed):
     )
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_shared_weights_match_the_oracle_on_many_geometries(seed):
+    """Block and tile sharing in float64 over many seeds: the unfold fallback's region grid (a
+    strided view, csrc/regions.h) reaches past the output wherever the share does not divide it,
+    and with groups its rows interleave regions, groups and members."""
+    rng = random.Random(1000 + seed)
+    g = random_geometry(rng)
+    while not g["sharing"]:
+        g = random_geometry(rng)
+    tensors = forward_tensors(
+        g, rng.randint(1, 3), torch.float64, "cpu", torch.Generator().manual_seed(seed),
+        ("none", "shared", "per_region")[seed % 3],
+    )  # fmt: skip
+    kwargs = dict(
+        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
+        **g["sharing"],
+    )  # fmt: skip
+
+    def oracle(input, weight, bias=None):
+        return reference_local_conv(
+            input, weight, bias, g["stride"], flat(g["pairs"]), g["dilation"], g["groups"],
+            g["share"], g["mode"],
+        )  # fmt: skip
+
+    check_against_oracle(lambda *t: UNFOLD[g["dims"]](*t, **kwargs), oracle, tensors, torch.float64)
+
+
+def test_empty_grid_slots_do_not_reach_the_gradients():
+    """A period of 3 over 8 outputs leaves a slot past the output in region 2 of the fallback's
+    grid. It reads inputs 8 and 9, which real locations read too: an inf at input 9 (read by
+    location 7, region 1, whose grad_output is zero) makes region 1's weight gradient NaN, as in
+    the oracle, and must leave region 2's finite."""
+    input = torch.randn(1, 1, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    input[0, 0, 9] = float("inf")
+    weight = torch.randn(3, 1, 1, 3, dtype=torch.float64)
+    grad_output = torch.ones(1, 1, 8, dtype=torch.float64)
+    grad_output[0, 0, 7] = 0
+
+    def gradients(function):
+        leaves = [input.clone().requires_grad_(), weight.clone().requires_grad_()]
+        out = function(*leaves)
+        return torch.autograd.grad(out, leaves, grad_output)
+
+    got = gradients(lambda x, w: lc_cuda.unfold_local_conv1d(x, w, share_period=3))
+    expected = gradients(lambda x, w: reference_local_conv(x, w, share=[3], share_mode="tile"))
+    assert torch.isnan(expected[1][1]).any() and torch.isfinite(expected[1][2]).all()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, equal_nan=True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("seed", range(12))
