@@ -12,8 +12,10 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "lc_cuda_build_config.h"
+#include "regions.h"
 
 namespace lc_cuda {
 namespace {
@@ -34,10 +36,13 @@ CheckMode check_mode() {
 // A path: the device, the dtype, kernels or ffma, and for float32 on CUDA whether TF32 may run.
 using PathKey = std::tuple<c10::DeviceType, c10::DeviceIndex, at::ScalarType, Backend, bool>;
 
-// The geometry of the check: small, but wide enough for every kernel family to run, two channel
-// tiles of the tensor-core kernels among them, a batch that is no multiple of 8, padding on
-// every side and a dilation.
-Geometry check_geometry() {
+// The geometries of the check, each run where the path's kernels take it. First a plain 2D one:
+// small, but wide enough for every kernel family to run, two channel tiles of the tensor-core
+// kernels among them, a batch that is no multiple of 8, padding on every side and a dilation.
+// Then the family's other index arithmetic: a 3D one with two groups, a stride and padding along
+// the depth, and weights shared in blocks whose last ones are partial; and a 1D depthwise one
+// with weights shared periodically.
+std::vector<Geometry> check_geometries() {
   Geometry g{};
   g.batch = 9, g.in_channels = 4, g.out_channels = 18, g.groups = 1;
   g.in_d = 1, g.in_h = 5, g.in_w = 10;
@@ -51,7 +56,34 @@ Geometry check_geometry() {
   g.share_d = g.share_h = g.share_w = 1;
   g.regions_d = 1, g.regions_h = 5, g.regions_w = 10;
   g.spatial_dims = 2;
-  return g;
+
+  Geometry volume{};
+  volume.batch = 5, volume.in_channels = 4, volume.out_channels = 6, volume.groups = 2;
+  volume.in_d = 4, volume.in_h = 5, volume.in_w = 6;
+  volume.kernel_d = 2, volume.kernel_h = 3, volume.kernel_w = 2;
+  volume.stride_d = 1, volume.stride_h = 1, volume.stride_w = 2;
+  volume.pad_d = 1, volume.pad_h = 1, volume.pad_w = 0;
+  volume.pad_d_end = 0, volume.pad_h_end = 1, volume.pad_w_end = 1;
+  volume.dilation_d = 1, volume.dilation_h = 1, volume.dilation_w = 1;
+  volume.out_d = 4, volume.out_h = 5, volume.out_w = 3;
+  volume.share_mode = ShareMode::block;
+  volume.share_d = volume.share_h = volume.share_w = 2;
+  volume.regions_d = 2, volume.regions_h = 3, volume.regions_w = 2;
+  volume.spatial_dims = 3;
+
+  Geometry periodic{};
+  periodic.batch = 3, periodic.in_channels = 3, periodic.out_channels = 6, periodic.groups = 3;
+  periodic.in_d = 1, periodic.in_h = 1, periodic.in_w = 40;
+  periodic.kernel_d = 1, periodic.kernel_h = 1, periodic.kernel_w = 5;
+  periodic.stride_d = 1, periodic.stride_h = 1, periodic.stride_w = 1;
+  periodic.pad_w = 2, periodic.pad_w_end = 2;
+  periodic.dilation_d = 1, periodic.dilation_h = 1, periodic.dilation_w = 2;
+  periodic.out_d = 1, periodic.out_h = 1, periodic.out_w = 36;
+  periodic.share_mode = ShareMode::tile;
+  periodic.share_d = periodic.share_h = 1, periodic.share_w = 5;
+  periodic.regions_d = 1, periodic.regions_h = 1, periodic.regions_w = 5;
+  periodic.spatial_dims = 1;
+  return {g, volume, periodic};
 }
 
 // The largest difference the path may show against the fallback, relative to the fallback's
@@ -81,35 +113,40 @@ std::string path_name(const PathKey& key) {
   return text.str();
 }
 
-// Runs the path and the fallback on the check's input; returns the largest relative difference
-// over the three passes and the name of the worst.
+// Runs the path and the fallback on the check's inputs, for each check geometry the path's
+// kernels take; returns the largest relative difference over the three passes and the name of
+// the worst.
 std::pair<double, const char*> compare_with_fallback(const at::Tensor& like,
                                                      const DeviceKernels& kernels,
                                                      Backend backend, bool perturb) {
-  const Geometry g = check_geometry();
   auto generator = at::make_generator<at::CPUGeneratorImpl>(20261204);
   const auto draw = [&](at::IntArrayRef shape) {
     return at::randn(shape, generator, at::TensorOptions().dtype(at::kDouble))
         .to(like.options());
   };
-  const at::Tensor input = draw(input_shape(g)), weight = draw(weight_shape(g));
-  const at::Tensor bias = draw({g.out_channels, g.out_h, g.out_w});
-  const at::Tensor grad_output = draw(output_shape(g));
-  std::array<at::Tensor, 3> got{kernels.forward(input, weight, bias, g, backend),
-                                kernels.grad_input(grad_output, weight, g, backend),
-                                kernels.grad_weight(grad_output, input, g, backend)};
-  if (perturb) {
-    for (auto& result : got) result = result * 1.5;  // a kernel that computes the wrong thing
-  }
-  const std::array<at::Tensor, 3> expected{unfold_forward(input, weight, bias, g),
-                                           unfold_grad_input(grad_output, weight, g),
-                                           unfold_grad_weight(grad_output, input, g)};
   static const char* passes[3] = {"forward", "grad_input", "grad_weight"};
   std::pair<double, const char*> worst{0.0, passes[0]};
-  for (int pass = 0; pass < 3; ++pass) {
-    const double difference = relative_difference(got[pass], expected[pass]);
-    // NaN compares false either way: it is the worst there is.
-    if (!(difference <= worst.first)) worst = {difference, passes[pass]};
+  for (const Geometry& g : check_geometries()) {
+    if (!kernels.takes(g)) continue;
+    const at::Tensor input = draw(input_shape(g)), weight = draw(weight_shape(g));
+    std::vector<int64_t> bias_shape{g.out_channels};
+    for (const int64_t size : region_sizes(g)) bias_shape.push_back(size);
+    const at::Tensor bias = draw(bias_shape);
+    const at::Tensor grad_output = draw(output_shape(g));
+    std::array<at::Tensor, 3> got{kernels.forward(input, weight, bias, g, backend),
+                                  kernels.grad_input(grad_output, weight, g, backend),
+                                  kernels.grad_weight(grad_output, input, g, backend)};
+    if (perturb) {
+      for (auto& result : got) result = result * 1.5;  // a kernel that computes the wrong thing
+    }
+    const std::array<at::Tensor, 3> expected{unfold_forward(input, weight, bias, g),
+                                             unfold_grad_input(grad_output, weight, g),
+                                             unfold_grad_weight(grad_output, input, g)};
+    for (int pass = 0; pass < 3; ++pass) {
+      const double difference = relative_difference(got[pass], expected[pass]);
+      // NaN compares false either way: it is the worst there is.
+      if (!(difference <= worst.first)) worst = {difference, passes[pass]};
+    }
   }
   return worst;
 }

@@ -59,17 +59,17 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,
                          bool shared_bias);
 
-// The hand-written CUDA kernels (csrc/cuda/, CUDA builds only). Outputs are new contiguous
-// tensors; inputs may have any strides. allow_tensor_cores: in float16 and bfloat16 every pass
-// may take its tensor-core kernel (sm_80 and newer) instead of the FFMA one, and so may the
-// float32 forward where TF32 is allowed. Plain 2D geometries only.
+// The hand-written CUDA kernels (csrc/cuda/, CUDA builds only), for every geometry. Tensors have
+// the caller's spatial dimensions. Outputs are new contiguous tensors; inputs may have any
+// strides. allow_tensor_cores: in float16 and bfloat16 every pass may take its tensor-core kernel
+// (sm_80 and newer) instead of the FFMA one, and so may float32 where TF32 is allowed.
 at::Tensor cuda_forward(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, const Geometry& geometry,
                         bool allow_tensor_cores);
 at::Tensor cuda_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                            const Geometry& geometry, bool allow_tensor_cores);
 // bias_sums: where given and the tensor-core kernel runs, it is set to grad_output summed over
-// the batch per location, (C_out, OH, OW) in float32, computed with grad_weight from the same
+// the batch per location, (C_out, locations) in float32, computed with grad_weight from the same
 // read of grad_output; left undefined otherwise.
 at::Tensor cuda_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                             const Geometry& geometry, bool allow_tensor_cores,

@@ -8,7 +8,12 @@ from cases import geometries, make_case
 from hypothesis import given, settings
 
 import lc_cuda
-from lc_cuda.reference import allowed_error, reference_local_conv2d, relative_error
+from lc_cuda.reference import (
+    allowed_error,
+    reference_local_conv,
+    reference_local_conv2d,
+    relative_error,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -316,3 +321,208 @@ def test_strided_grad_output_is_read_in_place(layout):
 
     for got, want in zip(backward(False), backward(True)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+# The family's geometries, each run through every kernel (and tile and launch variant its sizes
+# pick): name -> (n, c_in, size, c_out, kernel, stride, padding (before, after) per dimension,
+# dilation, groups, sharing keyword arguments).
+FAMILY = {
+    # 3D: stride, dilation and one-sided padding along the depth
+    "volume_3d": (
+        3, 4, (6, 5, 7), 6, (3, 2, 3), (2, 1, 1), ((1, 0), (0, 1), (1, 1)), (2, 1, 1), 1, {},
+    ),
+    # groups of 18 input and 20 output channels: two channel tiles per group in every kernel
+    "groups_of_18_and_20": (
+        3, 36, (6, 9), 40, (2, 3), (1, 1), ((1, 0), (1, 1)), (1, 1), 2, {},
+    ),
+    # depthwise, two outputs per input channel, a dilation along the width
+    "depthwise": (4, 8, (7, 10), 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 2), 8, {}),
+    "depthwise_3d": (
+        2, 4, (4, 5, 9), 4, (3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), (1, 1, 1), 4, {},
+    ),
+    # blocks of 4 x 10 (wider than a tensor-core CTA's 8 columns), the last partial both ways
+    "block_wide_partial": (
+        3, 5, (9, 23), 6, (3, 3), (1, 1), ((1, 1), (0, 1)), (1, 1), 1, {"share_block": (4, 10)},
+    ),
+    # 3D, groups, blocks of 2 x 3 (several per CTA), partial along the height and the width
+    "block_3d_groups": (
+        2, 4, (5, 3, 4), 4, (2, 2, 3), (2, 1, 1), ((1, 0), (0, 1), (1, 1)), (2, 1, 1), 2,
+        {"share_block": (1, 2, 3)},
+    ),
+    # 1D depthwise, causal, weights repeating every 11 positions (more than a CTA's columns)
+    "tile_1d": (3, 3, (40,), 6, (4,), (1,), ((3, 0),), (2,), 3, {"share_period": (11,)}),
+    "tile_3d": (
+        4, 5, (6, 5, 6), 7, (1, 1, 1), (2, 1, 1), ((0, 0), (0, 0), (0, 0)), (1, 1, 1), 1,
+        {"share_period": (2, 3, 2)},
+    ),
+    # one block over the whole output: an ordinary convolution; a batch past 64 samples
+    "whole_output_block": (
+        66, 2, (5, 6), 3, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, {"share_block": (5, 6)},
+    ),
+}  # fmt: skip
+FAMILY_FORWARD = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
+FAMILY_UNFOLD = {
+    1: lc_cuda.unfold_local_conv1d,
+    2: lc_cuda.unfold_local_conv2d,
+    3: lc_cuda.unfold_local_conv3d,
+}
+
+
+def family_case(name, dtype, bias="per_region"):
+    """The tensors of a FAMILY geometry on the GPU, the call and its float64 oracle."""
+    n, c_in, size, c_out, kernel, stride, pairs, dilation, groups, sharing = FAMILY[name]
+    dims = len(size)
+    out = [
+        (s + b + a - d * (k - 1) - 1) // st + 1
+        for s, (b, a), k, st, d in zip(size, pairs, kernel, stride, dilation)
+    ]
+    if "share_block" in sharing:
+        share, mode = sharing["share_block"], "block"
+        regions = [-(-o // b) for o, b in zip(out, share)]
+    elif "share_period" in sharing:
+        share, mode = sharing["share_period"], "tile"
+        regions = list(share)
+    else:
+        share, mode, regions = None, "block", out
+    generator = torch.Generator().manual_seed(len(name))
+    shapes = [
+        (n, c_in, *size),
+        (*regions, c_out, c_in // groups, *kernel),
+        {"shared": (c_out,), "per_region": (c_out, *regions)}[bias],
+    ]
+    tensors = [
+        torch.randn(shape, generator=generator, dtype=torch.float64).to("cuda", dtype)
+        for shape in shapes
+    ]
+    kwargs = dict(stride=stride, padding=pairs, dilation=dilation, groups=groups, **sharing)
+    flat_pairs = [side for pair in pairs for side in pair]
+
+    def call(input, weight, bias):
+        return FAMILY_FORWARD[dims](input, weight, bias, **kwargs)
+
+    def unfold(input, weight, bias):
+        return FAMILY_UNFOLD[dims](input, weight, bias, **kwargs)
+
+    def oracle(input, weight, bias):
+        return reference_local_conv(
+            input, weight, bias, stride, flat_pairs, dilation, groups, share, mode
+        )
+
+    return tensors, call, unfold, oracle
+
+
+def family_results(tensors, function):
+    """The output and the gradients of input, weight and bias for a fixed grad_output."""
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = function(*leaves)
+    grad_output = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    ).to(out)
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad_output))
+
+
+def family_reference(tensors, oracle):
+    return family_results([t.double().cpu() for t in tensors], oracle)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("bias", ["shared", "per_region"])
+def test_family_float32_and_float64_match_the_oracle(name, bias):
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        tensors, call, _, oracle = family_case(name, dtype, bias)
+        got, expected = family_results(tensors, call), family_reference(tensors, oracle)
+        for label, g, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), got, expected):
+            error = relative_error(g.cpu(), e)
+            assert error <= tolerance, f"{dtype} {label}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_family_half_precision_error_at_most_twice_the_fallbacks(name, dtype):
+    tensors, call, unfold, oracle = family_case(name, dtype)
+    expected = family_reference(tensors, oracle)
+    kernels, fallback = family_results(tensors, call), family_results(tensors, unfold)
+    for label, k, f, e in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), kernels, fallback, expected
+    ):
+        kernel_error, fallback_error = relative_error(k.cpu(), e), relative_error(f.cpu(), e)
+        assert kernel_error <= allowed_error(dtype, fallback_error), (
+            f"{label}: kernels {kernel_error:.3g} vs fallback {fallback_error:.3g}"
+        )
+
+
+@needs_sm80
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_tf32_error_at_most_twice_the_fallbacks(name, allow_tf32):
+    tensors, call, unfold, oracle = family_case(name, torch.float32)
+    expected = family_reference(tensors, oracle)
+    kernels, fallback = family_results(tensors, call), family_results(tensors, unfold)
+    for label, k, f, e in zip(
+        ("output", "grad_input", "grad_weight", "grad_bias"), kernels, fallback, expected
+    ):
+        error, fallback_error = relative_error(k.cpu(), e), relative_error(f.cpu(), e)
+        assert error <= allowed_error(torch.float32, fallback_error, tf32=True), (
+            label,
+            error,
+            fallback_error,
+        )
+
+
+def family_event_names(name, dtype):
+    """The operators and kernels a FAMILY forward and backward runs."""
+    tensors, call, _, _ = family_case(name, dtype)
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as p:
+        call(*leaves).sum().backward()
+        torch.cuda.synchronize()
+    return " ".join(event.name for event in p.events())
+
+
+@needs_sm80
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_takes_the_kernels_not_the_fallback(name, monkeypatch):
+    """3D, groups and sharing run the tensor-core kernels in bfloat16 and the FFMA kernels in
+    float64, never the unfold fallback's bmm (the first-use check, which runs it, is off)."""
+    monkeypatch.setenv("LC_CUDA_FIRST_USE_CHECK", "off")
+    names = family_event_names(name, torch.bfloat16)
+    for kernel in ("forward", "grad_input", "grad_weight"):
+        assert f"{kernel}_tensor_core_kernel" in names
+    names = family_event_names(name, torch.float64)
+    for kernel in ("forward", "grad_input", "grad_weight"):
+        assert f"{kernel}_kernel<double" in names
+    assert "bmm" not in names
+
+
+@pytest.mark.parametrize("name", ["block_wide_partial", "block_3d_groups", "tile_1d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_family_bitwise_deterministic(name, dtype):
+    """The region sums of grad_weight (across warps, in tiled and block sharing) run in a fixed
+    order."""
+    tensors, call, _, _ = family_case(name, dtype)
+    for a, b in zip(family_results(tensors, call), family_results(tensors, call)):
+        assert torch.equal(a, b)
+
+
+@needs_sm80
+def test_kernel_log_names_the_kernel_each_pass_took(monkeypatch, capfd, allow_tf32):
+    """LC_CUDA_LOG_KERNELS=1: one line per pass. A 1x1 kernel over 128 channels stages 64 kernel
+    rows at 64 patch columns a stage, more than a CTA's shared memory in TF32: its forward takes
+    32 columns a stage (launch_policy.cuh) instead of falling back to FFMA."""
+    input = torch.randn(8, 128, 16, 16, device="cuda")
+    weight = torch.randn(16, 16, 128, 128, 1, 1, device="cuda", requires_grad=True)
+    monkeypatch.setenv("LC_CUDA_LOG_KERNELS", "1")
+    lc_cuda.local_conv2d(input, weight).sum().backward()
+    torch.cuda.synchronize()
+    log = capfd.readouterr().err
+    tf32_forward = "forward Float: tensor cores (TF32), 16 channels per CTA, 32 patch columns"
+    assert f"lc_cuda: {tf32_forward}" in log
+    assert "lc_cuda: grad_weight Float: tensor cores (TF32)" in log
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lc_cuda.local_conv2d(input, weight)
+    log = capfd.readouterr().err
+    assert "lc_cuda: forward Float: FFMA, 64-wide channel tiles (TF32 not allowed" in log
+    monkeypatch.setenv("LC_CUDA_LOG_KERNELS", "0")
+    lc_cuda.local_conv2d(input, weight)
+    assert "lc_cuda:" not in capfd.readouterr().err

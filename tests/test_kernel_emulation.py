@@ -1,15 +1,18 @@
 """The CUDA kernels' own source, run on the CPU (tests/emulation/cuda_on_cpu.h) against direct
 float64 sums, so that their index arithmetic and tiling are tested on machines without a GPU.
 Covers the FFMA kernels (float, double, c10::Half, c10::BFloat16; 32- and 64-bit indices; every
-tile width) and the tensor-core kernels (warp-level PTX emulated).
+tile width) and the tensor-core kernels (warp-level PTX emulated; each launch variant), on
+geometries of the whole family: 1D, 2D and 3D, channel groups and depthwise, weights shared in
+blocks (partial ones included) and periodically.
 
 The emulation is run as strictly as the hardware allows a kernel to go wrong: with cp.async
 landing at the copy and at the covering wait_group (the earliest and the latest completion),
 under AddressSanitizer and UBSan (dynamic shared memory past the launch's request poisoned, as
 compute-sanitizer's memcheck would see it) and under ThreadSanitizer (shared-memory accesses no
-__syncthreads orders, as racecheck would see them). ThreadSanitizer is slow, so it runs a
-reduced case set unless LC_EMULATION_TSAN_CASES=all (tools/gpu_check.sh's CPU pre-flight). The
-planted-bug tests show that each of these checks catches a bug of its kind in a copy of csrc/.
+__syncthreads orders, as racecheck would see them). Each build runs a reduced case set by default
+(CI), every case under LC_EMULATION_CASES=all (tools/gpu_check.sh's CPU pre-flight). The
+planted-bug tests show that each of these checks catches a bug of its kind in a copy of csrc/,
+and that the family's index arithmetic is checked: a depth tap and a weight region gone wrong.
 """
 
 import os
@@ -42,9 +45,29 @@ SANITIZER_FLAGS = {
 }
 # TSan's halt_on_error: the planted-bug run stops at the first report instead of finishing.
 SANITIZER_ENVIRONMENT = {"UBSAN_OPTIONS": "print_stacktrace=1", "TSAN_OPTIONS": "halt_on_error=1"}
-# The cases (indices into run_kernels.cpp's list) ThreadSanitizer runs by default: the two
-# smallest, which still take every kernel through several CTAs and pipeline stages.
-TSAN_REDUCED_CASES = ["0", "4"]
+# The cases (indices into run_kernels.cpp's list) each build runs by default, chosen so that CI
+# spends less time here than before the family's cases came: every kernel feature once, on its
+# cheapest case. Plain and AddressSanitizer: the 2D cases 0, 1 and 3-6 (strides, dilations,
+# channels-last, a batch past one 64-sample tile, gaps, C_out past 64, a patch past 64) and 8
+# (seven pipeline stages); the family's 10 (3D, groups, blocks of shared weights, partial ones,
+# summed across warps), 11 (1D depthwise, weights shared periodically over more regions than a
+# CTA's columns) and 12 (groups of two channel tiles, blocks wider than a CTA). ThreadSanitizer,
+# slower: the smallest ones that still take every kernel through several CTAs and pipeline
+# stages, case 10 among them. The others (2, 7 and 9 repeat those features on bigger 2D
+# layers; 13-16: tiled 3D, blocks of exactly a CTA's width, a whole-output block, a 3x3x3
+# depthwise volume) run under LC_EMULATION_CASES=all.
+DEFAULT_CASES = ["0", "1", "3", "4", "5", "6", "8", "10", "11", "12"]
+TSAN_DEFAULT_CASES = ["0", "4", "10"]
+
+
+def cases(default: list[str]) -> list[str]:
+    """The cases to run: `default`, or every case (no argument) under LC_EMULATION_CASES=all."""
+    chosen = os.environ.get("LC_EMULATION_CASES", "")
+    if chosen not in ("", "default", "all"):
+        raise ValueError(
+            f"LC_EMULATION_CASES must be 'all' or 'default' (or unset), got {chosen!r}"
+        )
+    return [] if chosen == "all" else default
 
 
 def build(directory: Path, sanitizer: str, csrc: Path = ROOT / "csrc") -> Path:
@@ -106,16 +129,15 @@ def plain_binary(tmp_path_factory):
 
 @pytest.mark.parametrize("completion", ["immediate", "late"])
 def test_cuda_kernels_emulated_on_cpu(plain_binary, completion):
-    assert_clean(run(plain_binary, completion))
+    assert_clean(run(plain_binary, completion, cases(DEFAULT_CASES)))
 
 
 def test_cuda_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
-    assert_clean(run(build(tmp_path, "asan"), "late"))
+    assert_clean(run(build(tmp_path, "asan"), "late", cases(DEFAULT_CASES)))
 
 
 def test_cuda_kernels_under_thread_sanitizer(tmp_path):
-    cases = [] if os.environ.get("LC_EMULATION_TSAN_CASES") == "all" else TSAN_REDUCED_CASES
-    assert_clean(run(build(tmp_path, "tsan"), "late", cases))
+    assert_clean(run(build(tmp_path, "tsan"), "late", cases(TSAN_DEFAULT_CASES)))
 
 
 # The planted bugs, each in the tensor-core forward, on case 0 (its forward has one stage).
@@ -139,8 +161,8 @@ def test_address_sanitizer_catches_shared_memory_past_the_request(tmp_path):
     csrc = mutated_csrc(
         tmp_path,
         "forward_tensor_core.cuh",
-        "return 2 * tensor_core_buffer_bytes<T>(s) + 16;",
-        "return 2 * tensor_core_buffer_bytes<T>(s);",
+        "return 2 * tensor_core_buffer_bytes<T>(s, stage_k) + 16;",
+        "return 2 * tensor_core_buffer_bytes<T>(s, stage_k);",
     )
     asan = run(build(tmp_path, "asan", csrc), "late", ["0"])
     assert asan.returncode != 0
@@ -160,6 +182,42 @@ def test_thread_sanitizer_catches_a_missing_barrier(tmp_path):
     assert tsan.returncode != 0
     assert "ThreadSanitizer: data race" in tsan.stderr
     assert "forward_tensor_core" in tsan.stderr
+
+
+# The planted bugs in the family's index arithmetic, each on case 10 (3D with a dilation along the
+# depth only; blocks of shared weights along the height and the width).
+
+
+def test_a_depth_tap_bug_fails_the_emulation(tmp_path):
+    """Issue 21: the staged input's depth taps step by the height's dilation instead of the
+    depth's, so every tensor-core forward and grad_weight reads the wrong depth slices."""
+    csrc = mutated_csrc(
+        tmp_path,
+        "input_staging.cuh",
+        "const index_t z = origin.front + a * s.dilation_d;",
+        "const index_t z = origin.front + a * s.dilation_h;",
+    )
+    result = run(build(tmp_path, "plain", csrc), "late", ["10"])
+    assert result.returncode == 1
+    for kernel in ("tensor-core forward bf16", "tf32 forward", "tensor-core grad_weight f16"):
+        assert f"MISMATCH case 10 {kernel}" in result.stdout, result.stdout[-3000:]
+
+
+def test_grad_weight_summing_a_region_into_its_neighbour_fails_the_emulation(tmp_path):
+    """Issue 22: each block of shared weights also takes the first location of the next block,
+    so grad_weight sums one region's locations into its neighbour's (the FFMA kernel along every
+    dimension, the tensor-core one along the height)."""
+    csrc = mutated_csrc(
+        tmp_path,
+        "conv_shape.cuh",
+        "return {region * share, end < out ? end : out, 1};",
+        "return {region * share, end + 1 < out ? end + 1 : out, 1};",
+    )
+    result = run(build(tmp_path, "plain", csrc), "late", ["10"])
+    assert result.returncode == 1
+    for kernel in ("grad_weight", "tensor-core grad_weight bf16", "tf32 grad_weight"):
+        assert f"MISMATCH case 10 {kernel}" in result.stdout, result.stdout[-3000:]
+    assert "forward" not in result.stdout and "grad_input" not in result.stdout
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")

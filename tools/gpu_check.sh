@@ -155,12 +155,13 @@ if passed import; then
   wait
 fi
 # The CPU pre-flight, before a GPU session: `LC_GPU_CHECK_EMULATION=1 bash tools/gpu_check.sh
-# --dry-run` adds the CPU emulation of the kernels with all its checks and ThreadSanitizer on
-# every case (CI runs a reduced set; about 10 CPU-minutes). It needs no GPU, so it is not meant
-# for the GPU machine's scarce time; it runs last so that it never holds up the GPU steps.
+# --dry-run` adds the CPU emulation of the kernels with all its checks on every case of the family
+# in every build, ThreadSanitizer's included (LC_EMULATION_CASES=all; CI runs reduced sets). It
+# needs no GPU, so it is not meant for the GPU machine's scarce time; it runs last so that it
+# never holds up the GPU steps.
 if [ "${LC_GPU_CHECK_EMULATION:-0}" = 1 ]; then
   deadline=$(($(date +%s) + 3600))
-  step emulation 3600 env LC_EMULATION_TSAN_CASES=all "$python" -m pytest -q -p no:cacheprovider \
+  step emulation 3600 env LC_EMULATION_CASES=all "$python" -m pytest -q -p no:cacheprovider \
     tests/test_kernel_emulation.py
 fi
 {

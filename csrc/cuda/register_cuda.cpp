@@ -1,11 +1,14 @@
-// The CUDA implementations of the lc_cuda operators: the hand-written kernels, or the unfold
+// The CUDA implementations of the lc_cuda operators: the hand-written kernels, which take every
+// geometry of the family (1 to 3 spatial dimensions, groups, weight sharing), or the unfold
 // fallback where the caller forces it (unfold_local_conv*), LC_CUDA_BACKEND=unfold is set, or the
-// kernels do not take the geometry yet (choose_backend()). LC_CUDA_BACKEND=ffma keeps float16 and
-// bfloat16 on the FFMA kernels (no tensor cores).
+// first-use check switched the path off (choose_backend()). LC_CUDA_BACKEND=ffma keeps every dtype
+// on the FFMA kernels (no tensor cores).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "backend_choice.h"
 #include "local_conv.h"
@@ -17,8 +20,8 @@ namespace {
 // The CUDA kernels as the first-use check runs them.
 const DeviceKernels& cuda_kernels() {
   static const DeviceKernels kernels{
-      // 1D and 2D layers with a filter bank per location and one group, for now
-      [](const Geometry& g) { return g.kernels_of_2d_take(); },
+      // every geometry of the family
+      [](const Geometry&) { return true; },
       [](const at::Tensor& like) {
         const c10::cuda::CUDAGuard device_guard(like.device());
         return c10::cuda::currentStreamCaptureStatusMayInitCtx() !=
@@ -26,16 +29,15 @@ const DeviceKernels& cuda_kernels() {
       },
       [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
          const Geometry& g, Backend backend) {
-        return cuda_forward(as_4d(input, g), weight, bias, g, backend == Backend::kernels);
+        return cuda_forward(input, weight, bias, g, backend == Backend::kernels);
       },
       [](const at::Tensor& grad_output, const at::Tensor& weight, const Geometry& g,
          Backend backend) {
-        return cuda_grad_input(as_4d(grad_output, g), weight, g, backend == Backend::kernels);
+        return cuda_grad_input(grad_output, weight, g, backend == Backend::kernels);
       },
       [](const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
          Backend backend) {
-        return cuda_grad_weight(as_4d(grad_output, g), as_4d(input, g), g,
-                                backend == Backend::kernels, nullptr);
+        return cuda_grad_weight(grad_output, input, g, backend == Backend::kernels, nullptr);
       }};
   return kernels;
 }
@@ -49,8 +51,7 @@ at::Tensor local_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
                                         share, share_mode);
   const Backend chosen = choose_backend(force_unfold, g, input, cuda_kernels());
   if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
-  return cuda_forward(as_4d(input, g), weight, bias, g,
-                      /*allow_tensor_cores=*/chosen == Backend::kernels);
+  return cuda_forward(input, weight, bias, g, /*allow_tensor_cores=*/chosen == Backend::kernels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cuda(
@@ -67,12 +68,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cuda(
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const bool tensor_cores = chosen == Backend::kernels;
-  const at::Tensor grads = as_4d(grad_output, g);
   at::Tensor bias_sums;  // set by the tensor-core grad_weight, which reads grad_output anyway
   at::Tensor grad_input =
-      output_mask[0] ? cuda_grad_input(grads, weight, g, tensor_cores) : empty();
+      output_mask[0] ? cuda_grad_input(grad_output, weight, g, tensor_cores) : empty();
   at::Tensor grad_weight =
-      output_mask[1] ? cuda_grad_weight(grads, as_4d(input, g), g, tensor_cores,
+      output_mask[1] ? cuda_grad_weight(grad_output, input, g, tensor_cores,
                                         output_mask[2] ? &bias_sums : nullptr)
                      : empty();
   at::Tensor grad_bias = empty();
@@ -81,10 +81,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cuda(
     if (!bias_sums.defined()) {
       grad_bias = unfold_grad_bias(grad_output, g, shared_bias);
     } else {
-      const at::Tensor sums = bias_sums.view({g.out_channels, g.locations()});
-      grad_bias = (shared_bias          ? sums.sum(1)
-                   : g.shares_weights() ? sum_over_regions(sums, g)
-                                        : bias_sums)
+      // (C_out, locations) sums over the batch, in float: summed over the locations, or over
+      // each region's, or (each location its own region) viewed as (C_out, *regions).
+      std::vector<int64_t> per_region{g.out_channels};
+      for (const int64_t size : region_sizes(g)) per_region.push_back(size);
+      grad_bias = (shared_bias          ? bias_sums.sum(1)
+                   : g.shares_weights() ? sum_over_regions(bias_sums, g)
+                                        : bias_sums.view(per_region))
                       .to(grad_output.scalar_type());
     }
   }
@@ -103,7 +106,7 @@ at::Tensor local_conv_transpose_cuda(const at::Tensor& input, const at::Tensor& 
   // The forward op's grad_input, with this op's input as its grad_output.
   at::Tensor out = chosen == Backend::unfold
                        ? unfold_grad_input(input, weight, g)
-                       : cuda_grad_input(as_4d(input, g), weight, g,
+                       : cuda_grad_input(input, weight, g,
                                          /*allow_tensor_cores=*/chosen == Backend::kernels);
   add_transpose_bias(out, bias);
   return out;
