@@ -73,7 +73,14 @@ struct Avx512 {
       _mm256_mask_storeu_epi16(p, m, narrow<T>(v));
     }
   }
-  LC_AVX512 static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  template <typename T>
+  LC_AVX512 static void store(T* p, Vec v) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_storeu_ps(p, v);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow<T>(v));
+    }
+  }
   // A store that bypasses the caches: p on a 64-byte line.
   LC_AVX512 static void stream(float* p, Vec v) { _mm512_stream_ps(p, v); }
 

@@ -121,8 +121,12 @@ template <typename V, typename T, int CV>
 LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
                                          const typename V::Vec (&from)[CV]) {
 #pragma GCC unroll 4
-  for (int v = 0; v < CV; ++v)
-    V::store(v == CV - 1 ? last : V::tail(V::kLanes), row + v * V::kLanes, from[v]);
+  for (int v = 0; v < CV; ++v) {
+    if (v == CV - 1)
+      V::store(last, row + v * V::kLanes, from[v]);
+    else
+      V::store(row + v * V::kLanes, from[v]);
+  }
 }
 
 // ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
