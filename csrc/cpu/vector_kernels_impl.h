@@ -346,13 +346,14 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // filters_t[(k*FB + f)*kRowTileLocations + t] is the weight of location t of the vector's part of
 // the tile (the FB vectors of one k lie together, so one address register reaches them all);
 // bias[f*kRowTileLocations + t] likewise. The input row of (c, p) read by kernel column q is one
-// (masked) vector over t. `stream`: each output vector fills whole cache lines that nothing reads
-// back here, so it goes to memory without first reading them.
+// vector over t under columns[q], its lanes inside the tile and the input row. `stream`: each
+// output vector fills whole cache lines that nothing reads back here, so it goes to memory
+// without first reading them.
 template <typename V, typename T, int FB>
 LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const Geometry& g,
                                      int64_t i, int64_t j0, typename V::Mask width_mask,
-                                     const float* filters_t, const float* bias, T* out,
-                                     int64_t plane, bool stream) {
+                                     const typename V::Mask* columns, const float* filters_t,
+                                     const float* bias, T* out, int64_t plane, bool stream) {
   typename V::Vec acc[FB];
 #pragma GCC unroll 16
   for (int f = 0; f < FB; ++f) acc[f] = V::load(bias + f * kRowTileLocations);
@@ -368,7 +369,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const G
       for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
         // Location j0 + t reads input column x + t; lanes outside the row read the padding.
         const int64_t x = j0 - g.pad_w + q * g.dilation_w;
-        const auto values = V::load(V::both(width_mask, V::columns(x, 0, g.in_w)), row + x);
+        const auto values = V::load(columns[q], row + x);
 #pragma GCC unroll 16
         for (int f = 0; f < FB; ++f)
           acc[f] = V::fmadd(V::load(filters_t + (k * FB + f) * kRowTileLocations), values,
@@ -391,7 +392,8 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const G
 template <typename V, typename T>
 struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides4&, const Geometry&, int64_t, int64_t,
-                      typename V::Mask, const float*, const float*, T*, int64_t, bool);
+                      typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
+                      int64_t, bool);
   template <int... F>
   static constexpr std::array<Fn, sizeof...(F)> make(std::integer_sequence<int, F...>) {
     return {&row_tile_block<V, T, F + 1>...};
@@ -419,6 +421,14 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides4& s, const 
               t < width ? to_float(filters[t * filter_size + (o + f) * patch_size + k]) : 0.0f;
   }
   const int64_t first = i * g.out_w + j0;
+  // The input lanes each kernel column reads, per vector of the tile (they are the same for every
+  // sample, filter and kernel row; working them out per read cost as much as the FMAs on AVX2).
+  constexpr int64_t vectors = kRowTileLocations / V::kLanes;
+  typename V::Mask columns[vectors][kRowTilePatchLimit];
+  for (int64_t t = 0; t < width; t += V::kLanes)
+    for (int64_t q = 0; q < g.kernel_w; ++q)
+      columns[t / V::kLanes][q] = V::both(
+          V::tail(width - t), V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
   // Float outputs of a whole tile that starts a cache line fill whole lines.
   const bool whole_lines = std::is_same_v<T, float> && width == kRowTileLocations &&
                            plane % kRowTileLocations == 0 &&
@@ -439,7 +449,7 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides4& s, const 
     for (int64_t n = 0; n < samples; ++n) {
       for (int64_t t = 0; t < width; t += V::kLanes) {
         RowTileBlocks<V, T>::table[block - 1](
-            input + n * s.n, s, g, i, j0 + t, V::tail(width - t),
+            input + n * s.n, s, g, i, j0 + t, V::tail(width - t), columns[t / V::kLanes],
             scratch + o * patch_size * kRowTileLocations + t, offsets + t,
             out + (n * g.out_channels + o) * plane + first + t, plane, whole_lines);
       }
