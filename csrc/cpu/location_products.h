@@ -125,6 +125,10 @@ void location_grad_patches(ProductIsa isa, int64_t out_channels, int64_t samples
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
+        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+          return avx512_bf16::grad_patches(out_channels, samples, patch_size, filters,
+                                           grad_output, grad_patches);
+        [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::grad_patches(out_channels, samples, patch_size, filters, grad_output,
                                     grad_patches);
@@ -151,6 +155,10 @@ void location_grad_filters(ProductIsa isa, int64_t out_channels, int64_t samples
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
+        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+          return avx512_bf16::grad_filters(out_channels, samples, patch_size, patches,
+                                           grad_output, accumulate, grad_filters, rounded);
+        [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::grad_filters(out_channels, samples, patch_size, patches, grad_output,
                                     accumulate, grad_filters, rounded);

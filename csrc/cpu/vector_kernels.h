@@ -95,11 +95,17 @@ LC_CUDA_DECLARE_VECTOR_KERNELS
 
 #undef LC_CUDA_DECLARE_VECTOR_KERNELS
 
-// The bfloat16 forward by vdpbf16ps (AVX512-BF16): pairs of neighbouring k multiplied and summed
-// into float lanes, twice the products of a float FMA per instruction.
+// The bfloat16 products by vdpbf16ps (AVX512-BF16): pairs of bfloat16 multiplied and summed into
+// float lanes, twice the products of a float FMA per instruction. As the products above.
 namespace avx512_bf16 {
 void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
              const c10::BFloat16* filters, const c10::BFloat16* patches, float* out);
+void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* filters, const c10::BFloat16* grad_output,
+                  float* grad_patches);
+void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
+                  float* grad_filters, c10::BFloat16* rounded);
 }  // namespace avx512_bf16
 
 }  // namespace cpu
