@@ -2,7 +2,9 @@
 // patches (K x samples) times the location's grad_output (samples x C_out), summed over the sample
 // blocks in order. Threads take tiles of neighbouring locations of one output row and write
 // disjoint parts of grad_weight. The vector kernels' products add each sample's term in sample
-// order whatever the sample blocks, so their result does not depend on the thread count. The BLAS
+// order whatever the sample blocks, so their result does not depend on the thread count (bar
+// bfloat16 on AVX512-BF16, which adds the samples two at a time: a block of odd size shifts the
+// pairs, and the rounding with them, where the batch is larger than one block). The BLAS
 // groups the sum over the batch by sample block, whose size follows from the scratch budget and
 // the thread count: there, where the batch is larger than one block, the result depends on the
 // thread count by floating-point reassociation (and only there).
