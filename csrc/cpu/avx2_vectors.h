@@ -23,10 +23,11 @@ namespace cpu {
 struct Avx2 {
   static constexpr int kLanes = 8;
   // Block sizes, for 16 vector registers: the forward's filters x samples of dot products
-  // (4 x 2 accumulators, 4 filter vectors, a patch vector); the gradients' rows (samples or
-  // filters) x vectors of K (3 x 4 accumulators, the broadcasts or one operand vector at a
-  // time); the row tiles' filters (12 accumulators, the input vector, a filter vector).
-  static constexpr int kForwardFilters = 4, kForwardSamples = 2;
+  // (3 x 4 accumulators, 3 filter vectors, a patch vector: 7 loads per 12 FMAs, where 4 x 2
+  // took 6 per 8); the gradients' rows (samples or filters) x vectors of K (3 x 4
+  // accumulators, the broadcasts or one operand vector at a time); the row tiles' filters
+  // (12 accumulators, the input vector, a filter vector).
+  static constexpr int kForwardFilters = 3, kForwardSamples = 4;
   static constexpr int kMaxBlock = 3, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 12;
 

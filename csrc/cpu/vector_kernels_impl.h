@@ -95,15 +95,21 @@ LC_VECTOR_TARGET void forward_block(int64_t out_channels, int64_t patch_size, co
   for (; k + V::kLanes <= patch_size; k += V::kLanes)
     forward_step<V, T, FB, SB, false>(patch_size, k, filters, patches, acc);
   if (k < patch_size) forward_step<V, T, FB, SB, true>(patch_size, k, filters, patches, acc);
-  if constexpr (FB == 4) {
+  // The lane sums, four filters at a time (the missing ones zeros).
+  static_assert(FB <= 4);
 #pragma GCC unroll 6
-    for (int s = 0; s < SB; ++s)
-      _mm_storeu_ps(out + s * out_channels, V::reduce4(acc[0][s], acc[1][s], acc[2][s], acc[3][s]));
-  } else {
-#pragma GCC unroll 6
-    for (int f = 0; f < FB; ++f)
-#pragma GCC unroll 6
-      for (int s = 0; s < SB; ++s) out[s * out_channels + f] = V::reduce(acc[f][s]);
+  for (int s = 0; s < SB; ++s) {
+    typename V::Vec four[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) four[f] = acc[f][s];
+    const __m128 sums = V::reduce4(four[0], four[1], four[2], four[3]);
+    if constexpr (FB == 4) {
+      _mm_storeu_ps(out + s * out_channels, sums);
+    } else {
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, sums);
+      for (int f = 0; f < FB; ++f) out[s * out_channels + f] = lanes[f];
+    }
   }
 }
 
@@ -240,12 +246,13 @@ LC_VECTOR_TARGET inline Chunk<V> chunk_at(int64_t patch_size, int64_t k) {
 template <typename V, typename T>
 LC_VECTOR_TARGET void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
                               const T* filters, const T* patches, float* out) {
+  const EvenBlocks filter_blocks(out_channels, V::kForwardFilters);
   const EvenBlocks sample_blocks(samples, V::kForwardSamples);
-  for (int64_t o = 0; o < out_channels; o += V::kForwardFilters) {
-    const int64_t rows = std::min<int64_t>(V::kForwardFilters, out_channels - o);
+  for (int64_t f = 0; f < filter_blocks.count; ++f) {
+    const int64_t o = filter_blocks.first(f);
     for (int64_t b = 0; b < sample_blocks.count; ++b) {
       const int64_t s = sample_blocks.first(b);
-      Blocks<V, T>::forward[rows - 1][sample_blocks.size(b) - 1](
+      Blocks<V, T>::forward[filter_blocks.size(f) - 1][sample_blocks.size(b) - 1](
           out_channels, patch_size, filters + o * patch_size, patches + s * patch_size,
           out + s * out_channels + o);
     }
