@@ -74,7 +74,10 @@ struct Avx2 {
   template <typename T>
   LC_AVX2 static void store(Mask m, T* p, Vec v) {
     if constexpr (std::is_same_v<T, float>) {
-      if (all(m)) return _mm256_storeu_ps(p, v);
+      const int on = _mm256_movemask_ps(_mm256_castsi256_ps(m));
+      if (on == 0xFF) return _mm256_storeu_ps(p, v);
+      if (on == 0) return;
+      if ((on & (on + 1)) == 0) return store_first(__builtin_popcount(on), p, v);
       alignas(32) float lanes[kLanes];
       _mm256_store_ps(lanes, v);
       store_lanes(m, lanes, p);
@@ -138,6 +141,24 @@ struct Avx2 {
     alignas(16) uint16_t lanes[kLanes];
     _mm_store_si128(reinterpret_cast<__m128i*>(lanes), h);
     store_lanes(m, lanes, reinterpret_cast<uint16_t*>(p));
+  }
+  // Stores the first `count` lanes, 0 < count < 8 (a row of K's last vector, a patch row of a
+  // location clear of the padding): the halves, pairs and single lanes of 128-bit stores.
+  LC_AVX2 static void store_first(int count, float* p, Vec v) {
+    __m128 part = _mm256_castps256_ps128(v);
+    if (count >= 4) {
+      _mm_storeu_ps(p, part);
+      if ((count -= 4) == 0) return;
+      p += 4;
+      part = _mm256_extractf128_ps(v, 1);
+    }
+    if (count >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      if ((count -= 2) == 0) return;
+      p += 2;
+      part = _mm_movehl_ps(part, part);
+    }
+    _mm_store_ss(p, part);
   }
   // to[t] = lanes[t] for the lanes t on the mask.
   template <typename E>
