@@ -164,7 +164,8 @@ LC_VECTOR_TARGET void grad_patches_block(int64_t out_channels, int64_t patch_siz
     }
   }
 #pragma GCC unroll 6
-  for (int s = 0; s < SB; ++s) store_chunk<V, float, CV>(grad_patches + s * patch_size, last, acc[s]);
+  for (int s = 0; s < SB; ++s)
+    store_chunk<V, float, CV>(grad_patches + s * patch_size, last, acc[s]);
 }
 
 // ---- grad_filters: FB filters x CV vectors of K, summed over the samples ----
@@ -479,8 +480,8 @@ void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T*
 template <typename T>
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,
                   const T* grad_output, float* grad_patches) {
-  generic::grad_patches<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, filters, grad_output,
-                                grad_patches);
+  generic::grad_patches<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, filters,
+                                          grad_output, grad_patches);
 }
 
 template <typename T>
@@ -505,8 +506,8 @@ template <typename T>
 void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int64_t i, int64_t j0,
                       int64_t width, int64_t samples, const T* filters, const T* bias,
                       bool shared_bias, T* out, float* scratch) {
-  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, i, j0, width, samples, filters, bias,
-                                    shared_bias, out, scratch);
+  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, i, j0, width, samples, filters,
+                                              bias, shared_bias, out, scratch);
 }
 
 #define LC_CUDA_INSTANTIATE(T)                                                                 \
