@@ -1,11 +1,12 @@
 // AVX2 + FMA as the vector kernels see it (vector_kernels_impl.h): 8 float lanes under lane
 // masks (a lane all ones or all zeros), loads that widen bfloat16 and float16 to float, stores
-// that round back, lane sums. A partial vector is stored element by element: AVX2's masked store
-// of floats (vmaskmovps) took 4.4 ns against 1.0 ns for a plain store or three scalar ones, on
-// this project's Zen 4 (benchmarks/NOTES.md), and AVX2 has no masked load or store of 16-bit
-// elements at all. Every function is compiled for AVX2 by attribute
-// (LC_AVX2), not by a global flag, so that the library still loads on any x86-64 CPU; callers
-// check the CPU first (product_isa.h).
+// that round back, lane sums. A partial vector is stored without a masked store: AVX2's
+// (vmaskmovps) took 4.4 ns against 1.0 ns for a plain store or three scalar ones on this
+// project's Zen 4 (benchmarks/NOTES.md), so its lanes go by 128-, 64- and 32-bit stores where
+// they are the first ones, element by element otherwise; AVX2 has no masked load or store of
+// 16-bit elements at all. Every function is compiled for AVX2 by attribute (LC_AVX2), not by a
+// global flag, so that the library still loads on any x86-64 CPU; callers check the CPU first
+// (product_isa.h).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -114,11 +115,6 @@ struct Avx2 {
     // Within each 128-bit lane: (a's four, b's, c's, d's); then the two lanes added.
     const __m256 sums = _mm256_hadd_ps(ab, cd);
     return _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
-  }
-  LC_AVX2 static float reduce(Vec v) {
-    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)));
   }
 
  private:
