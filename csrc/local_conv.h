@@ -46,8 +46,8 @@ at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
 // The hand-written products the CPU kernels run, from worst to best (csrc/cpu/product_isa.cpp
 // chooses one per call from the CPU and LC_CUDA_CPU_ISA). blas: none, a BLAS call per location;
 // avx2: the AVX2+FMA kernels; avx512: the same kernels on AVX-512; avx512_bf16: avx512, with the
-// bfloat16 forward's dot products by vdpbf16ps. The kernels take float32, and bfloat16 and float16
-// widened to float as they are loaded; float64 always takes the BLAS.
+// bfloat16 products (forward and both gradients) by vdpbf16ps. The kernels take float32, and
+// bfloat16 and float16 widened to float as they are loaded; float64 always takes the BLAS.
 enum class ProductIsa { blas, avx2, avx512, avx512_bf16 };
 
 // The CPU kernels (csrc/cpu/): blocked per-location products whose scratch stays within
