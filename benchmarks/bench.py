@@ -5,12 +5,13 @@
 
 On a GPU every method runs in float32 (exact and with TF32 allowed), bfloat16 and float16. On a
 machine without one it runs the CPU issue's seven cases at the batches of cases.CPU_BATCHES
-(--cpu-batch overrides them), float32 and bfloat16, and compares lc_cuda with the fallback, the
-snippet eager and compiled, JAX and tf-keras LocallyConnected2D (implementations 1 and 2, in
-their own process) where those are installed, then measures the extra memory of DeepFace L4 at
-batch 128 for lc_cuda and the fallback (memory_check.py, in its own process); --quick compares
-lc_cuda with the fallback and the snippet at batch 4 in about a minute. --threads sets torch's
-(and Keras') thread count.
+(--cpu-batch overrides them), float32 and bfloat16, and compares lc_cuda (on the best products
+the CPU has, and forced onto its AVX2 and its BLAS products: lc_cuda_avx2, lc_cuda_blas) with the
+fallback, the snippet eager and compiled, JAX and tf-keras LocallyConnected2D (implementations 1
+and 2, in their own process) where those are installed, then measures the extra memory of
+DeepFace L4 at batch 128 for lc_cuda and the fallback (memory_check.py, in its own process);
+--quick compares lc_cuda with the fallback and the snippet at batch 4 in about a minute.
+--threads sets torch's (and Keras') thread count.
 
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
@@ -321,7 +322,8 @@ def main(argv=None) -> int:
         ["lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled", "cudnn_conv2d"]
         + ([JAX] if jax_here else [])
         if gpu
-        else ["lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled"]
+        else ["lc_cuda", "lc_cuda_avx2", "lc_cuda_blas", "lc_cuda_unfold", "naive_snippet"]
+        + ["naive_compiled"]
         + ([JAX] if jax_here else [])
         + (list(KERAS) if keras_here else [])
     )

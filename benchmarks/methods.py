@@ -77,6 +77,20 @@ METHODS = {
             environment=(("LC_CUDA_BACKEND", "ffma"),),
         ),
         Method(
+            "lc_cuda_avx2",
+            lc_cuda.local_conv2d,
+            description="lc_cuda.local_conv2d on the CPU's AVX2 kernels, as on CPUs without "
+            "AVX-512 (LC_CUDA_CPU_ISA=avx2)",
+            environment=(("LC_CUDA_CPU_ISA", "avx2"),),
+        ),
+        Method(
+            "lc_cuda_blas",
+            lc_cuda.local_conv2d,
+            description="lc_cuda.local_conv2d on the CPU with a BLAS call per location instead "
+            "of the vector kernels (LC_CUDA_CPU_ISA=blas)",
+            environment=(("LC_CUDA_CPU_ISA", "blas"),),
+        ),
+        Method(
             "lc_cuda_unfold",
             lc_cuda.unfold_local_conv2d,
             description="lc_cuda's unfold + bmm fallback",

@@ -159,14 +159,26 @@ def memory_cell(record: dict | None) -> str:
     return f", {record['peak_extra_MB']:.0f} MiB"
 
 
-def lead_cell(row: dict[str, dict | None]) -> str:
-    """The fastest other method's time over lc_cuda's, and which method that is."""
+# lc_cuda forced onto a lesser path of its own (the AVX2 or BLAS products, the FFMA kernels):
+# not peers of lc_cuda itself.
+LC_CUDA_VARIANTS = ("lc_cuda_avx2", "lc_cuda_blas", "lc_cuda_ffma")
+# The methods whose lead over the others RESULTS.md reports, and the methods left out of each
+# one's comparison: lc_cuda against the peers and its fallback; its AVX2 path (the path of CPUs
+# without AVX-512) against those and the BLAS path too.
+LEADERS = {
+    "lc_cuda": ("lc_cuda", *LC_CUDA_VARIANTS),
+    "lc_cuda_avx2": ("lc_cuda", "lc_cuda_avx2", "lc_cuda_ffma"),
+}
+
+
+def lead_cell(row: dict[str, dict | None], leader: str = "lc_cuda") -> str:
+    """The fastest compared method's time over the leader's, and which method that is."""
     times = {m: r["ms"] for m, r in row.items() if r is not None and trusted(r)}
-    others = {m: ms for m, ms in times.items() if m != "lc_cuda"}
-    if "lc_cuda" not in times or not others:
+    others = {m: ms for m, ms in times.items() if m not in LEADERS[leader]}
+    if leader not in times or not others:
         return "-"
     fastest = min(others, key=others.get)
-    return f"{others[fastest] / times['lc_cuda']:.2f}x ({fastest})"
+    return f"{others[fastest] / times[leader]:.2f}x ({fastest})"
 
 
 def print_table(result: dict) -> None:
@@ -335,24 +347,25 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         "ms, multiple of the floor, and peak extra memory in MiB where measured (resident-set "
         "high-water mark less the resident size before the call, outputs included; not measured "
         "for JAX and Keras). lc_cuda's lead: the fastest other method's time over lc_cuda's "
-        "(above 1: lc_cuda is ahead of every other method).",
+        "(above 1: lc_cuda is ahead of every other method), leaving out lc_cuda forced onto its "
+        "own lesser paths (" + ", ".join(LC_CUDA_VARIANTS) + "); lc_cuda_avx2's lead: the same "
+        "for the AVX2 path, against the BLAS path too.",
         "",
     ]
     methods = result["methods"]
-    leading = "lc_cuda" in methods and len(methods) > 1
+    leaders = [m for m in LEADERS if m in methods and len(methods) > 1]
     lines.append(
         "| case | dtype | direction | floor ms | "
-        + " | ".join(methods)
-        + (" | lc_cuda's lead |" if leading else " |")
+        + " | ".join([*methods, *(f"{m}'s lead" for m in leaders)])
+        + " |"
     )
-    lines.append("|---|---|---|---|" + "---|" * (len(methods) + leading))
+    lines.append("|---|---|---|---|" + "---|" * (len(methods) + len(leaders)))
     index = {(r["case"], r["dtype"], r["direction"], r["method"]): r for r in result["records"]}
     floors = {(r["case"], r["dtype"], r["direction"]): r["floor_ms"] for r in result["records"]}
     for (case, dtype, direction), floor in floors.items():
         row = {m: index.get((case, dtype, direction, m)) for m in methods}
         cells = [cell(record) + memory_cell(record) for record in row.values()]
-        if leading:
-            cells.append(lead_cell(row))
+        cells += [lead_cell(row, leader) for leader in leaders]
         lines.append(
             f"| {case} | {dtype} | {direction} | {floor:.4f} | " + " | ".join(cells) + " |"
         )

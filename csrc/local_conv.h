@@ -43,17 +43,23 @@ enum class Backend { kernels, ffma, unfold };
 // call's with height 1, a 3D call's without its trivial depth. A view, no copy.
 at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
 
+// The hand-written products the CPU kernels run, from worst to best (csrc/cpu/product_isa.cpp
+// chooses one per call from the CPU and LC_CUDA_CPU_ISA). blas: none, a BLAS call per location;
+// avx2: the AVX2+FMA kernels; avx512: the same kernels on AVX-512; avx512_bf16: avx512, with the
+// bfloat16 products (forward and both gradients) by vdpbf16ps. The kernels take float32, and
+// bfloat16 and float16 widened to float as they are loaded; float64 always takes the BLAS.
+enum class ProductIsa { blas, avx2, avx512, avx512_bf16 };
+
 // The CPU kernels (csrc/cpu/): blocked per-location products whose scratch stays within
 // LC_CUDA_CPU_SCRATCH_MB. Outputs are new contiguous tensors; inputs may have any strides.
-// hand_written: float32 products go through the AVX-512 kernels (the caller checks that the CPU
-// has AVX-512); otherwise every product is a BLAS call. Plain 2D geometries only.
+// isa: the products to run (the caller checks that the CPU has them). Plain 2D geometries only.
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Geometry& geometry,
-                       bool hand_written);
+                       ProductIsa isa);
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                          const Geometry& geometry, bool hand_written);
+                          const Geometry& geometry, ProductIsa isa);
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                           const Geometry& geometry, bool hand_written);
+                           const Geometry& geometry, ProductIsa isa);
 // (C_out,) for a shared bias, else (C_out, *regions): sums over the batch in sample order (in
 // float for float16 and bfloat16), then over the locations in order; threads take channels.
 at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,

@@ -131,6 +131,28 @@ def test_flags_keep_untrustworthy_cells_out_of_the_results():
     assert report.run_verdict(result).startswith("TOO NOISY TO TRUST: 2 of 3")
 
 
+def test_lead_columns_leave_out_lc_cuda_paths_and_flagged_cells():
+    """lc_cuda's lead is over the peers, not over lc_cuda forced onto its own lesser paths;
+    lc_cuda_avx2's is over those and the BLAS path too; a flagged cell is no result to lead."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    def record(method, ms, flags=()):
+        return {"method": method, "ms": ms, "flags": list(flags)}
+
+    row = {
+        "lc_cuda": record("lc_cuda", 1.0),
+        "lc_cuda_avx2": record("lc_cuda_avx2", 2.0),
+        "lc_cuda_blas": record("lc_cuda_blas", 3.0),
+        "naive_snippet": record("naive_snippet", 6.0),
+        "naive_compiled": record("naive_compiled", 0.5, ["noisy"]),
+    }
+    assert report.lead_cell(row) == "6.00x (naive_snippet)"
+    assert report.lead_cell(row, "lc_cuda_avx2") == "1.50x (lc_cuda_blas)"
+    row["naive_compiled"]["flags"] = []
+    assert report.lead_cell(row) == "0.50x (naive_compiled)"
+
+
 def test_counts_worked_by_hand(bench_run):
     _, _, result = bench_run
     # convnet_local3 at the CPU batch of 4, float32: input 4*64*6*6, weight 6*6*64*64*3*3,

@@ -2,6 +2,7 @@
 batch and the output rows into blocks; determinism; 1 against 2 threads; the memory bound; and
 LC_CUDA_BACKEND on the CPU."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from test_backward import check_gradients
 from test_forward import check
 
 import lc_cuda
+from lc_cuda.reference import allowed_error, reference_local_conv2d, relative_error
 
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 GEOMETRIES = {
@@ -47,45 +49,114 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
     check_gradients(*tensors, stride, padding, dilation)
 
 
-# Geometries that reach every branch of the AVX-512 float32 path: a patch whose last vector is
-# partial (K = 255, 333), more kernel columns than one vector holds (17), C_out not a multiple of
-# the forward's 4 filters (7, 17, 6), sample counts that split into uneven blocks (13, 9, 33),
-# padding on every side, and a tiny patch (K = 9) with a power-of-two plane.
+# Geometries that reach every branch of the vector kernels: a patch whose last vector is partial
+# (K = 255, 333, odd for vdpbf16ps' pairs), more kernel columns than one vector holds (17), C_out
+# not a multiple of the forward's 4 filters nor of the row tiles' filter blocks (7, 17, 6, 5),
+# sample counts that split into uneven blocks (13, 9, 33), padding on every side, and a tiny patch
+# (K = 9, the forward by row tiles where the input is contiguous) with a power-of-two plane, and
+# more samples than vdpbf16ps' grad_filters gathers grad_output pairs for at a time (128), odd.
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
-FLOAT32_PATH_GEOMETRIES = {
+VECTOR_PATH_GEOMETRIES = {
+    "many_samples": (131, 2, (5, 4), 3, (2, 2), (1, 1), (0, 1), (1, 1)),
     "wide_kernel": (13, 5, (7, 21), 7, (3, 17), (1, 1), (1, 2), (1, 1)),
     "long_patch": (9, 37, (6, 6), 6, (3, 3), (1, 1), (1, 1), (1, 1)),
     "tiny_patch": (33, 1, (16, 16), 17, (3, 3), (1, 1), (1, 1), (1, 1)),
     "strided_dilated": (6, 4, (11, 10), 5, (3, 3), (2, 1), (2, 1), (2, 2)),
 }
+# (LC_CUDA_CPU_ISA, dtype): every product path of the CPU kernels. float32 on AVX-512 and AVX2;
+# bfloat16 by vdpbf16ps (avx512_bf16) and widened to float (avx512, avx2); float16 widened to
+# float; the BLAS for each (blas, and LC_CUDA_BACKEND=ffma, which keeps it).
+PRODUCT_PATHS = [
+    ("avx512", torch.float32),
+    ("avx2", torch.float32),
+    ("blas", torch.float32),
+    ("ffma", torch.float32),
+    ("avx512_bf16", torch.bfloat16),
+    ("avx512", torch.bfloat16),
+    ("avx2", torch.bfloat16),
+    ("blas", torch.bfloat16),
+    ("avx512", torch.float16),
+    ("avx2", torch.float16),
+    ("blas", torch.float16),
+]
 
 
-@pytest.mark.parametrize("backend", ["auto", "ffma"])
+@functools.cache
+def cpu_runs(isa):
+    """Whether LC_CUDA_CPU_ISA=isa runs on this CPU (forcing an ISA the CPU lacks is an error)."""
+    input, weight, _ = make_case(
+        1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
+    )
+    previous = os.environ.get("LC_CUDA_CPU_ISA")
+    os.environ["LC_CUDA_CPU_ISA"] = isa
+    try:
+        lc_cuda.local_conv2d(input, weight)
+        return True
+    except RuntimeError as error:
+        if "needs a CPU with" in str(error):
+            return False
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop("LC_CUDA_CPU_ISA", None)
+        else:
+            os.environ["LC_CUDA_CPU_ISA"] = previous
+
+
+def outputs_and_gradients(function, input, weight, bias, grad_output, args):
+    leaves = [t.detach().requires_grad_() for t in (input, weight, bias)]
+    out = function(*leaves, *args)
+    return [out.detach(), *torch.autograd.grad(out, leaves, grad_output.to(out.dtype))]
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("name", sorted(FLOAT32_PATH_GEOMETRIES))
-def test_float32_paths_match_reference(monkeypatch, backend, layout, name):
-    """auto takes the AVX-512 products where the CPU has AVX-512 (the vectorised packing only for
-    contiguous rows, dilation_w 1), ffma the BLAS products: both against the float64 oracle."""
-    monkeypatch.setenv("LC_CUDA_BACKEND", backend)
+@pytest.mark.parametrize("name", sorted(VECTOR_PATH_GEOMETRIES))
+@pytest.mark.parametrize("isa, dtype", PRODUCT_PATHS, ids=lambda v: str(v).replace("torch.", ""))
+def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
+    """Each ISA and dtype against the float64 oracle, output and the three gradients: float32
+    within RELATIVE_TOLERANCE, bfloat16 and float16 within allowed_error (twice the unfold
+    fallback's error at the same precision, at least a rounding step). The vectorised packing runs
+    on contiguous rows (dilation_w 1), the portable one on channels-last input."""
+    if isa == "ffma":
+        monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
+        monkeypatch.delenv("LC_CUDA_CPU_ISA", raising=False)
+    elif not cpu_runs(isa):
+        pytest.skip(f"this CPU does not run LC_CUDA_CPU_ISA={isa}")
+    else:
+        monkeypatch.setenv("LC_CUDA_CPU_ISA", isa)
+        monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
     monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
-    n, c_in, size, c_out, kernel, stride, padding, dilation = FLOAT32_PATH_GEOMETRIES[name]
+    n, c_in, size, c_out, kernel, stride, padding, dilation = VECTOR_PATH_GEOMETRIES[name]
     input, weight, bias = make_case(
-        n,
-        c_in,
-        size,
-        c_out,
-        kernel,
-        stride,
-        padding,
-        dilation,
-        "per_location",
-        torch.float32,
-        "cpu",
+        n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location", dtype, "cpu"
     )
     if layout == "channels_last":
         input = input.contiguous(memory_format=torch.channels_last)
-    check(input, weight, bias, stride, padding, dilation)
-    check_gradients(input, weight, bias, stride, padding, dilation)
+    out_h, out_w = weight.shape[:2]
+    grad_output = torch.randn(
+        (n, c_out, out_h, out_w), generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    ).to(dtype)
+    args = (stride, padding, dilation)
+    pads = (padding[0], padding[0], padding[1], padding[1])
+    expected = outputs_and_gradients(
+        reference_local_conv2d,
+        input.double(),
+        weight.double(),
+        bias.double(),
+        grad_output.double(),
+        (stride, pads, dilation),
+    )
+    got = outputs_and_gradients(lc_cuda.local_conv2d, input, weight, bias, grad_output, args)
+    fallback = (
+        outputs_and_gradients(lc_cuda.unfold_local_conv2d, input, weight, bias, grad_output, args)
+        if dtype in (torch.bfloat16, torch.float16)
+        else [None] * 4
+    )
+    for what, g, e, f in zip(("output", "input", "weight", "bias"), got, expected, fallback):
+        assert g.dtype == dtype and g.shape == e.shape, what
+        allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
+        error = relative_error(g, e)
+        assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
 
 
 @pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)
@@ -210,6 +281,20 @@ def test_bad_scratch_budget_is_an_error(monkeypatch, value):
         1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
     )
     with pytest.raises(RuntimeError, match="LC_CUDA_CPU_SCRATCH_MB must be a positive number"):
+        lc_cuda.local_conv2d(input, weight)
+
+
+@pytest.mark.parametrize("value", ["avx", "AVX2", "avx512bf16", "amx"])
+def test_bad_cpu_isa_is_an_error(monkeypatch, value):
+    monkeypatch.setenv("LC_CUDA_CPU_ISA", value)
+    input, weight, _ = make_case(
+        1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
+    )
+    expected = (
+        "LC_CUDA_CPU_ISA must be 'auto', 'avx512_bf16', 'avx512', 'avx2' or 'blas' "
+        f"\\(or unset\\), got '{value}'"
+    )
+    with pytest.raises(RuntimeError, match=expected):
         lc_cuda.local_conv2d(input, weight)
 
 

@@ -2,12 +2,10 @@
 // each reads its own part of the weight once per sample block. Per location one product
 // (location_products.h): its filter bank (C_out x K, contiguous in the weight) times its packed
 // patches (samples x K), the tile's results staged and written to the (N, C_out, OH, OW) output
-// as contiguous runs. Short patches in float32 on AVX-512 go a whole tile at a time instead
-// (avx512_forward_row_tile: one vector over the tile's locations, written in place).
+// as contiguous runs. Short patches on the vector kernels go a whole tile at a time instead
+// (forward_row_tile: one vector over the tile's locations, written in place).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-
-#include <type_traits>
 
 #include "cpu_blocking.h"
 #include "huge_pages.h"
@@ -18,7 +16,7 @@ namespace lc_cuda {
 
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Geometry& g,
-                       bool hand_written) {
+                       ProductIsa isa) {
   auto out = cpu::empty_on_huge_pages(output_shape(g), input.options());
   if (g.batch == 0) return out;
   const at::Tensor filters = weight.contiguous();
@@ -33,10 +31,10 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // Short patches in float32 on AVX-512 go by row tiles, each tile's outputs computed as
+    // Short patches on the vector kernels go by row tiles, each tile's outputs computed as
     // vectors over its locations, where their scratch (the tile's filters) fits the budget.
     const bool by_row_tiles =
-        std::is_same_v<scalar_t, float> && hand_written && cpu::forward_by_row_tiles(g, in_strides) &&
+        cpu::forward_by_row_tiles<scalar_t>(isa, g, in_strides) &&
         at::get_num_threads() * cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float)) <=
             cpu::scratch_budget_bytes();
     // Per thread: the tile's filters (by row tiles); otherwise one location's patch rows and
@@ -68,7 +66,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           float* tile_filters = slice.take<float>(cpu::row_tile_scratch(g));
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
-            cpu::forward_row_tile(in + n0 * in_strides.n, in_strides, g, i, j0,
+            cpu::forward_row_tile(isa, in + n0 * in_strides.n, in_strides, g, i, j0,
                                   std::min(block.tile, g.out_w - j0), samples,
                                   w + (i * g.out_w + j0) * out_channels * patch_size, b,
                                   shared_bias, o + n0 * out_channels * locations, tile_filters);
@@ -84,9 +82,9 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           const int64_t first_location = i * g.out_w + j0;
           for (int64_t t = 0; t < width; ++t) {
             cpu::patch_rows(g, in_strides, i, j0 + t, rows);
-            cpu::pack_location(hand_written, in + n0 * in_strides.n, in_strides, rows, g,
+            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
                                samples, patches);
-            cpu::location_forward(hand_written, out_channels, samples, patch_size,
+            cpu::location_forward(isa, out_channels, samples, patch_size,
                                   w + (first_location + t) * out_channels * patch_size, patches,
                                   staged + t * staged_stride);
           }

@@ -17,7 +17,7 @@
 
 namespace lc_cuda {
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                          const Geometry& g, bool hand_written) {
+                          const Geometry& g, ProductIsa isa) {
   const at::Tensor filters = weight.contiguous();
   const cpu::Strides4 go_strides{grad_output.stride(0), grad_output.stride(1),
                                  grad_output.stride(2), grad_output.stride(3)};
@@ -87,11 +87,11 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                                        staged_stride, staged);
                 for (int64_t t = 0; t < width; ++t) {
                   const int64_t location = i * g.out_w + j0 + t;
-                  cpu::location_grad_patches(hand_written, out_channels, samples, patch_size,
+                  cpu::location_grad_patches(isa, out_channels, samples, patch_size,
                                              w + location * out_channels * patch_size,
                                              staged + t * staged_stride, grad_patches);
                   cpu::patch_rows(g, block_strides, i, j0 + t, rows);
-                  cpu::scatter_location(hand_written, grad_patches, rows, g, samples, sums);
+                  cpu::scatter_location(isa, grad_patches, rows, g, samples, sums);
                 }
               }
             }

@@ -1,8 +1,10 @@
 // The CPU grad_weight. Per output location one product (location_products.h): the transposed
 // patches (K x samples) times the location's grad_output (samples x C_out), summed over the sample
 // blocks in order. Threads take tiles of neighbouring locations of one output row and write
-// disjoint parts of grad_weight. The AVX-512 products add each sample's term in sample order
-// whatever the sample blocks, so their result does not depend on the thread count. The BLAS
+// disjoint parts of grad_weight. The vector kernels' products add each sample's term in sample
+// order whatever the sample blocks, so their result does not depend on the thread count (bar
+// bfloat16 on AVX512-BF16, which adds the samples two at a time: a block of odd size shifts the
+// pairs, and the rounding with them, where the batch is larger than one block). The BLAS
 // groups the sum over the batch by sample block, whose size follows from the scratch budget and
 // the thread count: there, where the batch is larger than one block, the result depends on the
 // thread count by floating-point reassociation (and only there).
@@ -19,7 +21,7 @@
 namespace lc_cuda {
 
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                           const Geometry& g, bool hand_written) {
+                           const Geometry& g, ProductIsa isa) {
   auto grad_weight = cpu::empty_on_huge_pages(weight_shape(g), input.options());
   if (g.batch == 0) return grad_weight.zero_();
   const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
@@ -34,7 +36,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                   "lc_cuda_cpu_grad_weight", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     // float and double sum straight into grad_weight; float16 and bfloat16 into float sums per
-    // location of the tile, rounded once at the end.
+    // location of the tile, which the last sample block's product writes to grad_weight rounded,
+    // once (with one sample block the sums are never written).
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
     // Per thread: a tile's staged grad_output, one location's patch rows and patches, the tile's
     // float sums.
@@ -72,19 +75,16 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                  staged);
           for (int64_t t = 0; t < width; ++t) {
             cpu::patch_rows(g, in_strides, i, j0 + t, rows);
-            cpu::pack_location(hand_written, in + n0 * in_strides.n, in_strides, rows, g,
+            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
                                samples, patches);
-            opmath_t* sums = in_place
-                                 ? reinterpret_cast<opmath_t*>(gw + (first_location + t) *
-                                                                        filter_size)
-                                 : tile_sums + t * filter_size;
-            cpu::location_grad_filters(hand_written, out_channels, samples, patch_size, patches,
-                                       staged + t * staged_stride, /*accumulate=*/n0 > 0,
-                                       sums);
+            scalar_t* filters = gw + (first_location + t) * filter_size;
+            opmath_t* sums = in_place ? reinterpret_cast<opmath_t*>(filters)
+                                      : tile_sums + t * filter_size;
+            const bool last_block = n0 + samples >= g.batch;
+            cpu::location_grad_filters(isa, out_channels, samples, patch_size, patches,
+                                       staged + t * staged_stride, /*accumulate=*/n0 > 0, sums,
+                                       /*rounded=*/in_place || !last_block ? nullptr : filters);
           }
-        }
-        if constexpr (!in_place) {
-          std::copy(tile_sums, tile_sums + width * filter_size, gw + first_location * filter_size);
         }
       }
     });

@@ -4,17 +4,12 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "avx512_kernels.h"
 #include "backend_choice.h"
 #include "local_conv.h"
+#include "product_isa.h"
 
 namespace lc_cuda {
 namespace {
-
-// LC_CUDA_BACKEND=ffma keeps the BLAS products, the path of CPUs without AVX-512.
-bool hand_written_products(Backend chosen) {
-  return chosen == Backend::kernels && cpu::cpu_has_avx512();
-}
 
 // The CPU kernels as the first-use check runs them (LC_CUDA_FIRST_USE_CHECK=all checks them).
 const DeviceKernels& cpu_kernels() {
@@ -24,16 +19,16 @@ const DeviceKernels& cpu_kernels() {
       [](const at::Tensor&) { return false; },  // no graphs on the CPU
       [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
          const Geometry& g, Backend backend) {
-        return cpu_forward(as_4d(input, g), weight, bias, g, hand_written_products(backend));
+        return cpu_forward(as_4d(input, g), weight, bias, g, cpu::product_isa(backend));
       },
       [](const at::Tensor& grad_output, const at::Tensor& weight, const Geometry& g,
          Backend backend) {
-        return cpu_grad_input(as_4d(grad_output, g), weight, g, hand_written_products(backend));
+        return cpu_grad_input(as_4d(grad_output, g), weight, g, cpu::product_isa(backend));
       },
       [](const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
          Backend backend) {
         return cpu_grad_weight(as_4d(grad_output, g), as_4d(input, g), g,
-                               hand_written_products(backend));
+                               cpu::product_isa(backend));
       }};
   return kernels;
 }
@@ -46,7 +41,7 @@ at::Tensor local_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
                                         share, share_mode);
   const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
   if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
-  return cpu_forward(as_4d(input, g), weight, bias, g, hand_written_products(chosen));
+  return cpu_forward(as_4d(input, g), weight, bias, g, cpu::product_isa(chosen));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
@@ -61,10 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
   if (chosen == Backend::unfold) {
     return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
-  const bool hand_written = hand_written_products(chosen);
+  const ProductIsa isa = cpu::product_isa(chosen);
   const at::Tensor grads = as_4d(grad_output, g);
-  return {output_mask[0] ? cpu_grad_input(grads, weight, g, hand_written) : empty(),
-          output_mask[1] ? cpu_grad_weight(grads, as_4d(input, g), g, hand_written) : empty(),
+  return {output_mask[0] ? cpu_grad_input(grads, weight, g, isa) : empty(),
+          output_mask[1] ? cpu_grad_weight(grads, as_4d(input, g), g, isa) : empty(),
           output_mask[2] ? cpu_grad_bias(grad_output, g, shared_bias) : empty()};
 }
 
@@ -80,7 +75,7 @@ at::Tensor local_conv_transpose_cpu(const at::Tensor& input, const at::Tensor& w
   // The forward op's grad_input, with this op's input as its grad_output.
   at::Tensor out = chosen == Backend::unfold
                        ? unfold_grad_input(input, weight, g)
-                       : cpu_grad_input(as_4d(input, g), weight, g, hand_written_products(chosen));
+                       : cpu_grad_input(as_4d(input, g), weight, g, cpu::product_isa(chosen));
   add_transpose_bias(out, bias);
   return out;
 }

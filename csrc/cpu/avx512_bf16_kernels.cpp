@@ -1,0 +1,317 @@
+// The bfloat16 products by vdpbf16ps (AVX512-BF16), vector_kernels.h's avx512_bf16 namespace.
+// vdpbf16ps multiplies pairs of bfloat16 and adds each pair's two products into one float lane:
+// 32 products per instruction against a float FMA's 16, with nothing widened first.
+// - forward: the dot products run along K, where both operands are contiguous, so the pairs are
+//   neighbouring k as they lie in memory. Structure as the float forward of
+//   vector_kernels_impl.h: 4 filters x up to 6 samples of accumulators, each reduced across its
+//   lanes once at the end; the last vector of K under a 32-lane mask (an odd K's last pair
+//   multiplies by 0).
+// - grad_patches sums over the output channels and grad_filters over the samples, so their pairs
+//   are two neighbouring filter rows (or two samples' patch rows), interleaved in registers
+//   column by column (one vpermw per vector), against a broadcast of the matching pair of
+//   grad_output values; blocks and chunks of K as the float gradients'. An odd count's last row
+//   is paired with zeros.
+// Compiled for AVX512-BF16 by attribute; callers check the CPU first (product_isa.h).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "avx512_vectors.h"
+#include "register_blocks.h"
+#include "vector_kernels.h"
+
+#define LC_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
+
+namespace lc_cuda {
+namespace cpu {
+namespace {
+
+constexpr int64_t kPairLanes = 32;  // bfloat16 elements per vector
+constexpr int kFilters = 4, kSamples = 6;
+// The filters stream from memory once; prefetched into L2 this many rows ahead, as the float
+// forward's.
+constexpr int64_t kAheadRows = 8;
+
+LC_AVX512_BF16 inline __m512bh load(__mmask32 mask, const c10::BFloat16* p) {
+  return reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, p));
+}
+LC_AVX512_BF16 inline __m512bh load(const c10::BFloat16* p) {
+  return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
+}
+
+// One vector of K at k; Masked: the last, partial one.
+template <int FB, int SB, bool Masked>
+LC_AVX512_BF16 inline void dot_step(int64_t patch_size, int64_t k, const c10::BFloat16* filters,
+                                    const c10::BFloat16* patches, __m512 (&acc)[FB][SB]) {
+  const int64_t left = patch_size - k;
+  const __mmask32 mask = left >= kPairLanes ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
+  __m512bh w[FB];
+#pragma GCC unroll 4
+  for (int f = 0; f < FB; ++f) {
+    _mm_prefetch(reinterpret_cast<const char*>(filters + (f + kAheadRows) * patch_size + k),
+                 _MM_HINT_T1);
+    w[f] = Masked ? load(mask, filters + f * patch_size + k) : load(filters + f * patch_size + k);
+  }
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s) {
+    const __m512bh p =
+        Masked ? load(mask, patches + s * patch_size + k) : load(patches + s * patch_size + k);
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) acc[f][s] = _mm512_dpbf16_ps(acc[f][s], w[f], p);
+  }
+}
+
+template <int FB, int SB>
+LC_AVX512_BF16 void forward_block(int64_t out_channels, int64_t patch_size,
+                                  const c10::BFloat16* filters, const c10::BFloat16* patches,
+                                  float* out) {
+  __m512 acc[FB][SB];
+#pragma GCC unroll 4
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) acc[f][s] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kPairLanes <= patch_size; k += kPairLanes)
+    dot_step<FB, SB, false>(patch_size, k, filters, patches, acc);
+  if (k < patch_size) dot_step<FB, SB, true>(patch_size, k, filters, patches, acc);
+  if constexpr (FB == 4) {
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s)
+      _mm_storeu_ps(out + s * out_channels,
+                    Avx512::reduce4(acc[0][s], acc[1][s], acc[2][s], acc[3][s]));
+  } else {
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+      for (int s = 0; s < SB; ++s) out[s * out_channels + f] = Avx512::reduce(acc[f][s]);
+  }
+}
+
+using ForwardFn = void (*)(int64_t, int64_t, const c10::BFloat16*, const c10::BFloat16*, float*);
+struct Forward {
+  template <int FB, int SB>
+  static constexpr ForwardFn at() {
+    return &forward_block<FB, SB>;
+  }
+};
+constexpr auto forward_blocks = make_block_table<ForwardFn, kFilters, kSamples, Forward>();
+
+
+// ---- the gradients: pairs of rows interleaved column by column ----
+constexpr int kMaxBlock = Avx512::kMaxBlock, kChunkVectors = Avx512::kChunkVectors;
+constexpr int64_t kLanes = Avx512::kLanes, kChunk = kChunkVectors * kLanes;
+// Pairs of samples whose grad_output pairs grad_filters_block gathers at a time (on the stack).
+constexpr int64_t kPairRun = 64;
+
+// (a[t], b[t]) for the 16 columns t from a and b on, a pair per float lane: columns off `mask`
+// are 0, and so is b's half where b_mask is empty (the missing partner of an odd row).
+LC_AVX512_BF16 inline __m512bh interleave(const c10::BFloat16* a, const c10::BFloat16* b,
+                                          __mmask16 mask, __mmask16 b_mask) {
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                         16, 0);
+  const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(mask, a)),
+                                          _mm256_maskz_loadu_epi16(b_mask, b), 1);
+  return reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(order, both));
+}
+
+// A pair of bfloat16 values, the first in the low half, broadcast to every lane.
+LC_AVX512_BF16 inline __m512bh broadcast_pair(uint32_t pair) {
+  return reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+}
+
+// The CV vectors of a chunk of K, rows a and b interleaved; the last vector under `last`.
+template <int CV>
+LC_AVX512_BF16 inline void interleave_chunk(const c10::BFloat16* a, const c10::BFloat16* b,
+                                            bool has_b, __mmask16 last, __m512bh (&to)[CV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) {
+    const __mmask16 mask = v == CV - 1 ? last : __mmask16(0xFFFF);
+    to[v] = interleave(a + v * kLanes, b + v * kLanes, mask, has_b ? mask : __mmask16(0));
+  }
+}
+
+// grad_patches: SB samples x CV vectors of K, summed over the output channels two at a time.
+template <int SB, int CV>
+LC_AVX512_BF16 void grad_patches_block(int64_t out_channels, int64_t patch_size, __mmask16 last,
+                                       const c10::BFloat16* filters,
+                                       const c10::BFloat16* grad_output, float* grad_patches,
+                                       bool prefetch) {
+  __m512 acc[SB][CV];
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) acc[s][v] = _mm512_setzero_ps();
+  for (int64_t o = 0; o < out_channels; o += 2) {
+    const bool has_b = o + 1 < out_channels;
+    const c10::BFloat16* a = filters + o * patch_size;
+    // The filters stream from memory once: both rows' chunk after next, into L2 (as the float
+    // grad_patches).
+    if (prefetch) {
+      for (const c10::BFloat16* row : {a, a + patch_size})
+        for (int64_t byte = 0; byte < kChunk * int64_t{sizeof(c10::BFloat16)}; byte += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(row + 2 * kChunk) + byte, _MM_HINT_T1);
+    }
+    __m512bh w[CV];
+    interleave_chunk<CV>(a, a + patch_size, has_b, last, w);
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) {
+      uint32_t pair = grad_output[s * out_channels + o].x;
+      if (has_b) pair |= uint32_t{grad_output[s * out_channels + o + 1].x} << 16;
+      const __m512bh g = broadcast_pair(pair);
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[s][v] = _mm512_dpbf16_ps(acc[s][v], w[v], g);
+    }
+  }
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s) {
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v)
+      Avx512::store(v == CV - 1 ? last : Avx512::tail(kLanes),
+                    grad_patches + s * patch_size + v * kLanes, acc[s][v]);
+  }
+}
+
+// grad_filters: FB filters x CV vectors of K, summed over the samples two at a time.
+template <int FB, int CV>
+LC_AVX512_BF16 void grad_filters_block(int64_t out_channels, int64_t samples,
+                                       int64_t patch_size, __mmask16 last,
+                                       const c10::BFloat16* patches,
+                                       const c10::BFloat16* grad_output, bool accumulate,
+                                       float* grad_filters, c10::BFloat16* rounded) {
+  __m512 acc[FB][CV];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f) {
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      const __mmask16 mask = v == CV - 1 ? last : Avx512::tail(kLanes);
+      acc[f][v] = accumulate ? Avx512::load(mask, grad_filters + f * patch_size + v * kLanes)
+                             : _mm512_setzero_ps();
+    }
+  }
+  for (int64_t n0 = 0; n0 < samples; n0 += 2 * kPairRun) {
+    const int64_t pairs = std::min(kPairRun, (samples - n0 + 1) / 2);
+    // The run's (grad_output[n][o], grad_output[n + 1][o]) pairs of the block's filters.
+    uint32_t go_pairs[kPairRun][FB];
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t n = n0 + 2 * p;
+      const bool has_b = n + 1 < samples;
+#pragma GCC unroll 6
+      for (int f = 0; f < FB; ++f) {
+        go_pairs[p][f] = grad_output[n * out_channels + f].x;
+        if (has_b) go_pairs[p][f] |= uint32_t{grad_output[(n + 1) * out_channels + f].x} << 16;
+      }
+    }
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t n = n0 + 2 * p;
+      __m512bh x[CV];
+      interleave_chunk<CV>(patches + n * patch_size, patches + (n + 1) * patch_size,
+                           n + 1 < samples, last, x);
+#pragma GCC unroll 6
+      for (int f = 0; f < FB; ++f) {
+        const __m512bh g = broadcast_pair(go_pairs[p][f]);
+#pragma GCC unroll 4
+        for (int v = 0; v < CV; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], x[v], g);
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f) {
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      const __mmask16 mask = v == CV - 1 ? last : Avx512::tail(kLanes);
+      if (rounded != nullptr)
+        Avx512::store(mask, rounded + f * patch_size + v * kLanes, acc[f][v]);
+      else
+        Avx512::store(mask, grad_filters + f * patch_size + v * kLanes, acc[f][v]);
+    }
+  }
+}
+
+using GradPatchesFn = void (*)(int64_t, int64_t, __mmask16, const c10::BFloat16*,
+                               const c10::BFloat16*, float*, bool);
+using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, __mmask16, const c10::BFloat16*,
+                               const c10::BFloat16*, bool, float*, c10::BFloat16*);
+struct GradPatches {
+  template <int SB, int CV>
+  static constexpr GradPatchesFn at() {
+    return &grad_patches_block<SB, CV>;
+  }
+};
+struct GradFilters {
+  template <int FB, int CV>
+  static constexpr GradFiltersFn at() {
+    return &grad_filters_block<FB, CV>;
+  }
+};
+constexpr auto grad_patches_blocks =
+    make_block_table<GradPatchesFn, kMaxBlock, kChunkVectors, GradPatches>();
+constexpr auto grad_filters_blocks =
+    make_block_table<GradFiltersFn, kMaxBlock, kChunkVectors, GradFilters>();
+
+// The vectors of the chunk of K starting at k, and the mask of its last one.
+struct Chunk {
+  int vectors;
+  __mmask16 last;
+};
+inline Chunk chunk_at(int64_t patch_size, int64_t k) {
+  const int64_t width = std::min(kChunk, patch_size - k);
+  const int vectors = static_cast<int>((width + kLanes - 1) / kLanes);
+  const int64_t in_last = width - (vectors - 1) * kLanes;
+  return {vectors, in_last >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << in_last) - 1)};
+}
+}  // namespace
+
+namespace avx512_bf16 {
+
+void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
+             const c10::BFloat16* filters, const c10::BFloat16* patches, float* out) {
+  const EvenBlocks sample_blocks(samples, kSamples);
+  for (int64_t o = 0; o < out_channels; o += kFilters) {
+    const int64_t rows = std::min<int64_t>(kFilters, out_channels - o);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      forward_blocks[rows - 1][sample_blocks.size(b) - 1](out_channels, patch_size,
+                                                          filters + o * patch_size,
+                                                          patches + s * patch_size,
+                                                          out + s * out_channels + o);
+    }
+  }
+}
+
+void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* filters, const c10::BFloat16* grad_output,
+                  float* grad_patches) {
+  const EvenBlocks sample_blocks(samples, kMaxBlock);
+  for (int64_t k = 0; k < patch_size; k += kChunk) {
+    const Chunk chunk = chunk_at(patch_size, k);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      grad_patches_blocks[sample_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, patch_size, chunk.last, filters + k, grad_output + s * out_channels,
+          grad_patches + s * patch_size + k, /*prefetch=*/b == 0);
+    }
+  }
+}
+
+void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
+                  float* grad_filters, c10::BFloat16* rounded) {
+  const EvenBlocks filter_blocks(out_channels, kMaxBlock);
+  for (int64_t b = 0; b < filter_blocks.count; ++b) {
+    const int64_t o = filter_blocks.first(b);
+    for (int64_t k = 0; k < patch_size; k += kChunk) {
+      const Chunk chunk = chunk_at(patch_size, k);
+      grad_filters_blocks[filter_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, samples, patch_size, chunk.last, patches + k, grad_output + o,
+          accumulate, grad_filters + o * patch_size + k,
+          rounded == nullptr ? nullptr : rounded + o * patch_size + k);
+    }
+  }
+}
+
+}  // namespace avx512_bf16
+}  // namespace cpu
+}  // namespace lc_cuda

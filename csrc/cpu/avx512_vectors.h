@@ -1,0 +1,147 @@
+// AVX-512 as the vector kernels see it (vector_kernels_impl.h): 16 float lanes under 16-bit
+// masks, loads that widen bfloat16 and float16 to float, stores that round back, lane sums.
+// Every function is compiled for AVX-512 by attribute (LC_AVX512), not by a global flag, so that
+// the library still loads on any x86-64 CPU; callers check the CPU first (product_isa.h).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+namespace lc_cuda {
+namespace cpu {
+
+struct Avx512 {
+  static constexpr int kLanes = 16;
+  // Block sizes, for 32 vector registers: the forward's filters x samples of dot products
+  // (4 x 6 accumulators, 4 filter vectors, a patch vector); the gradients' rows (samples or
+  // filters) x vectors of K (6 x 4 accumulators, 4 operand vectors, a broadcast); the row tiles'
+  // filters (16 accumulators).
+  static constexpr int kForwardFilters = 4, kForwardSamples = 6;
+  static constexpr int kMaxBlock = 6, kChunkVectors = 4;
+  static constexpr int kRowTileFilters = 16;
+
+  using Vec = __m512;
+  using Mask = __mmask16;
+
+  // Lanes [0, count), all 16 for count >= 16; count >= 0.
+  LC_AVX512 static Mask tail(int64_t count) {
+    return count >= kLanes ? Mask(0xFFFF) : Mask((1u << count) - 1);
+  }
+  // The lanes of columns [first, last) of the 16 columns starting at `start`.
+  LC_AVX512 static Mask columns(int64_t start, int64_t first, int64_t last) {
+    const int64_t from = first - start > 0 ? first - start : 0;
+    const int64_t to = last - start < kLanes ? last - start : kLanes;
+    return to > from ? Mask(((1u << to) - 1) & ~((1u << from) - 1)) : Mask(0);
+  }
+  LC_AVX512 static Mask both(Mask a, Mask b) { return a & b; }
+  LC_AVX512 static bool all(Mask m) { return m == 0xFFFF; }
+
+  LC_AVX512 static Vec zero() { return _mm512_setzero_ps(); }
+  LC_AVX512 static Vec set1(float x) { return _mm512_set1_ps(x); }
+  LC_AVX512 static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  LC_AVX512 static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+
+  // 16 elements of T from p as floats; masked: lanes off the mask read nothing and are 0.
+  template <typename T>
+  LC_AVX512 static Vec load(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm512_loadu_ps(p);
+    } else {
+      return widen<T>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+  }
+  template <typename T>
+  LC_AVX512 static Vec load(Mask m, const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+      return _mm512_maskz_loadu_ps(m, p);
+    } else {
+      return widen<T>(_mm256_maskz_loadu_epi16(m, p));
+    }
+  }
+  // Stores the lanes on the mask as T, rounded to nearest even.
+  template <typename T>
+  LC_AVX512 static void store(Mask m, T* p, Vec v) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_mask_storeu_ps(p, m, v);
+    } else {
+      _mm256_mask_storeu_epi16(p, m, narrow<T>(v));
+    }
+  }
+  template <typename T>
+  LC_AVX512 static void store(T* p, Vec v) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_storeu_ps(p, v);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow<T>(v));
+    }
+  }
+  // A store that bypasses the caches: p on a 64-byte line.
+  LC_AVX512 static void stream(float* p, Vec v) { _mm512_stream_ps(p, v); }
+
+  // Moves 16 elements of T unchanged (packing): lanes off `read` read nothing and store 0, lanes
+  // off `write` are not stored.
+  template <typename T>
+  LC_AVX512 static void copy(Mask read, Mask write, const T* from, T* to) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_mask_storeu_ps(to, write, _mm512_maskz_loadu_ps(read, from));
+    } else {
+      _mm256_mask_storeu_epi16(to, write, _mm256_maskz_loadu_epi16(read, from));
+    }
+  }
+
+  // The sums of the 16 lanes of each of a, b, c and d, in that order: 13 instructions for the
+  // four (a lane reduction each would take about 8), which matters where K is short.
+  LC_AVX512 static __m128 reduce4(Vec a, Vec b, Vec c, Vec d) {
+    // Within each 128-bit lane: x = (a0+a2, b0+b2, a1+a3, b1+b3), y the same for c and d.
+    const __m512 x = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 y = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    // Within each 128-bit lane: (sum of a's four, b's, c's, d's).
+    const __m512 z = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))));
+    // Add the four 128-bit lanes.
+    const __m256 halves =
+        _mm256_add_ps(_mm512_castps512_ps256(z),
+                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+  }
+  LC_AVX512 static float reduce(Vec v) { return _mm512_reduce_add_ps(v); }
+
+ private:
+  // 16-bit floats to float: bfloat16 is a float's upper half.
+  template <typename T>
+  LC_AVX512 static Vec widen(__m256i h) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+      static_assert(std::is_same_v<T, c10::Half>);
+      return _mm512_cvtph_ps(h);
+    }
+  }
+  // float to 16-bit floats, rounded to nearest even (NaN stays NaN: a quiet bfloat16 NaN, as
+  // c10::BFloat16 rounds it).
+  template <typename T>
+  LC_AVX512 static __m256i narrow(Vec v) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      __m512i rounded = _mm512_srli_epi32(
+          _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+      rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                      _mm512_set1_epi32(0x7FC0));
+      return _mm512_cvtepi32_epi16(rounded);
+    } else {
+      static_assert(std::is_same_v<T, c10::Half>);
+      return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace lc_cuda

@@ -1,0 +1,112 @@
+// The hand-written kernels of one output location, one set per vector ISA (namespaces avx2 and
+// avx512, the same kernels for 8 and 16 float lanes; avx512_bf16 holds the bfloat16 products
+// that use vdpbf16ps): the three GEMMs of the CPU kernels without a BLAS call per location, the
+// packing of patches and the scatter of their gradients, and the forward of short patches by row
+// tiles. At the batches a locally-connected layer meets (a few to a few hundred samples per
+// location, C_out of 16-256) the products are skinny, and their cost is reading the location's
+// filters once; a BLAS call spends more on its own packing and dispatch than on that (measured in
+// benchmarks/NOTES.md). Every product sums in an order fixed by its sizes alone, so the results do
+// not depend on the thread count.
+//
+// Element types T: float, c10::BFloat16 and c10::Half. bfloat16 and float16 are widened to float
+// as they are loaded and every sum is in float; the products write float (the callers round once),
+// the row tiles round their outputs to T once.
+//
+// Layouts, for one location: filters (C_out x K, row o at o*K), patches (samples x K, row n at
+// n*K), grad_output and the output staged as (samples x C_out, row n at n*C_out),
+// K = C_in*KH*KW. The caller checks that the CPU runs the ISA (product_isa.h).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+#include "patches.h"
+
+namespace lc_cuda {
+namespace cpu {
+
+// The largest patch (K) the forward computes by row tiles (forward_row_tile) instead of per
+// location: below it a location's dot products are too short to pay for their lane reductions
+// (cunn232_c1: K = 9).
+constexpr int64_t kRowTilePatchLimit = 64;
+
+// The locations of one row tile: neighbouring output columns of one output row.
+constexpr int64_t kRowTileLocations = 16;
+
+// Whether forward_row_tile applies: neighbouring output columns read neighbouring input elements
+// (stride_w 1, input rows contiguous) and the patch is short.
+inline bool row_tiles_fit(const Geometry& g, const Strides4& s) {
+  return g.stride_w == 1 && s.w == 1 && g.patch_size() <= kRowTilePatchLimit;
+}
+
+// The floats of scratch forward_row_tile takes: the tile's filters, transposed.
+inline int64_t row_tile_scratch(const Geometry& g) {
+  return kRowTileLocations * g.out_channels * g.patch_size();
+}
+
+// Each ISA's namespace declares the same kernels:
+//
+// forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
+// grad_patches:  grad_patches[n*K + k] = sum_o grad_output[n*C_out + o] * filters[o*K + k]
+// grad_filters:  grad_filters[o*K + k] = (accumulate ? grad_filters[o*K + k] : 0)
+//                                        + sum_n grad_output[n*C_out + o] * patches[n*K + k];
+//                where `rounded` is not null, the sums go to rounded[o*K + k] instead, rounded
+//                to T (grad_filters is then only read, and only where accumulate).
+// pack_patches:  pack_patches (patches.h) where neighbouring kernel columns read neighbouring
+//                input elements (column_step == 1): each patch row is one masked load and store
+//                per vector of columns.
+// scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
+// forward_row_tile: the forward of up to kRowTileLocations neighbouring locations (i, j0 + t),
+//                t < width, of one output row, for `samples` samples, vectorised over the
+//                locations: out[n, o, i, j0 + t] = sum_k filters[t][o][k] * patch(n, i, j0 + t)[k]
+//                + bias, each output run written whole. `filters` is the weight of location
+//                (i, j0) on (the tile's are contiguous), `input` and `out` start at the tile's
+//                first sample, `out` is contiguous NCHW; bias as the op takes it (null, (C_out,)
+//                when shared_bias, else (C_out, OH, OW)). `scratch` holds row_tile_scratch(g)
+//                floats. Only where row_tiles_fit.
+#define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
+  template <typename T>                                                                          \
+  void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
+               const T* patches, float* out);                                                    \
+  template <typename T>                                                                          \
+  void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters, \
+                    const T* grad_output, float* grad_patches);                                  \
+  template <typename T>                                                                          \
+  void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, const T* patches, \
+                    const T* grad_output, bool accumulate, float* grad_filters, T* rounded);     \
+  template <typename T>                                                                          \
+  void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,                 \
+                    const Geometry& g, int64_t samples, T* patches);                             \
+  void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
+                           int64_t samples, float* grad_input);                                  \
+  template <typename T>                                                                          \
+  void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int64_t i,         \
+                        int64_t j0, int64_t width, int64_t samples, const T* filters,            \
+                        const T* bias, bool shared_bias, T* out, float* scratch);
+
+namespace avx2 {
+LC_CUDA_DECLARE_VECTOR_KERNELS
+}  // namespace avx2
+
+namespace avx512 {
+LC_CUDA_DECLARE_VECTOR_KERNELS
+}  // namespace avx512
+
+#undef LC_CUDA_DECLARE_VECTOR_KERNELS
+
+// The bfloat16 products by vdpbf16ps (AVX512-BF16): pairs of bfloat16 multiplied and summed into
+// float lanes, twice the products of a float FMA per instruction. As the products above.
+namespace avx512_bf16 {
+void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
+             const c10::BFloat16* filters, const c10::BFloat16* patches, float* out);
+void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* filters, const c10::BFloat16* grad_output,
+                  float* grad_patches);
+void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
+                  const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
+                  float* grad_filters, c10::BFloat16* rounded);
+}  // namespace avx512_bf16
+
+}  // namespace cpu
+}  // namespace lc_cuda

@@ -1,0 +1,530 @@
+// The kernels of vector_kernels.h, written once over a vector ISA V (the traits Avx512 of
+// avx512_vectors.h or Avx2 of avx2_vectors.h: lanes, masks, widening loads, rounding stores, lane
+// sums, block sizes) and an element type T (float, c10::BFloat16, c10::Half). avx512_kernels.cpp
+// and avx2_kernels.cpp each include this file once, after defining LC_VECTOR_TARGET (the
+// attribute that compiles a function for their ISA), LC_VECTOR_TRAITS (V) and
+// LC_VECTOR_NAMESPACE (the namespace of vector_kernels.h to define); nothing else includes it.
+// The generic code has internal linkage, so the two instantiations, each compiled for its own
+// ISA, never meet at link time; only the namespace's entry points are exported.
+//
+// Each product is a register-blocked micro-kernel, templated on its block sizes so that the
+// accumulators stay in registers, and a driver that cuts the location into blocks:
+// - forward: dot products along K (both operands are K-contiguous), V::kForwardFilters filters x
+//   up to V::kForwardSamples samples, each accumulator reduced across its lanes once at the end;
+// - grad_patches: V::kChunkVectors vectors of K x up to V::kMaxBlock samples, a broadcast of
+//   grad_output times a row of filters per output channel;
+// - grad_filters: the same chunks of K x up to V::kMaxBlock filters, a broadcast of grad_output
+//   times a row of patches per sample.
+// The last vector of a row of K is loaded and stored under a mask, so nothing is read or written
+// past a row.
+#if !defined(LC_VECTOR_TARGET) || !defined(LC_VECTOR_TRAITS) || !defined(LC_VECTOR_NAMESPACE)
+#error "define LC_VECTOR_TARGET, LC_VECTOR_TRAITS and LC_VECTOR_NAMESPACE before including this"
+#endif
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "register_blocks.h"
+#include "vector_kernels.h"
+
+namespace lc_cuda {
+namespace cpu {
+namespace {
+namespace generic {
+
+constexpr int64_t kSampleGroup = 4;  // samples packed or scattered together
+// The forward streams its filters from memory once, one block of rows at a time; it prefetches
+// them into L2 this many rows ahead (measured best of 4, 8, 16 rows and L1 or L2, DeepFace L4).
+constexpr int64_t kForwardAheadRows = 8;
+constexpr int64_t kLine = 64;  // bytes of a cache line
+
+// One element as a float (a bfloat16 is a float's upper half).
+LC_VECTOR_TARGET inline float to_float(float x) { return x; }
+LC_VECTOR_TARGET inline float to_float(c10::BFloat16 x) {
+  return std::bit_cast<float>(static_cast<uint32_t>(x.x) << 16);
+}
+LC_VECTOR_TARGET inline float to_float(c10::Half x) { return _cvtsh_ss(x.x); }
+
+// Prefetches `bytes` from p on into L2, a line at a time (a prefetch past the end of an array is
+// harmless).
+LC_VECTOR_TARGET inline void prefetch_l2(const void* p, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += kLine)
+    _mm_prefetch(static_cast<const char*>(p) + offset, _MM_HINT_T1);
+}
+
+// ---- forward: FB filters x SB samples of dot products along K ----
+// One vector of K at k; Masked: the last, partial one.
+template <typename V, typename T, int FB, int SB, bool Masked>
+LC_VECTOR_TARGET inline void forward_step(int64_t patch_size, int64_t k, const T* filters,
+                                          const T* patches, typename V::Vec (&acc)[FB][SB]) {
+  using Vec = typename V::Vec;
+  const auto mask = V::tail(patch_size - k);
+  Vec w[FB];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f) {
+    prefetch_l2(filters + (f + kForwardAheadRows) * patch_size + k, V::kLanes * sizeof(T));
+    w[f] = Masked ? V::load(mask, filters + f * patch_size + k)
+                  : V::load(filters + f * patch_size + k);
+  }
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s) {
+    const Vec p = Masked ? V::load(mask, patches + s * patch_size + k)
+                         : V::load(patches + s * patch_size + k);
+#pragma GCC unroll 6
+    for (int f = 0; f < FB; ++f) acc[f][s] = V::fmadd(w[f], p, acc[f][s]);
+  }
+}
+
+template <typename V, typename T, int FB, int SB>
+LC_VECTOR_TARGET void forward_block(int64_t out_channels, int64_t patch_size, const T* filters,
+                                    const T* patches, float* out) {
+  typename V::Vec acc[FB][SB];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) acc[f][s] = V::zero();
+  int64_t k = 0;
+  for (; k + V::kLanes <= patch_size; k += V::kLanes)
+    forward_step<V, T, FB, SB, false>(patch_size, k, filters, patches, acc);
+  if (k < patch_size) forward_step<V, T, FB, SB, true>(patch_size, k, filters, patches, acc);
+  // The lane sums, four filters at a time (the missing ones zeros).
+  static_assert(FB <= 4);
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s) {
+    typename V::Vec four[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) four[f] = acc[f][s];
+    const __m128 sums = V::reduce4(four[0], four[1], four[2], four[3]);
+    if constexpr (FB == 4) {
+      _mm_storeu_ps(out + s * out_channels, sums);
+    } else {
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, sums);
+      for (int f = 0; f < FB; ++f) out[s * out_channels + f] = lanes[f];
+    }
+  }
+}
+
+// The CV vectors of a chunk of K starting at `row`, the last one under the mask `last`.
+template <typename V, typename T, int CV>
+LC_VECTOR_TARGET inline void load_chunk(const T* row, typename V::Mask last,
+                                        typename V::Vec (&to)[CV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v)
+    to[v] = v == CV - 1 ? V::load(last, row + v * V::kLanes) : V::load(row + v * V::kLanes);
+}
+
+// Stores the CV vectors of a chunk of K at `row` as T, the last one under the mask `last`.
+template <typename V, typename T, int CV>
+LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
+                                         const typename V::Vec (&from)[CV]) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) {
+    if (v == CV - 1)
+      V::store(last, row + v * V::kLanes, from[v]);
+    else
+      V::store(row + v * V::kLanes, from[v]);
+  }
+}
+
+// ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
+template <typename V, typename T, int SB, int CV>
+LC_VECTOR_TARGET void grad_patches_block(int64_t out_channels, int64_t patch_size,
+                                         typename V::Mask last, const T* filters,
+                                         const T* grad_output, float* grad_patches,
+                                         bool prefetch) {
+  using Vec = typename V::Vec;
+  constexpr int64_t chunk_bytes = int64_t{V::kChunkVectors} * V::kLanes * sizeof(T);
+  Vec acc[SB][CV];
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) acc[s][v] = V::zero();
+  for (int64_t o = 0; o < out_channels; ++o) {
+    const T* row = filters + o * patch_size;
+    // The filters stream from memory once, one chunk of every row at a time: fetch this row's
+    // chunk after next into L2 while this one is used (measured best of 1, 2 and 4 chunks ahead,
+    // into L1 or L2).
+    if (prefetch) prefetch_l2(reinterpret_cast<const char*>(row) + 2 * chunk_bytes, chunk_bytes);
+    Vec w[CV];
+    load_chunk<V, T, CV>(row, last, w);
+#pragma GCC unroll 6
+    for (int s = 0; s < SB; ++s) {
+      const Vec g = V::set1(to_float(grad_output[s * out_channels + o]));
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[s][v] = V::fmadd(g, w[v], acc[s][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int s = 0; s < SB; ++s)
+    store_chunk<V, float, CV>(grad_patches + s * patch_size, last, acc[s]);
+}
+
+// ---- grad_filters: FB filters x CV vectors of K, summed over the samples ----
+template <typename V, typename T, int FB, int CV>
+LC_VECTOR_TARGET void grad_filters_block(int64_t out_channels, int64_t samples,
+                                         int64_t patch_size, typename V::Mask last,
+                                         const T* patches, const T* grad_output, bool accumulate,
+                                         float* grad_filters, T* rounded) {
+  using Vec = typename V::Vec;
+  Vec acc[FB][CV];
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f) {
+    if (accumulate) {
+      load_chunk<V, float, CV>(grad_filters + f * patch_size, last, acc[f]);
+    } else {
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[f][v] = V::zero();
+    }
+  }
+  for (int64_t s = 0; s < samples; ++s) {
+    Vec p[CV];
+    load_chunk<V, T, CV>(patches + s * patch_size, last, p);
+#pragma GCC unroll 6
+    for (int f = 0; f < FB; ++f) {
+      const Vec g = V::set1(to_float(grad_output[s * out_channels + f]));
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[f][v] = V::fmadd(g, p[v], acc[f][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int f = 0; f < FB; ++f) {
+    if (rounded != nullptr)
+      store_chunk<V, T, CV>(rounded + f * patch_size, last, acc[f]);
+    else
+      store_chunk<V, float, CV>(grad_filters + f * patch_size, last, acc[f]);
+  }
+}
+
+template <typename V, typename T>
+struct Blocks {
+  using ForwardFn = void (*)(int64_t, int64_t, const T*, const T*, float*);
+  using GradPatchesFn = void (*)(int64_t, int64_t, typename V::Mask, const T*, const T*, float*,
+                                 bool);
+  using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, typename V::Mask, const T*, const T*,
+                                 bool, float*, T*);
+  struct Forward {
+    template <int FB, int SB>
+    static constexpr ForwardFn at() { return &forward_block<V, T, FB, SB>; }
+  };
+  struct GradPatches {
+    template <int SB, int CV>
+    static constexpr GradPatchesFn at() { return &grad_patches_block<V, T, SB, CV>; }
+  };
+  struct GradFilters {
+    template <int FB, int CV>
+    static constexpr GradFiltersFn at() { return &grad_filters_block<V, T, FB, CV>; }
+  };
+  static constexpr auto forward =
+      make_block_table<ForwardFn, V::kForwardFilters, V::kForwardSamples, Forward>();
+  static constexpr auto grad_patches =
+      make_block_table<GradPatchesFn, V::kMaxBlock, V::kChunkVectors, GradPatches>();
+  static constexpr auto grad_filters =
+      make_block_table<GradFiltersFn, V::kMaxBlock, V::kChunkVectors, GradFilters>();
+};
+
+// The vectors of the chunk of K starting at k, and the mask of its last one.
+template <typename V>
+struct Chunk {
+  int vectors;
+  typename V::Mask last;
+};
+template <typename V>
+LC_VECTOR_TARGET inline Chunk<V> chunk_at(int64_t patch_size, int64_t k) {
+  const int64_t width = std::min<int64_t>(int64_t{V::kChunkVectors} * V::kLanes, patch_size - k);
+  const int vectors = static_cast<int>((width + V::kLanes - 1) / V::kLanes);
+  return {vectors, V::tail(width - (vectors - 1) * V::kLanes)};
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
+                              const T* filters, const T* patches, float* out) {
+  const EvenBlocks filter_blocks(out_channels, V::kForwardFilters);
+  const EvenBlocks sample_blocks(samples, V::kForwardSamples);
+  for (int64_t f = 0; f < filter_blocks.count; ++f) {
+    const int64_t o = filter_blocks.first(f);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      Blocks<V, T>::forward[filter_blocks.size(f) - 1][sample_blocks.size(b) - 1](
+          out_channels, patch_size, filters + o * patch_size, patches + s * patch_size,
+          out + s * out_channels + o);
+    }
+  }
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
+                                   const T* filters, const T* grad_output, float* grad_patches) {
+  const EvenBlocks sample_blocks(samples, V::kMaxBlock);
+  for (int64_t k = 0; k < patch_size; k += int64_t{V::kChunkVectors} * V::kLanes) {
+    const Chunk<V> chunk = chunk_at<V>(patch_size, k);
+    for (int64_t b = 0; b < sample_blocks.count; ++b) {
+      const int64_t s = sample_blocks.first(b);
+      Blocks<V, T>::grad_patches[sample_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, patch_size, chunk.last, filters + k, grad_output + s * out_channels,
+          grad_patches + s * patch_size + k, /*prefetch=*/b == 0);
+    }
+  }
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
+                                   const T* patches, const T* grad_output, bool accumulate,
+                                   float* grad_filters, T* rounded) {
+  const EvenBlocks filter_blocks(out_channels, V::kMaxBlock);
+  for (int64_t b = 0; b < filter_blocks.count; ++b) {
+    const int64_t o = filter_blocks.first(b);
+    for (int64_t k = 0; k < patch_size; k += int64_t{V::kChunkVectors} * V::kLanes) {
+      const Chunk<V> chunk = chunk_at<V>(patch_size, k);
+      Blocks<V, T>::grad_filters[filter_blocks.size(b) - 1][chunk.vectors - 1](
+          out_channels, samples, patch_size, chunk.last, patches + k, grad_output + o,
+          accumulate, grad_filters + o * patch_size + k,
+          rounded == nullptr ? nullptr : rounded + o * patch_size + k);
+    }
+  }
+}
+
+// The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
+// that a row's masks are worked out once per block (they had cost more than the copy, measured
+// on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
+// from L1 where the sample stride is a power of two (cunn232_c1).
+template <typename V, typename T>
+LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
+                                   const Geometry& g, int64_t samples, T* patches) {
+  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  const int64_t patch_size = g.patch_size();
+  for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
+    for (int64_t r = 0; r < row_count; ++r) {
+      const PatchRow& row = rows[r];
+      // Column q of the row reads input[row.source + q - row.first] of each sample; masked-off
+      // lanes are not read.
+      const T* from = input + n0 * sample_stride + row.source - row.first;
+      T* to = patches + n0 * patch_size + r * kernel_w;
+      for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
+        const auto read = V::columns(q, row.first, row.last);
+        // A whole vector may run on into the sample's next rows, which are packed after this
+        // one and overwrite it (AVX2's masked stores are slow); one that would run past the
+        // sample's patch is stored under a mask.
+        const bool inside = r * kernel_w + q + V::kLanes <= patch_size;
+        const auto write = V::tail(inside ? V::kLanes : kernel_w - q);
+        for (int64_t n = 0; n < group; ++n)
+          V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
+      }
+    }
+  }
+}
+
+// Loops as in pack_patches.
+template <typename V>
+LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
+                                          const Geometry& g, int64_t samples, float* grad_input) {
+  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
+  const int64_t patch_size = g.patch_size();
+  for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
+    for (int64_t r = 0; r < row_count; ++r) {
+      const PatchRow& row = rows[r];
+      if (row.first == row.last) continue;  // the row lies in the padding
+      float* to = grad_input + n0 * sample_size + row.source - row.first;
+      const float* from = grad_patches + n0 * patch_size + r * kernel_w;
+      for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
+        const auto mask = V::columns(q, row.first, row.last);
+        for (int64_t n = 0; n < group; ++n) {
+          float* target = to + n * sample_size + q;
+          const auto sum =
+              V::add(V::load(mask, target), V::load(mask, from + n * patch_size + q));
+          V::store(mask, target, sum);
+        }
+      }
+    }
+  }
+}
+
+// ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
+// filters_t[(k*FB + f)*kRowTileLocations + t] is the weight of location t of the vector's part of
+// the tile (the FB vectors of one k lie together, so one address register reaches them all);
+// bias[f*kRowTileLocations + t] likewise. The input row of (c, p) read by kernel column q is one
+// vector over t under columns[q], its lanes inside the tile and the input row. `stream`: each
+// output vector fills whole cache lines that nothing reads back here, so it goes to memory
+// without first reading them.
+template <typename V, typename T, int FB>
+LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const Geometry& g,
+                                     int64_t i, int64_t j0, typename V::Mask width_mask,
+                                     const typename V::Mask* columns, const float* filters_t,
+                                     const float* bias, T* out, int64_t plane, bool stream) {
+  typename V::Vec acc[FB];
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f) acc[f] = V::load(bias + f * kRowTileLocations);
+  int64_t k = 0;
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    for (int64_t p = 0; p < g.kernel_h; ++p) {
+      const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+      if (y < 0 || y >= g.in_h) {
+        k += g.kernel_w;
+        continue;
+      }
+      const T* row = sample + c * s.c + y * s.h;
+      for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
+        // Location j0 + t reads input column x + t; lanes outside the row read the padding.
+        const int64_t x = j0 - g.pad_w + q * g.dilation_w;
+        const auto values = V::load(columns[q], row + x);
+#pragma GCC unroll 16
+        for (int f = 0; f < FB; ++f)
+          acc[f] = V::fmadd(V::load(filters_t + (k * FB + f) * kRowTileLocations), values,
+                            acc[f]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (stream) {
+        V::stream(out + f * plane, acc[f]);
+        continue;
+      }
+    }
+    V::store(width_mask, out + f * plane, acc[f]);
+  }
+}
+
+template <typename V, typename T>
+struct RowTileBlocks {
+  using Fn = void (*)(const T*, const Strides4&, const Geometry&, int64_t, int64_t,
+                      typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
+                      int64_t, bool);
+  template <int... F>
+  static constexpr std::array<Fn, sizeof...(F)> make(std::integer_sequence<int, F...>) {
+    return {&row_tile_block<V, T, F + 1>...};
+  }
+  static constexpr auto table = make(std::make_integer_sequence<int, V::kRowTileFilters>{});
+};
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides4& s, const Geometry& g,
+                                       int64_t i, int64_t j0, int64_t width, int64_t samples,
+                                       const T* filters, const T* bias, bool shared_bias, T* out,
+                                       float* scratch) {
+  constexpr int64_t filter_block = V::kRowTileFilters;
+  const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
+  const int64_t plane = g.locations();
+  // The tile's filters as floats, transposed so that the tile's weights of one (o, k) lie
+  // together, in blocks of filter_block filters laid out as row_tile_block reads them.
+  for (int64_t o = 0; o < g.out_channels; o += filter_block) {
+    const int64_t block = std::min(filter_block, g.out_channels - o);
+    float* to = scratch + o * patch_size * kRowTileLocations;
+    for (int64_t k = 0; k < patch_size; ++k)
+      for (int64_t f = 0; f < block; ++f)
+        for (int64_t t = 0; t < kRowTileLocations; ++t)
+          to[(k * block + f) * kRowTileLocations + t] =
+              t < width ? to_float(filters[t * filter_size + (o + f) * patch_size + k]) : 0.0f;
+  }
+  const int64_t first = i * g.out_w + j0;
+  // The input lanes each kernel column reads, per vector of the tile (they are the same for every
+  // sample, filter and kernel row; working them out per read cost as much as the FMAs on AVX2).
+  constexpr int64_t vectors = kRowTileLocations / V::kLanes;
+  typename V::Mask columns[vectors][kRowTilePatchLimit];
+  for (int64_t t = 0; t < width; t += V::kLanes)
+    for (int64_t q = 0; q < g.kernel_w; ++q)
+      columns[t / V::kLanes][q] = V::both(
+          V::tail(width - t), V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
+  // Float outputs of a whole tile that starts a cache line fill whole lines.
+  const bool whole_lines = std::is_same_v<T, float> && width == kRowTileLocations &&
+                           plane % kRowTileLocations == 0 &&
+                           reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
+  for (int64_t o = 0; o < g.out_channels; o += filter_block) {
+    const int64_t block = std::min(filter_block, g.out_channels - o);
+    // The block's bias, a vector over the tile per filter: the accumulators' start.
+    float offsets[filter_block * kRowTileLocations];
+    for (int64_t f = 0; f < block; ++f) {
+      for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
+        const auto lanes = V::tail(std::max<int64_t>(width - t, 0));
+        V::store(offsets + f * kRowTileLocations + t,
+                 bias == nullptr ? V::zero()
+                 : shared_bias   ? V::set1(to_float(bias[o + f]))
+                                 : V::load(lanes, bias + (o + f) * plane + first + t));
+      }
+    }
+    for (int64_t n = 0; n < samples; ++n) {
+      for (int64_t t = 0; t < width; t += V::kLanes) {
+        RowTileBlocks<V, T>::table[block - 1](
+            input + n * s.n, s, g, i, j0 + t, V::tail(width - t), columns[t / V::kLanes],
+            scratch + o * patch_size * kRowTileLocations + t, offsets + t,
+            out + (n * g.out_channels + o) * plane + first + t, plane, whole_lines);
+      }
+    }
+  }
+  _mm_sfence();  // the streamed stores are ordered before whatever follows
+}
+
+}  // namespace generic
+}  // namespace
+
+namespace LC_VECTOR_NAMESPACE {
+
+template <typename T>
+void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,
+             const T* patches, float* out) {
+  generic::forward<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, filters, patches, out);
+}
+
+template <typename T>
+void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,
+                  const T* grad_output, float* grad_patches) {
+  generic::grad_patches<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, filters,
+                                          grad_output, grad_patches);
+}
+
+template <typename T>
+void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, const T* patches,
+                  const T* grad_output, bool accumulate, float* grad_filters, T* rounded) {
+  generic::grad_filters<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, patches,
+                                          grad_output, accumulate, grad_filters, rounded);
+}
+
+template <typename T>
+void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows, const Geometry& g,
+                  int64_t samples, T* patches) {
+  generic::pack_patches<LC_VECTOR_TRAITS>(input, sample_stride, rows, g, samples, patches);
+}
+
+void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,
+                         int64_t samples, float* grad_input) {
+  generic::scatter_add_patches<LC_VECTOR_TRAITS>(grad_patches, rows, g, samples, grad_input);
+}
+
+template <typename T>
+void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int64_t i, int64_t j0,
+                      int64_t width, int64_t samples, const T* filters, const T* bias,
+                      bool shared_bias, T* out, float* scratch) {
+  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, i, j0, width, samples, filters,
+                                              bias, shared_bias, out, scratch);
+}
+
+#define LC_CUDA_INSTANTIATE(T)                                                                 \
+  template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
+  template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
+  template void grad_filters<T>(int64_t, int64_t, int64_t, const T*, const T*, bool, float*,    \
+                                T*);                                                           \
+  template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
+                                T*);                                                           \
+  template void forward_row_tile<T>(const T*, const Strides4&, const Geometry&, int64_t,       \
+                                    int64_t, int64_t, int64_t, const T*, const T*, bool, T*,   \
+                                    float*);
+LC_CUDA_INSTANTIATE(float)
+LC_CUDA_INSTANTIATE(c10::BFloat16)
+LC_CUDA_INSTANTIATE(c10::Half)
+#undef LC_CUDA_INSTANTIATE
+
+}  // namespace LC_VECTOR_NAMESPACE
+}  // namespace cpu
+}  // namespace lc_cuda
