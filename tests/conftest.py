@@ -18,4 +18,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def needs_torch(major: int, minor: int, feature: str):
+    """Skips a test below the torch release that brought `feature` (README: Supported torch
+    versions)."""
+    version = tuple(int(part) for part in torch.__version__.split(".")[:2])
+    return pytest.mark.skipif(
+        version < (major, minor), reason=f"{feature} needs torch {major}.{minor} or later"
+    )
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_torch
 
 pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
 
@@ -171,6 +172,7 @@ def test_counts_worked_by_hand(bench_run):
             assert (r["bytes"], r["flops"]) == expected[r["direction"]], r["direction"]
 
 
+@needs_torch(2, 6, "ONNX export with dynamo=True (benchmarks/onnx_bench.py)")
 def test_onnx_bench_small():
     """benchmarks/onnx_bench.py on a reduced DeepFace: it checks onnxruntime against lc_cuda
     (and fails on a mismatch) before it times them."""

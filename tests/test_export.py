@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES
+from conftest import DEVICES, needs_torch
 from torch import nn
 
 import lc_cuda
@@ -37,15 +37,6 @@ from lc_cuda.reference import (
 pytestmark = pytest.mark.slow  # processes of their own, exports, compiles: minutes in all
 
 BATCH_SIZES = (2, 5)
-
-
-def needs_torch(major: int, minor: int, feature: str):
-    """Skips a test below the torch release that brought `feature` (README: Supported torch
-    versions)."""
-    version = tuple(int(part) for part in torch.__version__.split(".")[:2])
-    return pytest.mark.skipif(
-        version < (major, minor), reason=f"{feature} needs torch {major}.{minor} or later"
-    )
 
 
 def fixed_layers():
