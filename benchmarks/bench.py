@@ -12,6 +12,14 @@ batch 128 for lc_cuda and the fallback (memory_check.py, in its own process); --
 lc_cuda with the fallback and the snippet at batch 4 in about a minute. --threads sets torch's
 (and Keras') thread count.
 
+The rest of the operator family (cases.FAMILY_CASES: the transposed decoder layers, block
+sharing, groups, depthwise, 3D volumes and a long 1D layer) runs where --cases names it, on the
+CPU at cases.FAMILY_CPU_BATCHES, against methods.FAMILY_METHODS (lc_cuda's op for the case, its
+fallback, the unfold/fold snippet with the weights expanded to every location, eager and
+compiled, and F.conv where a case shares one filter bank over its whole output) and JAX where it
+takes the case (1D, 2D and 3D, no groups, sharing or transpose); each is checked against
+lc_cuda.reference's float64 oracle. --section writes such a run as one section of RESULTS.md.
+
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
 measured in the same run, its throughput and its peak extra memory (on the CPU: resident
