@@ -39,6 +39,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -591,7 +592,8 @@ def main(argv=None) -> int:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "build_info": lc_cuda.build_info(),
-        "command": " ".join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
+        # quoted as a shell needs it (a --section title has spaces)
+        "command": shlex.join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
         # the 1, 5 and 15-minute load averages: another process's work shows up as noise
         "load": {"start": load_at_start, "end": os.getloadavg(), "cpus": os.cpu_count()},
