@@ -496,7 +496,12 @@ def main(argv=None) -> int:
         if gpu
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     )
-    print(f"lc_cuda benchmark on {device_name}; build {lc_cuda.build_info()}", flush=True)
+    # which lc_cuda ran: an editable install elsewhere wins over a worktree's without PYTHONPATH
+    print(
+        f"lc_cuda benchmark on {device_name}; lc_cuda from {lc_cuda.__file__}, "
+        f"build {lc_cuda.build_info()}",
+        flush=True,
+    )
     load_at_start = os.getloadavg()
     ceilings = measure_ceilings(device, dtypes)
     print(
@@ -592,6 +597,7 @@ def main(argv=None) -> int:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "build_info": lc_cuda.build_info(),
+        "lc_cuda_path": lc_cuda.__file__,
         # quoted as a shell needs it (a --section title has spaces)
         "command": shlex.join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
