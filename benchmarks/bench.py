@@ -13,6 +13,14 @@ DeepFace L4 at batch 128 for lc_cuda and the fallback (memory_check.py, in its o
 --quick compares lc_cuda with the fallback and the snippet at batch 4 in about a minute.
 --threads sets torch's (and Keras') thread count.
 
+The rest of the operator family (cases.FAMILY_CASES: the transposed decoder layers, block
+sharing, groups, depthwise, 3D volumes and a long 1D layer) runs where --cases names it, on the
+CPU at cases.FAMILY_CPU_BATCHES, against methods.FAMILY_METHODS (lc_cuda's op for the case, its
+fallback, the unfold/fold snippet with the weights expanded to every location, eager and
+compiled, and F.conv where a case shares one filter bank over its whole output) and JAX where it
+takes the case (1D, 2D and 3D, no groups, sharing or transpose); each is checked against
+lc_cuda.reference's float64 oracle. --section writes such a run as one section of RESULTS.md.
+
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
 measured in the same run, its throughput and its peak extra memory (on the CPU: resident
@@ -32,6 +40,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,16 +50,34 @@ from pathlib import Path
 import host_memory
 import numpy as np
 import torch
-from cases import CASES, CASES_BY_NAME, CPU_BATCHES, DIRECTIONS, QUICK_CASES, Case
+from cases import (
+    CASES,
+    CASES_BY_NAME,
+    CPU_BATCHES,
+    DIRECTIONS,
+    FAMILY_CPU_BATCHES,
+    QUICK_CASES,
+    Case,
+)
 from ceilings import PRECISIONS, measure_ceilings, precision
 from keras_tasks import run_keras
-from methods import JAX, KERAS, METHODS, Method, environment
+from methods import (
+    FAMILY_METHODS,
+    JAX,
+    KERAS,
+    METHODS,
+    Method,
+    environment,
+    jax_takes,
+    methods_for,
+)
 from report import print_table, write_all
 from runner_process import run_tasks
 from timing import peak_extra_bytes, timings_ms
 
 import lc_cuda
 from lc_cuda import convert
+from lc_cuda.reference import reference_local_conv, reference_local_conv_transpose
 
 HERE = Path(__file__).resolve().parent
 L2_BYTES = 60 * 2**20  # the H200's L2; smaller working sets are rotated through several copies
@@ -85,6 +112,8 @@ class Progress:
 def make_sets(case: Case, batch: int, dtype, device, count: int) -> list[dict]:
     """`count` independent input sets: input, local weight and per-location bias, the Conv2d
     weight and bias for cuDNN, and a grad_output."""
+    if not case.plain:
+        return [family_set(case, batch, dtype, device) for _ in range(count)]
     sets = []
     for _ in range(count):
         k, o, c, out = case.kernel, case.out_channels, case.in_channels, case.out_size
@@ -98,6 +127,26 @@ def make_sets(case: Case, batch: int, dtype, device, count: int) -> list[dict]:
             "grad_output": torch.randn(batch, o, out, out, device=device, dtype=dtype),
         })  # fmt: skip
     return sets
+
+
+def family_set(case: Case, batch: int, dtype, device) -> dict:
+    """Input, weight and bias of a family case in lc_cuda's layout (methods.FAMILY_METHODS),
+    and a grad_output."""
+    channels = (case.in_channels, case.out_channels // case.groups)
+    if not case.transposed:
+        channels = (case.out_channels, case.in_channels // case.groups)
+    bias_sizes = case.out_sizes if case.transposed else case.region_sizes
+    kernel = (case.kernel,) * case.dims
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    return {
+        "input": randn(batch, case.in_channels, *case.sizes),
+        "weight": randn(*case.region_sizes, *channels, *kernel) * case.patch_size**-0.5,
+        "bias": randn(case.out_channels, *bias_sizes),
+        "grad_output": randn(batch, case.out_channels, *case.out_sizes),
+    }
 
 
 def set_bytes(case: Case, batch: int, element_size: int) -> int:
@@ -135,6 +184,8 @@ class Runner:
 
     def _forward(self, leaves):
         with environment(self.method.environment):
+            if not self.case.plain:
+                return self.method.function(*leaves, self.case)
             return self.method.function(*leaves, self.case.stride, self.case.padding)
 
     def __call__(self, i: int):
@@ -152,9 +203,44 @@ class Runner:
         return torch.autograd.grad(out, wanted, grad_output, retain_graph=True)
 
 
+def oracle_results(tensors: dict, case: Case, direction: str):
+    """lc_cuda.reference's float64 oracle on a family case's inputs, its gradients by autograd."""
+    needs = {
+        "forward": (),
+        "forward+backward": (0, 1, 2),
+        "grad_input": (0,),
+        "grad_weight": (1, 2),
+    }
+    leaves = [
+        tensors[name].detach().double().requires_grad_(i in needs[direction])
+        for i, name in enumerate(("input", "weight", "bias"))
+    ]
+    dims = case.dims
+    geometry = dict(
+        stride=(case.stride,) * dims,
+        padding=(case.padding,) * (2 * dims),
+        dilation=(case.dilation,) * dims,
+        groups=case.groups,
+        share=case.shares,
+        share_mode=case.share_mode,
+    )
+    if case.transposed:
+        out = reference_local_conv_transpose(
+            *leaves, output_padding=(case.output_padding,) * dims, **geometry
+        )
+    else:
+        out = reference_local_conv(*leaves, **geometry)
+    if direction == "forward":
+        return [out]
+    wanted = [leaves[i] for i in needs[direction]]
+    return list(torch.autograd.grad(out, wanted, tensors["grad_output"].double()))
+
+
 def reference_for(method: Method, tensors: dict, case: Case, direction: str):
     """The fallback's results on the same inputs (for cuDNN: its weights tiled per location,
-    and gradients summed back over locations)."""
+    and gradients summed back over locations); for a family case, the float64 oracle's."""
+    if not case.plain:
+        return oracle_results(tensors, case, direction)
     if method.weights == "local":
         local = tensors
     else:
@@ -238,13 +324,12 @@ def with_floors(records: list[dict], element_size: int, ceilings: dict, key) -> 
 def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[dict]:
     """JAX in its own process, on the same inputs (saved as float32 .npz files)."""
     records = []
+    by_name = {case.name: case for case in cases}
     with tempfile.TemporaryDirectory() as folder:
         tasks = []
-        for case in cases:
+        for case in filter(jax_takes, cases):
             tensors = sets_of(case)[0]
-            reference = lc_cuda.unfold_local_conv2d(
-                tensors["input"], tensors["weight"], tensors["bias"], case.stride, case.padding
-            )
+            reference = reference_for(METHODS["lc_cuda_unfold"], tensors, case, "forward")[0]
             path = os.path.join(folder, f"{case.name}.npz")
             arrays = {
                 name: tensors[name].float().cpu().numpy()
@@ -258,6 +343,7 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
                     "case": case.name,
                     "dtype": key,
                     "npz": path,
+                    "dims": case.dims,
                     "kernel": case.kernel,
                     "stride": case.stride,
                     "padding": case.padding,
@@ -268,6 +354,8 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         if device.type != "cuda":
             env["JAX_PLATFORMS"] = "cpu"
+        if not tasks:
+            return records
         results, failure = run_tasks(HERE / "jax_runner.py", tasks, folder, env)
         if failure:
             return [
@@ -276,6 +364,7 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
                     "dtype": key,
                     "direction": d,
                     "method": JAX,
+                    "batch": batch_of(by_name[t["case"]]),
                     "status": f"failed: {failure}",
                 }
                 for t in tasks
@@ -284,9 +373,25 @@ def run_jax(cases, key, batch_of, directions, repeats, device, sets_of) -> list[
         for record in results:
             peak = record.pop("peak_bytes", None)
             record["peak_extra_MB"] = None if peak is None else peak / 2**20
-            record["batch"] = batch_of(CASES_BY_NAME[record["case"]])
+            record["batch"] = batch_of(by_name[record["case"]])
             records.append(record)
     return records
+
+
+def description(name: str, cases: list[Case]) -> str:
+    """A torch method's description: its plain 2D one, its family one, or both where the run
+    has both kinds of case."""
+    kinds = [
+        (kind, methods[name].description)
+        for kind, methods, taken in (
+            ("plain 2D cases", METHODS, any(case.plain for case in cases)),
+            ("family cases", FAMILY_METHODS, any(not case.plain for case in cases)),
+        )
+        if taken and name in methods
+    ]
+    if len(kinds) == 1:
+        return kinds[0][1]
+    return "; ".join(f"{kind}: {text}" for kind, text in kinds)
 
 
 # The layer and batch whose extra memory the CPU run checks against the scratch bound.
@@ -326,7 +431,7 @@ def main(argv=None) -> int:
         + ["naive_compiled"]
         + ([JAX] if jax_here else [])
         + (list(KERAS) if keras_here else [])
-    )
+    ) + ["torch_conv"]  # family cases only; a method that takes none of the run's cases is dropped
     if not gpu and "--quick" in (argv if argv is not None else sys.argv[1:]):
         default_methods = ["lc_cuda", "lc_cuda_unfold", "naive_snippet"]  # about a minute
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -338,7 +443,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cases", nargs="+", choices=list(CASES_BY_NAME))
     parser.add_argument(
-        "--methods", nargs="+", choices=[*METHODS, JAX, *KERAS], default=default_methods
+        "--methods",
+        nargs="+",
+        choices=list(dict.fromkeys([*METHODS, *FAMILY_METHODS, JAX, *KERAS])),
+        default=default_methods,
     )
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
     parser.add_argument(
@@ -353,11 +461,17 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cpu-batch",
         type=int,
-        help="batch size without a GPU (default: cases.CPU_BATCHES for its cases, 4 for others)",
+        help="batch size without a GPU (default: cases.CPU_BATCHES and FAMILY_CPU_BATCHES for "
+        "their cases, 4 for others)",
     )
     parser.add_argument("--threads", type=int, help="torch (and Keras) CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results" / device.type)
     parser.add_argument("--results-md", type=Path, help="also write a RESULTS.md here")
+    parser.add_argument(
+        "--section",
+        help="write the run as this section of --results-md (replacing a section of that title), "
+        "keeping the rest of the file",
+    )
     args = parser.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 20)
@@ -368,7 +482,7 @@ def main(argv=None) -> int:
         default_names = list(CPU_BATCHES)
     names = args.cases or default_names
     cases = [CASES_BY_NAME[name] for name in names]
-    methods = [m for m in args.methods if m in METHODS]
+    methods = [m for m in args.methods if m in METHODS or m in FAMILY_METHODS]
     keras_methods = {m: KERAS[m] for m in args.methods if m in KERAS}
     dtypes = [d for d in args.dtypes if gpu or d != "float32_tf32"]
 
@@ -377,14 +491,19 @@ def main(argv=None) -> int:
             return case.batch
         if args.cpu_batch or args.quick:
             return min(case.batch, args.cpu_batch or 4)
-        return CPU_BATCHES.get(case.name, min(case.batch, 4))
+        return {**CPU_BATCHES, **FAMILY_CPU_BATCHES}.get(case.name, min(case.batch, 4))
 
     device_name = (
         torch.cuda.get_device_name()
         if gpu
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     )
-    print(f"lc_cuda benchmark on {device_name}; build {lc_cuda.build_info()}", flush=True)
+    # which lc_cuda ran: an editable install elsewhere wins over a worktree's without PYTHONPATH
+    print(
+        f"lc_cuda benchmark on {device_name}; lc_cuda from {lc_cuda.__file__}, "
+        f"build {lc_cuda.build_info()}",
+        flush=True,
+    )
     load_at_start = os.getloadavg()
     ceilings = measure_ceilings(device, dtypes)
     print(
@@ -394,10 +513,14 @@ def main(argv=None) -> int:
     )
 
     records = []
+    plain_cases = [case for case in cases if case.plain]
     progress = Progress(
         len(dtypes)
-        * len(cases)
-        * (len(args.directions) * len(methods) + (JAX in args.methods) + bool(keras_methods))
+        * (
+            sum(len(args.directions) * len(set(methods) & set(methods_for(c))) for c in cases)
+            + (JAX in args.methods) * len(cases)
+            + bool(keras_methods) * len(plain_cases)
+        )
     )
     for key in dtypes:
         with precision(key) as dtype:
@@ -421,10 +544,11 @@ def main(argv=None) -> int:
                     floor, bytes_, flops = floor_ms(
                         case, direction, batch_of(case), element_size, ceilings, key
                     )
-                    for name in methods:
+                    available = methods_for(case)
+                    for name in (m for m in methods if m in available):
                         progress.step(f"{key} {case.name} {direction} {name}")
                         record = measure_method(
-                            METHODS[name], sets_of(case), case, direction, key, device, repeats
+                            available[name], sets_of(case), case, direction, key, device, repeats
                         )
                         records.append(
                             {
@@ -448,10 +572,10 @@ def main(argv=None) -> int:
                     progress.step(f"{key} {case.name} jax")
                 records += with_floors(jax_records, element_size, ceilings, key)
                 cached_sets.clear()
-            if keras_methods:
+            if keras_methods and plain_cases:
                 keras_records = run_keras(
                     keras_methods,
-                    cases,
+                    plain_cases,
                     key,
                     batch_of,
                     list(args.directions),
@@ -459,7 +583,7 @@ def main(argv=None) -> int:
                     sets_of,
                     torch.get_num_threads(),
                 )
-                for case in cases:
+                for case in plain_cases:
                     progress.step(f"{key} {case.name} keras")
                 records += with_floors(keras_records, element_size, ceilings, key)
                 cached_sets.clear()
@@ -475,15 +599,22 @@ def main(argv=None) -> int:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "build_info": lc_cuda.build_info(),
-        "command": " ".join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
+        "lc_cuda_path": lc_cuda.__file__,
+        # quoted as a shell needs it (a --section title has spaces)
+        "command": shlex.join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
         # the 1, 5 and 15-minute load averages: another process's work shows up as noise
         "load": {"start": load_at_start, "end": os.getloadavg(), "cpus": os.cpu_count()},
         "dtypes": dtypes,
         "directions": list(args.directions),
-        "methods": [*methods, *([JAX] if JAX in args.methods else []), *keras_methods],
+        # the methods that took at least one of the run's cases
+        "methods": [
+            m
+            for m in [*methods, *([JAX] if JAX in args.methods else []), *keras_methods]
+            if any(r["method"] == m for r in records)
+        ],
         "method_descriptions": {
-            **{name: METHODS[name].description for name in methods},
+            **{name: description(name, cases) for name in methods},
             JAX: "jax.lax.conv_general_dilated_local under jax.jit, in its own process "
             "(wall-clock timing around block_until_ready)",
             **{
@@ -496,7 +627,7 @@ def main(argv=None) -> int:
         "records": records,
         **({"memory_check": memory} if memory else {}),
     }
-    write_all(result, args.out, args.results_md)
+    write_all(result, args.out, args.results_md, args.section)
     print_table(result)
     print(
         f"\nwritten: {args.out}/results.json, results.csv, chart_*.png"

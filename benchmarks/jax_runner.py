@@ -3,8 +3,9 @@ JAX and torch do not share the GPU's memory pools). Reads a JSON task list, writ
 
     python benchmarks/jax_runner.py tasks.json results.json
 
-Each task names an .npz with float32 arrays input (NCHW), rhs (OIHW local layout), bias
-(C_out, OH, OW), grad_output and reference (the fallback's output), and the geometry.
+Each task names an .npz with float32 arrays input (NCHW; NCH in 1D, NCDHW in 3D), rhs (OIHW
+local layout, likewise), bias (C_out, *out), grad_output and reference (the fallback's or the
+oracle's output), and the geometry (the same kernel, stride and padding in every dimension).
 """
 
 from __future__ import annotations
@@ -37,17 +38,19 @@ def main(tasks_path: str, results_path: str) -> None:
             for name in ("input", "rhs", "bias", "grad_output")
         )
         k, s, p = task["kernel"], task["stride"], task["padding"]
+        dims = task.get("dims", 2)
+        spatial = {1: "H", 2: "HW", 3: "DHW"}[dims]  # lc_cuda.convert.to_jax's default letters
         exact = task["dtype"] == "float32"
         precision = lax.Precision.HIGHEST if exact else lax.Precision.DEFAULT
 
-        def layer(x, rhs, bias, k=k, s=s, p=p, precision=precision):
+        def layer(x, rhs, bias, k=k, s=s, p=p, dims=dims, spatial=spatial, precision=precision):
             out = lax.conv_general_dilated_local(
                 x,
                 rhs,
-                (s, s),
-                [(p, p), (p, p)],
-                (k, k),
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                (s,) * dims,
+                [(p, p)] * dims,
+                (k,) * dims,
+                dimension_numbers=("NC" + spatial, "OI" + spatial, "NC" + spatial),
                 precision=precision,
             )
             return out + bias[None]

@@ -3,7 +3,8 @@ CSV, a PNG chart per dtype and RESULTS.md.
 
     python benchmarks/report.py results.json --results-md benchmarks/RESULTS.md
 
-regenerates the charts and RESULTS.md from a results file.
+regenerates the charts and RESULTS.md from a results file; with --section TITLE the run becomes
+(or replaces) the section TITLE of RESULTS.md, and the rest of the file is kept.
 """
 
 from __future__ import annotations
@@ -378,6 +379,28 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
     return "\n".join(lines) + "\n"
 
 
+def with_section(document: str, markdown: str, title: str) -> str:
+    """document with a run's markdown as its '## title' section (headings one level down),
+    in place of the section of that title where there is one, else at the end."""
+    lines = markdown.splitlines()
+    body = ["#" + line if line.startswith("##") else line for line in lines[1:]]
+    section = "\n".join([f"## {title}", *body]).strip() + "\n"
+    heading = f"\n## {title}\n"
+    if heading in document:
+        before, rest = document.split(heading, 1)
+        after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
+        return before.rstrip() + "\n\n" + section + ("\n## " + after if after else "")
+    return document.rstrip() + "\n\n" + section
+
+
+def write_markdown(result: dict, charts: list[Path], path: Path, section: str | None) -> None:
+    """RESULTS.md made from the run, or with the run as its section `section`."""
+    markdown = results_markdown(result, charts, path)
+    if section is not None:
+        markdown = with_section(path.read_text() if path.exists() else "", markdown, section)
+    path.write_text(markdown)
+
+
 def memory_markdown(check: dict | None) -> list[str]:
     """The CPU run's check of the extra memory at a large batch (bench.memory_check)."""
     if not check:
@@ -407,7 +430,9 @@ def memory_markdown(check: dict | None) -> list[str]:
     return lines
 
 
-def write_all(result: dict, out_dir: Path, results_md: Path | None) -> None:
+def write_all(
+    result: dict, out_dir: Path, results_md: Path | None, section: str | None = None
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     derive(result["records"])
     result["summary"] = summary(result)
@@ -417,18 +442,19 @@ def write_all(result: dict, out_dir: Path, results_md: Path | None) -> None:
     write_csv(result, out_dir / "results.csv")
     charts = write_charts(result, out_dir)
     if results_md is not None:
-        results_md.write_text(results_markdown(result, charts, results_md))
+        write_markdown(result, charts, results_md, section)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Regenerate charts and RESULTS.md")
     parser.add_argument("results_json", type=Path)
     parser.add_argument("--results-md", type=Path, default=None)
+    parser.add_argument("--section", help="write the run as this section of --results-md")
     args = parser.parse_args()
     result = json.loads(args.results_json.read_text())
     charts = write_charts(result, args.results_json.parent)
     if args.results_md:
-        args.results_md.write_text(results_markdown(result, charts, args.results_md))
+        write_markdown(result, charts, args.results_md, args.section)
     print_table(result)
 
 

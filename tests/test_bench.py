@@ -186,3 +186,139 @@ def test_onnx_bench_small():
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if " ratio " in line]
     assert [line.split()[0] for line in lines] == ["L4", "L5", "L6", "DeepFace"]
+
+
+def family_modules():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+    import cases
+    import methods
+
+    return bench, cases, methods
+
+
+def tiny(case):
+    """The case at a size whose every method (and the oracle) runs in a moment."""
+    import dataclasses
+
+    size = {1: (40,), 2: case.size, 3: (6, 7, 5)}[case.dims]
+    return dataclasses.replace(case, name=f"tiny_{case.name}", size=size)
+
+
+@pytest.mark.parametrize("name", [case.name for case in family_modules()[1].FAMILY_CASES])
+def test_family_methods_match_the_oracle(name):
+    """Every method that takes a family case (lc_cuda, its fallback, the snippet eager and
+    compiled, F.conv where the case has one region) gives the float64 oracle's output and
+    gradients on a tiny version of it, as bench.measure_method checks before timing."""
+    import torch
+
+    bench, cases, methods = family_modules()
+    case = tiny(cases.CASES_BY_NAME[name])
+    sets = bench.make_sets(case, 2, torch.float32, torch.device("cpu"), 1)
+    taken = methods.methods_for(case)
+    assert {"lc_cuda", "lc_cuda_unfold", "naive_snippet", "naive_compiled"} <= set(taken)
+    assert ("torch_conv" in taken) == (name == "deepid2_conv3_whole")
+    for method in taken.values():
+        for direction in cases.DIRECTIONS:
+            record = bench.measure_method(
+                method, sets, case, direction, "float32", torch.device("cpu"), 1
+            )
+            assert record["status"] == "ok", (method.name, direction, record)
+            assert record["error"] <= 1e-5, (method.name, direction, record)
+
+
+def test_jax_takes_the_nd_cases():
+    """JAX (lax.conv_general_dilated_local in its own process) on tiny 1D and 3D cases, checked
+    against the oracle's output; it takes no grouped, shared or transposed case."""
+    pytest.importorskip("jax")
+    import torch
+
+    bench, cases, methods = family_modules()
+    chosen = [tiny(cases.CASES_BY_NAME[n]) for n in ("genomics_1d_50k", "medvol_32cube_c2")]
+    sets = {case.name: bench.make_sets(case, 2, torch.float32, torch.device("cpu"), 1)
+            for case in chosen}  # fmt: skip
+    records = bench.run_jax(
+        chosen, "float32", lambda case: 2, ["forward", "forward+backward"], 1,
+        torch.device("cpu"), lambda case: sets[case.name],
+    )  # fmt: skip
+    assert len(records) == 4 and all("status" not in r for r in records), records
+    assert all(r["error"] <= 1e-5 and r["ms"] > 0 for r in records), records
+    assert [c.name for c in cases.FAMILY_CASES if methods.jax_takes(c)] == [
+        "deepid2_conv3_unshared", "medvol_32cube_c2", "fmri_decoder_3d", "genomics_1d_50k",
+    ]  # fmt: skip
+
+
+def test_family_counts_worked_by_hand():
+    """Bytes (every tensor once; shared weights once per region) and flops (2*N*K*C_out per
+    location, K = C_in / groups * prod(kernel)) of one case of each kind, float32."""
+    _, cases, _ = family_modules()
+
+    def expected(input, weight, bias, output, gemm):
+        return {
+            "forward": ((input + weight + bias + output) * 4, gemm),
+            "grad_input": ((output + weight + input) * 4, gemm),
+            "grad_weight": ((output + input + weight + bias) * 4, gemm),
+            "forward+backward": ((3 * (input + weight) + 2 * (bias + output)) * 4, 3 * gemm),
+        }
+
+    worked = {
+        # transposed 32 -> 16 channels, 4x4 -> 8x8: a 3x3 bank of 32 x 16 per input position,
+        # a bias per output position
+        ("ae_decoder_t1", 32): expected(
+            32 * 32 * 16, 16 * 32 * 16 * 9, 16 * 64, 32 * 16 * 64, 2 * 32 * 16 * 32 * 16 * 9
+        ),
+        # 12x10 -> 10x8, 40 -> 60 channels, 2x2 regions of 5x4: 4 banks and 4 biases
+        ("deepid2_conv3", 128): expected(
+            128 * 40 * 120, 4 * 60 * 40 * 9, 60 * 4, 128 * 60 * 80, 2 * 128 * 80 * 60 * 40 * 9
+        ),
+        ("deepid2_conv3_whole", 128): expected(
+            128 * 40 * 120, 60 * 40 * 9, 60, 128 * 60 * 80, 2 * 128 * 80 * 60 * 40 * 9
+        ),
+        # 4 groups: each of 128 outputs reads 16 of the 64 inputs
+        ("pogodin_cifar_g4", 32): expected(
+            32 * 64 * 256, 256 * 128 * 16 * 9, 128 * 256, 32 * 128 * 256, 2 * 32 * 256 * 128 * 144
+        ),
+        ("depthwise_32x32_c32", 128): expected(
+            128 * 32 * 1024, 1024 * 32 * 9, 32 * 1024, 128 * 32 * 1024, 2 * 128 * 1024 * 32 * 9
+        ),
+        ("medvol_32cube_c2", 4): expected(
+            4 * 2 * 32**3, 32**3 * 8 * 2 * 27, 8 * 32**3, 4 * 8 * 32**3, 2 * 4 * 32**3 * 8 * 54
+        ),
+        ("genomics_1d_50k", 32): expected(
+            32 * 50000, 49996 * 5, 49996, 32 * 49996, 2 * 32 * 49996 * 5
+        ),
+    }
+    for (name, batch), counts in worked.items():
+        case = cases.CASES_BY_NAME[name]
+        for direction, want in counts.items():
+            assert case.counts(direction, batch, 4) == want, (name, direction)
+    shapes = {c.name: (c.out_sizes, c.region_sizes) for c in cases.FAMILY_CASES}
+    assert shapes["ae_decoder_t1"] == ((8, 8), (4, 4))
+    assert shapes["deepid2_conv3"] == ((10, 8), (2, 2))
+    assert shapes["fmri_decoder_3d"] == ((15, 32, 32), (15, 32, 32))
+
+
+def test_plain_cases_keep_their_geometry():
+    """The 2D cases are plain (the 2D peers take them) and count as before the family."""
+    _, cases, methods = family_modules()
+    assert all(case.plain and methods.methods_for(case) is methods.METHODS for case in cases.CASES)
+    assert not any(case.plain for case in cases.FAMILY_CASES)
+    assert cases.CASES_BY_NAME["deepface_L5"].out_sizes == (25, 25)
+
+
+def test_a_run_becomes_a_section_of_results_md():
+    """--section puts a run under its own heading (its headings one level down), replaces a
+    section of that title on a rerun, and keeps the rest of the file."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    document = "# results\n\nintro\n\n## Old run\n\nold\n\n## Memory\n\nm\n"
+    run = "# lc_cuda benchmark results\n\n- device: cpu\n\n## Geometric means\n\nx\n"
+    added = report.with_section(document, run, "Family")
+    assert added.startswith(document.rstrip()) and added.endswith(
+        "## Family\n\n- device: cpu\n\n### Geometric means\n\nx\n"
+    )
+    again = report.with_section(added, run.replace("x\n", "y\n"), "Family")
+    assert again == added.replace("\nx\n", "\ny\n")
+    replaced = report.with_section(document, run, "Old run")
+    assert "old" not in replaced and replaced.endswith("## Memory\n\nm\n")
