@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cases import make_case
+from random_cases import make_case
 from test_backward import check_gradients
 from test_forward import check
 

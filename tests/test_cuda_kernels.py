@@ -4,8 +4,8 @@ agreement. Everything here needs a GPU and a build with kernels; elsewhere it is
 
 import pytest
 import torch
-from cases import geometries, make_case
 from hypothesis import given, settings
+from random_cases import geometries, make_case
 
 import lc_cuda
 from lc_cuda.reference import (

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from cases import geometries, make_case
 from conftest import DEVICES
 from hypothesis import given, settings
+from random_cases import geometries, make_case
 
 import lc_cuda
 from lc_cuda.reference import assert_matches_reference, expected_size, reference_local_conv2d

@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from cases import make_case
 from conftest import DEVICES
+from random_cases import make_case
 
 import lc_cuda
 from lc_cuda.selftest import CASES, make_tensors
