@@ -81,6 +81,28 @@ def flat(pairs):
     return [side for pair in pairs for side in pair]
 
 
+def geometry_kwargs(geometry):
+    """The op's keyword arguments for a random_geometry (the transposed op adds output_padding)."""
+    g = geometry
+    return dict(
+        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
+        **g["sharing"],
+    )  # fmt: skip
+
+
+def forward_oracle(geometry):
+    """reference_local_conv on a random_geometry, as a function of (input, weight, bias)."""
+    g = geometry
+
+    def oracle(input, weight, bias=None):
+        return reference_local_conv(
+            input, weight, bias, g["stride"], flat(g["pairs"]), g["dilation"], g["groups"],
+            g["share"], g["mode"],
+        )  # fmt: skip
+
+    return oracle
+
+
 def run_with_gradients(function, tensors, grad_output=None):
     leaves = [t.detach().requires_grad_() for t in tensors if t is not None]
     out = function(*leaves)
@@ -118,16 +140,7 @@ def test_forward_and_gradients_match_the_oracle(device, dtype, seed):
     tensors = forward_tensors(
         g, rng.randint(1, 3), dtype, device, torch.Generator().manual_seed(seed), bias_kind
     )
-    kwargs = dict(
-        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
-        **g["sharing"],
-    )  # fmt: skip
-
-    def oracle(input, weight, bias=None):
-        return reference_local_conv(
-            input, weight, bias, g["stride"], flat(g["pairs"]), g["dilation"], g["groups"],
-            g["share"], g["mode"],
-        )  # fmt: skip
+    kwargs, oracle = geometry_kwargs(g), forward_oracle(g)
 
     check_against_oracle(
         lambda *t: FORWARD[g["dims"]](*t, **kwargs),
@@ -151,16 +164,7 @@ def test_shared_weights_match_the_oracle_on_many_geometries(seed):
         g, rng.randint(1, 3), torch.float64, "cpu", torch.Generator().manual_seed(seed),
         ("none", "shared", "per_region")[seed % 3],
     )  # fmt: skip
-    kwargs = dict(
-        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
-        **g["sharing"],
-    )  # fmt: skip
-
-    def oracle(input, weight, bias=None):
-        return reference_local_conv(
-            input, weight, bias, g["stride"], flat(g["pairs"]), g["dilation"], g["groups"],
-            g["share"], g["mode"],
-        )  # fmt: skip
+    kwargs, oracle = geometry_kwargs(g), forward_oracle(g)
 
     check_against_oracle(lambda *t: UNFOLD[g["dims"]](*t, **kwargs), oracle, tensors, torch.float64)
 
@@ -211,10 +215,7 @@ def test_transpose_matches_the_oracle(device, dtype, seed):
     bias_shape = (g["c_in"], *size) if seed % 2 else (g["c_in"],)  # per location, or shared
     bias = torch.randn(bias_shape, generator=generator, dtype=torch.float64)
     tensors = [t.to(device, dtype) for t in (input, weight, bias)]
-    kwargs = dict(
-        stride=g["stride"], padding=g["pairs"], output_padding=output_padding,
-        dilation=g["dilation"], groups=g["groups"], **g["sharing"],
-    )  # fmt: skip
+    kwargs = dict(geometry_kwargs(g), output_padding=output_padding)
 
     def oracle(input, weight, bias):
         return reference_local_conv_transpose(
@@ -247,10 +248,7 @@ def test_adjoint_identity(seed):
         *g["regions"], g["c_out"], g["c_in"] // g["groups"], *g["kernel"],
         generator=generator, dtype=torch.float64,
     )  # fmt: skip
-    kwargs = dict(
-        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
-        **g["sharing"],
-    )  # fmt: skip
+    kwargs = geometry_kwargs(g)
     y_x = FORWARD[g["dims"]](x, w, **kwargs)
     y = torch.randn(y_x.shape, generator=generator, dtype=torch.float64)
     t_y = TRANSPOSE[g["dims"]](y, w, output_padding=output_padding, **kwargs)
@@ -275,10 +273,7 @@ def test_channels_last_input_is_read_in_place(device, dims):
         if layout
         else input.transpose(1, 2).contiguous().transpose(1, 2)
     )
-    kwargs = dict(
-        stride=g["stride"], padding=g["pairs"], dilation=g["dilation"], groups=g["groups"],
-        **g["sharing"],
-    )  # fmt: skip
+    kwargs = geometry_kwargs(g)
     torch.testing.assert_close(
         FORWARD[dims](permuted, weight, bias, **kwargs),
         FORWARD[dims](input, weight, bias, **kwargs),
