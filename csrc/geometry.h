@@ -67,12 +67,6 @@ struct Geometry {
   int64_t region_of(int64_t z, int64_t y, int64_t x) const {
     return (region(z, share_d) * regions_h + region(y, share_h)) * regions_w + region(x, share_w);
   }
-  // Whether the kernels written for 2D layers compute this call: a trivial depth (1D and 2D
-  // calls, and 3D calls of depth 1 with a depth-1 kernel), one group, a filter bank per location.
-  bool kernels_of_2d_take() const {
-    return in_d == 1 && kernel_d == 1 && pad_d == 0 && pad_d_end == 0 && groups == 1 &&
-           !shares_weights();
-  }
 };
 
 // Checks the tensors of a forward call against each other and the arguments (stride, dilation:

@@ -39,10 +39,6 @@ void add_transpose_bias(at::Tensor& out, const std::optional<at::Tensor>& bias);
 // The implementations a call can take (backend_choice.h chooses).
 enum class Backend { kernels, ffma, unfold };
 
-// A tensor of a plain geometry (Geometry::kernels_of_2d_take) as the kernels read it: (N, C, H, W), a 1D
-// call's with height 1, a 3D call's without its trivial depth. A view, no copy.
-at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
-
 // The hand-written products the CPU kernels run, from worst to best (csrc/cpu/product_isa.cpp
 // chooses one per call from the CPU and LC_CUDA_CPU_ISA). blas: none, a BLAS call per location;
 // avx2: the AVX2+FMA kernels; avx512: the same kernels on AVX-512; avx512_bf16: avx512, with the
@@ -50,9 +46,10 @@ at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g);
 // bfloat16 and float16 widened to float as they are loaded; float64 always takes the BLAS.
 enum class ProductIsa { blas, avx2, avx512, avx512_bf16 };
 
-// The CPU kernels (csrc/cpu/): blocked per-location products whose scratch stays within
-// LC_CUDA_CPU_SCRATCH_MB. Outputs are new contiguous tensors; inputs may have any strides.
-// isa: the products to run (the caller checks that the CPU has them). Plain 2D geometries only.
+// The CPU kernels (csrc/cpu/), for every geometry: blocked per-location products whose scratch
+// stays within LC_CUDA_CPU_SCRATCH_MB. Tensors are viewed with three spatial dimensions (as_5d);
+// outputs are new contiguous tensors in the caller's dimensions; inputs may have any strides.
+// isa: the products to run (the caller checks that the CPU has them).
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Geometry& geometry,
                        ProductIsa isa);

@@ -12,10 +12,6 @@
 
 namespace lc_cuda {
 
-at::Tensor as_4d(const at::Tensor& tensor, const Geometry& g) {
-  return as_5d(tensor, g).squeeze(2);
-}
-
 namespace {
 
 // The fallback as the implementation of every operator: CUDA tensors in a build without kernels.

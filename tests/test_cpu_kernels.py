@@ -15,7 +15,12 @@ from test_backward import check_gradients
 from test_forward import check
 
 import lc_cuda
-from lc_cuda.reference import allowed_error, reference_local_conv2d, relative_error
+from lc_cuda.reference import (
+    allowed_error,
+    reference_local_conv,
+    reference_local_conv2d,
+    relative_error,
+)
 
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 GEOMETRIES = {
@@ -157,6 +162,134 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
         allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
         error = relative_error(g, e)
         assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
+
+
+# The rest of the operator family on the same kernels, each geometry reaching its branches: 3D
+# windows that cross the padding in depth, with a patch short enough for the row tiles (54) and
+# one too long (135) over more than one tile per row; channel groups with blocks of shared
+# weights whose last block is partial and wider than a tile (18 > 16 locations); depthwise
+# (a channel multiplier of 2) with a period; one region over the whole output (grad_weight in
+# chunks of member rows); a long 1D patch shared in partial blocks; a 3D period with groups.
+# dims: n, c_in, size, c_out, kernel, stride, padding (before, after), dilation, groups, sharing
+FAMILY_PATH_GEOMETRIES = {
+    "volume_padded": (5, 3, (6, 7, 9), 4, (3, 2, 3), (1, 1, 1), ((1, 1), (0, 1), (1, 0)),
+                      (2, 1, 1), 1, {}),
+    "volume_long_patch": (7, 5, (5, 6, 20), 6, (3, 3, 3), (2, 1, 1), ((1, 1),) * 3, (1, 1, 1),
+                          1, {}),
+    "groups_shared_blocks": (9, 6, (11, 22), 6, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 3,
+                             {"share_block": (4, 18)}),
+    "depthwise_period": (13, 4, (9, 19), 8, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 4,
+                         {"share_period": (2, 3)}),
+    "one_region": (17, 5, (12, 10), 7, (3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1), 1,
+                   {"share_block": (10, 8)}),
+    "long_patch_1d_blocks": (6, 9, (40,), 5, (9,), (1,), ((2, 0),), (1,), 1,
+                             {"share_block": (7,)}),
+    "volume_groups_period": (4, 4, (5, 5, 18), 2, (3, 3, 3), (1, 1, 2), ((1, 1),) * 3,
+                             (1, 1, 1), 2, {"share_period": (1, 2, 3)}),
+}  # fmt: skip
+FAMILY_OPS = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
+FAMILY_FALLBACKS = {
+    1: lc_cuda.unfold_local_conv1d,
+    2: lc_cuda.unfold_local_conv2d,
+    3: lc_cuda.unfold_local_conv3d,
+}
+
+
+def family_case(name, dtype):
+    """Input, weight (a bank per region), bias per region and grad_output of a family geometry,
+    drawn in float64 and rounded to dtype, and the op's and the oracle's arguments."""
+    n, c_in, size, c_out, kernel, stride, padding, dilation, groups, sharing = (
+        FAMILY_PATH_GEOMETRIES[name]
+    )
+    out = [
+        (length + before + after - d * (k - 1) - 1) // s + 1
+        for length, (before, after), k, s, d in zip(size, padding, kernel, stride, dilation)
+    ]
+    mode, share = next(iter(sharing.items()), ("share_block", (1,) * len(size)))
+    regions = share if mode == "share_period" else [-(-o // b) for o, b in zip(out, share)]
+    generator = torch.Generator().manual_seed(3)
+
+    def draw(*shape):
+        return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    tensors = (
+        draw(n, c_in, *size),
+        draw(*regions, c_out, c_in // groups, *kernel),
+        draw(c_out, *regions),
+        draw(n, c_out, *out),
+    )
+    arguments = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, **sharing)
+    oracle_arguments = (
+        stride, [side for pair in padding for side in pair], dilation, groups, share,
+        "tile" if mode == "share_period" else "block",
+    )  # fmt: skip
+    return tensors, arguments, oracle_arguments
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", sorted(FAMILY_PATH_GEOMETRIES))
+@pytest.mark.parametrize("isa, dtype", PRODUCT_PATHS, ids=lambda v: str(v).replace("torch.", ""))
+def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
+    """3D, groups and shared weights on each ISA and dtype against the float64 oracle, output and
+    the three gradients, as test_product_paths_match_reference."""
+    if isa == "ffma":
+        monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
+        monkeypatch.delenv("LC_CUDA_CPU_ISA", raising=False)
+    elif not cpu_runs(isa):
+        pytest.skip(f"this CPU does not run LC_CUDA_CPU_ISA={isa}")
+    else:
+        monkeypatch.setenv("LC_CUDA_CPU_ISA", isa)
+        monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
+    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+    (input, weight, bias, grad_output), arguments, oracle_arguments = family_case(name, dtype)
+    if layout == "channels_last":  # channels innermost, in any number of dimensions
+        input = input.movedim(1, -1).contiguous().movedim(-1, 1)
+    op = FAMILY_OPS[input.dim() - 2]
+    expected = outputs_and_gradients(
+        reference_local_conv,
+        input.double(),
+        weight.double(),
+        bias.double(),
+        grad_output.double(),
+        oracle_arguments,
+    )
+    got = outputs_and_gradients(
+        lambda *t: op(*t, **arguments), input, weight, bias, grad_output, ()
+    )
+    fallback = (
+        outputs_and_gradients(
+            lambda *t: FAMILY_FALLBACKS[input.dim() - 2](*t, **arguments),
+            input, weight, bias, grad_output, (),
+        )
+        if dtype in (torch.bfloat16, torch.float16)
+        else [None] * 4
+    )
+    for what, g, e, f in zip(("output", "input", "weight", "bias"), got, expected, fallback):
+        assert g.dtype == dtype and g.shape == e.shape, what
+        allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
+        error = relative_error(g, e)
+        assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
+
+
+@pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)
+@pytest.mark.parametrize("name", sorted(FAMILY_PATH_GEOMETRIES))
+def test_family_in_blocks_matches_reference(budget, name):
+    """The family's geometries with the batch cut into sample blocks (and one location at a
+    time), float32, against the oracle."""
+    (input, weight, bias, grad_output), arguments, oracle_arguments = family_case(
+        name, torch.float32
+    )
+    op = FAMILY_OPS[input.dim() - 2]
+    got = outputs_and_gradients(
+        lambda *t: op(*t, **arguments), input, weight, bias, grad_output, ()
+    )
+    expected = outputs_and_gradients(
+        reference_local_conv, input.double(), weight.double(), bias.double(),
+        grad_output.double(), oracle_arguments,
+    )  # fmt: skip
+    for what, g, e in zip(("output", "input", "weight", "bias"), got, expected):
+        error = relative_error(g, e)
+        assert error <= allowed_error(torch.float32), f"{what}: relative error {error:.3g}"
 
 
 @pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)

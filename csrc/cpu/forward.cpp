@@ -1,9 +1,10 @@
 // The CPU forward. Threads take tiles of up to 16 neighbouring locations of one output row, so
-// each reads its own part of the weight once per sample block. Per location one product
-// (location_products.h): its filter bank (C_out x K, contiguous in the weight) times its packed
-// patches (samples x K), the tile's results staged and written to the (N, C_out, OH, OW) output
-// as contiguous runs. Short patches on the vector kernels go a whole tile at a time instead
-// (forward_row_tile: one vector over the tile's locations, written in place).
+// each reads its own part of the weight once per sample block. Per location and channel group
+// one product (location_products.h): the group's rows of the location's region's filter bank
+// (C_out/groups x K, contiguous in the weight) times the group's packed patches (samples x K),
+// the tile's results staged and written to the (N, C_out, D, H, W) output as contiguous runs.
+// Short patches on the vector kernels go a whole tile at a time instead (forward_row_tile: one
+// vector over the tile's locations, written in place).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -22,11 +23,11 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
   const bool shared_bias = bias_values.defined() && bias_values.dim() == 1;
-  const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
-                                 input.stride(3)};
+  const cpu::Strides5 in_strides = cpu::strides5(input);
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
-  const int64_t locations = g.locations();
-  const int64_t row_count = g.in_channels * g.kernel_h;
+  const int64_t filter_size = out_channels * patch_size, group_size = g.group_out_channels();
+  const int64_t locations = g.locations(), regions = g.regions();
+  const int64_t row_count = cpu::patch_row_count(g);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_forward", [&] {
@@ -38,7 +39,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         at::get_num_threads() * cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float)) <=
             cpu::scratch_budget_bytes();
     // Per thread: the tile's filters (by row tiles); otherwise one location's patch rows and
-    // patches, and a tile's staged results.
+    // patches (of one group), and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float));
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
@@ -59,17 +60,17 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
 
     for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
       const int64_t samples = std::min(block.samples, g.batch - n0);
-      at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(pass);
         if (by_row_tiles) {
           float* tile_filters = slice.take<float>(cpu::row_tile_scratch(g));
           for (int64_t unit = begin; unit < end; ++unit) {
-            const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
-            cpu::forward_row_tile(isa, in + n0 * in_strides.n, in_strides, g, i, j0,
-                                  std::min(block.tile, g.out_w - j0), samples,
-                                  w + (i * g.out_w + j0) * out_channels * patch_size, b,
-                                  shared_bias, o + n0 * out_channels * locations, tile_filters);
+            const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+            cpu::forward_row_tile(isa, in + n0 * in_strides.n, in_strides, g, row / g.out_h,
+                                  row % g.out_h, j0, std::min(block.tile, g.out_w - j0), samples,
+                                  w, b, shared_bias, o + n0 * out_channels * locations,
+                                  tile_filters);
           }
           return;
         }
@@ -77,16 +78,20 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
         for (int64_t unit = begin; unit < end; ++unit) {
-          const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+          const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+          const int64_t z = row / g.out_h, i = row % g.out_h;
           const int64_t width = std::min(block.tile, g.out_w - j0);
-          const int64_t first_location = i * g.out_w + j0;
+          const int64_t first_location = row * g.out_w + j0;
           for (int64_t t = 0; t < width; ++t) {
-            cpu::patch_rows(g, in_strides, i, j0 + t, rows);
-            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
-                               samples, patches);
-            cpu::location_forward(isa, out_channels, samples, patch_size,
-                                  w + (first_location + t) * out_channels * patch_size, patches,
-                                  staged + t * staged_stride);
+            const scalar_t* filters = w + g.region_of(z, i, j0 + t) * filter_size;
+            for (int64_t group = 0; group < g.groups; ++group) {
+              cpu::patch_rows(g, in_strides, z, i, j0 + t, group, rows);
+              cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
+                                 samples, patches);
+              cpu::location_forward(isa, group_size, samples, patch_size,
+                                    filters + group * group_size * patch_size, patches,
+                                    staged + t * staged_stride + group * samples * group_size);
+            }
           }
           // Each (n, c) run lies a whole plane from the next, which no hardware prefetcher
           // follows: the run of the row's next tile is fetched for writing now.
@@ -94,12 +99,17 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
             for (int64_t c = 0; c < out_channels; ++c) {
               scalar_t* run = o + ((n0 + n) * out_channels + c) * locations + first_location;
               __builtin_prefetch(run + width, /*write=*/1);
-              const opmath_t* from = staged + n * out_channels + c;
+              const opmath_t* from = staged + cpu::staged_offset(g, samples, n, c);
               if (b == nullptr) {
                 for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride];
               } else if (shared_bias) {
                 const opmath_t offset = b[c];
                 for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride] + offset;
+              } else if (g.shares_weights()) {
+                const scalar_t* offsets = b + c * regions;
+                for (int64_t t = 0; t < width; ++t)
+                  run[t] = from[t * staged_stride] +
+                           static_cast<opmath_t>(offsets[g.region_of(z, i, j0 + t)]);
               } else {
                 const scalar_t* offsets = b + c * locations + first_location;
                 for (int64_t t = 0; t < width; ++t)

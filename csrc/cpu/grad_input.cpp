@@ -1,8 +1,9 @@
-// The CPU grad_input. Per output location one product (location_products.h) turns the location's
-// grad_output (samples x C_out) into its patch gradients (samples x K), which are added onto the
-// input positions the patch read. Windows of neighbouring rows overlap, so threads take blocks of
-// output rows tall enough that blocks two apart never touch the same input row, and run in two
-// phases (even blocks, then odd ones): no two threads write the same element, without atomics. The
+// The CPU grad_input. Per output location and channel group one product (location_products.h)
+// turns the location's grad_output (samples x C_out/groups) into its patch gradients
+// (samples x K), which are added onto the input positions the patch read. Windows of neighbouring
+// output rows (of a 3D output, output planes) overlap, so threads take blocks of rows (planes)
+// tall enough that blocks two apart never touch the same input row (plane), and run in two phases
+// (even blocks, then odd ones): no two threads write the same element, without atomics. The
 // blocks follow from the geometry alone, so every input element sums its terms in the same order
 // at any thread count: the result does not depend on the thread count.
 #include <ATen/ATen.h>
@@ -19,19 +20,23 @@ namespace lc_cuda {
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                           const Geometry& g, ProductIsa isa) {
   const at::Tensor filters = weight.contiguous();
-  const cpu::Strides4 go_strides{grad_output.stride(0), grad_output.stride(1),
-                                 grad_output.stride(2), grad_output.stride(3)};
+  const cpu::Strides5 go_strides = cpu::strides5(grad_output);
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
-  const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
-  const int64_t row_count = g.in_channels * g.kernel_h;
+  const int64_t filter_size = out_channels * patch_size, group_size = g.group_out_channels();
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t row_count = cpu::patch_row_count(g);
   // The strides of the contiguous block the patch gradients are added into.
-  const cpu::Strides4 block_strides{sample_size, g.in_h * g.in_w, g.in_w, 1};
-  // Output rows per block: blocks b and b + 2 read disjoint input rows when the kernel's span
-  // fits in (rows + 1) strides.
-  const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1;
-  const int64_t block_rows =
-      std::max<int64_t>(1, (span_h + g.stride_h - 1) / g.stride_h - 1);
-  const int64_t row_blocks = (g.out_h + block_rows - 1) / block_rows;
+  const cpu::Strides5 block_strides{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w,
+                                    g.in_w, 1};
+  // The blocks go along the output's depth where it has one, else along its height. Blocks b and
+  // b + 2 read disjoint input planes (rows) when the kernel's span fits in (length + 1) strides.
+  const bool by_planes = g.out_d > 1;
+  const int64_t axis_out = by_planes ? g.out_d : g.out_h;
+  const int64_t axis_stride = by_planes ? g.stride_d : g.stride_h;
+  const int64_t span = by_planes ? g.dilation_d * (g.kernel_d - 1) + 1
+                                 : g.dilation_h * (g.kernel_h - 1) + 1;
+  const int64_t block_length = std::max<int64_t>(1, (span + axis_stride - 1) / axis_stride - 1);
+  const int64_t axis_blocks = (axis_out + block_length - 1) / block_length;
 
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
@@ -69,7 +74,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                                 : reinterpret_cast<opmath_t*>(pass.shared());
       if (!in_place) std::fill(sums, sums + samples * sample_size, opmath_t(0));
       for (int64_t phase = 0; phase < 2; ++phase) {
-        const int64_t phase_blocks = (row_blocks - phase + 1) / 2;
+        const int64_t phase_blocks = (axis_blocks - phase + 1) / 2;
         at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
           cpu::ScratchSlice slice(pass);
@@ -77,21 +82,28 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
           cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
           for (int64_t index = begin; index < end; ++index) {
-            const int64_t first_row = (2 * index + phase) * block_rows;
-            const int64_t last_row = std::min(first_row + block_rows, g.out_h);
-            for (int64_t i = first_row; i < last_row; ++i) {
+            const int64_t first = (2 * index + phase) * block_length;
+            const int64_t last = std::min(first + block_length, axis_out);
+            // The output rows (z, i) of the block: its planes whole, or its rows of the one plane.
+            const int64_t first_row = by_planes ? first * g.out_h : first;
+            const int64_t last_row = by_planes ? last * g.out_h : last;
+            for (int64_t row = first_row; row < last_row; ++row) {
+              const int64_t z = row / g.out_h, i = row % g.out_h;
               for (int64_t tile = 0; tile < row_tiles; ++tile) {
                 const int64_t j0 = tile * block.tile;
                 const int64_t width = std::min(block.tile, g.out_w - j0);
-                cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples,
-                                       staged_stride, staged);
+                cpu::stage_grad_output(go, go_strides, g, z, i, j0, /*step=*/1, width, n0,
+                                       samples, staged_stride, staged);
                 for (int64_t t = 0; t < width; ++t) {
-                  const int64_t location = i * g.out_w + j0 + t;
-                  cpu::location_grad_patches(isa, out_channels, samples, patch_size,
-                                             w + location * out_channels * patch_size,
-                                             staged + t * staged_stride, grad_patches);
-                  cpu::patch_rows(g, block_strides, i, j0 + t, rows);
-                  cpu::scatter_location(isa, grad_patches, rows, g, samples, sums);
+                  const scalar_t* bank = w + g.region_of(z, i, j0 + t) * filter_size;
+                  for (int64_t group = 0; group < g.groups; ++group) {
+                    cpu::location_grad_patches(
+                        isa, group_size, samples, patch_size,
+                        bank + group * group_size * patch_size,
+                        staged + t * staged_stride + group * samples * group_size, grad_patches);
+                    cpu::patch_rows(g, block_strides, z, i, j0 + t, group, rows);
+                    cpu::scatter_location(isa, grad_patches, rows, g, samples, sums);
+                  }
                 }
               }
             }

@@ -1,13 +1,20 @@
-// The CPU grad_weight. Per output location one product (location_products.h): the transposed
-// patches (K x samples) times the location's grad_output (samples x C_out), summed over the sample
-// blocks in order. Threads take tiles of neighbouring locations of one output row and write
-// disjoint parts of grad_weight. The vector kernels' products add each sample's term in sample
-// order whatever the sample blocks, so their result does not depend on the thread count (bar
-// bfloat16 on AVX512-BF16, which adds the samples two at a time: a block of odd size shifts the
-// pairs, and the rounding with them, where the batch is larger than one block). The BLAS
-// groups the sum over the batch by sample block, whose size follows from the scratch budget and
-// the thread count: there, where the batch is larger than one block, the result depends on the
-// thread count by floating-point reassociation (and only there).
+// The CPU grad_weight. Per output location and channel group one product (location_products.h):
+// the transposed patches (K x samples) times the location's grad_output (samples x
+// C_out/groups), summed over the sample blocks in order.
+//
+// A filter bank per location: threads take tiles of neighbouring locations of one output row and
+// write disjoint parts of grad_weight. Locations that share a bank: threads take units, each a
+// region or a fixed part of one (a chunk of its member rows), and sum each member's product into
+// the unit's sums in member order; the chunks of a region are added in order at the end. The
+// chunks follow from the geometry (and the scratch budget) alone, never from the thread count.
+//
+// The vector kernels' products add each sample's term in sample order whatever the sample blocks,
+// so their result does not depend on the thread count (bar bfloat16 on AVX512-BF16, which adds
+// the samples two at a time: a block of odd size shifts the pairs, and the rounding with them,
+// where the batch is larger than one block). The BLAS groups the sum over the batch by sample
+// block, whose size follows from the scratch budget and the thread count: there, where the batch
+// is larger than one block, the result depends on the thread count by floating-point
+// reassociation (and only there).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -17,38 +24,65 @@
 #include "huge_pages.h"
 #include "location_products.h"
 #include "patches.h"
+#include "regions.h"
 
 namespace lc_cuda {
+namespace {
+
+// Units a shared-weight grad_weight aims at: enough for the threads of a large machine to share
+// out, and fixed, so that the order of the sums does not depend on the thread count.
+constexpr int64_t kSharedUnits = 16;
+
+// The chunks each region's member rows are cut into: up to kSharedUnits units in all, at most one
+// per member row, and the chunks' float sums (regions x chunks banks) within half the budget.
+int64_t chunks_per_region(const Geometry& g, int64_t member_rows) {
+  const int64_t wanted = (kSharedUnits + g.regions() - 1) / g.regions();
+  const int64_t bank_bytes = g.out_channels * g.patch_size() * int64_t(sizeof(float));
+  const int64_t fit = cpu::scratch_budget_bytes() / 2 / (g.regions() * bank_bytes);
+  const int64_t chunks = std::min({wanted, member_rows, fit});
+  return std::max<int64_t>(chunks, 1);
+}
+
+}  // namespace
 
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                            const Geometry& g, ProductIsa isa) {
   auto grad_weight = cpu::empty_on_huge_pages(weight_shape(g), input.options());
   if (g.batch == 0) return grad_weight.zero_();
-  const cpu::Strides4 in_strides{input.stride(0), input.stride(1), input.stride(2),
-                                 input.stride(3)};
-  const cpu::Strides4 go_strides{grad_output.stride(0), grad_output.stride(1),
-                                 grad_output.stride(2), grad_output.stride(3)};
+  const cpu::Strides5 in_strides = cpu::strides5(input);
+  const cpu::Strides5 go_strides = cpu::strides5(grad_output);
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
-  const int64_t filter_size = out_channels * patch_size;
-  const int64_t row_count = g.in_channels * g.kernel_h;
+  const int64_t filter_size = out_channels * patch_size, group_size = g.group_out_channels();
+  const int64_t group_filter_size = group_size * patch_size;
+  const int64_t row_count = cpu::patch_row_count(g);
+  const bool shares = g.shares_weights();
+  const auto axes = region_axes(g);
+  const int64_t member_rows = axes[0].members * axes[1].members;
+  const int64_t chunks = shares ? chunks_per_region(g, member_rows) : 1;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_grad_weight", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // float and double sum straight into grad_weight; float16 and bfloat16 into float sums per
-    // location of the tile, which the last sample block's product writes to grad_weight rounded,
-    // once (with one sample block the sums are never written).
+    // Without sharing, float and double sum straight into grad_weight; float16 and bfloat16 into
+    // float sums per location of the tile, which the last sample block's product writes to
+    // grad_weight rounded, once (with one sample block the sums are never written). With sharing
+    // every type sums each member of a tile apart (tile sums), then into the unit's sums.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
+    const bool tile_sums_needed = shares || !in_place;
     // Per thread: a tile's staged grad_output, one location's patch rows and patches, the tile's
-    // float sums.
+    // sums, and with sharing the unit's sums.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
-             (in_place ? 0 : cpu::line_bytes(tile * filter_size, sizeof(opmath_t)));
+             (tile_sums_needed ? cpu::line_bytes(tile * filter_size, sizeof(opmath_t)) : 0) +
+             (shares ? cpu::line_bytes(filter_size, sizeof(opmath_t)) : 0);
     };
-    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
+    // With sharing in chunks, each unit's sums, added per region at the end.
+    const int64_t chunk_sums = chunks > 1 ? g.regions() * chunks * filter_size : 0;
+    const auto shared = [&](int64_t) { return cpu::line_bytes(chunk_sums, sizeof(opmath_t)); };
+    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
     const cpu::Blocking& block = pass.block;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
@@ -58,33 +92,106 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
 
-    at::parallel_for(0, g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+    // The products of the `width` locations (z, i, j0 + t*step) over the whole batch, each
+    // location's bank into sums + t*filter_size (accumulated over the sample blocks);
+    // rounded_bank(t), where not null, takes the last block's sums rounded instead.
+    const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
+                                   scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
+                                   opmath_t* sums, const auto& rounded_bank) {
+      for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
+        const int64_t samples = std::min(block.samples, g.batch - n0);
+        const bool last_block = n0 + samples >= g.batch;
+        cpu::stage_grad_output(go, go_strides, g, z, i, j0, step, width, n0, samples,
+                               staged_stride, staged);
+        for (int64_t t = 0; t < width; ++t) {
+          scalar_t* rounded = last_block ? rounded_bank(t) : nullptr;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
+            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g, samples,
+                               patches);
+            cpu::location_grad_filters(
+                isa, group_size, samples, patch_size, patches,
+                staged + t * staged_stride + group * samples * group_size,
+                /*accumulate=*/n0 > 0, sums + t * filter_size + group * group_filter_size,
+                rounded == nullptr ? nullptr : rounded + group * group_filter_size);
+          }
+        }
+      }
+    };
+
+    if (!shares) {
+      at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+        const cpu::SingleThreadedBlas one_thread;
+        cpu::ScratchSlice slice(pass);
+        scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
+        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
+        scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
+        opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+          scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
+          tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
+                        std::min(block.tile, g.out_w - j0), staged, rows, patches,
+                        in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        [&](int64_t t) { return in_place ? nullptr : banks + t * filter_size; });
+        }
+      });
+      return;
+    }
+
+    opmath_t* unit_results = reinterpret_cast<opmath_t*>(pass.shared());
+    at::parallel_for(0, g.regions() * chunks, 1, [&](int64_t begin, int64_t end) {
       const cpu::SingleThreadedBlas one_thread;
       cpu::ScratchSlice slice(pass);
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
-      opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
+      opmath_t* tile_sums = slice.take<opmath_t>(block.tile * filter_size);
+      opmath_t* unit_sums = slice.take<opmath_t>(filter_size);
       for (int64_t unit = begin; unit < end; ++unit) {
-        const int64_t i = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
-        const int64_t width = std::min(block.tile, g.out_w - j0);
-        const int64_t first_location = i * g.out_w + j0;
-        for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
-          const int64_t samples = std::min(block.samples, g.batch - n0);
-          cpu::stage_grad_output(go, go_strides, g, i, j0, width, n0, samples, staged_stride,
-                                 staged);
-          for (int64_t t = 0; t < width; ++t) {
-            cpu::patch_rows(g, in_strides, i, j0 + t, rows);
-            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
-                               samples, patches);
-            scalar_t* filters = gw + (first_location + t) * filter_size;
-            opmath_t* sums = in_place ? reinterpret_cast<opmath_t*>(filters)
-                                      : tile_sums + t * filter_size;
-            const bool last_block = n0 + samples >= g.batch;
-            cpu::location_grad_filters(isa, out_channels, samples, patch_size, patches,
-                                       staged + t * staged_stride, /*accumulate=*/n0 > 0, sums,
-                                       /*rounded=*/in_place || !last_block ? nullptr : filters);
+        const int64_t region = unit / chunks, chunk = unit % chunks;
+        const int64_t r_w = region % g.regions_w, r_h = region / g.regions_w % g.regions_h;
+        const int64_t r_d = region / (g.regions_w * g.regions_h);
+        bool first_member = true;
+        // The chunk's member rows (m_d, m_h), then along each row the members in tiles.
+        for (int64_t m = chunk * member_rows / chunks; m < (chunk + 1) * member_rows / chunks;
+             ++m) {
+          const int64_t z = r_d * axes[0].region_step + m / axes[1].members * axes[0].member_step;
+          const int64_t i = r_h * axes[1].region_step + m % axes[1].members * axes[1].member_step;
+          if (z >= g.out_d || i >= g.out_h) continue;  // an empty slot of the region grid
+          const int64_t j_first = r_w * axes[2].region_step, step = axes[2].member_step;
+          const int64_t row_members = std::min(axes[2].members, (g.out_w - j_first + step - 1) / step);
+          for (int64_t m_w = 0; m_w < row_members; m_w += block.tile) {
+            const int64_t width = std::min(block.tile, row_members - m_w);
+            tile_products(z, i, j_first + m_w * step, step, width, staged, rows, patches,
+                          tile_sums, [](int64_t) -> scalar_t* { return nullptr; });
+            for (int64_t t = 0; t < width; ++t, first_member = false) {
+              const opmath_t* member = tile_sums + t * filter_size;
+              if (first_member) {
+                std::copy(member, member + filter_size, unit_sums);
+              } else {
+                for (int64_t k = 0; k < filter_size; ++k) unit_sums[k] += member[k];
+              }
+            }
           }
+        }
+        if (first_member) std::fill(unit_sums, unit_sums + filter_size, opmath_t(0));
+        if (chunks > 1) {
+          std::copy(unit_sums, unit_sums + filter_size, unit_results + unit * filter_size);
+        } else {
+          std::copy(unit_sums, unit_sums + filter_size, gw + region * filter_size);
+        }
+      }
+    });
+    if (chunks == 1) return;
+    // Each region's chunks added in chunk order, rounded once.
+    at::parallel_for(0, g.regions(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t region = begin; region < end; ++region) {
+        const opmath_t* first = unit_results + region * chunks * filter_size;
+        for (int64_t k = 0; k < filter_size; ++k) {
+          opmath_t total = first[k];
+          for (int64_t chunk = 1; chunk < chunks; ++chunk) total += first[chunk * filter_size + k];
+          gw[region * filter_size + k] = static_cast<scalar_t>(total);
         }
       }
     });

@@ -25,9 +25,10 @@ constexpr bool kVectorType = std::is_same_v<scalar_t, float> ||
                              std::is_same_v<scalar_t, c10::BFloat16> ||
                              std::is_same_v<scalar_t, c10::Half>;
 
-// patches (samples x K) of the location whose patch_rows are `rows`, samples from `input` on.
+// patches (samples x K) of the location and group whose patch_rows are `rows`, samples from
+// `input` on.
 template <typename scalar_t>
-void pack_location(ProductIsa isa, const scalar_t* input, const Strides4& s, const PatchRow* rows,
+void pack_location(ProductIsa isa, const scalar_t* input, const Strides5& s, const PatchRow* rows,
                    const Geometry& g, int64_t samples, scalar_t* patches) {
   if constexpr (kVectorType<scalar_t>) {
     if (column_step(g, s) == 1) {
@@ -68,24 +69,24 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
 // Whether the forward goes by row tiles (forward_row_tile): a vector ISA, an element type it
 // takes, and a geometry that fits (row_tiles_fit).
 template <typename scalar_t>
-bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides4& s) {
+bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);
 }
 
 // The forward of a row tile (vector_kernels.h), where forward_by_row_tiles.
 template <typename scalar_t>
-void forward_row_tile(ProductIsa isa, const scalar_t* input, const Strides4& s,
-                      const Geometry& g, int64_t i, int64_t j0, int64_t width, int64_t samples,
-                      const scalar_t* filters, const scalar_t* bias, bool shared_bias,
-                      scalar_t* out, float* scratch) {
+void forward_row_tile(ProductIsa isa, const scalar_t* input, const Strides5& s,
+                      const Geometry& g, int64_t z, int64_t i, int64_t j0, int64_t width,
+                      int64_t samples, const scalar_t* weight, const scalar_t* bias,
+                      bool shared_bias, scalar_t* out, float* scratch) {
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
       case ProductIsa::avx512:
-        return avx512::forward_row_tile(input, s, g, i, j0, width, samples, filters, bias,
+        return avx512::forward_row_tile(input, s, g, z, i, j0, width, samples, weight, bias,
                                         shared_bias, out, scratch);
       case ProductIsa::avx2:
-        return avx2::forward_row_tile(input, s, g, i, j0, width, samples, filters, bias,
+        return avx2::forward_row_tile(input, s, g, z, i, j0, width, samples, weight, bias,
                                       shared_bias, out, scratch);
       case ProductIsa::blas:
         break;

@@ -1,7 +1,8 @@
-// Moving data between the (N, C, H, W) tensors and the dense matrices the CPU kernels' products
-// take: one output location's patches as a (samples x K) matrix, K = C_in*KH*KW in the weight's
-// (c, p, q) order (the gather the forward and grad_weight pack, and its adjoint, the scatter-add
-// of grad_input), and a tile of grad_output.
+// Moving data between the (N, C, D, H, W) tensors (every call viewed with three spatial
+// dimensions, geometry.h) and the dense matrices the CPU kernels' products take: one output
+// location's patches over one channel group as a (samples x K) matrix, K = C_in/groups*KD*KH*KW
+// in the weight's (c, a, p, q) order (the gather the forward and grad_weight pack, and its
+// adjoint, the scatter-add of grad_input), and a tile of grad_output.
 #pragma once
 
 #include <algorithm>
@@ -12,10 +13,19 @@
 namespace lc_cuda {
 namespace cpu {
 
-// Element strides of a 4-D (N, C, H, W) tensor, any layout.
-struct Strides4 {
-  int64_t n, c, h, w;
+// Element strides of a 5-D (N, C, D, H, W) tensor, any layout.
+struct Strides5 {
+  int64_t n, c, d, h, w;
 };
+
+inline Strides5 strides5(const at::Tensor& tensor) {
+  return {tensor.stride(0), tensor.stride(1), tensor.stride(2), tensor.stride(3),
+          tensor.stride(4)};
+}
+
+// The rows of one group's patch: (c, a, p) over the group's channels and the kernel's depth and
+// height; each row holds kernel_w columns.
+inline int64_t patch_row_count(const Geometry& g) { return g.patch_size() / g.kernel_w; }
 
 // The kernel columns q whose input column j*stride_w + q*dilation_w - pad_w lies inside the input:
 // [first, last); the others read the zero padding.
@@ -32,7 +42,7 @@ inline ColumnRange valid_columns(const Geometry& g, int64_t j) {
   return {first, last};
 }
 
-// One (c, p) row of the patch of one output location: its kernel columns q in [first, last) read
+// One (c, a, p) row of the patch of one output location: its kernel columns q in [first, last) read
 // the input, starting at element `source` of a sample (the element column `first` reads); the
 // other columns, and the whole row where first == last, read the zero padding. The rows depend on
 // the location alone, so they are worked out once per location and used for every sample.
@@ -40,35 +50,40 @@ struct PatchRow {
   int64_t source, first, last;
 };
 
-// The C_in*KH rows of the patch at output location (i, j), in the weight's (c, p) order, for an
-// input with strides s.
-inline void patch_rows(const Geometry& g, const Strides4& s, int64_t i, int64_t j,
-                       PatchRow* rows) {
+// The patch_row_count rows of the patch of channel group `group` at output location (z, i, j),
+// in the weight's (c, a, p) order, for an input with strides s.
+inline void patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i, int64_t j,
+                       int64_t group, PatchRow* rows) {
   const ColumnRange cols = valid_columns(g, j);
+  const int64_t front = z * g.stride_d - g.pad_d;
   const int64_t top = i * g.stride_h - g.pad_h;
   const int64_t left = j * g.stride_w - g.pad_w;
-  for (int64_t c = 0; c < g.in_channels; ++c) {
-    for (int64_t p = 0; p < g.kernel_h; ++p, ++rows) {
-      const int64_t y = top + p * g.dilation_h;
-      if (y < 0 || y >= g.in_h) {
-        *rows = {0, 0, 0};
-      } else {
-        *rows = {c * s.c + y * s.h + (left + cols.first * g.dilation_w) * s.w, cols.first,
-                 cols.last};
+  const int64_t first_channel = group * g.group_in_channels();
+  for (int64_t c = first_channel; c < first_channel + g.group_in_channels(); ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = front + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p, ++rows) {
+        const int64_t y = top + p * g.dilation_h;
+        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
+          *rows = {0, 0, 0};
+        } else {
+          *rows = {c * s.c + x_d * s.d + y * s.h + (left + cols.first * g.dilation_w) * s.w,
+                   cols.first, cols.last};
+        }
       }
     }
   }
 }
 
 // The elements between the inputs two neighbouring kernel columns read.
-inline int64_t column_step(const Geometry& g, const Strides4& s) { return g.dilation_w * s.w; }
+inline int64_t column_step(const Geometry& g, const Strides5& s) { return g.dilation_w * s.w; }
 
-// patches[n][(c, p, q)] = padded input[n, c, i*sh + p*dh, j*sw + q*dw] for n < samples: sample n
-// starts at input + n*sample_stride, `rows` are the location's patch_rows.
+// patches[n][(c, a, p, q)] = padded input[n, c, z*sd + a*dd, i*sh + p*dh, j*sw + q*dw] for
+// n < samples: sample n starts at input + n*sample_stride, `rows` are the location's patch_rows.
 template <typename scalar_t>
 void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
                   const PatchRow* rows, const Geometry& g, int64_t samples, scalar_t* patches) {
-  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   for (int64_t n = 0; n < samples; ++n) {
     const scalar_t* sample = input + n * sample_stride;
     scalar_t* to = patches + n * g.patch_size();
@@ -82,14 +97,14 @@ void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
   }
 }
 
-// The adjoint of pack_patches into a contiguous (samples, C_in, H, W) block: grad_input[n, ...]
-// += grad_patches[n][(c, p, q)] for the columns that read the input (`rows` worked out for the
+// The adjoint of pack_patches into a contiguous (samples, C_in, D, H, W) block:
+// grad_input[n, ...] += grad_patches[n][(c, a, p, q)] for the columns that read the input (`rows` worked out for the
 // block's strides), dropping what falls on the padding.
 template <typename acc_t, typename patch_t>
 void scatter_add_patches(const patch_t* grad_patches, const PatchRow* rows, const Geometry& g,
                          int64_t samples, acc_t* grad_input) {
-  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
-  const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
   for (int64_t n = 0; n < samples; ++n) {
     acc_t* sample = grad_input + n * sample_size;
     const patch_t* from = grad_patches + n * g.patch_size();
@@ -111,20 +126,30 @@ inline int64_t staged_stride(int64_t samples, int64_t out_channels, int64_t elem
   return ((samples * out_channels * element_size + line - 1) / line + 1) * line / element_size;
 }
 
-// Stages grad_output[n0 + n, o, i, j0 + t] as staged[t*stride + n*C_out + o] (a tile of
-// locations, each a samples x C_out matrix, `stride` from staged_stride). grad_output may have
-// any strides. Each (n, o) run is a cache line or two a whole plane away from the next, which no
-// hardware prefetcher follows: the run the next tile of the row needs is fetched now.
+// Where output channel o of a location's staged (samples x C_out) values lies: the matrix is
+// group-major, one (samples x C_out/groups) matrix per channel group, which the group's product
+// reads or writes whole (row n at n*C_out/groups). With one group, row n at n*C_out.
+inline int64_t staged_offset(const Geometry& g, int64_t samples, int64_t n, int64_t o) {
+  const int64_t group_size = g.group_out_channels();
+  return (o / group_size * samples + n) * group_size + o % group_size;
+}
+
+// Stages grad_output[n0 + n, o, z, i, j0 + t*step] as a tile of locations, each a group-major
+// samples x C_out matrix (staged_offset) starting at staged + t*stride (`stride` from
+// staged_stride). grad_output may have any strides. Each (n, o) run is a cache line or two a whole
+// plane away from the next, which no hardware prefetcher follows: the run the next tile of the
+// row needs is fetched now.
 template <typename scalar_t>
-void stage_grad_output(const scalar_t* grad_output, const Strides4& s, const Geometry& g,
-                       int64_t i, int64_t j0, int64_t width, int64_t n0, int64_t samples,
-                       int64_t stride, scalar_t* staged) {
+void stage_grad_output(const scalar_t* grad_output, const Strides5& s, const Geometry& g,
+                       int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width, int64_t n0,
+                       int64_t samples, int64_t stride, scalar_t* staged) {
+  const int64_t column_stride = step * s.w;
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
-      const scalar_t* run = grad_output + (n0 + n) * s.n + o * s.c + i * s.h + j0 * s.w;
-      __builtin_prefetch(run + width * s.w);
-      scalar_t* to = staged + n * g.out_channels + o;
-      for (int64_t t = 0; t < width; ++t) to[t * stride] = run[t * s.w];
+      const scalar_t* run = grad_output + (n0 + n) * s.n + o * s.c + z * s.d + i * s.h + j0 * s.w;
+      __builtin_prefetch(run + width * column_stride);
+      scalar_t* to = staged + staged_offset(g, samples, n, o);
+      for (int64_t t = 0; t < width; ++t) to[t * stride] = run[t * column_stride];
     }
   }
 }

@@ -14,20 +14,19 @@ namespace {
 // The CPU kernels as the first-use check runs them (LC_CUDA_FIRST_USE_CHECK=all checks them).
 const DeviceKernels& cpu_kernels() {
   static const DeviceKernels kernels{
-      // 1D and 2D layers with a filter bank per location and one group, for now
-      [](const Geometry& g) { return g.kernels_of_2d_take(); },
+      [](const Geometry&) { return true; },  // every geometry
       [](const at::Tensor&) { return false; },  // no graphs on the CPU
       [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
          const Geometry& g, Backend backend) {
-        return cpu_forward(as_4d(input, g), weight, bias, g, cpu::product_isa(backend));
+        return cpu_forward(as_5d(input, g), weight, bias, g, cpu::product_isa(backend));
       },
       [](const at::Tensor& grad_output, const at::Tensor& weight, const Geometry& g,
          Backend backend) {
-        return cpu_grad_input(as_4d(grad_output, g), weight, g, cpu::product_isa(backend));
+        return cpu_grad_input(as_5d(grad_output, g), weight, g, cpu::product_isa(backend));
       },
       [](const at::Tensor& grad_output, const at::Tensor& input, const Geometry& g,
          Backend backend) {
-        return cpu_grad_weight(as_4d(grad_output, g), as_4d(input, g), g,
+        return cpu_grad_weight(as_5d(grad_output, g), as_5d(input, g), g,
                                cpu::product_isa(backend));
       }};
   return kernels;
@@ -41,7 +40,7 @@ at::Tensor local_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
                                         share, share_mode);
   const Backend chosen = choose_backend(force_unfold, g, input, cpu_kernels());
   if (chosen == Backend::unfold) return unfold_forward(input, weight, bias, g);
-  return cpu_forward(as_4d(input, g), weight, bias, g, cpu::product_isa(chosen));
+  return cpu_forward(as_5d(input, g), weight, bias, g, cpu::product_isa(chosen));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
@@ -57,9 +56,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
     return unfold_backward(grad_output, input, weight, g, shared_bias, output_mask);
   }
   const ProductIsa isa = cpu::product_isa(chosen);
-  const at::Tensor grads = as_4d(grad_output, g);
+  const at::Tensor grads = as_5d(grad_output, g);
   return {output_mask[0] ? cpu_grad_input(grads, weight, g, isa) : empty(),
-          output_mask[1] ? cpu_grad_weight(grads, as_4d(input, g), g, isa) : empty(),
+          output_mask[1] ? cpu_grad_weight(grads, as_5d(input, g), g, isa) : empty(),
           output_mask[2] ? cpu_grad_bias(grad_output, g, shared_bias) : empty()};
 }
 
@@ -75,7 +74,7 @@ at::Tensor local_conv_transpose_cpu(const at::Tensor& input, const at::Tensor& w
   // The forward op's grad_input, with this op's input as its grad_output.
   at::Tensor out = chosen == Backend::unfold
                        ? unfold_grad_input(input, weight, g)
-                       : cpu_grad_input(as_4d(input, g), weight, g, cpu::product_isa(chosen));
+                       : cpu_grad_input(as_5d(input, g), weight, g, cpu::product_isa(chosen));
   add_transpose_bias(out, bias);
   return out;
 }

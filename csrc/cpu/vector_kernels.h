@@ -12,9 +12,9 @@
 // as they are loaded and every sum is in float; the products write float (the callers round once),
 // the row tiles round their outputs to T once.
 //
-// Layouts, for one location: filters (C_out x K, row o at o*K), patches (samples x K, row n at
-// n*K), grad_output and the output staged as (samples x C_out, row n at n*C_out),
-// K = C_in*KH*KW. The caller checks that the CPU runs the ISA (product_isa.h).
+// Layouts, for one location and one channel group (C_out and C_in below are the group's):
+// filters (C_out x K, row o at o*K), patches (samples x K, row n at n*K), grad_output and the
+// output staged as (samples x C_out, row n at n*C_out), K = C_in*KD*KH*KW. The caller checks that the CPU runs the ISA (product_isa.h).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -36,11 +36,11 @@ constexpr int64_t kRowTileLocations = 16;
 
 // Whether forward_row_tile applies: neighbouring output columns read neighbouring input elements
 // (stride_w 1, input rows contiguous) and the patch is short.
-inline bool row_tiles_fit(const Geometry& g, const Strides4& s) {
+inline bool row_tiles_fit(const Geometry& g, const Strides5& s) {
   return g.stride_w == 1 && s.w == 1 && g.patch_size() <= kRowTilePatchLimit;
 }
 
-// The floats of scratch forward_row_tile takes: the tile's filters, transposed.
+// The floats of scratch forward_row_tile takes: the tile's filters (every group's), transposed.
 inline int64_t row_tile_scratch(const Geometry& g) {
   return kRowTileLocations * g.out_channels * g.patch_size();
 }
@@ -57,14 +57,15 @@ inline int64_t row_tile_scratch(const Geometry& g) {
 //                input elements (column_step == 1): each patch row is one masked load and store
 //                per vector of columns.
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
-// forward_row_tile: the forward of up to kRowTileLocations neighbouring locations (i, j0 + t),
-//                t < width, of one output row, for `samples` samples, vectorised over the
-//                locations: out[n, o, i, j0 + t] = sum_k filters[t][o][k] * patch(n, i, j0 + t)[k]
-//                + bias, each output run written whole. `filters` is the weight of location
-//                (i, j0) on (the tile's are contiguous), `input` and `out` start at the tile's
-//                first sample, `out` is contiguous NCHW; bias as the op takes it (null, (C_out,)
-//                when shared_bias, else (C_out, OH, OW)). `scratch` holds row_tile_scratch(g)
-//                floats. Only where row_tiles_fit.
+// forward_row_tile: the forward of up to kRowTileLocations neighbouring locations
+//                (z, i, j0 + t), t < width, of one output row, for `samples` samples, vectorised
+//                over the locations: out[n, o, z, i, j0 + t] = sum_k filters(t)[o][k] *
+//                patch(n, o's group, z, i, j0 + t)[k] + bias, each output run written whole.
+//                `weight` is the whole weight (filters(t): its location's region's bank),
+//                `input` and `out` start at the tile's first sample, `out` is contiguous
+//                (N, C_out, D, H, W); bias as the op takes it (null, (C_out,) when shared_bias,
+//                else (C_out, *regions)). `scratch` holds row_tile_scratch(g) floats. Only where
+//                row_tiles_fit.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -81,8 +82,8 @@ inline int64_t row_tile_scratch(const Geometry& g) {
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
   template <typename T>                                                                          \
-  void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int64_t i,         \
-                        int64_t j0, int64_t width, int64_t samples, const T* filters,            \
+  void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int64_t z,         \
+                        int64_t i, int64_t j0, int64_t width, int64_t samples, const T* weight,  \
                         const T* bias, bool shared_bias, T* out, float* scratch);
 
 namespace avx2 {

@@ -299,7 +299,7 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
-  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
@@ -327,8 +327,8 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
-  const int64_t row_count = g.in_channels * g.kernel_h, kernel_w = g.kernel_w;
-  const int64_t sample_size = g.in_channels * g.in_h * g.in_w;
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
   const int64_t patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
@@ -353,35 +353,39 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
 // filters_t[(k*FB + f)*kRowTileLocations + t] is the weight of location t of the vector's part of
 // the tile (the FB vectors of one k lie together, so one address register reaches them all);
-// bias[f*kRowTileLocations + t] likewise. The input row of (c, p) read by kernel column q is one
-// vector over t under columns[q], its lanes inside the tile and the input row. `stream`: each
-// output vector fills whole cache lines that nothing reads back here, so it goes to memory
-// without first reading them.
+// bias[f*kRowTileLocations + t] likewise. `sample` starts at the filters' channel group; the
+// input row of (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes
+// inside the tile and the input row. `stream`: each output vector fills whole cache lines that
+// nothing reads back here, so it goes to memory without first reading them.
 template <typename V, typename T, int FB>
-LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const Geometry& g,
-                                     int64_t i, int64_t j0, typename V::Mask width_mask,
+LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const Geometry& g,
+                                     int64_t z, int64_t i, int64_t j0,
+                                     typename V::Mask width_mask,
                                      const typename V::Mask* columns, const float* filters_t,
                                      const float* bias, T* out, int64_t plane, bool stream) {
   typename V::Vec acc[FB];
 #pragma GCC unroll 16
   for (int f = 0; f < FB; ++f) acc[f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
-  for (int64_t c = 0; c < g.in_channels; ++c) {
-    for (int64_t p = 0; p < g.kernel_h; ++p) {
-      const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-      if (y < 0 || y >= g.in_h) {
-        k += g.kernel_w;
-        continue;
-      }
-      const T* row = sample + c * s.c + y * s.h;
-      for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
-        // Location j0 + t reads input column x + t; lanes outside the row read the padding.
-        const int64_t x = j0 - g.pad_w + q * g.dilation_w;
-        const auto values = V::load(columns[q], row + x);
+  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p) {
+        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
+          k += g.kernel_w;
+          continue;
+        }
+        const T* row = sample + c * s.c + x_d * s.d + y * s.h;
+        for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
+          // Location j0 + t reads input column x + t; lanes outside the row read the padding.
+          const int64_t x = j0 - g.pad_w + q * g.dilation_w;
+          const auto values = V::load(columns[q], row + x);
 #pragma GCC unroll 16
-        for (int f = 0; f < FB; ++f)
-          acc[f] = V::fmadd(V::load(filters_t + (k * FB + f) * kRowTileLocations), values,
-                            acc[f]);
+          for (int f = 0; f < FB; ++f)
+            acc[f] = V::fmadd(V::load(filters_t + (k * FB + f) * kRowTileLocations), values,
+                              acc[f]);
+        }
       }
     }
   }
@@ -399,7 +403,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides4& s, const G
 
 template <typename V, typename T>
 struct RowTileBlocks {
-  using Fn = void (*)(const T*, const Strides4&, const Geometry&, int64_t, int64_t,
+  using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
                       int64_t, bool);
   template <int... F>
@@ -410,25 +414,34 @@ struct RowTileBlocks {
 };
 
 template <typename V, typename T>
-LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides4& s, const Geometry& g,
-                                       int64_t i, int64_t j0, int64_t width, int64_t samples,
-                                       const T* filters, const T* bias, bool shared_bias, T* out,
-                                       float* scratch) {
+LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const Geometry& g,
+                                       int64_t z, int64_t i, int64_t j0, int64_t width,
+                                       int64_t samples, const T* weight, const T* bias,
+                                       bool shared_bias, T* out, float* scratch) {
   constexpr int64_t filter_block = V::kRowTileFilters;
   const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
+  const int64_t group_size = g.group_out_channels();
   const int64_t plane = g.locations();
+  const int64_t first = (z * g.out_h + i) * g.out_w + j0;
+  // Each location's weight region (the location itself where nothing is shared).
+  int64_t regions[kRowTileLocations];
+  for (int64_t t = 0; t < width; ++t) regions[t] = g.region_of(z, i, j0 + t);
   // The tile's filters as floats, transposed so that the tile's weights of one (o, k) lie
-  // together, in blocks of filter_block filters laid out as row_tile_block reads them.
-  for (int64_t o = 0; o < g.out_channels; o += filter_block) {
-    const int64_t block = std::min(filter_block, g.out_channels - o);
+  // together, in blocks of filter_block filters of one group laid out as row_tile_block reads
+  // them.
+  // The filter blocks: o0 counts the groups' first channels, o the blocks inside a group.
+  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
+    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
+    const int64_t block = std::min(filter_block, o0 + group_size - o);
     float* to = scratch + o * patch_size * kRowTileLocations;
     for (int64_t k = 0; k < patch_size; ++k)
       for (int64_t f = 0; f < block; ++f)
         for (int64_t t = 0; t < kRowTileLocations; ++t)
           to[(k * block + f) * kRowTileLocations + t] =
-              t < width ? to_float(filters[t * filter_size + (o + f) * patch_size + k]) : 0.0f;
+              t < width ? to_float(weight[regions[t] * filter_size + (o + f) * patch_size + k])
+                        : 0.0f;
+    }
   }
-  const int64_t first = i * g.out_w + j0;
   // The input lanes each kernel column reads, per vector of the tile (they are the same for every
   // sample, filter and kernel row; working them out per read cost as much as the FMAs on AVX2).
   constexpr int64_t vectors = kRowTileLocations / V::kLanes;
@@ -441,26 +454,33 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides4& s, const 
   const bool whole_lines = std::is_same_v<T, float> && width == kRowTileLocations &&
                            plane % kRowTileLocations == 0 &&
                            reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
-  for (int64_t o = 0; o < g.out_channels; o += filter_block) {
-    const int64_t block = std::min(filter_block, g.out_channels - o);
+  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
+    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
+    const int64_t block = std::min(filter_block, o0 + group_size - o);
     // The block's bias, a vector over the tile per filter: the accumulators' start.
     float offsets[filter_block * kRowTileLocations];
     for (int64_t f = 0; f < block; ++f) {
-      for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
-        const auto lanes = V::tail(std::max<int64_t>(width - t, 0));
-        V::store(offsets + f * kRowTileLocations + t,
-                 bias == nullptr ? V::zero()
-                 : shared_bias   ? V::set1(to_float(bias[o + f]))
-                                 : V::load(lanes, bias + (o + f) * plane + first + t));
+      float* to = offsets + f * kRowTileLocations;
+      if (bias == nullptr || shared_bias || g.shares_weights()) {
+        for (int64_t t = 0; t < kRowTileLocations; ++t)
+          to[t] = bias == nullptr || t >= width ? 0.0f
+                  : shared_bias                 ? to_float(bias[o + f])
+                                                : to_float(bias[(o + f) * g.regions() + regions[t]]);
+        continue;
       }
+      for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes)
+        V::store(to + t, V::load(V::tail(std::max<int64_t>(width - t, 0)),
+                                 bias + (o + f) * plane + first + t));
     }
+    const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
     for (int64_t n = 0; n < samples; ++n) {
       for (int64_t t = 0; t < width; t += V::kLanes) {
         RowTileBlocks<V, T>::table[block - 1](
-            input + n * s.n, s, g, i, j0 + t, V::tail(width - t), columns[t / V::kLanes],
-            scratch + o * patch_size * kRowTileLocations + t, offsets + t,
-            out + (n * g.out_channels + o) * plane + first + t, plane, whole_lines);
+            input + n * s.n + channel_offset, s, g, z, i, j0 + t, V::tail(width - t),
+            columns[t / V::kLanes], scratch + o * patch_size * kRowTileLocations + t,
+            offsets + t, out + (n * g.out_channels + o) * plane + first + t, plane, whole_lines);
       }
+    }
     }
   }
   _mm_sfence();  // the streamed stores are ordered before whatever follows
@@ -503,10 +523,10 @@ void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const 
 }
 
 template <typename T>
-void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int64_t i, int64_t j0,
-                      int64_t width, int64_t samples, const T* filters, const T* bias,
+void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
+                      int64_t j0, int64_t width, int64_t samples, const T* weight, const T* bias,
                       bool shared_bias, T* out, float* scratch) {
-  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, i, j0, width, samples, filters,
+  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, z, i, j0, width, samples, weight,
                                               bias, shared_bias, out, scratch);
 }
 
@@ -517,9 +537,9 @@ void forward_row_tile(const T* input, const Strides4& s, const Geometry& g, int6
                                 T*);                                                           \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
                                 T*);                                                           \
-  template void forward_row_tile<T>(const T*, const Strides4&, const Geometry&, int64_t,       \
-                                    int64_t, int64_t, int64_t, const T*, const T*, bool, T*,   \
-                                    float*);
+  template void forward_row_tile<T>(const T*, const Strides5&, const Geometry&, int64_t,       \
+                                    int64_t, int64_t, int64_t, int64_t, const T*, const T*,    \
+                                    bool, T*, float*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
 LC_CUDA_INSTANTIATE(c10::Half)
