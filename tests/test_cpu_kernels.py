@@ -169,7 +169,9 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
 # one too long (135) over more than one tile per row; channel groups with blocks of shared
 # weights whose last block is partial and wider than a tile (18 > 16 locations); depthwise
 # (a channel multiplier of 2) with a period; one region over the whole output (grad_weight in
-# chunks of member rows); a long 1D patch shared in partial blocks; a 3D period with groups.
+# chunks of member rows); a long 1D patch shared in partial blocks; a 3D period with groups; a
+# long patch (108) with 2 filters, which the row tiles take 2 samples at a time (7: a last one
+# alone).
 # dims: n, c_in, size, c_out, kernel, stride, padding (before, after), dilation, groups, sharing
 FAMILY_PATH_GEOMETRIES = {
     "volume_padded": (5, 3, (6, 7, 9), 4, (3, 2, 3), (1, 1, 1), ((1, 1), (0, 1), (1, 0)),
@@ -186,6 +188,8 @@ FAMILY_PATH_GEOMETRIES = {
                              {"share_block": (7,)}),
     "volume_groups_period": (4, 4, (5, 5, 18), 2, (3, 3, 3), (1, 1, 2), ((1, 1),) * 3,
                              (1, 1, 1), 2, {"share_period": (1, 2, 3)}),
+    "volume_few_filters": (7, 4, (4, 5, 19), 2, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, (1, 1, 1),
+                           1, {}),
 }  # fmt: skip
 FAMILY_OPS = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
 FAMILY_FALLBACKS = {

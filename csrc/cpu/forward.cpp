@@ -82,8 +82,12 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           const int64_t z = row / g.out_h, i = row % g.out_h;
           const int64_t width = std::min(block.tile, g.out_w - j0);
           const int64_t first_location = row * g.out_w + j0;
+          // Each location's weight region (itself where nothing is shared); plan_pass's tiles
+          // hold at most 16 locations.
+          int64_t tile_regions[16];
+          for (int64_t t = 0; t < width; ++t) tile_regions[t] = g.region_of(z, i, j0 + t);
           for (int64_t t = 0; t < width; ++t) {
-            const scalar_t* filters = w + g.region_of(z, i, j0 + t) * filter_size;
+            const scalar_t* filters = w + tile_regions[t] * filter_size;
             for (int64_t group = 0; group < g.groups; ++group) {
               cpu::patch_rows(g, in_strides, z, i, j0 + t, group, rows);
               cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
@@ -105,15 +109,10 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
               } else if (shared_bias) {
                 const opmath_t offset = b[c];
                 for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride] + offset;
-              } else if (g.shares_weights()) {
+              } else {
                 const scalar_t* offsets = b + c * regions;
                 for (int64_t t = 0; t < width; ++t)
-                  run[t] = from[t * staged_stride] +
-                           static_cast<opmath_t>(offsets[g.region_of(z, i, j0 + t)]);
-              } else {
-                const scalar_t* offsets = b + c * locations + first_location;
-                for (int64_t t = 0; t < width; ++t)
-                  run[t] = from[t * staged_stride] + static_cast<opmath_t>(offsets[t]);
+                  run[t] = from[t * staged_stride] + static_cast<opmath_t>(offsets[tile_regions[t]]);
               }
             }
           }

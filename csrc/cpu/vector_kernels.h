@@ -34,10 +34,17 @@ constexpr int64_t kRowTilePatchLimit = 64;
 // The locations of one row tile: neighbouring output columns of one output row.
 constexpr int64_t kRowTileLocations = 16;
 
+// A group's filters up to which the forward goes by row tiles whatever its patch: per location,
+// packing the patch would cost more than its few dot products (fmri_decoder_3d: 1 filter,
+// K = 432, 8 samples).
+constexpr int64_t kRowTileFewFilters = 4;
+
 // Whether forward_row_tile applies: neighbouring output columns read neighbouring input elements
-// (stride_w 1, input rows contiguous) and the patch is short.
+// (stride_w 1, input rows contiguous), and the patch is short or a group has few filters (with
+// at most kRowTilePatchLimit kernel columns).
 inline bool row_tiles_fit(const Geometry& g, const Strides5& s) {
-  return g.stride_w == 1 && s.w == 1 && g.patch_size() <= kRowTilePatchLimit;
+  return g.stride_w == 1 && s.w == 1 && g.kernel_w <= kRowTilePatchLimit &&
+         (g.patch_size() <= kRowTilePatchLimit || g.group_out_channels() <= kRowTileFewFilters);
 }
 
 // The floats of scratch forward_row_tile takes: the tile's filters (every group's), transposed.

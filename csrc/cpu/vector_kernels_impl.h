@@ -353,19 +353,23 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
 // filters_t[(k*FB + f)*kRowTileLocations + t] is the weight of location t of the vector's part of
 // the tile (the FB vectors of one k lie together, so one address register reaches them all);
-// bias[f*kRowTileLocations + t] likewise. `sample` starts at the filters' channel group; the
-// input row of (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes
-// inside the tile and the input row. `stream`: each output vector fills whole cache lines that
-// nothing reads back here, so it goes to memory without first reading them.
-template <typename V, typename T, int FB>
+// bias[f*kRowTileLocations + t] likewise. S samples at once, sample s at sample + s*s.n, its
+// outputs at out + s*sample_out; `sample` starts at the filters' channel group. The input row of
+// (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes inside the
+// tile and the input row. `stream`: each output vector fills whole cache lines that nothing reads
+// back here, so it goes to memory without first reading them.
+template <typename V, typename T, int FB, int S>
 LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const Geometry& g,
                                      int64_t z, int64_t i, int64_t j0,
                                      typename V::Mask width_mask,
                                      const typename V::Mask* columns, const float* filters_t,
-                                     const float* bias, T* out, int64_t plane, bool stream) {
-  typename V::Vec acc[FB];
+                                     const float* bias, T* out, int64_t sample_out,
+                                     int64_t plane, bool stream) {
+  typename V::Vec acc[S][FB];
 #pragma GCC unroll 16
-  for (int f = 0; f < FB; ++f) acc[f] = V::load(bias + f * kRowTileLocations);
+  for (int n = 0; n < S; ++n)
+#pragma GCC unroll 16
+    for (int f = 0; f < FB; ++f) acc[n][f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
   for (int64_t c = 0; c < g.group_in_channels(); ++c) {
     for (int64_t a = 0; a < g.kernel_d; ++a) {
@@ -380,37 +384,56 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
         for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
           const int64_t x = j0 - g.pad_w + q * g.dilation_w;
-          const auto values = V::load(columns[q], row + x);
+          typename V::Vec values[S];
 #pragma GCC unroll 16
-          for (int f = 0; f < FB; ++f)
-            acc[f] = V::fmadd(V::load(filters_t + (k * FB + f) * kRowTileLocations), values,
-                              acc[f]);
+          for (int n = 0; n < S; ++n) values[n] = V::load(columns[q], row + n * s.n + x);
+#pragma GCC unroll 16
+          for (int f = 0; f < FB; ++f) {
+            const auto weights = V::load(filters_t + (k * FB + f) * kRowTileLocations);
+#pragma GCC unroll 16
+            for (int n = 0; n < S; ++n) acc[n][f] = V::fmadd(weights, values[n], acc[n][f]);
+          }
         }
       }
     }
   }
 #pragma GCC unroll 16
-  for (int f = 0; f < FB; ++f) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (stream) {
-        V::stream(out + f * plane, acc[f]);
-        continue;
+  for (int n = 0; n < S; ++n) {
+#pragma GCC unroll 16
+    for (int f = 0; f < FB; ++f) {
+      T* to = out + n * sample_out + f * plane;
+      if constexpr (std::is_same_v<T, float>) {
+        if (stream) {
+          V::stream(to, acc[n][f]);
+          continue;
+        }
       }
+      V::store(width_mask, to, acc[n][f]);
     }
-    V::store(width_mask, out + f * plane, acc[f]);
   }
 }
+
+// Samples a row tile block takes at once: with fewer than 4 filters, one chain of FMAs per
+// accumulator would wait on each FMA's latency; more samples give independent chains (and share
+// each filter load).
+constexpr int row_tile_samples(int filters) { return filters >= 4 ? 1 : 4 / filters; }
 
 template <typename V, typename T>
 struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
-                      int64_t, bool);
+                      int64_t, int64_t, bool);
+  // [FB - 1]: row_tile_samples(FB) samples at once; one at a time.
   template <int... F>
-  static constexpr std::array<Fn, sizeof...(F)> make(std::integer_sequence<int, F...>) {
-    return {&row_tile_block<V, T, F + 1>...};
+  static constexpr std::array<Fn, sizeof...(F)> several(std::integer_sequence<int, F...>) {
+    return {&row_tile_block<V, T, F + 1, row_tile_samples(F + 1)>...};
   }
-  static constexpr auto table = make(std::make_integer_sequence<int, V::kRowTileFilters>{});
+  template <int... F>
+  static constexpr std::array<Fn, sizeof...(F)> one(std::integer_sequence<int, F...>) {
+    return {&row_tile_block<V, T, F + 1, 1>...};
+  }
+  static constexpr auto table = several(std::make_integer_sequence<int, V::kRowTileFilters>{});
+  static constexpr auto single = one(std::make_integer_sequence<int, V::kRowTileFilters>{});
 };
 
 template <typename V, typename T>
@@ -433,13 +456,17 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
     const int64_t block = std::min(filter_block, o0 + group_size - o);
+    // Each filter row is read in order (the scattered writes stay in L1); lanes past the tile
+    // are zero.
     float* to = scratch + o * patch_size * kRowTileLocations;
-    for (int64_t k = 0; k < patch_size; ++k)
-      for (int64_t f = 0; f < block; ++f)
-        for (int64_t t = 0; t < kRowTileLocations; ++t)
-          to[(k * block + f) * kRowTileLocations + t] =
-              t < width ? to_float(weight[regions[t] * filter_size + (o + f) * patch_size + k])
-                        : 0.0f;
+    for (int64_t t = 0; t < kRowTileLocations; ++t) {
+      for (int64_t f = 0; f < block; ++f) {
+        const T* from = weight + (t < width ? regions[t] * filter_size + (o + f) * patch_size : 0);
+        float* lane = to + f * kRowTileLocations + t;
+        for (int64_t k = 0; k < patch_size; ++k)
+          lane[k * block * kRowTileLocations] = t < width ? to_float(from[k]) : 0.0f;
+      }
+    }
     }
   }
   // The input lanes each kernel column reads, per vector of the tile (they are the same for every
@@ -473,13 +500,18 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
                                  bias + (o + f) * plane + first + t));
     }
     const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
-    for (int64_t n = 0; n < samples; ++n) {
+    const int64_t together = row_tile_samples(static_cast<int>(block));
+    for (int64_t n = 0; n < samples;) {
+      const bool several = n + together <= samples;
+      const auto run = several ? RowTileBlocks<V, T>::table[block - 1]
+                               : RowTileBlocks<V, T>::single[block - 1];
       for (int64_t t = 0; t < width; t += V::kLanes) {
-        RowTileBlocks<V, T>::table[block - 1](
-            input + n * s.n + channel_offset, s, g, z, i, j0 + t, V::tail(width - t),
+        run(input + n * s.n + channel_offset, s, g, z, i, j0 + t, V::tail(width - t),
             columns[t / V::kLanes], scratch + o * patch_size * kRowTileLocations + t,
-            offsets + t, out + (n * g.out_channels + o) * plane + first + t, plane, whole_lines);
+            offsets + t, out + (n * g.out_channels + o) * plane + first + t,
+            g.out_channels * plane, plane, whole_lines);
       }
+      n += several ? together : 1;
     }
     }
   }
