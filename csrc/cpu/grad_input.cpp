@@ -3,9 +3,11 @@
 // (samples x K), which are added onto the input positions the patch read. Windows of neighbouring
 // output rows (of a 3D output, output planes) overlap, so threads take blocks of rows (planes)
 // tall enough that blocks two apart never touch the same input row (plane), and run in two phases
-// (even blocks, then odd ones): no two threads write the same element, without atomics. The
-// blocks follow from the geometry alone, so every input element sums its terms in the same order
-// at any thread count: the result does not depend on the thread count.
+// (even blocks, then odd ones): no two threads write the same element, without atomics. Where the
+// batch gives each thread enough samples, threads take ranges of samples instead, which write
+// disjoint samples. Either way every input element sums its terms in the same order (the
+// locations' order, the blocks following from the geometry alone), so the result does not
+// depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -17,6 +19,13 @@
 #include "patches.h"
 
 namespace lc_cuda {
+namespace {
+
+// The fewest samples per thread for which grad_input splits the batch between threads.
+constexpr int64_t kSamplesPerThread = 8;
+
+}  // namespace
+
 at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                           const Geometry& g, ProductIsa isa) {
   const at::Tensor filters = weight.contiguous();
@@ -68,47 +77,81 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     const scalar_t* w = filters.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
 
+    // Samples [first, first + count) of the block, at the output rows (z, i) row_begin ..
+    // row_end (flattened over depth and height), every location and group, into sums.
+    const auto rows_into = [&](int64_t n0, int64_t first, int64_t count, int64_t row_begin,
+                               int64_t row_end, opmath_t* sums, scalar_t* staged,
+                               cpu::PatchRow* rows, opmath_t* grad_patches) {
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t z = row / g.out_h, i = row % g.out_h;
+        for (int64_t tile = 0; tile < row_tiles; ++tile) {
+          const int64_t j0 = tile * block.tile;
+          const int64_t width = std::min(block.tile, g.out_w - j0);
+          cpu::stage_grad_output(go, go_strides, g, z, i, j0, /*step=*/1, width, n0 + first,
+                                 count, staged_stride, staged);
+          for (int64_t t = 0; t < width; ++t) {
+            const scalar_t* bank = w + g.region_of(z, i, j0 + t) * filter_size;
+            for (int64_t group = 0; group < g.groups; ++group) {
+              cpu::location_grad_patches(isa, group_size, count, patch_size,
+                                         bank + group * group_size * patch_size,
+                                         staged + t * staged_stride + group * count * group_size,
+                                         grad_patches);
+              cpu::patch_rows(g, block_strides, z, i, j0 + t, group, rows);
+              cpu::scatter_location(isa, grad_patches, rows, g, count,
+                                    sums + first * sample_size);
+            }
+          }
+        }
+      }
+    };
+    // Where the block gives every thread kSamplesPerThread samples or more, threads take ranges
+    // of samples instead of blocks of rows: they write disjoint samples, with no phases (whose
+    // few blocks of a short output leave a thread idle), and each sample's sums run in the same
+    // location order either way.
+    const int64_t threads = at::get_num_threads();
+
     for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
       const int64_t samples = std::min(block.samples, g.batch - n0);
       opmath_t* sums = in_place ? reinterpret_cast<opmath_t*>(gi + n0 * sample_size)
                                 : reinterpret_cast<opmath_t*>(pass.shared());
       if (!in_place) std::fill(sums, sums + samples * sample_size, opmath_t(0));
-      for (int64_t phase = 0; phase < 2; ++phase) {
-        const int64_t phase_blocks = (axis_blocks - phase + 1) / 2;
-        at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
+      if (threads > 1 && samples >= threads * kSamplesPerThread) {
+        at::parallel_for(0, samples, (samples + threads - 1) / threads,
+                         [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
           cpu::ScratchSlice slice(pass);
           scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
           cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
           opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
-          for (int64_t index = begin; index < end; ++index) {
-            const int64_t first = (2 * index + phase) * block_length;
-            const int64_t last = std::min(first + block_length, axis_out);
-            // The output rows (z, i) of the block: its planes whole, or its rows of the one plane.
-            const int64_t first_row = by_planes ? first * g.out_h : first;
-            const int64_t last_row = by_planes ? last * g.out_h : last;
-            for (int64_t row = first_row; row < last_row; ++row) {
-              const int64_t z = row / g.out_h, i = row % g.out_h;
-              for (int64_t tile = 0; tile < row_tiles; ++tile) {
-                const int64_t j0 = tile * block.tile;
-                const int64_t width = std::min(block.tile, g.out_w - j0);
-                cpu::stage_grad_output(go, go_strides, g, z, i, j0, /*step=*/1, width, n0,
-                                       samples, staged_stride, staged);
-                for (int64_t t = 0; t < width; ++t) {
-                  const scalar_t* bank = w + g.region_of(z, i, j0 + t) * filter_size;
-                  for (int64_t group = 0; group < g.groups; ++group) {
-                    cpu::location_grad_patches(
-                        isa, group_size, samples, patch_size,
-                        bank + group * group_size * patch_size,
-                        staged + t * staged_stride + group * samples * group_size, grad_patches);
-                    cpu::patch_rows(g, block_strides, z, i, j0 + t, group, rows);
-                    cpu::scatter_location(isa, grad_patches, rows, g, samples, sums);
-                  }
-                }
-              }
+          // The rows in the phases' order (even blocks, then odd ones), which fixes the order
+          // of every element's sum: the same as at one thread.
+          for (int64_t phase = 0; phase < 2; ++phase) {
+            for (int64_t index = phase; index < axis_blocks; index += 2) {
+              const int64_t first = index * block_length;
+              const int64_t last = std::min(first + block_length, axis_out);
+              rows_into(n0, begin, end - begin, by_planes ? first * g.out_h : first,
+                        by_planes ? last * g.out_h : last, sums, staged, rows, grad_patches);
             }
           }
         });
+      } else {
+        for (int64_t phase = 0; phase < 2; ++phase) {
+          const int64_t phase_blocks = (axis_blocks - phase + 1) / 2;
+          at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
+            const cpu::SingleThreadedBlas one_thread;
+            cpu::ScratchSlice slice(pass);
+            scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
+            cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
+            opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
+            for (int64_t index = begin; index < end; ++index) {
+              const int64_t first = (2 * index + phase) * block_length;
+              const int64_t last = std::min(first + block_length, axis_out);
+              // The block's output rows (z, i): its planes whole, or its rows of the one plane.
+              rows_into(n0, 0, samples, by_planes ? first * g.out_h : first,
+                        by_planes ? last * g.out_h : last, sums, staged, rows, grad_patches);
+            }
+          });
+        }
       }
       if (!in_place) {
         grad_input.narrow(0, n0, samples)

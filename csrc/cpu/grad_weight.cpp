@@ -63,21 +63,20 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_grad_weight", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // Without sharing, float and double sum straight into grad_weight; float16 and bfloat16 into
-    // float sums per location of the tile, which the last sample block's product writes to
-    // grad_weight rounded, once (with one sample block the sums are never written). With sharing
-    // every type sums each member of a tile apart (tile sums), then into the unit's sums.
+    // float and double sum straight into grad_weight (with sharing in chunks, into each chunk's
+    // float sums); float16 and bfloat16 into float sums (per location of the tile, or the
+    // unit's), which are rounded into grad_weight once: by the last sample block's product, or
+    // after the unit's last member.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    const bool tile_sums_needed = shares || !in_place;
-    // Per thread: a tile's staged grad_output, one location's patch rows and patches, the tile's
-    // sums, and with sharing the unit's sums.
+    // Per thread: a tile's staged grad_output, one location's patch rows and patches, and the
+    // float sums (the tile's, or with sharing the unit's).
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
-             (tile_sums_needed ? cpu::line_bytes(tile * filter_size, sizeof(opmath_t)) : 0) +
-             (shares ? cpu::line_bytes(filter_size, sizeof(opmath_t)) : 0);
+             (in_place ? 0
+                       : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
     // With sharing in chunks, each unit's sums, added per region at the end.
     const int64_t chunk_sums = chunks > 1 ? g.regions() * chunks * filter_size : 0;
@@ -92,12 +91,14 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
 
-    // The products of the `width` locations (z, i, j0 + t*step) over the whole batch, each
-    // location's bank into sums + t*filter_size (accumulated over the sample blocks);
+    // The products of the `width` locations (z, i, j0 + t*step) over the whole batch, location
+    // t's bank summed into sums + t*sums_step (accumulated over the sample blocks, and where
+    // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
     // rounded_bank(t), where not null, takes the last block's sums rounded instead.
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
-                                   opmath_t* sums, const auto& rounded_bank) {
+                                   opmath_t* sums, int64_t sums_step, bool onto,
+                                   const auto& rounded_bank) {
       for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
         const int64_t samples = std::min(block.samples, g.batch - n0);
         const bool last_block = n0 + samples >= g.batch;
@@ -105,14 +106,15 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                staged_stride, staged);
         for (int64_t t = 0; t < width; ++t) {
           scalar_t* rounded = last_block ? rounded_bank(t) : nullptr;
+          const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
           for (int64_t group = 0; group < g.groups; ++group) {
             cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
             cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g, samples,
                                patches);
             cpu::location_grad_filters(
                 isa, group_size, samples, patch_size, patches,
-                staged + t * staged_stride + group * samples * group_size,
-                /*accumulate=*/n0 > 0, sums + t * filter_size + group * group_filter_size,
+                staged + t * staged_stride + group * samples * group_size, accumulate,
+                sums + t * sums_step + group * group_filter_size,
                 rounded == nullptr ? nullptr : rounded + group * group_filter_size);
           }
         }
@@ -132,7 +134,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
           tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
                         std::min(block.tile, g.out_w - j0), staged, rows, patches,
-                        in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums, filter_size,
+                        /*onto=*/false,
                         [&](int64_t t) { return in_place ? nullptr : banks + t * filter_size; });
         }
       });
@@ -146,41 +149,37 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
-      opmath_t* tile_sums = slice.take<opmath_t>(block.tile * filter_size);
-      opmath_t* unit_sums = slice.take<opmath_t>(filter_size);
+      opmath_t* float_sums = in_place ? nullptr : slice.take<opmath_t>(filter_size);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t region = unit / chunks, chunk = unit % chunks;
         const int64_t r_w = region % g.regions_w, r_h = region / g.regions_w % g.regions_h;
         const int64_t r_d = region / (g.regions_w * g.regions_h);
-        bool first_member = true;
-        // The chunk's member rows (m_d, m_h), then along each row the members in tiles.
+        scalar_t* bank = gw + region * filter_size;
+        // The unit's sums: its chunk's (float), or the bank itself (float, double), or float
+        // sums rounded into the bank at the end.
+        opmath_t* sums = chunks > 1  ? unit_results + unit * filter_size
+                         : in_place ? reinterpret_cast<opmath_t*>(bank)
+                                    : float_sums;
+        bool started = false;
+        // The chunk's member rows (m_d, m_h), then along each row the members in tiles, each
+        // member's products summed onto the unit's sums in member order.
         for (int64_t m = chunk * member_rows / chunks; m < (chunk + 1) * member_rows / chunks;
              ++m) {
           const int64_t z = r_d * axes[0].region_step + m / axes[1].members * axes[0].member_step;
           const int64_t i = r_h * axes[1].region_step + m % axes[1].members * axes[1].member_step;
           if (z >= g.out_d || i >= g.out_h) continue;  // an empty slot of the region grid
           const int64_t j_first = r_w * axes[2].region_step, step = axes[2].member_step;
-          const int64_t row_members = std::min(axes[2].members, (g.out_w - j_first + step - 1) / step);
-          for (int64_t m_w = 0; m_w < row_members; m_w += block.tile) {
-            const int64_t width = std::min(block.tile, row_members - m_w);
-            tile_products(z, i, j_first + m_w * step, step, width, staged, rows, patches,
-                          tile_sums, [](int64_t) -> scalar_t* { return nullptr; });
-            for (int64_t t = 0; t < width; ++t, first_member = false) {
-              const opmath_t* member = tile_sums + t * filter_size;
-              if (first_member) {
-                std::copy(member, member + filter_size, unit_sums);
-              } else {
-                for (int64_t k = 0; k < filter_size; ++k) unit_sums[k] += member[k];
-              }
-            }
+          const int64_t row_members =
+              std::min(axes[2].members, (g.out_w - j_first + step - 1) / step);
+          for (int64_t m_w = 0; m_w < row_members; m_w += block.tile, started = true) {
+            tile_products(z, i, j_first + m_w * step, step,
+                          std::min(block.tile, row_members - m_w), staged, rows, patches, sums,
+                          /*sums_step=*/0, /*onto=*/started,
+                          [](int64_t) -> scalar_t* { return nullptr; });
           }
         }
-        if (first_member) std::fill(unit_sums, unit_sums + filter_size, opmath_t(0));
-        if (chunks > 1) {
-          std::copy(unit_sums, unit_sums + filter_size, unit_results + unit * filter_size);
-        } else {
-          std::copy(unit_sums, unit_sums + filter_size, gw + region * filter_size);
-        }
+        if (!started) std::fill(sums, sums + filter_size, opmath_t(0));
+        if (chunks == 1 && !in_place) std::copy(sums, sums + filter_size, bank);
       }
     });
     if (chunks == 1) return;
