@@ -16,9 +16,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cases import CASES_BY_NAME
 
 import lc_cuda
-from cases import CASES_BY_NAME
 
 
 def main() -> None:
@@ -34,7 +34,8 @@ def main() -> None:
 
     case = CASES_BY_NAME["deepid2_conv3_unshared"]
     batch, out = case.batch, case.out_sizes
-    x, grad_output = randn(batch, case.in_channels, *case.sizes), randn(batch, case.out_channels, *out)
+    x = randn(batch, case.in_channels, *case.sizes)
+    grad_output = randn(batch, case.out_channels, *out)
     bank = (case.out_channels, case.in_channels, case.kernel, case.kernel)
     layers = {}
     for name in ("deepid2_conv3", "deepid2_conv3_whole", "deepid2_conv3_unshared"):

@@ -263,7 +263,11 @@ def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, n
     fallback = (
         outputs_and_gradients(
             lambda *t: FAMILY_FALLBACKS[input.dim() - 2](*t, **arguments),
-            input, weight, bias, grad_output, (),
+            input,
+            weight,
+            bias,
+            grad_output,
+            (),
         )
         if dtype in (torch.bfloat16, torch.float16)
         else [None] * 4
