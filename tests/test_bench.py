@@ -188,6 +188,23 @@ def test_onnx_bench_small():
     assert [line.split()[0] for line in lines] == ["L4", "L5", "L6", "DeepFace"]
 
 
+def test_paired_shared_reports_each_ratio():
+    """benchmarks/paired_shared.py, one round: every layer's median and the three ratios, finite
+    and positive."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paired_shared.py"), "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ratios = [line for line in run.stdout.splitlines() if "(median of the rounds' ratios)" in line]
+    assert len(ratios) == 6  # three per direction
+    for line in ratios:
+        value = float(line.split(": ")[1].split()[0])
+        assert math.isfinite(value) and value > 0, line
+
+
 def family_modules():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench
