@@ -9,12 +9,12 @@
 // chunks follow from the geometry (and the scratch budget) alone, never from the thread count.
 //
 // The vector kernels' products add each sample's term in sample order whatever the sample blocks,
-// so their result does not depend on the thread count (bar bfloat16 on AVX512-BF16, which adds
-// the samples two at a time: a block of odd size shifts the pairs, and the rounding with them,
-// where the batch is larger than one block). The BLAS groups the sum over the batch by sample
-// block, whose size follows from the scratch budget and the thread count: there, where the batch
-// is larger than one block, the result depends on the thread count by floating-point
-// reassociation (and only there).
+// so without sharing their result does not depend on the thread count. Exceptions, where the
+// batch is larger than one block (whose size follows from the scratch budget and the thread
+// count): with sharing, a tile's members are summed block by block; bfloat16 on AVX512-BF16 adds
+// the samples two at a time, so a block of odd size shifts the pairs and the rounding with them;
+// and the BLAS groups the sum over the batch by sample block. There the result depends on the
+// thread count by floating-point reassociation (and only there).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
