@@ -1,4 +1,6 @@
-"""Random test cases: tensors for a geometry, and a hypothesis strategy over geometries."""
+"""Random test cases: tensors for a geometry, and a hypothesis strategy over geometries; the
+operator family's cases (any dimension, groups, shared weights) with their op, fallback and
+float64 oracle."""
 
 from dataclasses import dataclass
 
@@ -6,9 +8,16 @@ import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from lc_cuda.reference import expected_size
+import lc_cuda
+from lc_cuda.reference import expected_size, reference_local_conv
 
 BIAS_KINDS = ["none", "shared", "per_location"]
+FAMILY_FORWARD = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
+FAMILY_UNFOLD = {
+    1: lc_cuda.unfold_local_conv1d,
+    2: lc_cuda.unfold_local_conv2d,
+    3: lc_cuda.unfold_local_conv3d,
+}
 
 
 def make_case(n, c_in, size, c_out, kernel, stride, padding, dilation, bias, dtype, device, seed=0):
@@ -80,3 +89,65 @@ def geometries(draw, max_size=9):
         span = geometry.dilation[dim] * (geometry.kernel[dim] - 1) + 1
         assume(span <= geometry.size[dim] + 2 * geometry.padding[dim])
     return geometry
+
+
+def family_case(geometry, dtype, device, seed, bias="per_region"):
+    """A family geometry, (n, c_in, size, c_out, kernel, stride, (before, after) per dimension,
+    dilation, groups, sharing: {} or {"share_block" or "share_period": one per dimension}):
+    input, weight (a bank per region) and bias ((C_out,) "shared" or (C_out, *regions)
+    "per_region"), drawn in float64 from `seed` and rounded to dtype on device; and the op, its
+    unfold fallback and the float64 oracle, each a function of (input, weight, bias)."""
+    n, c_in, size, c_out, kernel, stride, pairs, dilation, groups, sharing = geometry
+    dims = len(size)
+    out = [
+        (s + b + a - d * (k - 1) - 1) // st + 1
+        for s, (b, a), k, st, d in zip(size, pairs, kernel, stride, dilation)
+    ]
+    if "share_block" in sharing:
+        share, mode = sharing["share_block"], "block"
+        regions = [-(-o // b) for o, b in zip(out, share)]
+    elif "share_period" in sharing:
+        share, mode = sharing["share_period"], "tile"
+        regions = list(share)
+    else:
+        share, mode, regions = None, "block", out
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [
+        (n, c_in, *size),
+        (*regions, c_out, c_in // groups, *kernel),
+        {"shared": (c_out,), "per_region": (c_out, *regions)}[bias],
+    ]
+    tensors = [
+        torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
+        for shape in shapes
+    ]
+    kwargs = dict(stride=stride, padding=pairs, dilation=dilation, groups=groups, **sharing)
+    flat_pairs = [side for pair in pairs for side in pair]
+
+    def call(input, weight, bias):
+        return FAMILY_FORWARD[dims](input, weight, bias, **kwargs)
+
+    def unfold(input, weight, bias):
+        return FAMILY_UNFOLD[dims](input, weight, bias, **kwargs)
+
+    def oracle(input, weight, bias):
+        return reference_local_conv(
+            input, weight, bias, stride, flat_pairs, dilation, groups, share, mode
+        )
+
+    return tensors, call, unfold, oracle
+
+
+def family_results(tensors, function):
+    """The output and the gradients of input, weight and bias for a fixed grad_output."""
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = function(*leaves)
+    grad_output = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    ).to(out)
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad_output))
+
+
+def family_reference(tensors, oracle):
+    """family_results of the float64 oracle on the tensors, on the CPU."""
+    return family_results([t.double().cpu() for t in tensors], oracle)

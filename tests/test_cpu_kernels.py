@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from random_cases import make_case
+from random_cases import family_case, family_reference, family_results, make_case
 from test_backward import check_gradients
 from test_forward import check
 
 import lc_cuda
-from lc_cuda.reference import (
-    allowed_error,
-    reference_local_conv,
-    reference_local_conv2d,
-    relative_error,
-)
+from lc_cuda.reference import allowed_error, reference_local_conv2d, relative_error
 
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 GEOMETRIES = {
@@ -108,6 +103,30 @@ def cpu_runs(isa):
             os.environ["LC_CUDA_CPU_ISA"] = previous
 
 
+def use_product_path(monkeypatch, isa):
+    """LC_CUDA_CPU_ISA=isa (skipped where this CPU lacks it), or LC_CUDA_BACKEND=ffma; the
+    default scratch budget."""
+    if isa == "ffma":
+        monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
+        monkeypatch.delenv("LC_CUDA_CPU_ISA", raising=False)
+    elif not cpu_runs(isa):
+        pytest.skip(f"this CPU does not run LC_CUDA_CPU_ISA={isa}")
+    else:
+        monkeypatch.setenv("LC_CUDA_CPU_ISA", isa)
+        monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
+    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+
+
+def assert_within_allowed_error(got, expected, fallback, dtype):
+    """Output and gradients (got) against the oracle's (expected): in dtype, of the same shape,
+    within allowed_error (against the fallback's error, where given, in float16 and bfloat16)."""
+    for what, g, e, f in zip(("output", "input", "weight", "bias"), got, expected, fallback):
+        assert g.dtype == dtype and g.shape == e.shape, what
+        allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
+        error = relative_error(g, e)
+        assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
+
+
 def outputs_and_gradients(function, input, weight, bias, grad_output, args):
     leaves = [t.detach().requires_grad_() for t in (input, weight, bias)]
     out = function(*leaves, *args)
@@ -122,15 +141,7 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
     within RELATIVE_TOLERANCE, bfloat16 and float16 within allowed_error (twice the unfold
     fallback's error at the same precision, at least a rounding step). The vectorised packing runs
     on contiguous rows (dilation_w 1), the portable one on channels-last input."""
-    if isa == "ffma":
-        monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
-        monkeypatch.delenv("LC_CUDA_CPU_ISA", raising=False)
-    elif not cpu_runs(isa):
-        pytest.skip(f"this CPU does not run LC_CUDA_CPU_ISA={isa}")
-    else:
-        monkeypatch.setenv("LC_CUDA_CPU_ISA", isa)
-        monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
-    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+    use_product_path(monkeypatch, isa)
     n, c_in, size, c_out, kernel, stride, padding, dilation = VECTOR_PATH_GEOMETRIES[name]
     input, weight, bias = make_case(
         n, c_in, size, c_out, kernel, stride, padding, dilation, "per_location", dtype, "cpu"
@@ -157,11 +168,7 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
         if dtype in (torch.bfloat16, torch.float16)
         else [None] * 4
     )
-    for what, g, e, f in zip(("output", "input", "weight", "bias"), got, expected, fallback):
-        assert g.dtype == dtype and g.shape == e.shape, what
-        allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
-        error = relative_error(g, e)
-        assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
+    assert_within_allowed_error(got, expected, fallback, dtype)
 
 
 # The rest of the operator family on the same kernels, each geometry reaching its branches: 3D
@@ -191,43 +198,6 @@ FAMILY_PATH_GEOMETRIES = {
     "volume_few_filters": (7, 4, (4, 5, 19), 2, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, (1, 1, 1),
                            1, {}),
 }  # fmt: skip
-FAMILY_OPS = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
-FAMILY_FALLBACKS = {
-    1: lc_cuda.unfold_local_conv1d,
-    2: lc_cuda.unfold_local_conv2d,
-    3: lc_cuda.unfold_local_conv3d,
-}
-
-
-def family_case(name, dtype):
-    """Input, weight (a bank per region), bias per region and grad_output of a family geometry,
-    drawn in float64 and rounded to dtype, and the op's and the oracle's arguments."""
-    n, c_in, size, c_out, kernel, stride, padding, dilation, groups, sharing = (
-        FAMILY_PATH_GEOMETRIES[name]
-    )
-    out = [
-        (length + before + after - d * (k - 1) - 1) // s + 1
-        for length, (before, after), k, s, d in zip(size, padding, kernel, stride, dilation)
-    ]
-    mode, share = next(iter(sharing.items()), ("share_block", (1,) * len(size)))
-    regions = share if mode == "share_period" else [-(-o // b) for o, b in zip(out, share)]
-    generator = torch.Generator().manual_seed(3)
-
-    def draw(*shape):
-        return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
-
-    tensors = (
-        draw(n, c_in, *size),
-        draw(*regions, c_out, c_in // groups, *kernel),
-        draw(c_out, *regions),
-        draw(n, c_out, *out),
-    )
-    arguments = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, **sharing)
-    oracle_arguments = (
-        stride, [side for pair in padding for side in pair], dilation, groups, share,
-        "tile" if mode == "share_period" else "block",
-    )  # fmt: skip
-    return tensors, arguments, oracle_arguments
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -236,47 +206,14 @@ def family_case(name, dtype):
 def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
     """3D, groups and shared weights on each ISA and dtype against the float64 oracle, output and
     the three gradients, as test_product_paths_match_reference."""
-    if isa == "ffma":
-        monkeypatch.setenv("LC_CUDA_BACKEND", "ffma")
-        monkeypatch.delenv("LC_CUDA_CPU_ISA", raising=False)
-    elif not cpu_runs(isa):
-        pytest.skip(f"this CPU does not run LC_CUDA_CPU_ISA={isa}")
-    else:
-        monkeypatch.setenv("LC_CUDA_CPU_ISA", isa)
-        monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
-    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
-    (input, weight, bias, grad_output), arguments, oracle_arguments = family_case(name, dtype)
+    use_product_path(monkeypatch, isa)
+    tensors, call, unfold, oracle = family_case(FAMILY_PATH_GEOMETRIES[name], dtype, "cpu", 3)
     if layout == "channels_last":  # channels innermost, in any number of dimensions
-        input = input.movedim(1, -1).contiguous().movedim(-1, 1)
-    op = FAMILY_OPS[input.dim() - 2]
-    expected = outputs_and_gradients(
-        reference_local_conv,
-        input.double(),
-        weight.double(),
-        bias.double(),
-        grad_output.double(),
-        oracle_arguments,
-    )
-    got = outputs_and_gradients(
-        lambda *t: op(*t, **arguments), input, weight, bias, grad_output, ()
-    )
-    fallback = (
-        outputs_and_gradients(
-            lambda *t: FAMILY_FALLBACKS[input.dim() - 2](*t, **arguments),
-            input,
-            weight,
-            bias,
-            grad_output,
-            (),
-        )
-        if dtype in (torch.bfloat16, torch.float16)
-        else [None] * 4
-    )
-    for what, g, e, f in zip(("output", "input", "weight", "bias"), got, expected, fallback):
-        assert g.dtype == dtype and g.shape == e.shape, what
-        allowed = allowed_error(dtype, None if f is None else relative_error(f, e))
-        error = relative_error(g, e)
-        assert error <= allowed, f"{what}: relative error {error:.3g} > {allowed:.3g}"
+        tensors[0] = tensors[0].movedim(1, -1).contiguous().movedim(-1, 1)
+    got, expected = family_results(tensors, call), family_reference(tensors, oracle)
+    half = dtype in (torch.bfloat16, torch.float16)
+    fallback = family_results(tensors, unfold) if half else [None] * 4
+    assert_within_allowed_error(got, expected, fallback, dtype)
 
 
 @pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)
@@ -284,17 +221,8 @@ def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, n
 def test_family_in_blocks_matches_reference(budget, name):
     """The family's geometries with the batch cut into sample blocks (and one location at a
     time), float32, against the oracle."""
-    (input, weight, bias, grad_output), arguments, oracle_arguments = family_case(
-        name, torch.float32
-    )
-    op = FAMILY_OPS[input.dim() - 2]
-    got = outputs_and_gradients(
-        lambda *t: op(*t, **arguments), input, weight, bias, grad_output, ()
-    )
-    expected = outputs_and_gradients(
-        reference_local_conv, input.double(), weight.double(), bias.double(),
-        grad_output.double(), oracle_arguments,
-    )  # fmt: skip
+    tensors, call, _, oracle = family_case(FAMILY_PATH_GEOMETRIES[name], torch.float32, "cpu", 3)
+    got, expected = family_results(tensors, call), family_reference(tensors, oracle)
     for what, g, e in zip(("output", "input", "weight", "bias"), got, expected):
         error = relative_error(g, e)
         assert error <= allowed_error(torch.float32), f"{what}: relative error {error:.3g}"

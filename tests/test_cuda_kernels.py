@@ -5,12 +5,12 @@ agreement. Everything here needs a GPU and a build with kernels; elsewhere it is
 import pytest
 import torch
 from hypothesis import given, settings
-from random_cases import geometries, make_case
+from random_cases import family_case as make_family_case
+from random_cases import family_reference, family_results, geometries, make_case
 
 import lc_cuda
 from lc_cuda.reference import (
     allowed_error,
-    reference_local_conv,
     reference_local_conv2d,
     relative_error,
 )
@@ -360,69 +360,11 @@ FAMILY = {
         66, 2, (5, 6), 3, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, {"share_block": (5, 6)},
     ),
 }  # fmt: skip
-FAMILY_FORWARD = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
-FAMILY_UNFOLD = {
-    1: lc_cuda.unfold_local_conv1d,
-    2: lc_cuda.unfold_local_conv2d,
-    3: lc_cuda.unfold_local_conv3d,
-}
 
 
 def family_case(name, dtype, bias="per_region"):
-    """The tensors of a FAMILY geometry on the GPU, the call and its float64 oracle."""
-    n, c_in, size, c_out, kernel, stride, pairs, dilation, groups, sharing = FAMILY[name]
-    dims = len(size)
-    out = [
-        (s + b + a - d * (k - 1) - 1) // st + 1
-        for s, (b, a), k, st, d in zip(size, pairs, kernel, stride, dilation)
-    ]
-    if "share_block" in sharing:
-        share, mode = sharing["share_block"], "block"
-        regions = [-(-o // b) for o, b in zip(out, share)]
-    elif "share_period" in sharing:
-        share, mode = sharing["share_period"], "tile"
-        regions = list(share)
-    else:
-        share, mode, regions = None, "block", out
-    generator = torch.Generator().manual_seed(len(name))
-    shapes = [
-        (n, c_in, *size),
-        (*regions, c_out, c_in // groups, *kernel),
-        {"shared": (c_out,), "per_region": (c_out, *regions)}[bias],
-    ]
-    tensors = [
-        torch.randn(shape, generator=generator, dtype=torch.float64).to("cuda", dtype)
-        for shape in shapes
-    ]
-    kwargs = dict(stride=stride, padding=pairs, dilation=dilation, groups=groups, **sharing)
-    flat_pairs = [side for pair in pairs for side in pair]
-
-    def call(input, weight, bias):
-        return FAMILY_FORWARD[dims](input, weight, bias, **kwargs)
-
-    def unfold(input, weight, bias):
-        return FAMILY_UNFOLD[dims](input, weight, bias, **kwargs)
-
-    def oracle(input, weight, bias):
-        return reference_local_conv(
-            input, weight, bias, stride, flat_pairs, dilation, groups, share, mode
-        )
-
-    return tensors, call, unfold, oracle
-
-
-def family_results(tensors, function):
-    """The output and the gradients of input, weight and bias for a fixed grad_output."""
-    leaves = [t.detach().requires_grad_() for t in tensors]
-    out = function(*leaves)
-    grad_output = torch.randn(
-        out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
-    ).to(out)
-    return (out.detach(), *torch.autograd.grad(out, leaves, grad_output))
-
-
-def family_reference(tensors, oracle):
-    return family_results([t.double().cpu() for t in tensors], oracle)
+    """The tensors of a FAMILY geometry on the GPU, the call, its fallback and its oracle."""
+    return make_family_case(FAMILY[name], dtype, "cuda", len(name), bias)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))

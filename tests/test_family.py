@@ -9,6 +9,8 @@ import random
 import pytest
 import torch
 from conftest import DEVICES
+from random_cases import FAMILY_FORWARD as FORWARD
+from random_cases import FAMILY_UNFOLD as UNFOLD
 
 import lc_cuda
 from lc_cuda.reference import (
@@ -18,12 +20,6 @@ from lc_cuda.reference import (
     relative_error,
 )
 
-FORWARD = {1: lc_cuda.local_conv1d, 2: lc_cuda.local_conv2d, 3: lc_cuda.local_conv3d}
-UNFOLD = {
-    1: lc_cuda.unfold_local_conv1d,
-    2: lc_cuda.unfold_local_conv2d,
-    3: lc_cuda.unfold_local_conv3d,
-}
 TRANSPOSE = {
     1: lc_cuda.local_conv_transpose1d,
     2: lc_cuda.local_conv_transpose2d,
