@@ -103,9 +103,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
             for (int64_t c = 0; c < out_channels; ++c) {
               scalar_t* run = o + ((n0 + n) * out_channels + c) * locations + first_location;
               __builtin_prefetch(run + width, /*write=*/1);
-              const opmath_t* from =
-                  staged + (g.groups == 1 ? n * out_channels + c
-                                          : cpu::staged_offset(g, samples, n, c));
+              const opmath_t* from = staged + cpu::staged_offset(g, samples, n, c);
               if (b == nullptr) {
                 for (int64_t t = 0; t < width; ++t) run[t] = from[t * staged_stride];
               } else if (shared_bias) {

@@ -130,6 +130,9 @@ inline int64_t staged_stride(int64_t samples, int64_t out_channels, int64_t elem
 // group-major, one (samples x C_out/groups) matrix per channel group, which the group's product
 // reads or writes whole (row n at n*C_out/groups). With one group, row n at n*C_out.
 inline int64_t staged_offset(const Geometry& g, int64_t samples, int64_t n, int64_t o) {
+  // Without groups, no divisions: they cost as much as the copies around the calls on
+  // cunn232_c1's short rows.
+  if (g.groups == 1) return n * g.out_channels + o;
   const int64_t group_size = g.group_out_channels();
   return (o / group_size * samples + n) * group_size + o % group_size;
 }
@@ -143,15 +146,12 @@ template <typename scalar_t>
 void stage_grad_output(const scalar_t* grad_output, const Strides5& s, const Geometry& g,
                        int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width, int64_t n0,
                        int64_t samples, int64_t stride, scalar_t* staged) {
-  const int64_t column_stride = step * s.w, group_size = g.group_out_channels();
+  const int64_t column_stride = step * s.w;
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
       const scalar_t* run = grad_output + (n0 + n) * s.n + o * s.c + z * s.d + i * s.h + j0 * s.w;
       __builtin_prefetch(run + width * column_stride);
-      // staged_offset, without its divisions where there is one group (they cost as much as the
-      // copy on cunn232_c1's short rows).
-      scalar_t* to = staged + (g.groups == 1 ? n * group_size + o
-                                             : staged_offset(g, samples, n, o));
+      scalar_t* to = staged + staged_offset(g, samples, n, o);
       for (int64_t t = 0; t < width; ++t) to[t * stride] = run[t * column_stride];
     }
   }
