@@ -228,6 +228,23 @@ def test_family_in_blocks_matches_reference(budget, name):
         assert error <= allowed_error(torch.float32), f"{what}: relative error {error:.3g}"
 
 
+# A geometry the backward takes by output rows (K = 36, 16 filters), with a budget that fits a
+# row tile's grad_weight sums and a few samples per thread (2 threads): grad_weight's sums carried
+# across sample blocks, grad_input's rows taken a sample at a time.
+ROW_TILES_IN_BLOCKS = (13, 4, (5, 20), 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_row_tiles_in_sample_blocks_match_reference(monkeypatch, dtype):
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", "0.1")
+    monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
+    tensors, call, unfold, oracle = family_case(ROW_TILES_IN_BLOCKS, dtype, "cpu", 5)
+    got, expected = family_results(tensors, call), family_reference(tensors, oracle)
+    half = dtype == torch.bfloat16
+    fallback = family_results(tensors, unfold) if half else [None] * 4
+    assert_within_allowed_error(got, expected, fallback, dtype)
+
+
 @pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fallback_in_sample_blocks_matches_reference(budget, monkeypatch, dtype):

@@ -1,6 +1,9 @@
 // The CPU grad_input. Per output location and channel group one product (location_products.h)
 // turns the location's grad_output (samples x C_out/groups) into its patch gradients
-// (samples x K), which are added onto the input positions the patch read. Windows of neighbouring
+// (samples x K), which are added onto the input positions the patch read; or, where the geometry
+// fits the row tiles and a location's products are too small to pay for its scatter (few filters
+// or a short patch: fmri_decoder_3d, depthwise, genomics), per output row and group, vectorised
+// over the input columns it adds onto (vector_kernels.h: grad_input_row). Windows of neighbouring
 // output rows (of a 3D output, output planes) overlap, so threads take blocks of rows (planes)
 // tall enough that blocks two apart never touch the same input row (plane), and run in two phases
 // (even blocks, then odd ones): no two threads write the same element, without atomics. Where the
@@ -57,8 +60,16 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     grad_input = cpu::empty_on_huge_pages(input_shape(g), grad_output.options());
     if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
-    // Per thread: a tile's staged grad_output, one location's patch rows and patch gradients.
+    // By output rows (vector_kernels.h: grad_input_row) where the geometry fits, else per
+    // location.
+    const bool by_rows = cpu::backward_by_rows<scalar_t>(isa, g);
+    // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
+    // per location, a tile's staged grad_output, one location's patch rows and patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
+      if (by_rows) {
+        return cpu::line_bytes(cpu::grad_input_row_scratch(g, samples), sizeof(float)) +
+               cpu::line_bytes(row_count, sizeof(int64_t));
+      }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
@@ -78,10 +89,28 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
 
     // Samples [first, first + count) of the block, at the output rows (z, i) row_begin ..
-    // row_end (flattened over depth and height), every location and group, into sums.
+    // row_end (flattened over depth and height), every location and group, into sums; the
+    // thread's scratch slice carved as per_thread says.
     const auto rows_into = [&](int64_t n0, int64_t first, int64_t count, int64_t row_begin,
-                               int64_t row_end, opmath_t* sums, scalar_t* staged,
-                               cpu::PatchRow* rows, opmath_t* grad_patches) {
+                               int64_t row_end, opmath_t* sums, cpu::ScratchSlice& slice) {
+      if (by_rows) {
+        float* staging = slice.take<float>(cpu::grad_input_row_scratch(g, block.samples));
+        int64_t* dest = slice.take<int64_t>(row_count);
+        for (int64_t row = row_begin; row < row_end; ++row) {
+          for (int64_t group = 0; group < g.groups; ++group) {
+            // (by_rows holds for float sums alone: the cast names their type for double, whose
+            // dispatch compiles this branch too.)
+            cpu::grad_input_row(isa, go + (n0 + first) * go_strides.n, go_strides, g,
+                                row / g.out_h, row % g.out_h, group, count, w,
+                                reinterpret_cast<float*>(sums + first * sample_size), staging,
+                                dest);
+          }
+        }
+        return;
+      }
+      scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
+      cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
+      opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
       for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t z = row / g.out_h, i = row % g.out_h;
         for (int64_t tile = 0; tile < row_tiles; ++tile) {
@@ -119,18 +148,15 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
         at::parallel_for(0, samples, (samples + threads - 1) / threads,
                          [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
-          cpu::ScratchSlice slice(pass);
-          scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
-          cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-          opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
           // The rows in the phases' order (even blocks, then odd ones), which fixes the order
           // of every element's sum: the same as at one thread.
           for (int64_t phase = 0; phase < 2; ++phase) {
             for (int64_t index = phase; index < axis_blocks; index += 2) {
               const int64_t first = index * block_length;
               const int64_t last = std::min(first + block_length, axis_out);
+              cpu::ScratchSlice slice(pass);
               rows_into(n0, begin, end - begin, by_planes ? first * g.out_h : first,
-                        by_planes ? last * g.out_h : last, sums, staged, rows, grad_patches);
+                        by_planes ? last * g.out_h : last, sums, slice);
             }
           }
         });
@@ -139,16 +165,13 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
           const int64_t phase_blocks = (axis_blocks - phase + 1) / 2;
           at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
             const cpu::SingleThreadedBlas one_thread;
-            cpu::ScratchSlice slice(pass);
-            scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
-            cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-            opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
             for (int64_t index = begin; index < end; ++index) {
               const int64_t first = (2 * index + phase) * block_length;
               const int64_t last = std::min(first + block_length, axis_out);
               // The block's output rows (z, i): its planes whole, or its rows of the one plane.
+              cpu::ScratchSlice slice(pass);
               rows_into(n0, 0, samples, by_planes ? first * g.out_h : first,
-                        by_planes ? last * g.out_h : last, sums, staged, rows, grad_patches);
+                        by_planes ? last * g.out_h : last, sums, slice);
             }
           });
         }

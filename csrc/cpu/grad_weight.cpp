@@ -3,7 +3,9 @@
 // C_out/groups), summed over the sample blocks in order.
 //
 // A filter bank per location: threads take tiles of neighbouring locations of one output row and
-// write disjoint parts of grad_weight. Locations that share a bank: threads take units, each a
+// write disjoint parts of grad_weight. Where the geometry fits the row tiles (few filters or a
+// short patch), a tile's products are vectorised over its locations instead
+// (vector_kernels.h: grad_weight_row_tile), into float sums transposed into the banks at the end. Locations that share a bank: threads take units, each a
 // region or a fixed part of one (a chunk of its member rows), and sum each member's product into
 // the unit's sums in member order; the chunks of a region are added in order at the end. The
 // chunks follow from the geometry (and the scratch budget) alone, never from the thread count.
@@ -68,9 +70,15 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // unit's), which are rounded into grad_weight once: by the last sample block's product, or
     // after the unit's last member.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    // Per thread: a tile's staged grad_output, one location's patch rows and patches, and the
-    // float sums (the tile's, or with sharing the unit's).
+    // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
+    // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
+    // one location's patch rows and patches, and the float sums (the tile's, or with sharing
+    // the unit's).
     const auto per_thread = [&](int64_t samples, int64_t tile) {
+      if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, tile)) {
+        return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
+               cpu::line_bytes(cpu::grad_weight_row_scratch(g, samples), sizeof(float));
+      }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
@@ -120,6 +128,34 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         }
       }
     };
+
+    if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, block.tile)) {
+      const int64_t padded = cpu::grad_weight_row_patch(g);
+      at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+        cpu::ScratchSlice slice(pass);
+        float* sums = slice.take<float>(cpu::grad_weight_row_sums(g));
+        float* scratch = slice.take<float>(cpu::grad_weight_row_scratch(g, block.samples));
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
+          const int64_t width = std::min(block.tile, g.out_w - j0);
+          for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
+            cpu::grad_weight_row_tile(isa, in + n0 * in_strides.n, in_strides,
+                                      go + n0 * go_strides.n, go_strides, g, row / g.out_h,
+                                      row % g.out_h, j0, width,
+                                      std::min(block.samples, g.batch - n0), n0 > 0, sums,
+                                      scratch);
+          }
+          // The tile's sums, a vector over its locations per (o, k), into each location's bank.
+          scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
+          for (int64_t t = 0; t < width; ++t)
+            for (int64_t o = 0; o < out_channels; ++o)
+              for (int64_t k = 0; k < patch_size; ++k)
+                banks[t * filter_size + o * patch_size + k] = static_cast<scalar_t>(
+                    sums[(o * padded + k) * cpu::kRowTileLocations + t]);
+        }
+      });
+      return;
+    }
 
     if (!shares) {
       at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {

@@ -95,6 +95,65 @@ void forward_row_tile(ProductIsa isa, const scalar_t* input, const Strides5& s,
   TORCH_INTERNAL_ASSERT(false, "the forward by row tiles needs the vector kernels");
 }
 
+// Whether grad_input goes by output rows (grad_input_row): a vector ISA, an element type it
+// takes, and a geometry that fits (backward_rows_fit).
+template <typename scalar_t>
+bool backward_by_rows(ProductIsa isa, const Geometry& g) {
+  return kVectorType<scalar_t> && isa != ProductIsa::blas && backward_rows_fit(g);
+}
+
+// grad_input_row (vector_kernels.h), where backward_by_rows.
+template <typename scalar_t>
+void grad_input_row(ProductIsa isa, const scalar_t* grad_output, const Strides5& go_s,
+                    const Geometry& g, int64_t z, int64_t i, int64_t group, int64_t samples,
+                    const scalar_t* weight, float* grad_input, float* scratch, int64_t* dest) {
+  if constexpr (kVectorType<scalar_t>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::grad_input_row(grad_output, go_s, g, z, i, group, samples, weight,
+                                      grad_input, scratch, dest);
+      case ProductIsa::avx2:
+        return avx2::grad_input_row(grad_output, go_s, g, z, i, group, samples, weight,
+                                    grad_input, scratch, dest);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "grad_input by rows needs the vector kernels");
+}
+
+// Whether grad_weight goes by row tiles (grad_weight_row_tile): as backward_by_rows, without
+// sharing, with contiguous input rows, at whole tiles.
+template <typename scalar_t>
+bool grad_weight_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s,
+                              int64_t tile) {
+  return backward_by_rows<scalar_t>(isa, g) && row_tiles_fit(g, s) && !g.shares_weights() &&
+         tile == kRowTileLocations;
+}
+
+// grad_weight_row_tile (vector_kernels.h), where grad_weight_by_row_tiles.
+template <typename scalar_t>
+void grad_weight_row_tile(ProductIsa isa, const scalar_t* input, const Strides5& s,
+                          const scalar_t* grad_output, const Strides5& go_s, const Geometry& g,
+                          int64_t z, int64_t i, int64_t j0, int64_t width, int64_t samples,
+                          bool accumulate, float* sums, float* scratch) {
+  if constexpr (kVectorType<scalar_t>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::grad_weight_row_tile(input, s, grad_output, go_s, g, z, i, j0, width,
+                                            samples, accumulate, sums, scratch);
+      case ProductIsa::avx2:
+        return avx2::grad_weight_row_tile(input, s, grad_output, go_s, g, z, i, j0, width,
+                                          samples, accumulate, sums, scratch);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "grad_weight by row tiles needs the vector kernels");
+}
+
 // out (samples x C_out, row n at n*C_out) = patches * filters^T
 template <typename scalar_t, typename opmath_t>
 void location_forward(ProductIsa isa, int64_t out_channels, int64_t samples, int64_t patch_size,

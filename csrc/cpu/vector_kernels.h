@@ -19,6 +19,7 @@
 
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "patches.h"
@@ -52,6 +53,59 @@ inline int64_t row_tile_scratch(const Geometry& g) {
   return kRowTileLocations * g.out_channels * g.patch_size();
 }
 
+// Where the backward goes by output rows (grad_input_row) instead of per location: the forward
+// row tiles' geometries, for which a location's scatter of its few patch gradients costs more than
+// its products (fmri_decoder_3d: one masked load-add-store per sample, location and patch row).
+// The staged grad_output may have any strides; the destination is a contiguous float block.
+inline bool backward_rows_fit(const Geometry& g) {
+  return g.stride_w == 1 && g.kernel_w <= kRowTilePatchLimit &&
+         (g.patch_size() <= kRowTilePatchLimit || g.group_out_channels() <= kRowTileFewFilters);
+}
+
+// The input columns grad_input_row adds per chunk: whole tiles of kRowTileLocations (so whole
+// vectors on every ISA), at most four, no more than the input row needs.
+inline int64_t grad_input_row_columns(const Geometry& g) {
+  return std::min<int64_t>(4, (g.in_w + kRowTileLocations - 1) / kRowTileLocations) *
+         kRowTileLocations;
+}
+
+// The output columns a chunk's destinations read: its columns and the kernel's span less one.
+inline int64_t grad_input_row_span(const Geometry& g) {
+  return grad_input_row_columns(g) + (g.kernel_w - 1) * g.dilation_w;
+}
+
+// The floats of grad_input_row's staged filters (one group's, over the chunk's span).
+inline int64_t grad_input_row_filters(const Geometry& g) {
+  return g.patch_size() * g.group_out_channels() * grad_input_row_span(g);
+}
+
+// The floats of scratch grad_input_row takes for `samples` samples: the staged filters and
+// grad_output.
+inline int64_t grad_input_row_scratch(const Geometry& g, int64_t samples) {
+  return grad_input_row_filters(g) + samples * g.group_out_channels() * grad_input_row_span(g);
+}
+
+// grad_weight_row_tile's patch columns per product block on every ISA; its sums pad K to a
+// multiple of it.
+constexpr int64_t kGradWeightRowColumns = 16;
+
+// K padded to whole blocks of kGradWeightRowColumns.
+inline int64_t grad_weight_row_patch(const Geometry& g) {
+  return (g.patch_size() + kGradWeightRowColumns - 1) / kGradWeightRowColumns *
+         kGradWeightRowColumns;
+}
+
+// The floats of grad_weight_row_tile's sums: (C_out x padded K) vectors over the tile.
+inline int64_t grad_weight_row_sums(const Geometry& g) {
+  return g.out_channels * grad_weight_row_patch(g) * kRowTileLocations;
+}
+
+// The floats of scratch grad_weight_row_tile takes for `samples` samples: the staged
+// grad_output, and where each patch column reads (two int64 per padded column).
+inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
+  return samples * g.out_channels * kRowTileLocations + 4 * grad_weight_row_patch(g);
+}
+
 // Each ISA's namespace declares the same kernels:
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
@@ -73,6 +127,21 @@ inline int64_t row_tile_scratch(const Geometry& g) {
 //                (N, C_out, D, H, W); bias as the op takes it (null, (C_out,) when shared_bias,
 //                else (C_out, *regions)). `scratch` holds row_tile_scratch(g) floats. Only where
 //                row_tiles_fit.
+// grad_input_row: the patch gradients of output row (z, i) and channel group `group`, every
+//                location, for `samples` samples, added onto grad_input (a contiguous float
+//                block (samples, C_in, D, H, W)). Vectorised over input columns: chunks of
+//                grad_input_row_columns destinations, each summing its sources' (kernel
+//                column, filter) terms in registers, then one load-add-store; `grad_output`
+//                (any strides) starts at the first sample. `scratch` holds
+//                grad_input_row_scratch(g, samples) floats, `dest` patch_row_count(g) elements.
+//                Only where backward_rows_fit.
+// grad_weight_row_tile: the filter gradients of the row tile (z, i, j0 + t), t < width, of an
+//                unshared weight, summed over `samples` samples (input and grad_output start
+//                at the first; any strides of grad_output, input rows contiguous), vectorised
+//                over the tile: sums[(o * grad_weight_row_patch(g) + k) * kRowTileLocations +
+//                t] (every group's o), added onto what they hold where accumulate. `scratch`
+//                holds grad_weight_row_scratch(g, samples) floats. Only where
+//                backward_rows_fit and row_tiles_fit.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -91,7 +160,16 @@ inline int64_t row_tile_scratch(const Geometry& g) {
   template <typename T>                                                                          \
   void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int64_t z,         \
                         int64_t i, int64_t j0, int64_t width, int64_t samples, const T* weight,  \
-                        const T* bias, bool shared_bias, T* out, float* scratch);
+                        const T* bias, bool shared_bias, T* out, float* scratch);        \
+  template <typename T>                                                                          \
+  void grad_input_row(const T* grad_output, const Strides5& go_s, const Geometry& g, int64_t z,  \
+                      int64_t i, int64_t group, int64_t samples, const T* weight,                \
+                      float* grad_input, float* scratch, int64_t* dest);                 \
+  template <typename T>                                                                          \
+  void grad_weight_row_tile(const T* input, const Strides5& s, const T* grad_output,             \
+                            const Strides5& go_s, const Geometry& g, int64_t z, int64_t i,       \
+                            int64_t j0, int64_t width, int64_t samples, bool accumulate,         \
+                            float* sums, float* scratch);
 
 namespace avx2 {
 LC_CUDA_DECLARE_VECTOR_KERNELS

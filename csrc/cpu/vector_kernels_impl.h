@@ -518,6 +518,219 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   _mm_sfence();  // the streamed stores are ordered before whatever follows
 }
 
+// ---- grad_input by output rows: S samples, each a vector over V::kLanes input columns ----
+// One channel group's (c, a, p) rows of the patch, each adding onto the input row dest[r] of a
+// sample (-1: the row lies in the padding) the columns [x0, x0 + columns): per destination
+// vector, the sum over kernel columns q and the group's filters o of staged grad_output times
+// staged filters, both read shifted by (kernel_w - 1 - q) * dilation_w (grad_input_row's
+// layouts), then one load-add-store of the destination.
+template <typename V, int S>
+LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float* filters_t,
+                                            const int64_t* dest, const Geometry& g,
+                                            int64_t span, int64_t x0, int64_t columns,
+                                            int64_t sample_size, float* grad_input) {
+  const int64_t group_size = g.group_out_channels();
+  for (int64_t r = 0; r < patch_row_count(g); ++r) {
+    if (dest[r] < 0) continue;
+    float* to = grad_input + dest[r] + x0;
+    for (int64_t v = 0; v < columns; v += V::kLanes) {
+      typename V::Vec acc[S];
+#pragma GCC unroll 16
+      for (int s = 0; s < S; ++s) acc[s] = V::zero();
+      for (int64_t q = 0; q < g.kernel_w; ++q) {
+        const int64_t shift = v + (g.kernel_w - 1 - q) * g.dilation_w;
+        const float* weights = filters_t + (r * g.kernel_w + q) * group_size * span + shift;
+        for (int64_t o = 0; o < group_size; ++o) {
+          const auto w = V::load(weights + o * span);
+#pragma GCC unroll 16
+          for (int s = 0; s < S; ++s)
+            acc[s] = V::fmadd(V::load(go_staged + (s * group_size + o) * span + shift), w,
+                              acc[s]);
+        }
+      }
+      const auto lanes = V::tail(columns - v);
+#pragma GCC unroll 16
+      for (int s = 0; s < S; ++s) {
+        float* row = to + s * sample_size + v;
+        V::store(lanes, row, V::add(V::load(lanes, row), acc[s]));
+      }
+    }
+  }
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
+                                     const Geometry& g, int64_t z, int64_t i, int64_t group,
+                                     int64_t samples, const T* weight, float* grad_input,
+                                     float* scratch, int64_t* dest) {
+  const int64_t group_size = g.group_out_channels(), patch_size = g.patch_size();
+  const int64_t filter_size = g.out_channels * patch_size;
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t halo = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t chunk = grad_input_row_columns(g), span = chunk + halo;
+  float* filters_t = scratch;
+  float* go_staged = scratch + grad_input_row_filters(g);
+  // The group's patch rows: the input row each adds onto, in a contiguous block of samples.
+  {
+    int64_t r = 0;
+    for (int64_t c = group * g.group_in_channels(); c < (group + 1) * g.group_in_channels(); ++c)
+      for (int64_t a = 0; a < g.kernel_d; ++a)
+        for (int64_t p = 0; p < g.kernel_h; ++p, ++r) {
+          const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+          const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+          dest[r] = x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h
+                        ? -1
+                        : ((c * g.in_d + x_d) * g.in_h + y) * g.in_w;
+        }
+  }
+  for (int64_t x0 = 0; x0 < g.in_w; x0 += chunk) {
+    const int64_t columns = std::min(chunk, g.in_w - x0);
+    // Destination column x reads output column j = x + pad_w - q * dilation_w; the chunk's
+    // sources are the span output columns from `first` on, staged with zeros where they fall
+    // outside the output row.
+    const int64_t first = x0 + g.pad_w - halo;
+    for (int64_t jj = 0; jj < span; ++jj) {
+      const int64_t j = first + jj;
+      const bool inside = j >= 0 && j < g.out_w && jj < columns + halo;
+      const T* bank = inside ? weight + g.region_of(z, i, j) * filter_size +
+                                   group * group_size * patch_size
+                             : nullptr;
+      for (int64_t o = 0; o < group_size; ++o)
+        for (int64_t k = 0; k < patch_size; ++k)
+          filters_t[(k * group_size + o) * span + jj] =
+              inside ? to_float(bank[o * patch_size + k]) : 0.0f;
+      for (int64_t n = 0; n < samples; ++n)
+        for (int64_t o = 0; o < group_size; ++o)
+          go_staged[(n * group_size + o) * span + jj] =
+              inside ? to_float(grad_output[n * go_s.n + (group * group_size + o) * go_s.c +
+                                            z * go_s.d + i * go_s.h + j * go_s.w])
+                     : 0.0f;
+    }
+    constexpr int kSamples = 4;
+    int64_t n = 0;
+    for (; n + kSamples <= samples; n += kSamples)
+      grad_input_rows_block<V, kSamples>(go_staged + n * group_size * span, filters_t, dest, g,
+                                         span, x0, columns, sample_size,
+                                         grad_input + n * sample_size);
+    for (; n < samples; ++n)
+      grad_input_rows_block<V, 1>(go_staged + n * group_size * span, filters_t, dest, g, span,
+                                  x0, columns, sample_size, grad_input + n * sample_size);
+  }
+}
+
+// ---- grad_weight by row tiles: FB filters x KB patch columns, each a vector over locations ----
+// acc[f][kb], lanes t: sum over the samples of staged grad_output (filter f) times the input
+// column the patch's column k0 + kb reads at location t (offsets[kb] from `input`, under
+// columns[column_of[kb]]; the all-off mask for a row in the padding and for the padded columns
+// past K), added onto sums (f at f*filter_stride, kb at kb*kRowTileLocations) where accumulate.
+template <typename V, typename T, int FB, int KB>
+LC_VECTOR_TARGET void grad_weight_row_block(const T* input, int64_t sample_stride,
+                                            const float* go_staged, int64_t go_step,
+                                            int64_t samples, const int64_t* offsets,
+                                            const int64_t* column_of,
+                                            const typename V::Mask* columns,
+                                            int64_t filter_stride, bool accumulate,
+                                            float* sums) {
+  typename V::Vec acc[FB][KB];
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb)
+      acc[f][kb] = accumulate ? V::load(sums + f * filter_stride + kb * kRowTileLocations)
+                              : V::zero();
+  typename V::Mask masks[KB];
+#pragma GCC unroll 16
+  for (int kb = 0; kb < KB; ++kb) masks[kb] = columns[column_of[kb]];
+  for (int64_t n = 0; n < samples; ++n) {
+    typename V::Vec go[FB];
+#pragma GCC unroll 16
+    for (int f = 0; f < FB; ++f) go[f] = V::load(go_staged + n * go_step + f * kRowTileLocations);
+    const T* sample = input + n * sample_stride;
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb) {
+      const auto values = V::load(masks[kb], sample + offsets[kb]);
+#pragma GCC unroll 16
+      for (int f = 0; f < FB; ++f) acc[f][kb] = V::fmadd(go[f], values, acc[f][kb]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int f = 0; f < FB; ++f)
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb)
+      V::store(sums + f * filter_stride + kb * kRowTileLocations, acc[f][kb]);
+}
+
+// The accumulators of a grad_weight row block: FB x KB with FB of 1, 2 or 4.
+template <typename V>
+constexpr int kGradWeightRowAccumulators = V::kLanes == 16 ? 16 : 8;
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
+                                           const T* grad_output, const Strides5& go_s,
+                                           const Geometry& g, int64_t z, int64_t i, int64_t j0,
+                                           int64_t width, int64_t samples, bool accumulate,
+                                           float* sums, float* scratch) {
+  static_assert(kGradWeightRowAccumulators<V> == kGradWeightRowColumns ||
+                kGradWeightRowAccumulators<V> * 2 == kGradWeightRowColumns);
+  constexpr int64_t acc = kGradWeightRowAccumulators<V>;
+  const int64_t patch_size = g.patch_size(), padded = grad_weight_row_patch(g);
+  const int64_t group_size = g.group_out_channels();
+  float* go_staged = scratch;
+  int64_t* offsets = reinterpret_cast<int64_t*>(go_staged + samples * g.out_channels *
+                                                                kRowTileLocations);
+  int64_t* column_of = offsets + padded;
+  for (int64_t n = 0; n < samples; ++n)
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      const T* from = grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h +
+                      j0 * go_s.w;
+      float* to = go_staged + (n * g.out_channels + o) * kRowTileLocations;
+      for (int64_t t = 0; t < kRowTileLocations; ++t)
+        to[t] = t < width ? to_float(from[t * go_s.w]) : 0.0f;
+    }
+  // Where each patch column k = (c, a, p, q) of a group reads, from the group's first channel
+  // at the location's column less pad_w; column kernel_w names the all-off mask.
+  for (int64_t k = 0; k < padded; ++k) {
+    offsets[k] = 0;
+    column_of[k] = g.kernel_w;
+    if (k >= patch_size) continue;
+    const int64_t q = k % g.kernel_w, p = k / g.kernel_w % g.kernel_h;
+    const int64_t a = k / (g.kernel_w * g.kernel_h) % g.kernel_d;
+    const int64_t c = k / (g.kernel_w * g.kernel_h * g.kernel_d);
+    const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+    const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+    if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) continue;
+    offsets[k] = c * s.c + x_d * s.d + y * s.h + q * g.dilation_w - g.pad_w;
+    column_of[k] = q;
+  }
+  using Block = void (*)(const T*, int64_t, const float*, int64_t, int64_t, const int64_t*,
+                         const int64_t*, const typename V::Mask*, int64_t, bool, float*);
+  constexpr Block blocks[3] = {&grad_weight_row_block<V, T, 1, acc>,
+                               &grad_weight_row_block<V, T, 2, acc / 2>,
+                               &grad_weight_row_block<V, T, 4, acc / 4>};
+  constexpr int64_t block_columns[3] = {acc, acc / 2, acc / 4};
+  for (int64_t t = 0; t < width; t += V::kLanes) {
+    typename V::Mask columns[kRowTilePatchLimit + 1];
+    for (int64_t q = 0; q < g.kernel_w; ++q)
+      columns[q] = V::both(V::tail(width - t),
+                           V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
+    columns[g.kernel_w] = V::tail(0);
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const T* group_input = input + group * g.group_in_channels() * s.c + j0 + t;
+      for (int64_t o = group * group_size; o < (group + 1) * group_size;) {
+        const int64_t left = (group + 1) * group_size - o;
+        const int which = left >= 4 ? 2 : left >= 2 ? 1 : 0;
+        for (int64_t k0 = 0; k0 < padded; k0 += block_columns[which]) {
+          blocks[which](group_input, s.n, go_staged + o * kRowTileLocations + t,
+                        g.out_channels * kRowTileLocations, samples, offsets + k0,
+                        column_of + k0, columns, padded * kRowTileLocations, accumulate,
+                        sums + (o * padded + k0) * kRowTileLocations + t);
+        }
+        o += int64_t(1) << which;
+      }
+    }
+  }
+}
+
 }  // namespace generic
 }  // namespace
 
@@ -562,6 +775,23 @@ void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int6
                                               bias, shared_bias, out, scratch);
 }
 
+template <typename T>
+void grad_input_row(const T* grad_output, const Strides5& go_s, const Geometry& g, int64_t z,
+                    int64_t i, int64_t group, int64_t samples, const T* weight,
+                    float* grad_input, float* scratch, int64_t* dest) {
+  generic::grad_input_row<LC_VECTOR_TRAITS>(grad_output, go_s, g, z, i, group, samples, weight,
+                                            grad_input, scratch, dest);
+}
+
+template <typename T>
+void grad_weight_row_tile(const T* input, const Strides5& s, const T* grad_output,
+                          const Strides5& go_s, const Geometry& g, int64_t z, int64_t i,
+                          int64_t j0, int64_t width, int64_t samples, bool accumulate,
+                          float* sums, float* scratch) {
+  generic::grad_weight_row_tile<LC_VECTOR_TRAITS>(input, s, grad_output, go_s, g, z, i, j0,
+                                                  width, samples, accumulate, sums, scratch);
+}
+
 #define LC_CUDA_INSTANTIATE(T)                                                                 \
   template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
   template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
@@ -571,7 +801,12 @@ void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int6
                                 T*);                                                           \
   template void forward_row_tile<T>(const T*, const Strides5&, const Geometry&, int64_t,       \
                                     int64_t, int64_t, int64_t, int64_t, const T*, const T*,    \
-                                    bool, T*, float*);
+                                    bool, T*, float*);                                        \
+  template void grad_input_row<T>(const T*, const Strides5&, const Geometry&, int64_t, int64_t, \
+                                  int64_t, int64_t, const T*, float*, float*, int64_t*);   \
+  template void grad_weight_row_tile<T>(const T*, const Strides5&, const T*, const Strides5&,   \
+                                        const Geometry&, int64_t, int64_t, int64_t, int64_t,    \
+                                        int64_t, bool, float*, float*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
 LC_CUDA_INSTANTIATE(c10::Half)
