@@ -108,6 +108,27 @@ struct Avx2 {
     }
   }
 
+  // Transposes 8 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,
+  // then of pairs, then the 128-bit halves: 24 shuffles for 64 elements.
+  LC_AVX2 static void transpose(Vec (&rows)[kLanes]) {
+    Vec a[8], b[8];
+    for (int i = 0; i < 4; ++i) {
+      a[2 * i] = _mm256_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+      a[2 * i + 1] = _mm256_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    // b[4h + m], half q: column 4q + m of rows 4h .. 4h + 3.
+    for (int h = 0; h < 2; ++h) {
+      b[4 * h] = _mm256_shuffle_ps(a[4 * h], a[4 * h + 2], 0x44);
+      b[4 * h + 1] = _mm256_shuffle_ps(a[4 * h], a[4 * h + 2], 0xee);
+      b[4 * h + 2] = _mm256_shuffle_ps(a[4 * h + 1], a[4 * h + 3], 0x44);
+      b[4 * h + 3] = _mm256_shuffle_ps(a[4 * h + 1], a[4 * h + 3], 0xee);
+    }
+    for (int m = 0; m < 4; ++m) {
+      rows[m] = _mm256_permute2f128_ps(b[m], b[4 + m], 0x20);
+      rows[4 + m] = _mm256_permute2f128_ps(b[m], b[4 + m], 0x31);
+    }
+  }
+
   // The sums of the 8 lanes of each of a, b, c and d, in that order.
   LC_AVX2 static __m128 reduce4(Vec a, Vec b, Vec c, Vec d) {
     // Within each 128-bit lane: (a0+a1, a2+a3, b0+b1, b2+b3), the same for c and d.

@@ -95,6 +95,39 @@ struct Avx512 {
     }
   }
 
+  // Transposes 16 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,
+  // then of pairs, then 128-bit quarters twice: 64 shuffles for 256 elements.
+  LC_AVX512 static void transpose(Vec (&rows)[kLanes]) {
+    Vec a[16], b[16];
+    for (int i = 0; i < 8; ++i) {
+      a[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+      a[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    // b[4i + m], quarter q: column 4q + m of rows 4i .. 4i + 3.
+    for (int i = 0; i < 4; ++i) {
+      const __m512d even = _mm512_castps_pd(a[4 * i]), odd = _mm512_castps_pd(a[4 * i + 1]);
+      const __m512d even2 = _mm512_castps_pd(a[4 * i + 2]);
+      const __m512d odd2 = _mm512_castps_pd(a[4 * i + 3]);
+      b[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(even, even2));
+      b[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(even, even2));
+      b[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(odd, odd2));
+      b[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(odd, odd2));
+    }
+    // a[8h + m] (m < 4): columns m, 8 + m of rows 8h .. 8h + 7, by quarters; a[8h + 4 + m]:
+    // columns 4 + m, 12 + m.
+    for (int h = 0; h < 2; ++h)
+      for (int m = 0; m < 4; ++m) {
+        a[8 * h + m] = _mm512_shuffle_f32x4(b[8 * h + m], b[8 * h + 4 + m], 0x88);
+        a[8 * h + 4 + m] = _mm512_shuffle_f32x4(b[8 * h + m], b[8 * h + 4 + m], 0xdd);
+      }
+    for (int m = 0; m < 4; ++m) {
+      rows[m] = _mm512_shuffle_f32x4(a[m], a[8 + m], 0x88);
+      rows[8 + m] = _mm512_shuffle_f32x4(a[m], a[8 + m], 0xdd);
+      rows[4 + m] = _mm512_shuffle_f32x4(a[4 + m], a[12 + m], 0x88);
+      rows[12 + m] = _mm512_shuffle_f32x4(a[4 + m], a[12 + m], 0xdd);
+    }
+  }
+
   // The sums of the 16 lanes of each of a, b, c and d, in that order: 13 instructions for the
   // four (a lane reduction each would take about 8), which matters where K is short.
   LC_AVX512 static __m128 reduce4(Vec a, Vec b, Vec c, Vec d) {

@@ -130,7 +130,6 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     };
 
     if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, block.tile)) {
-      const int64_t padded = cpu::grad_weight_row_patch(g);
       at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         cpu::ScratchSlice slice(pass);
         float* sums = slice.take<float>(cpu::grad_weight_row_sums(g));
@@ -145,13 +144,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                       std::min(block.samples, g.batch - n0), n0 > 0, sums,
                                       scratch);
           }
-          // The tile's sums, a vector over its locations per (o, k), into each location's bank.
-          scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
-          for (int64_t t = 0; t < width; ++t)
-            for (int64_t o = 0; o < out_channels; ++o)
-              for (int64_t k = 0; k < patch_size; ++k)
-                banks[t * filter_size + o * patch_size + k] = static_cast<scalar_t>(
-                    sums[(o * padded + k) * cpu::kRowTileLocations + t]);
+          cpu::grad_weight_row_banks(isa, sums, g, width,
+                                     gw + (row * g.out_w + j0) * filter_size);
         }
       });
       return;

@@ -154,6 +154,24 @@ void grad_weight_row_tile(ProductIsa isa, const scalar_t* input, const Strides5&
   TORCH_INTERNAL_ASSERT(false, "grad_weight by row tiles needs the vector kernels");
 }
 
+// grad_weight_row_banks (vector_kernels.h), where grad_weight_by_row_tiles.
+template <typename scalar_t>
+void grad_weight_row_banks(ProductIsa isa, const float* sums, const Geometry& g, int64_t width,
+                           scalar_t* banks) {
+  if constexpr (kVectorType<scalar_t>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::grad_weight_row_banks(sums, g, width, banks);
+      case ProductIsa::avx2:
+        return avx2::grad_weight_row_banks(sums, g, width, banks);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "grad_weight by row tiles needs the vector kernels");
+}
+
 // out (samples x C_out, row n at n*C_out) = patches * filters^T
 template <typename scalar_t, typename opmath_t>
 void location_forward(ProductIsa isa, int64_t out_channels, int64_t samples, int64_t patch_size,

@@ -142,6 +142,8 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
 //                t] (every group's o), added onto what they hold where accumulate. `scratch`
 //                holds grad_weight_row_scratch(g, samples) floats. Only where
 //                backward_rows_fit and row_tiles_fit.
+// grad_weight_row_banks: grad_weight_row_tile's sums of a tile of `width` locations into their
+//                banks (location t's at banks + t * C_out * K), rounded to T.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -169,7 +171,9 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
   void grad_weight_row_tile(const T* input, const Strides5& s, const T* grad_output,             \
                             const Strides5& go_s, const Geometry& g, int64_t z, int64_t i,       \
                             int64_t j0, int64_t width, int64_t samples, bool accumulate,         \
-                            float* sums, float* scratch);
+                            float* sums, float* scratch);                                \
+  template <typename T>                                                                          \
+  void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks);
 
 namespace avx2 {
 LC_CUDA_DECLARE_VECTOR_KERNELS

@@ -456,15 +456,23 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
     const int64_t block = std::min(filter_block, o0 + group_size - o);
-    // Each filter row is read in order (the scattered writes stay in L1); lanes past the tile
-    // are zero.
+    // A square of V::kLanes locations x V::kLanes columns of K at a time, read a vector per
+    // location and transposed in registers; lanes past the tile are zero.
     float* to = scratch + o * patch_size * kRowTileLocations;
-    for (int64_t t = 0; t < kRowTileLocations; ++t) {
-      for (int64_t f = 0; f < block; ++f) {
-        const T* from = weight + (t < width ? regions[t] * filter_size + (o + f) * patch_size : 0);
-        float* lane = to + f * kRowTileLocations + t;
-        for (int64_t k = 0; k < patch_size; ++k)
-          lane[k * block * kRowTileLocations] = t < width ? to_float(from[k]) : 0.0f;
+    for (int64_t f = 0; f < block; ++f) {
+      for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+        const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
+        for (int64_t t0 = 0; t0 < kRowTileLocations; t0 += V::kLanes) {
+          typename V::Vec square[V::kLanes];
+          for (int64_t r = 0; r < V::kLanes; ++r)
+            square[r] = t0 + r < width
+                            ? V::load(V::tail(columns), weight + regions[t0 + r] * filter_size +
+                                                            (o + f) * patch_size + k0)
+                            : V::zero();
+          V::transpose(square);
+          for (int64_t c = 0; c < columns; ++c)
+            V::store(to + ((k0 + c) * block + f) * kRowTileLocations + t0, square[c]);
+        }
       }
     }
     }
@@ -589,16 +597,36 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     // sources are the span output columns from `first` on, staged with zeros where they fall
     // outside the output row.
     const int64_t first = x0 + g.pad_w - halo;
+    // The filters, V::kLanes sources x V::kLanes columns of K at a time, transposed in
+    // registers.
+    for (int64_t jj0 = 0; jj0 < span; jj0 += V::kLanes) {
+      const int64_t present = std::min<int64_t>(V::kLanes, span - jj0);
+      const T* banks[V::kLanes];
+      for (int64_t r = 0; r < V::kLanes; ++r) {
+        const int64_t j = first + jj0 + r;
+        banks[r] = r < present && j >= 0 && j < g.out_w
+                       ? weight + g.region_of(z, i, j) * filter_size +
+                             group * group_size * patch_size
+                       : nullptr;
+      }
+      for (int64_t o = 0; o < group_size; ++o) {
+        for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+          const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
+          typename V::Vec square[V::kLanes];
+          for (int64_t r = 0; r < V::kLanes; ++r)
+            square[r] = banks[r] != nullptr
+                            ? V::load(V::tail(columns), banks[r] + o * patch_size + k0)
+                            : V::zero();
+          V::transpose(square);
+          for (int64_t c = 0; c < columns; ++c)
+            V::store(V::tail(present), filters_t + ((k0 + c) * group_size + o) * span + jj0,
+                     square[c]);
+        }
+      }
+    }
     for (int64_t jj = 0; jj < span; ++jj) {
       const int64_t j = first + jj;
-      const bool inside = j >= 0 && j < g.out_w && jj < columns + halo;
-      const T* bank = inside ? weight + g.region_of(z, i, j) * filter_size +
-                                   group * group_size * patch_size
-                             : nullptr;
-      for (int64_t o = 0; o < group_size; ++o)
-        for (int64_t k = 0; k < patch_size; ++k)
-          filters_t[(k * group_size + o) * span + jj] =
-              inside ? to_float(bank[o * patch_size + k]) : 0.0f;
+      const bool inside = j >= 0 && j < g.out_w;
       for (int64_t n = 0; n < samples; ++n)
         for (int64_t o = 0; o < group_size; ++o)
           go_staged[(n * group_size + o) * span + jj] =
@@ -731,6 +759,29 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
   }
 }
 
+// The sums of grad_weight_row_tile into the tile's banks (location t's at banks + t *
+// filter_size), rounded to T: V::kLanes columns of K x V::kLanes locations at a time,
+// transposed in registers.
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width,
+                                            T* banks) {
+  const int64_t patch_size = g.patch_size(), padded = grad_weight_row_patch(g);
+  const int64_t filter_size = g.out_channels * patch_size;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+      const auto columns = V::tail(patch_size - k0);
+      for (int64_t t0 = 0; t0 < width; t0 += V::kLanes) {
+        typename V::Vec square[V::kLanes];
+        for (int64_t c = 0; c < V::kLanes; ++c)
+          square[c] = V::load(sums + ((o * padded + k0 + c) * kRowTileLocations + t0));
+        V::transpose(square);
+        for (int64_t t = t0; t < std::min<int64_t>(width, t0 + V::kLanes); ++t)
+          V::store(columns, banks + t * filter_size + o * patch_size + k0, square[t - t0]);
+      }
+    }
+  }
+}
+
 }  // namespace generic
 }  // namespace
 
@@ -792,6 +843,11 @@ void grad_weight_row_tile(const T* input, const Strides5& s, const T* grad_outpu
                                                   width, samples, accumulate, sums, scratch);
 }
 
+template <typename T>
+void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks) {
+  generic::grad_weight_row_banks<LC_VECTOR_TRAITS>(sums, g, width, banks);
+}
+
 #define LC_CUDA_INSTANTIATE(T)                                                                 \
   template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
   template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
@@ -806,7 +862,8 @@ void grad_weight_row_tile(const T* input, const Strides5& s, const T* grad_outpu
                                   int64_t, int64_t, const T*, float*, float*, int64_t*);   \
   template void grad_weight_row_tile<T>(const T*, const Strides5&, const T*, const Strides5&,   \
                                         const Geometry&, int64_t, int64_t, int64_t, int64_t,    \
-                                        int64_t, bool, float*, float*);
+                                        int64_t, bool, float*, float*);                   \
+  template void grad_weight_row_banks<T>(const float*, const Geometry&, int64_t, T*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
 LC_CUDA_INSTANTIATE(c10::Half)
