@@ -1,5 +1,4 @@
-// Asking for transparent huge pages under the CPU kernels' large outputs, and faulting them in
-// at once.
+// Asking for transparent huge pages under the CPU kernels' large outputs.
 #include "huge_pages.h"
 
 #include <ATen/ATen.h>
@@ -24,17 +23,6 @@ at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& o
   // The advice covers only the whole huge pages inside the tensor, never memory it does not own.
   // Its failure (a kernel without transparent huge pages) changes nothing but speed.
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  // Every page faulted in by one call (huge_pages.h); an older kernel refuses the advice, and
-  // the pages fault in as they are written.
-#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  {
-    constexpr uintptr_t page = 4096;
-    const auto start = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-    const uintptr_t first = (start + page - 1) / page * page;
-    const uintptr_t last = (start + tensor.nbytes()) / page * page;
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
-  }
 #endif
   return tensor;
 }

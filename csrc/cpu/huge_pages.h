@@ -12,12 +12,6 @@ namespace cpu {
 // one page fault per 4 KiB: on DeepFace L4 (N=8) grad_weight took 164 ms on 4 KiB pages and 50 ms
 // on huge pages (benchmarks/NOTES.md). Only a hint: where transparent huge pages are off, or the
 // memory was touched before, nothing changes.
-//
-// Then every page is faulted in at once, by the calling thread (madvise MADV_POPULATE_WRITE,
-// Linux 5.14 on): where the kernel could not give huge pages, two threads faulting 4 KiB pages
-// as they wrote took several times longer than one populating call (medvol_32cube_c2's 57 MB
-// grad_weight: 60-73 ms in runs of calls, 7-9 in others, against 10-14 every call populated;
-// populating from both threads brought the slow runs back).
 at::Tensor empty_on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 }  // namespace cpu
