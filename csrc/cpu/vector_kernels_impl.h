@@ -754,18 +754,25 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
     }
   // Where each patch column k = (c, a, p, q) of a group reads, from the group's first channel
   // at the location's column less pad_w; column kernel_w names the all-off mask.
-  for (int64_t k = 0; k < padded; ++k) {
+  // (Nested loops: the divisions that take k apart had cost a third of fmri_decoder_3d's
+  // grad_weight.)
+  int64_t k = 0;
+  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p) {
+        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+        const bool inside = x_d >= 0 && x_d < g.in_d && y >= 0 && y < g.in_h;
+        for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
+          offsets[k] = inside ? c * s.c + x_d * s.d + y * s.h + q * g.dilation_w - g.pad_w : 0;
+          column_of[k] = inside ? q : g.kernel_w;
+        }
+      }
+    }
+  }
+  for (; k < padded; ++k) {
     offsets[k] = 0;
     column_of[k] = g.kernel_w;
-    if (k >= patch_size) continue;
-    const int64_t q = k % g.kernel_w, p = k / g.kernel_w % g.kernel_h;
-    const int64_t a = k / (g.kernel_w * g.kernel_h) % g.kernel_d;
-    const int64_t c = k / (g.kernel_w * g.kernel_h * g.kernel_d);
-    const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
-    const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-    if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) continue;
-    offsets[k] = c * s.c + x_d * s.d + y * s.h + q * g.dilation_w - g.pad_w;
-    column_of[k] = q;
   }
   using Block = void (*)(const T*, int64_t, const float*, int64_t, int64_t, const int64_t*,
                          const int64_t*, const typename V::Mask*, int64_t, bool, float*);
