@@ -228,15 +228,17 @@ def test_family_in_blocks_matches_reference(budget, name):
         assert error <= allowed_error(torch.float32), f"{what}: relative error {error:.3g}"
 
 
-# A geometry the backward takes by output rows (K = 36, 16 filters), with a budget that fits a
-# row tile's grad_weight sums and a few samples per thread (2 threads): grad_weight's sums carried
-# across sample blocks, grad_input's rows taken a sample at a time.
+# A geometry the backward takes by output rows (K = 36, 16 filters), with budgets (for 2 threads)
+# that fit a row tile's grad_weight sums and a few samples per thread (grad_weight's sums carried
+# across sample blocks; grad_input per location), and grad_input's staged filters of a row chunk
+# and a few samples (grad_input by rows in sample blocks; grad_weight in one block).
 ROW_TILES_IN_BLOCKS = (13, 4, (5, 20), 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, {})
 
 
+@pytest.mark.parametrize("budget_mb", ["0.1", "0.19"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_row_tiles_in_sample_blocks_match_reference(monkeypatch, dtype):
-    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", "0.1")
+def test_row_tiles_in_sample_blocks_match_reference(monkeypatch, dtype, budget_mb):
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", budget_mb)
     monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
     tensors, call, unfold, oracle = family_case(ROW_TILES_IN_BLOCKS, dtype, "cpu", 5)
     got, expected = family_results(tensors, call), family_reference(tensors, oracle)

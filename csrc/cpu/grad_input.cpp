@@ -60,9 +60,14 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     grad_input = cpu::empty_on_huge_pages(input_shape(g), grad_output.options());
     if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
-    // By output rows (vector_kernels.h: grad_input_row) where the geometry fits, else per
-    // location.
-    const bool by_rows = cpu::backward_by_rows<scalar_t>(isa, g);
+    // By output rows (vector_kernels.h: grad_input_row) where the geometry fits and a row
+    // chunk's staging for one sample fits the budget on every thread, else per location.
+    const bool by_rows =
+        cpu::backward_by_rows<scalar_t>(isa, g) &&
+        at::get_num_threads() *
+                (cpu::line_bytes(cpu::grad_input_row_scratch(g, 1), sizeof(float)) +
+                 cpu::line_bytes(row_count, sizeof(int64_t))) <=
+            cpu::scratch_budget_bytes();
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
     // per location, a tile's staged grad_output, one location's patch rows and patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
