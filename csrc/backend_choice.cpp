@@ -36,6 +36,17 @@ CheckMode check_mode() {
 // A path: the device, the dtype, kernels or ffma, and for float32 on CUDA whether TF32 may run.
 using PathKey = std::tuple<c10::DeviceType, c10::DeviceIndex, at::ScalarType, Backend, bool>;
 
+// One check geometry from its tensors' shapes and its arguments, through a call's own checks (on
+// meta tensors: nothing is allocated), so that its derived sizes (output, regions) are worked out
+// as a call's are, never by hand.
+Geometry geometry_of(at::IntArrayRef input, at::IntArrayRef weight, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                     at::IntArrayRef share, c10::string_view share_mode) {
+  const auto meta = at::TensorOptions().device(at::kMeta).dtype(at::kFloat);
+  return check_forward_args(at::empty(input, meta), at::empty(weight, meta), std::nullopt, stride,
+                            padding, dilation, groups, share, share_mode);
+}
+
 // The geometries of the check, each run where the path's kernels take it. First a plain 2D one:
 // small, but wide enough for every kernel family to run, two channel tiles of the tensor-core
 // kernels among them, a batch that is no multiple of 8, padding on every side and a dilation.
@@ -43,47 +54,17 @@ using PathKey = std::tuple<c10::DeviceType, c10::DeviceIndex, at::ScalarType, Ba
 // the depth, and weights shared in blocks whose last ones are partial; and a 1D depthwise one
 // with weights shared periodically.
 std::vector<Geometry> check_geometries() {
-  Geometry g{};
-  g.batch = 9, g.in_channels = 4, g.out_channels = 18, g.groups = 1;
-  g.in_d = 1, g.in_h = 5, g.in_w = 10;
-  g.kernel_d = 1, g.kernel_h = 3, g.kernel_w = 3;
-  g.stride_d = 1, g.stride_h = 1, g.stride_w = 1;
-  g.pad_d = 0, g.pad_h = 1, g.pad_w = 2;
-  g.pad_d_end = 0, g.pad_h_end = 1, g.pad_w_end = 2;
-  g.dilation_d = 1, g.dilation_h = 1, g.dilation_w = 2;
-  g.out_d = 1, g.out_h = 5, g.out_w = 10;
-  g.share_mode = ShareMode::block;
-  g.share_d = g.share_h = g.share_w = 1;
-  g.regions_d = 1, g.regions_h = 5, g.regions_w = 10;
-  g.spatial_dims = 2;
-
-  Geometry volume{};
-  volume.batch = 5, volume.in_channels = 4, volume.out_channels = 6, volume.groups = 2;
-  volume.in_d = 4, volume.in_h = 5, volume.in_w = 6;
-  volume.kernel_d = 2, volume.kernel_h = 3, volume.kernel_w = 2;
-  volume.stride_d = 1, volume.stride_h = 1, volume.stride_w = 2;
-  volume.pad_d = 1, volume.pad_h = 1, volume.pad_w = 0;
-  volume.pad_d_end = 0, volume.pad_h_end = 1, volume.pad_w_end = 1;
-  volume.dilation_d = 1, volume.dilation_h = 1, volume.dilation_w = 1;
-  volume.out_d = 4, volume.out_h = 5, volume.out_w = 3;
-  volume.share_mode = ShareMode::block;
-  volume.share_d = volume.share_h = volume.share_w = 2;
-  volume.regions_d = 2, volume.regions_h = 3, volume.regions_w = 2;
-  volume.spatial_dims = 3;
-
-  Geometry periodic{};
-  periodic.batch = 3, periodic.in_channels = 3, periodic.out_channels = 6, periodic.groups = 3;
-  periodic.in_d = 1, periodic.in_h = 1, periodic.in_w = 40;
-  periodic.kernel_d = 1, periodic.kernel_h = 1, periodic.kernel_w = 5;
-  periodic.stride_d = 1, periodic.stride_h = 1, periodic.stride_w = 1;
-  periodic.pad_w = 2, periodic.pad_w_end = 2;
-  periodic.dilation_d = 1, periodic.dilation_h = 1, periodic.dilation_w = 2;
-  periodic.out_d = 1, periodic.out_h = 1, periodic.out_w = 36;
-  periodic.share_mode = ShareMode::tile;
-  periodic.share_d = periodic.share_h = 1, periodic.share_w = 5;
-  periodic.regions_d = 1, periodic.regions_h = 1, periodic.regions_w = 5;
-  periodic.spatial_dims = 1;
-  return {g, volume, periodic};
+  return {
+      // 9 samples, 4 -> 18 channels, 5x10 -> 5x10, 3x3 kernel dilated (1, 2), padding (1, 2).
+      geometry_of({9, 4, 5, 10}, {5, 10, 18, 4, 3, 3}, {1, 1}, {1, 1, 2, 2}, {1, 2}, 1, {1, 1},
+                  "block"),
+      // 5 samples, 4 -> 6 channels in 2 groups, 4x5x6 -> 4x5x3, 2x3x2 kernel, stride (1, 1, 2),
+      // padding (1, 0), (1, 1), (0, 1); 2x2x2 blocks: 2x3x2 regions.
+      geometry_of({5, 4, 4, 5, 6}, {2, 3, 2, 6, 2, 2, 3, 2}, {1, 1, 2}, {1, 0, 1, 1, 0, 1},
+                  {1, 1, 1}, 2, {2, 2, 2}, "block"),
+      // 3 samples, depthwise 3 -> 6 channels, 40 -> 36, kernel 5 dilated 2, padding 2; period 5.
+      geometry_of({3, 3, 40}, {5, 6, 1, 5}, {1}, {2, 2}, {2}, 3, {5}, "tile"),
+  };
 }
 
 // The largest difference the path may show against the fallback, relative to the fallback's
