@@ -39,11 +39,16 @@ std::array<int64_t, 3> end_padding(const Geometry& g) {
   return end;
 }
 
+// Whether the padded input is larger than the input: padding before some dimension, or zeros
+// after one (end_padding's `end`).
+bool pads(const Geometry& g, const std::array<int64_t, 3>& end) {
+  return g.pad_d != 0 || g.pad_h != 0 || g.pad_w != 0 || end != std::array<int64_t, 3>{};
+}
+
 at::Tensor padded_5d(const at::Tensor& input, const Geometry& g) {
   const at::Tensor input5 = as_5d(input, g);
   const auto end = end_padding(g);
-  if (g.pad_d == 0 && g.pad_h == 0 && g.pad_w == 0 && end == std::array<int64_t, 3>{})
-    return input5;
+  if (!pads(g, end)) return input5;
   return at::constant_pad_nd(input5, {g.pad_w, end[2], g.pad_h, end[1], g.pad_d, end[0]});
 }
 
@@ -105,7 +110,7 @@ at::Tensor gather_patches(const at::Tensor& input, const Geometry& g, bool own =
 at::Tensor scatter_patches(const at::Tensor& grad_patches, const Geometry& g,
                            at::ScalarType dtype) {
   const auto end = end_padding(g);
-  const bool padded = g.pad_d || g.pad_h || g.pad_w || end != std::array<int64_t, 3>{};
+  const bool padded = pads(g, end);
   const auto opmath = grad_patches.options().dtype(at::toOpMathType(dtype));
   // Without padding, in the result's dtype, the sums go straight into the result (allocated in
   // the caller's dimensions and returned as is: outputs are fresh tensors, not views).
