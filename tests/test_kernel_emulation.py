@@ -200,39 +200,40 @@ def test_thread_sanitizer_catches_a_missing_barrier(tmp_path):
 
 
 # The planted bugs in the family's index arithmetic, each on case 10 (3D with a dilation along the
-# depth only; blocks of shared weights along the height and the width).
-
-
-def test_a_depth_tap_bug_fails_the_emulation(tmp_path):
-    """Issue 21: the staged input's depth taps step by the height's dilation instead of the
-    depth's, so every tensor-core forward and grad_weight reads the wrong depth slices."""
-    csrc = mutated_csrc(
-        tmp_path,
+# depth only; blocks of shared weights along the height and the width): the header, the edit, the
+# kernels that must report a mismatch, and words no report may hold.
+FAMILY_INDEX_BUGS = {
+    # Issue 21: the staged input's depth taps step by the height's dilation instead of the
+    # depth's, so every tensor-core forward and grad_weight reads the wrong depth slices.
+    "depth_tap_by_the_height_dilation": (
         "input_staging.cuh",
         "const index_t z = origin.front + a * s.dilation_d;",
         "const index_t z = origin.front + a * s.dilation_h;",
-    )
-    result = run(build(tmp_path, "plain", csrc), "late", ["10"])
-    assert result.returncode == 1
-    for kernel in ("tensor-core forward bf16", "tf32 forward", "tensor-core grad_weight f16"):
-        assert f"MISMATCH case 10 {kernel}" in result.stdout, result.stdout[-3000:]
-
-
-def test_grad_weight_summing_a_region_into_its_neighbour_fails_the_emulation(tmp_path):
-    """Issue 22: each block of shared weights also takes the first location of the next block,
-    so grad_weight sums one region's locations into its neighbour's (the FFMA kernel along every
-    dimension, the tensor-core one along the height)."""
-    csrc = mutated_csrc(
-        tmp_path,
+        ("tensor-core forward bf16", "tf32 forward", "tensor-core grad_weight f16"),
+        (),
+    ),
+    # Issue 22: each block of shared weights also takes the first location of the next block, so
+    # grad_weight sums one region's locations into its neighbour's (the FFMA kernel along every
+    # dimension, the tensor-core one along the height).
+    "region_summed_into_its_neighbour": (
         "conv_shape.cuh",
         "return {region * share, end < out ? end : out, 1};",
         "return {region * share, end + 1 < out ? end + 1 : out, 1};",
-    )
-    result = run(build(tmp_path, "plain", csrc), "late", ["10"])
+        ("grad_weight", "tensor-core grad_weight bf16", "tf32 grad_weight"),
+        ("forward", "grad_input"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_INDEX_BUGS))
+def test_a_family_index_bug_fails_the_emulation(tmp_path, name):
+    header, old, new, failing, absent = FAMILY_INDEX_BUGS[name]
+    result = run(build(tmp_path, "plain", mutated_csrc(tmp_path, header, old, new)), "late", ["10"])
     assert result.returncode == 1
-    for kernel in ("grad_weight", "tensor-core grad_weight bf16", "tf32 grad_weight"):
+    for kernel in failing:
         assert f"MISMATCH case 10 {kernel}" in result.stdout, result.stdout[-3000:]
-    assert "forward" not in result.stdout and "grad_input" not in result.stdout
+    for word in absent:
+        assert word not in result.stdout, result.stdout[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
