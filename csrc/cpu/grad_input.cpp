@@ -10,7 +10,8 @@
 // batch gives each thread enough samples, threads take ranges of samples instead, which write
 // disjoint samples. Either way every input element sums its terms in the same order (the
 // locations' order, the blocks following from the geometry alone), so the result does not
-// depend on the thread count.
+// depend on the thread count; except where the rows' staging fits the scratch budget at one
+// thread count and not at another, which changes the path, and the rounding with it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -60,13 +61,19 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     grad_input = cpu::empty_on_huge_pages(input_shape(g), grad_output.options());
     if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
+    // Once: float16 and bfloat16's float sums.
+    const auto shared = [&](int64_t samples) {
+      return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(opmath_t));
+    };
     // By output rows (vector_kernels.h: grad_input_row) where the geometry fits and a row
-    // chunk's staging for one sample fits the budget on every thread, else per location.
+    // chunk's staging for one sample on every thread, with one sample's sums, fits the budget;
+    // else per location.
     const bool by_rows =
         cpu::backward_by_rows<scalar_t>(isa, g) &&
         at::get_num_threads() *
-                (cpu::line_bytes(cpu::grad_input_row_scratch(g, 1), sizeof(float)) +
-                 cpu::line_bytes(row_count, sizeof(int64_t))) <=
+                    (cpu::line_bytes(cpu::grad_input_row_scratch(g, 1), sizeof(float)) +
+                     cpu::line_bytes(row_count, sizeof(int64_t))) +
+                shared(1) <=
             cpu::scratch_budget_bytes();
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
     // per location, a tile's staged grad_output, one location's patch rows and patch gradients.
@@ -79,9 +86,6 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(opmath_t));
-    };
-    const auto shared = [&](int64_t samples) {
-      return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(opmath_t));
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
     const cpu::Blocking& block = pass.block;

@@ -4,8 +4,9 @@
 //
 // A filter bank per location: threads take tiles of neighbouring locations of one output row and
 // write disjoint parts of grad_weight. Where the geometry fits the row tiles (few filters or a
-// short patch), a tile's products are vectorised over its locations instead
-// (vector_kernels.h: grad_weight_row_tile), into float sums transposed into the banks at the end. Locations that share a bank: threads take units, each a
+// short patch) and the budget a whole tile, a tile's products are vectorised over its locations
+// instead (vector_kernels.h: grad_weight_row_tile), into float sums transposed into the banks at
+// the end. Locations that share a bank: threads take units, each a
 // region or a fixed part of one (a chunk of its member rows), and sum each member's product into
 // the unit's sums in member order; the chunks of a region are added in order at the end. The
 // chunks follow from the geometry (and the scratch budget) alone, never from the thread count.
@@ -16,7 +17,9 @@
 // count): with sharing, a tile's members are summed block by block; bfloat16 on AVX512-BF16 adds
 // the samples two at a time, so a block of odd size shifts the pairs and the rounding with them;
 // and the BLAS groups the sum over the batch by sample block. There the result depends on the
-// thread count by floating-point reassociation (and only there).
+// thread count by floating-point reassociation; and so does bfloat16 on AVX512-BF16 where a whole
+// row tile fits the budget at one thread count and not at another (the row tiles add one sample
+// at a time, the per-location product two).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 

@@ -124,12 +124,13 @@ void grad_input_row(ProductIsa isa, const scalar_t* grad_output, const Strides5&
 }
 
 // Whether grad_weight goes by row tiles (grad_weight_row_tile): as backward_by_rows, without
-// sharing, with contiguous input rows, at whole tiles.
+// sharing, with contiguous input rows, where the pass's tiles are whole (kRowTileLocations, or
+// the output row where it is shorter).
 template <typename scalar_t>
 bool grad_weight_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s,
                               int64_t tile) {
   return backward_by_rows<scalar_t>(isa, g) && row_tiles_fit(g, s) && !g.shares_weights() &&
-         tile == kRowTileLocations;
+         tile == std::min(kRowTileLocations, g.out_w);
 }
 
 // grad_weight_row_tile (vector_kernels.h), where grad_weight_by_row_tiles.

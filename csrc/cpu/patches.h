@@ -98,8 +98,8 @@ void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
 }
 
 // The adjoint of pack_patches into a contiguous (samples, C_in, D, H, W) block:
-// grad_input[n, ...] += grad_patches[n][(c, a, p, q)] for the columns that read the input (`rows` worked out for the
-// block's strides), dropping what falls on the padding.
+// grad_input[n, ...] += grad_patches[n][(c, a, p, q)] for the columns that read the input
+// (`rows` worked out for the block's strides), dropping what falls on the padding.
 template <typename acc_t, typename patch_t>
 void scatter_add_patches(const patch_t* grad_patches, const PatchRow* rows, const Geometry& g,
                          int64_t samples, acc_t* grad_input) {

@@ -14,7 +14,8 @@
 //
 // Layouts, for one location and one channel group (C_out and C_in below are the group's):
 // filters (C_out x K, row o at o*K), patches (samples x K, row n at n*K), grad_output and the
-// output staged as (samples x C_out, row n at n*C_out), K = C_in*KD*KH*KW. The caller checks that the CPU runs the ISA (product_isa.h).
+// output staged as (samples x C_out, row n at n*C_out), K = C_in*KD*KH*KW. The caller checks
+// that the CPU runs the ISA (product_isa.h).
 #pragma once
 
 #include <c10/util/BFloat16.h>
