@@ -50,29 +50,36 @@ struct PatchRow {
   int64_t source, first, last;
 };
 
+// Calls visit(r, start) for each (c, a, p) row r of a channel group's patch at output row
+// (z, i), in the weight's (c, a, p) order: `start` is the element of input column 0 of the row
+// read, counted from the group's first channel of a sample with strides s, or -1 where the row
+// lies in the padding (every column of it reads zeros).
+template <typename Visit>
+void for_each_patch_row(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
+                        Visit&& visit) {
+  int64_t r = 0;
+  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p, ++r) {
+        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+        const bool inside = x_d >= 0 && x_d < g.in_d && y >= 0 && y < g.in_h;
+        visit(r, inside ? c * s.c + x_d * s.d + y * s.h : int64_t(-1));
+      }
+    }
+  }
+}
+
 // The patch_row_count rows of the patch of channel group `group` at output location (z, i, j),
 // in the weight's (c, a, p) order, for an input with strides s.
 inline void patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i, int64_t j,
                        int64_t group, PatchRow* rows) {
   const ColumnRange cols = valid_columns(g, j);
-  const int64_t front = z * g.stride_d - g.pad_d;
-  const int64_t top = i * g.stride_h - g.pad_h;
-  const int64_t left = j * g.stride_w - g.pad_w;
-  const int64_t first_channel = group * g.group_in_channels();
-  for (int64_t c = first_channel; c < first_channel + g.group_in_channels(); ++c) {
-    for (int64_t a = 0; a < g.kernel_d; ++a) {
-      const int64_t x_d = front + a * g.dilation_d;
-      for (int64_t p = 0; p < g.kernel_h; ++p, ++rows) {
-        const int64_t y = top + p * g.dilation_h;
-        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
-          *rows = {0, 0, 0};
-        } else {
-          *rows = {c * s.c + x_d * s.d + y * s.h + (left + cols.first * g.dilation_w) * s.w,
-                   cols.first, cols.last};
-        }
-      }
-    }
-  }
+  const int64_t offset = group * g.group_in_channels() * s.c +
+                         (j * g.stride_w - g.pad_w + cols.first * g.dilation_w) * s.w;
+  for_each_patch_row(g, s, z, i, [&](int64_t r, int64_t start) {
+    rows[r] = start < 0 ? PatchRow{0, 0, 0} : PatchRow{start + offset, cols.first, cols.last};
+  });
 }
 
 // The elements between the inputs two neighbouring kernel columns read.

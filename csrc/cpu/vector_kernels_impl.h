@@ -538,6 +538,27 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   _mm_sfence();  // the streamed stores are ordered before whatever follows
 }
 
+// Stages `count` elements of one output row of grad_output (`row`: its column 0, columns `step`
+// apart) as floats: to[jj] = row[(first + jj) * step] where 0 <= first + jj < length, else 0.
+// Contiguous rows go a vector at a time, the part `ahead` columns on fetched now: each sample's
+// row is a stream of its own, as in row_tile_block.
+template <typename V, typename T>
+LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
+                                int64_t length, int64_t ahead, float* to) {
+  if (step == 1) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + first + ahead), _MM_HINT_T0);
+    for (int64_t jj = 0; jj < count; jj += V::kLanes) {
+      const auto lanes = V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
+      V::store(V::tail(count - jj), to + jj, V::load(lanes, row + first + jj));
+    }
+    return;
+  }
+  for (int64_t jj = 0; jj < count; ++jj) {
+    const int64_t j = first + jj;
+    to[jj] = j >= 0 && j < length ? to_float(row[j * step]) : 0.0f;
+  }
+}
+
 // ---- grad_input by output rows: S samples, each a vector over V::kLanes input columns ----
 // One channel group's (c, a, p) rows of the patch, each adding onto the input row dest[r] of a
 // sample (-1: the row lies in the padding) the columns [x0, x0 + columns): per destination
@@ -591,18 +612,11 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
   float* filters_t = scratch;
   float* go_staged = scratch + grad_input_row_filters(g);
   // The group's patch rows: the input row each adds onto, in a contiguous block of samples.
-  {
-    int64_t r = 0;
-    for (int64_t c = group * g.group_in_channels(); c < (group + 1) * g.group_in_channels(); ++c)
-      for (int64_t a = 0; a < g.kernel_d; ++a)
-        for (int64_t p = 0; p < g.kernel_h; ++p, ++r) {
-          const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
-          const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-          dest[r] = x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h
-                        ? -1
-                        : ((c * g.in_d + x_d) * g.in_h + y) * g.in_w;
-        }
-  }
+  const Strides5 block{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w, g.in_w, 1};
+  const int64_t group_start = group * g.group_in_channels() * block.c;
+  for_each_patch_row(g, block, z, i, [&](int64_t r, int64_t start) {
+    dest[r] = start < 0 ? -1 : group_start + start;
+  });
   for (int64_t x0 = 0; x0 < g.in_w; x0 += chunk) {
     const int64_t columns = std::min(chunk, g.in_w - x0);
     // Destination column x reads output column j = x + pad_w - q * dilation_w; the chunk's
@@ -636,27 +650,13 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
         }
       }
     }
-    // grad_output's runs: a vector at a time where its rows are contiguous, the next chunk's
-    // part fetched now (each sample's row is a stream of its own, as in row_tile_block).
-    for (int64_t n = 0; n < samples; ++n) {
-      for (int64_t o = 0; o < group_size; ++o) {
-        const T* run = grad_output + n * go_s.n + (group * group_size + o) * go_s.c +
-                       z * go_s.d + i * go_s.h;
-        float* to = go_staged + (n * group_size + o) * span;
-        if (go_s.w == 1) {
-          _mm_prefetch(reinterpret_cast<const char*>(run + first + span + chunk), _MM_HINT_T0);
-          for (int64_t jj = 0; jj < span; jj += V::kLanes) {
-            const auto lanes = V::both(V::tail(span - jj), V::columns(first + jj, 0, g.out_w));
-            V::store(V::tail(span - jj), to + jj, V::load(lanes, run + first + jj));
-          }
-          continue;
-        }
-        for (int64_t jj = 0; jj < span; ++jj) {
-          const int64_t j = first + jj;
-          to[jj] = j >= 0 && j < g.out_w ? to_float(run[j * go_s.w]) : 0.0f;
-        }
-      }
-    }
+    // grad_output's runs, the next chunk's part fetched now.
+    for (int64_t n = 0; n < samples; ++n)
+      for (int64_t o = 0; o < group_size; ++o)
+        stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
+                         i * go_s.h,
+                     go_s.w, first, span, g.out_w, span + chunk,
+                     go_staged + (n * group_size + o) * span);
     constexpr int kSamples = 4;
     int64_t n = 0;
     for (; n + kSamples <= samples; n += kSamples)
@@ -734,43 +734,23 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
   int64_t* offsets = reinterpret_cast<int64_t*>(go_staged + samples * g.out_channels *
                                                                 kRowTileLocations);
   int64_t* column_of = offsets + padded;
+  // grad_output's runs over the tile (zeros past its width), the part a few tiles on fetched
+  // now.
   for (int64_t n = 0; n < samples; ++n)
-    for (int64_t o = 0; o < g.out_channels; ++o) {
-      const T* from = grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h +
-                      j0 * go_s.w;
-      float* to = go_staged + (n * g.out_channels + o) * kRowTileLocations;
-      if (go_s.w == 1) {
-        // A vector at a time, the run a few tiles on fetched now (each sample's row is a
-        // stream of its own, as in row_tile_block).
-        _mm_prefetch(reinterpret_cast<const char*>(
-                         from + kRowTilePrefetchTiles * kRowTileLocations),
-                     _MM_HINT_T0);
-        for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes)
-          V::store(to + t, V::load(V::tail(std::max<int64_t>(width - t, 0)), from + t));
-        continue;
-      }
-      for (int64_t t = 0; t < kRowTileLocations; ++t)
-        to[t] = t < width ? to_float(from[t * go_s.w]) : 0.0f;
-    }
+    for (int64_t o = 0; o < g.out_channels; ++o)
+      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
+                   kRowTileLocations, g.out_w, kRowTilePrefetchTiles * kRowTileLocations,
+                   go_staged + (n * g.out_channels + o) * kRowTileLocations);
   // Where each patch column k = (c, a, p, q) of a group reads, from the group's first channel
-  // at the location's column less pad_w; column kernel_w names the all-off mask.
-  // (Nested loops: the divisions that take k apart had cost a third of fmri_decoder_3d's
-  // grad_weight.)
-  int64_t k = 0;
-  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
-    for (int64_t a = 0; a < g.kernel_d; ++a) {
-      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
-      for (int64_t p = 0; p < g.kernel_h; ++p) {
-        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-        const bool inside = x_d >= 0 && x_d < g.in_d && y >= 0 && y < g.in_h;
-        for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
-          offsets[k] = inside ? c * s.c + x_d * s.d + y * s.h + q * g.dilation_w - g.pad_w : 0;
-          column_of[k] = inside ? q : g.kernel_w;
-        }
-      }
+  // at the location's column less pad_w; column kernel_w names the all-off mask. (Row by row:
+  // the divisions that took each k apart had cost a third of fmri_decoder_3d's grad_weight.)
+  for_each_patch_row(g, s, z, i, [&](int64_t r, int64_t start) {
+    for (int64_t q = 0; q < g.kernel_w; ++q) {
+      offsets[r * g.kernel_w + q] = start < 0 ? 0 : start + q * g.dilation_w - g.pad_w;
+      column_of[r * g.kernel_w + q] = start < 0 ? g.kernel_w : q;
     }
-  }
-  for (; k < padded; ++k) {
+  });
+  for (int64_t k = patch_size; k < padded; ++k) {
     offsets[k] = 0;
     column_of[k] = g.kernel_w;
   }
