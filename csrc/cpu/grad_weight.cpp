@@ -6,10 +6,12 @@
 // write disjoint parts of grad_weight. Where the geometry fits the row tiles (few filters or a
 // short patch) and the budget a whole tile, a tile's products are vectorised over its locations
 // instead (vector_kernels.h: grad_weight_row_tile), into float sums transposed into the banks at
-// the end. Locations that share a bank: threads take units, each a
-// region or a fixed part of one (a chunk of its member rows), and sum each member's product into
-// the unit's sums in member order; the chunks of a region are added in order at the end. The
-// chunks follow from the geometry (and the scratch budget) alone, never from the thread count.
+// the end.
+//
+// Locations that share a bank: threads take units, each a region or a fixed part of one (a chunk
+// of its member rows), and sum each member's product into the unit's sums in member order; the
+// chunks of a region are added in order at the end. The chunks follow from the geometry (and the
+// scratch budget) alone, never from the thread count.
 //
 // The vector kernels' products add each sample's term in sample order whatever the sample blocks,
 // so without sharing their result does not depend on the thread count. Exceptions, where the
