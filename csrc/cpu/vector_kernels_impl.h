@@ -461,10 +461,15 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
   }
 }
 
-// Samples a row tile block takes at once: with fewer than 4 filters, one chain of FMAs per
-// accumulator would wait on each FMA's latency; more samples give independent chains (and share
-// each filter load).
-constexpr int row_tile_samples(int filters) { return filters >= 4 ? 1 : 4 / filters; }
+// Samples a row tile block takes at once: with few filters, one chain of FMAs per accumulator
+// would wait on each FMA's latency; more samples give independent chains, share each filter load
+// and spread each call's loop overhead, as far as the registers allow (8 accumulators and their
+// 8 input vectors of 32 on AVX-512: fmri_decoder_3d's forward 0.95x, genomics_1d_50k's 0.90x,
+// depthwise_32x32_c32's 0.85x against 4).
+template <typename V>
+constexpr int row_tile_samples(int filters) {
+  return std::max(1, (V::kLanes == 16 ? 8 : 4) / filters);
+}
 
 template <typename V, typename T>
 struct RowTileBlocks {
@@ -474,7 +479,7 @@ struct RowTileBlocks {
   // [FB - 1]: row_tile_samples(FB) samples at once; one at a time.
   template <int... F>
   static constexpr std::array<Fn, sizeof...(F)> several(std::integer_sequence<int, F...>) {
-    return {&row_tile_block<V, T, F + 1, row_tile_samples(F + 1)>...};
+    return {&row_tile_block<V, T, F + 1, row_tile_samples<V>(F + 1)>...};
   }
   template <int... F>
   static constexpr std::array<Fn, sizeof...(F)> one(std::integer_sequence<int, F...>) {
@@ -562,7 +567,7 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
                                  bias + (o + f) * plane + first + t));
     }
     const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
-    const int64_t together = row_tile_samples(static_cast<int>(block));
+    const int64_t together = row_tile_samples<V>(static_cast<int>(block));
     for (int64_t n = 0; n < samples;) {
       const bool several = n + together <= samples;
       const auto run = several ? RowTileBlocks<V, T>::table[block - 1]
