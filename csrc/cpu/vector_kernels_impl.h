@@ -587,13 +587,15 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
 
 // Stages `count` elements of one output row of grad_output (`row`: its column 0, columns `step`
 // apart) as floats: to[jj] = row[(first + jj) * step] where 0 <= first + jj < length, else 0.
-// Contiguous rows go a vector at a time, the part `ahead` columns on fetched now: each sample's
-// row is a stream of its own, as in row_tile_block.
+// Contiguous rows go a vector at a time, the `count` elements `ahead` columns on fetched now
+// (every line of them): each sample's row is a stream of its own, as in row_tile_block.
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
                                 int64_t length, int64_t ahead, float* to) {
   if (step == 1) {
-    _mm_prefetch(reinterpret_cast<const char*>(row + first + ahead), _MM_HINT_T0);
+    constexpr int64_t line = kLine / sizeof(T);
+    for (int64_t jj = 0; jj < count; jj += line)
+      _mm_prefetch(reinterpret_cast<const char*>(row + first + ahead + jj), _MM_HINT_T0);
     for (int64_t jj = 0; jj < count; jj += V::kLanes) {
       const auto lanes = V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
       V::store(V::tail(count - jj), to + jj, V::load(lanes, row + first + jj));
