@@ -2,8 +2,6 @@
 against autograd, vmap against a loop, and per-sample gradients (vmap(grad)) against a loop of
 ordinary backward passes, as DP-SGD computes them. No transform may return a silent zero."""
 
-import warnings
-
 import pytest
 import torch
 from torch.func import functional_call, grad, jacrev, jvp, vmap
@@ -61,16 +59,65 @@ def test_jvp_in_the_parameters_matches_finite_differences(name):
     torch.testing.assert_close(tangent, (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-6)
 
 
-def test_forward_mode_ad_directly():
-    layer, input = layer_and_input("shared_grouped_2d")
+@pytest.mark.parametrize("no_grad", [False, True], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("name", ["shared_grouped_2d", "transpose_2d"])
+def test_forward_mode_ad_directly(name, no_grad):
+    """Forward mode is untouched by no_grad: there the tangent must still come through the
+    Functions' jvp, not be dropped by the inference path."""
+    layer, input = layer_and_input(name)
     import torch.autograd.forward_ad as fwAD
 
     direction = torch.randn_like(input)
-    with fwAD.dual_level():
+    with fwAD.dual_level(), torch.set_grad_enabled(not no_grad):
         tangent = fwAD.unpack_dual(layer(fwAD.make_dual(input, direction))).tangent
+    assert tangent is not None
     torch.testing.assert_close(
         tangent, finite_difference(layer, input, direction), rtol=1e-6, atol=1e-6
     )
+
+
+def count_vmap_rule_calls(name, monkeypatch) -> list:
+    """A list that gets an entry each time the layer's Function's vmap rule runs. (The batching
+    fallback's "performance drop" warning is a C++ log line, which warnings filters miss, so
+    the check that vmap took no fallback is that the rule ran.)"""
+    functions = lc_cuda._autograd
+    function = functions.LocalConvTranspose if "transpose" in name else functions.LocalConv
+    rule, calls = function.vmap, []
+
+    def counted(*args):
+        calls.append(1)
+        return rule(*args)
+
+    monkeypatch.setattr(function, "vmap", staticmethod(counted))
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_inference_calls_the_operators_without_the_functions(name, monkeypatch):
+    """Without a gradient, a dual level or a transform, the layers call the operators directly
+    (Function.apply costs about 45 us a call); under vmap, even in no_grad, the Functions' vmap
+    rules still serve (one call, no slow fallback)."""
+    layer, input = layer_and_input(name)
+    expected = layer(input).detach()
+    batches = torch.stack([input, 2 * input])
+    with torch.no_grad():
+        expected_batches = torch.stack([layer(x) for x in batches])
+
+    def no_function(*args, **kwargs):
+        raise AssertionError("an autograd.Function in inference")
+
+    with monkeypatch.context() as patch:
+        for function in (lc_cuda._autograd.LocalConv, lc_cuda._autograd.LocalConvTranspose):
+            patch.setattr(function, "apply", no_function)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(input), expected)
+        layer.requires_grad_(False)
+        torch.testing.assert_close(layer(input), expected)
+        layer.requires_grad_(True)
+    calls = count_vmap_rule_calls(name, monkeypatch)
+    with torch.no_grad():
+        torch.testing.assert_close(vmap(layer)(batches), expected_batches)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -98,12 +145,12 @@ def test_hessian_through_jacrev_of_grad():
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
-def test_vmap_over_inputs_runs_one_call_without_the_slow_fallback(name):
+def test_vmap_over_inputs_runs_one_call_without_the_slow_fallback(name, monkeypatch):
     layer, input = layer_and_input(name)
     batches = torch.stack([input, 2 * input, -input])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the batching fallback's "performance drop" warning
-        got = vmap(layer)(batches)
+    calls = count_vmap_rule_calls(name, monkeypatch)
+    got = vmap(layer)(batches)
+    assert calls == [1]
     torch.testing.assert_close(got, torch.stack([layer(x) for x in batches]))
 
 
