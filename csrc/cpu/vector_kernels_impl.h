@@ -815,6 +815,13 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
   constexpr Block blocks[3] = {&grad_weight_row_block<V, T, 1, acc>,
                                &grad_weight_row_block<V, T, 2, acc / 2>,
                                &grad_weight_row_block<V, T, 4, acc / 4>};
+  // The same at half the columns, for a patch's last columns where they fit: short patches
+  // (genomics_1d_50k: K = 5 of 16) would otherwise spend most FMAs on the padding. The sums'
+  // columns past K that no block writes are never read into grad_weight (the banks' stores
+  // take K's lanes only).
+  constexpr Block halves[3] = {&grad_weight_row_block<V, T, 1, acc / 2>,
+                               &grad_weight_row_block<V, T, 2, acc / 4>,
+                               &grad_weight_row_block<V, T, 4, acc / 8>};
   constexpr int64_t block_columns[3] = {acc, acc / 2, acc / 4};
   for (int64_t t = 0; t < width; t += V::kLanes) {
     typename V::Mask columns[kRowTilePatchLimit + 1];
@@ -827,11 +834,15 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
       for (int64_t o = group * group_size; o < (group + 1) * group_size;) {
         const int64_t left = (group + 1) * group_size - o;
         const int which = left >= 4 ? 2 : left >= 2 ? 1 : 0;
-        for (int64_t k0 = 0; k0 < padded; k0 += block_columns[which]) {
-          blocks[which](group_input, s.n, go_staged + o * kRowTileLocations + t,
-                        g.out_channels * kRowTileLocations, samples, offsets + k0,
-                        column_of + k0, columns, padded * kRowTileLocations, accumulate,
-                        sums + (o * padded + k0) * kRowTileLocations + t);
+        for (int64_t k0 = 0; k0 < patch_size;) {
+          const int64_t half = block_columns[which] / 2;
+          const bool last = patch_size - k0 <= half;
+          (last ? halves : blocks)[which](
+              group_input, s.n, go_staged + o * kRowTileLocations + t,
+              g.out_channels * kRowTileLocations, samples, offsets + k0, column_of + k0, columns,
+              padded * kRowTileLocations, accumulate,
+              sums + (o * padded + k0) * kRowTileLocations + t);
+          k0 += last ? half : block_columns[which];
         }
         o += int64_t(1) << which;
       }
