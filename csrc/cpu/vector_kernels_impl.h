@@ -410,7 +410,8 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
 #pragma GCC unroll 16
     for (int f = 0; f < FB; ++f) acc[n][f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
-  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
+  const int64_t channels = g.group_in_channels();  // a division: not once per iteration
+  for (int64_t c = 0; c < channels; ++c) {
     for (int64_t a = 0; a < g.kernel_d; ++a) {
       const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
       for (int64_t p = 0; p < g.kernel_h; ++p) {
@@ -619,8 +620,9 @@ LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float*
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t sample_size, float* grad_input) {
-  const int64_t group_size = g.group_out_channels();
-  for (int64_t r = 0; r < patch_row_count(g); ++r) {
+  // Two divisions each: worked out once, not per iteration (the compiler did not hoist them).
+  const int64_t group_size = g.group_out_channels(), rows = patch_row_count(g);
+  for (int64_t r = 0; r < rows; ++r) {
     if (dest[r] < 0) continue;
     float* to = grad_input + dest[r] + x0;
     for (int64_t v = 0; v < columns; v += V::kLanes) {
