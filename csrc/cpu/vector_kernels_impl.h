@@ -369,24 +369,17 @@ constexpr int64_t kRowTileAheadTiles = 2;
 // squares of its transposition. Nothing where `on` is false.
 class LinesAhead {
  public:
-  LinesAhead(bool on, bool write, const void* base, int64_t tile, int64_t tile_bytes,
-             int64_t squares)
+  LinesAhead(bool on, const void* base, int64_t tile, int64_t tile_bytes, int64_t squares)
       : at_(reinterpret_cast<uintptr_t>(base) + tile + kRowTileAheadTiles * tile_bytes),
-        lines_(on ? ceil_div(ceil_div(tile_bytes, kLine), squares) : 0),
-        write_(write) {}
+        lines_(on ? ceil_div(ceil_div(tile_bytes, kLine), squares) : 0) {}
   void next_square() {
-    for (int64_t l = 0; l < lines_; ++l, at_ += kLine) {
-      if (write_)
-        __builtin_prefetch(reinterpret_cast<const char*>(at_), 1, 2);
-      else
-        _mm_prefetch(reinterpret_cast<const char*>(at_), _MM_HINT_T1);
-    }
+    for (int64_t l = 0; l < lines_; ++l, at_ += kLine)
+      _mm_prefetch(reinterpret_cast<const char*>(at_), _MM_HINT_T1);
   }
 
  private:
   uintptr_t at_;
   int64_t lines_;
-  bool write_;
 };
 
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
@@ -477,17 +470,25 @@ struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
                       int64_t, int64_t, bool);
-  // [FB - 1]: row_tile_samples(FB) samples at once; one at a time.
-  template <int... F>
-  static constexpr std::array<Fn, sizeof...(F)> several(std::integer_sequence<int, F...>) {
-    return {&row_tile_block<V, T, F + 1, row_tile_samples<V>(F + 1)>...};
+  // The sample counts a block of FB filters runs: row_tile_samples(FB), then halved down to one
+  // for what is left of the batch (a batch of 4 with one filter on AVX-512 is one call of 4,
+  // not four of 1).
+  static constexpr int kSteps = 4;
+  static_assert(row_tile_samples<V>(1) <= 1 << (kSteps - 1), "halving must reach one sample");
+  static constexpr int samples_at(int filters, int step) {
+    return std::max(1, row_tile_samples<V>(filters) >> step);
+  }
+  // [FB - 1][step]: samples_at(FB, step) samples at once.
+  template <int F, int... J>
+  static constexpr std::array<Fn, kSteps> steps(std::integer_sequence<int, J...>) {
+    return {&row_tile_block<V, T, F, samples_at(F, J)>...};
   }
   template <int... F>
-  static constexpr std::array<Fn, sizeof...(F)> one(std::integer_sequence<int, F...>) {
-    return {&row_tile_block<V, T, F + 1, 1>...};
+  static constexpr std::array<std::array<Fn, kSteps>, sizeof...(F)> all(
+      std::integer_sequence<int, F...>) {
+    return {steps<F + 1>(std::make_integer_sequence<int, kSteps>{})...};
   }
-  static constexpr auto table = several(std::make_integer_sequence<int, V::kRowTileFilters>{});
-  static constexpr auto single = one(std::make_integer_sequence<int, V::kRowTileFilters>{});
+  static constexpr auto table = all(std::make_integer_sequence<int, V::kRowTileFilters>{});
 };
 
 template <typename V, typename T>
@@ -506,7 +507,7 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   // The tile's filters as floats, transposed so that the tile's weights of one (o, k) lie
   // together, in blocks of filter_block filters of one group laid out as row_tile_block reads
   // them.
-  LinesAhead ahead(!g.shares_weights(), false, weight,
+  LinesAhead ahead(!g.shares_weights(), weight,
                    first * filter_size * int64_t(sizeof(T)),
                    kRowTileLocations * filter_size * int64_t(sizeof(T)),
                    g.out_channels * ceil_div(patch_size, V::kLanes) *
@@ -568,18 +569,20 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
                                  bias + (o + f) * plane + first + t));
     }
     const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
-    const int64_t together = row_tile_samples<V>(static_cast<int>(block));
+    using Blocks = RowTileBlocks<V, T>;
     for (int64_t n = 0; n < samples;) {
-      const bool several = n + together <= samples;
-      const auto run = several ? RowTileBlocks<V, T>::table[block - 1]
-                               : RowTileBlocks<V, T>::single[block - 1];
+      int step = 0;
+      while (step + 1 < Blocks::kSteps &&
+             Blocks::samples_at(static_cast<int>(block), step) > samples - n)
+        ++step;
+      const auto run = Blocks::table[block - 1][step];
       for (int64_t t = 0; t < width; t += V::kLanes) {
         run(input + n * s.n + channel_offset, s, g, z, i, j0 + t, V::tail(width - t),
             columns[t / V::kLanes], scratch + o * patch_size * kRowTileLocations + t,
             offsets + t, out + (n * g.out_channels + o) * plane + first + t,
             g.out_channels * plane, plane, whole_lines);
       }
-      n += several ? together : 1;
+      n += Blocks::samples_at(static_cast<int>(block), step);
     }
     }
   }
@@ -594,9 +597,11 @@ template <typename V, typename T>
 LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
                                 int64_t length, int64_t ahead, float* to) {
   if (step == 1) {
-    constexpr int64_t line = kLine / sizeof(T);
-    for (int64_t jj = 0; jj < count; jj += line)
-      _mm_prefetch(reinterpret_cast<const char*>(row + first + ahead + jj), _MM_HINT_T0);
+    // By address (the part may lie past the row's ends: a prefetch never faults), from the line
+    // of its first element through that of its last.
+    const uintptr_t part = reinterpret_cast<uintptr_t>(row) + (first + ahead) * sizeof(T);
+    for (uintptr_t at = part / kLine * kLine; at < part + count * sizeof(T); at += kLine)
+      _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
     for (int64_t jj = 0; jj < count; jj += V::kLanes) {
       const auto lanes = V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
       V::store(V::tail(count - jj), to + jj, V::load(lanes, row + first + jj));
@@ -680,7 +685,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
       const int64_t present = std::min<int64_t>(V::kLanes, span - jj0);
       // One group's filters are a location's whole bank: the sources' banks lie side by side.
       const int64_t location = (z * g.out_h + i) * g.out_w + first + jj0;
-      LinesAhead ahead(!g.shares_weights() && g.groups == 1, false, weight,
+      LinesAhead ahead(!g.shares_weights() && g.groups == 1, weight,
                        location * filter_size * int64_t(sizeof(T)),
                        V::kLanes * filter_size * int64_t(sizeof(T)),
                        group_size * ceil_div(patch_size, V::kLanes));
@@ -860,9 +865,10 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
                                             T* banks) {
   const int64_t patch_size = g.patch_size(), padded = grad_weight_row_patch(g);
   const int64_t filter_size = g.out_channels * patch_size;
-  // The lines of the banks a few tiles on, fetched for writing (grad_weight_row_tile's tiles
-  // come in order and their banks lie side by side).
-  LinesAhead ahead(true, true, banks, 0, kRowTileLocations * filter_size * int64_t(sizeof(T)),
+  // The lines of the banks a few tiles on, fetched into the L2 before the squares overwrite
+  // them (grad_weight_row_tile's tiles come in order and their banks lie side by side; a plain
+  // prefetch: these targets leave out prfchw, so a write hint would compile to the same).
+  LinesAhead ahead(true, banks, 0, kRowTileLocations * filter_size * int64_t(sizeof(T)),
                    g.out_channels * ceil_div(patch_size, V::kLanes) *
                        ceil_div(width, V::kLanes));
   for (int64_t o = 0; o < g.out_channels; ++o) {
