@@ -13,8 +13,9 @@ again one of these operators: grad_input is linear in (grad_output, weight), gra
 Each operator has an autograd.Function here (LocalConv, LocalConvBackward, LocalConvTranspose)
 with backward, jvp (forward mode) and vmap rules, which is what torch.func needs: grad, jacrev,
 jvp, vmap and their compositions (per-sample gradients: vmap(grad(f))). The functions and layers
-call them in eager mode where anything is differentiated; inference calls the operators
-directly (`_differentiated`). Traced code (torch.compile, torch.export, TorchScript) calls the
+call them in eager mode, inference included: a C++ warning raised inside an operator called
+straight through torch.ops (the first-use check's) does not become a Python warning, while one
+raised under Function.apply does. Traced code (torch.compile, torch.export, TorchScript) calls the
 operators themselves, for which this module registers fake kernels and the same backward rules
 through torch.library.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from . import _extension  # noqa: F401  (registers torch.ops.lc_cuda)
 from ._arguments import region_index
@@ -59,19 +59,6 @@ def _traced() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _differentiated(*tensors) -> bool:
-    """Whether a call needs its autograd.Function: a tensor that needs a gradient, a dual level
-    of forward-mode AD (its tensors may carry tangents) or a torch.func transform. Elsewhere
-    (inference) the operators are called directly, their autocast kernels casting as the Function
-    would: Function.apply binds its arguments through inspect.signature on every call, about
-    45 us, a tenth of a small layer's time (genomics_1d_50k's forward: 0.55 against 0.48 ms)."""
-    return (
-        (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-        or forward_ad._current_level >= 0
-        or torch._C._functorch.peek_interpreter_stack() is not None
-    )
-
-
 def _autocast(*tensors):
     """The tensors in the autocast dtype where autocast is on for their device, as the
     operators' own autocast kernels would cast them (so that the Functions save what the
@@ -91,7 +78,7 @@ def _autocast(*tensors):
 def conv(input, weight, bias, stride, padding, dilation, groups, share, share_mode, force_unfold):
     """local_conv, differentiable by autograd and every torch.func transform."""
     args = (stride, padding, dilation, groups, share, share_mode, force_unfold)
-    if _traced() or not _differentiated(input, weight, bias):
+    if _traced():
         return _forward_op(input, weight, bias, *_op_args(*args))
     return LocalConv.apply(*_autocast(input, weight, bias), *args)
 
@@ -112,7 +99,7 @@ def conv_backward(grad_output, input, weight, *geometry, shared_bias, output_mas
 
 def conv_transpose(input, weight, bias, stride, padding, output_padding, *geometry):
     """local_conv_transpose; geometry: dilation, groups, share, share_mode, force_unfold."""
-    if _traced() or not _differentiated(input, weight, bias):
+    if _traced():
         return _transpose_op(
             input, weight, bias, list(stride), list(padding), list(output_padding),
             list(geometry[0]), geometry[1], list(geometry[2]), geometry[3], geometry[4],

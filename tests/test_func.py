@@ -62,8 +62,8 @@ def test_jvp_in_the_parameters_matches_finite_differences(name):
 @pytest.mark.parametrize("no_grad", [False, True], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("name", ["shared_grouped_2d", "transpose_2d"])
 def test_forward_mode_ad_directly(name, no_grad):
-    """Forward mode is untouched by no_grad: there the tangent must still come through the
-    Functions' jvp, not be dropped by the inference path."""
+    """Forward mode is untouched by no_grad: there too the tangent must come through the
+    Functions' jvp, not be dropped as by an operator called without its Function."""
     layer, input = layer_and_input(name)
     import torch.autograd.forward_ad as fwAD
 
@@ -90,34 +90,6 @@ def count_vmap_rule_calls(name, monkeypatch) -> list:
 
     monkeypatch.setattr(function, "vmap", staticmethod(counted))
     return calls
-
-
-@pytest.mark.parametrize("name", sorted(LAYERS))
-def test_inference_calls_the_operators_without_the_functions(name, monkeypatch):
-    """Without a gradient, a dual level or a transform, the layers call the operators directly
-    (Function.apply costs about 45 us a call); under vmap, even in no_grad, the Functions' vmap
-    rules still serve (one call, no slow fallback)."""
-    layer, input = layer_and_input(name)
-    expected = layer(input).detach()
-    batches = torch.stack([input, 2 * input])
-    with torch.no_grad():
-        expected_batches = torch.stack([layer(x) for x in batches])
-
-    def no_function(*args, **kwargs):
-        raise AssertionError("an autograd.Function in inference")
-
-    with monkeypatch.context() as patch:
-        for function in (lc_cuda._autograd.LocalConv, lc_cuda._autograd.LocalConvTranspose):
-            patch.setattr(function, "apply", no_function)
-        with torch.no_grad():
-            torch.testing.assert_close(layer(input), expected)
-        layer.requires_grad_(False)
-        torch.testing.assert_close(layer(input), expected)
-        layer.requires_grad_(True)
-    calls = count_vmap_rule_calls(name, monkeypatch)
-    with torch.no_grad():
-        torch.testing.assert_close(vmap(layer)(batches), expected_batches)
-    assert calls == [1]
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
