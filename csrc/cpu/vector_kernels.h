@@ -28,6 +28,9 @@
 namespace lc_cuda {
 namespace cpu {
 
+// a / b rounded up (a >= 0, b > 0).
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // The largest patch (K) the forward computes by row tiles (forward_row_tile) instead of per
 // location: below it a location's dot products are too short to pay for their lane reductions
 // (cunn232_c1: K = 9).
@@ -66,8 +69,7 @@ inline bool backward_rows_fit(const Geometry& g) {
 // The input columns grad_input_row adds per chunk: whole tiles of kRowTileLocations (so whole
 // vectors on every ISA), at most four, no more than the input row needs.
 inline int64_t grad_input_row_columns(const Geometry& g) {
-  return std::min<int64_t>(4, (g.in_w + kRowTileLocations - 1) / kRowTileLocations) *
-         kRowTileLocations;
+  return std::min<int64_t>(4, ceil_div(g.in_w, kRowTileLocations)) * kRowTileLocations;
 }
 
 // The output columns a chunk's destinations read: its columns and the kernel's span less one.
@@ -92,8 +94,7 @@ constexpr int64_t kGradWeightRowColumns = 16;
 
 // K padded to whole blocks of kGradWeightRowColumns.
 inline int64_t grad_weight_row_patch(const Geometry& g) {
-  return (g.patch_size() + kGradWeightRowColumns - 1) / kGradWeightRowColumns *
-         kGradWeightRowColumns;
+  return ceil_div(g.patch_size(), kGradWeightRowColumns) * kGradWeightRowColumns;
 }
 
 // The floats of grad_weight_row_tile's sums: (C_out x padded K) vectors over the tile.

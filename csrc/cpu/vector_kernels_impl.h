@@ -46,8 +46,6 @@ constexpr int64_t kSampleGroup = 4;  // samples packed or scattered together
 constexpr int64_t kForwardAheadRows = 8;
 constexpr int64_t kLine = 64;  // bytes of a cache line
 
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // One element as a float (a bfloat16 is a float's upper half).
 LC_VECTOR_TARGET inline float to_float(float x) { return x; }
 LC_VECTOR_TARGET inline float to_float(c10::BFloat16 x) {
