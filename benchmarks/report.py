@@ -411,8 +411,8 @@ def write_markdown(result: dict, charts: list[Path], path: Path, section: str | 
     document = path.read_text() if path.exists() else ""
     if section is not None:
         markdown = with_section(document, markdown, section)
-    elif run_sections(document):
-        markdown = markdown.rstrip() + "\n\n" + run_sections(document)
+    elif kept := run_sections(document):
+        markdown = markdown.rstrip() + "\n\n" + kept
     path.write_text(markdown)
 
 
