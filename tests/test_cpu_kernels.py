@@ -197,6 +197,11 @@ FAMILY_PATH_GEOMETRIES = {
                              (1, 1, 1), 2, {"share_period": (1, 2, 3)}),
     "volume_few_filters": (7, 4, (4, 5, 19), 2, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, (1, 1, 1),
                            1, {}),
+    # Rows long enough that the forward takes them in runs of several row tiles (4 at 2
+    # threads, the last run a single partial tile), padded and dilated at both ends, and a batch
+    # that leaves partial sample blocks.
+    "long_row_1d_runs": (19, 2, (1100,), 2, (5,), (1,), ((3, 2),), (2,), 1, {}),
+    "wide_rows_2d_runs": (6, 2, (24, 50), 3, (3, 3), (1, 1), ((1, 1), (2, 0)), (1, 2), 1, {}),
 }  # fmt: skip
 
 

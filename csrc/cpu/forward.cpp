@@ -3,8 +3,8 @@
 // one product (location_products.h): the group's rows of the location's region's filter bank
 // (C_out/groups x K, contiguous in the weight) times the group's packed patches (samples x K),
 // the tile's results staged and written to the (N, C_out, D, H, W) output as contiguous runs.
-// Short patches on the vector kernels go a whole tile at a time instead (forward_row_tile: one
-// vector over the tile's locations, written in place).
+// Short patches on the vector kernels go by runs of whole tiles instead (forward_row_run: one
+// vector over a tile's locations, written in place).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -32,16 +32,21 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lc_cuda_cpu_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // Short patches on the vector kernels go by row tiles, each tile's outputs computed as
-    // vectors over its locations, where their scratch (the tile's filters) fits the budget.
+    // Short patches on the vector kernels go by runs of row tiles, each tile's outputs computed
+    // as vectors over its locations, where their scratch (a tile's filters, at least) fits the
+    // budget.
+    const int64_t threads = at::get_num_threads(), budget = cpu::scratch_budget_bytes();
+    const auto run_bytes = [&](int64_t tiles) {
+      return cpu::line_bytes(tiles * cpu::row_tile_scratch(g), sizeof(float));
+    };
     const bool by_row_tiles =
-        cpu::forward_by_row_tiles<scalar_t>(isa, g, in_strides) &&
-        at::get_num_threads() * cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float)) <=
-            cpu::scratch_budget_bytes();
-    // Per thread: the tile's filters (by row tiles); otherwise one location's patch rows and
+        cpu::forward_by_row_tiles<scalar_t>(isa, g, in_strides) && threads * run_bytes(1) <= budget;
+    int64_t run_tiles = by_row_tiles ? cpu::forward_row_run_tiles(g, threads) : 1;
+    while (run_tiles > 1 && threads * run_bytes(run_tiles) > budget) run_tiles /= 2;
+    // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
     // patches (of one group), and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
-      if (by_row_tiles) return cpu::line_bytes(cpu::row_tile_scratch(g), sizeof(float));
+      if (by_row_tiles) return run_bytes(run_tiles);
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
@@ -49,7 +54,9 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
     const cpu::Blocking& block = pass.block;
-    const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
+    // A unit of work: a run of row tiles, or a tile of the per-location path.
+    const int64_t unit_width = by_row_tiles ? run_tiles * cpu::kRowTileLocations : block.tile;
+    const int64_t row_tiles = cpu::tiles_per_row(g, unit_width);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(opmath_t));
 
@@ -64,13 +71,13 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(pass);
         if (by_row_tiles) {
-          float* tile_filters = slice.take<float>(cpu::row_tile_scratch(g));
+          float* run_scratch = slice.take<float>(run_tiles * cpu::row_tile_scratch(g));
           for (int64_t unit = begin; unit < end; ++unit) {
-            const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
-            cpu::forward_row_tile(isa, in + n0 * in_strides.n, in_strides, g, row / g.out_h,
-                                  row % g.out_h, j0, std::min(block.tile, g.out_w - j0), samples,
-                                  w, b, shared_bias, o + n0 * out_channels * locations,
-                                  tile_filters);
+            const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * unit_width;
+            cpu::forward_row_run(isa, in + n0 * in_strides.n, in_strides, g, row / g.out_h,
+                                 row % g.out_h, j0, std::min(unit_width, g.out_w - j0), samples,
+                                 w, b, shared_bias, o + n0 * out_channels * locations,
+                                 run_scratch);
           }
           return;
         }

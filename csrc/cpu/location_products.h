@@ -66,28 +66,28 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
   scatter_add_patches(grad_patches, rows, g, samples, grad_input);
 }
 
-// Whether the forward goes by row tiles (forward_row_tile): a vector ISA, an element type it
+// Whether the forward goes by row tiles (forward_row_run): a vector ISA, an element type it
 // takes, and a geometry that fits (row_tiles_fit).
 template <typename scalar_t>
 bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);
 }
 
-// The forward of a row tile (vector_kernels.h), where forward_by_row_tiles.
+// The forward of a row run (vector_kernels.h), where forward_by_row_tiles.
 template <typename scalar_t>
-void forward_row_tile(ProductIsa isa, const scalar_t* input, const Strides5& s,
-                      const Geometry& g, int64_t z, int64_t i, int64_t j0, int64_t width,
-                      int64_t samples, const scalar_t* weight, const scalar_t* bias,
-                      bool shared_bias, scalar_t* out, float* scratch) {
+void forward_row_run(ProductIsa isa, const scalar_t* input, const Strides5& s,
+                     const Geometry& g, int64_t z, int64_t i, int64_t j0, int64_t width,
+                     int64_t samples, const scalar_t* weight, const scalar_t* bias,
+                     bool shared_bias, scalar_t* out, float* scratch) {
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
       case ProductIsa::avx512:
-        return avx512::forward_row_tile(input, s, g, z, i, j0, width, samples, weight, bias,
-                                        shared_bias, out, scratch);
+        return avx512::forward_row_run(input, s, g, z, i, j0, width, samples, weight, bias,
+                                       shared_bias, out, scratch);
       case ProductIsa::avx2:
-        return avx2::forward_row_tile(input, s, g, z, i, j0, width, samples, weight, bias,
-                                      shared_bias, out, scratch);
+        return avx2::forward_row_run(input, s, g, z, i, j0, width, samples, weight, bias,
+                                     shared_bias, out, scratch);
       case ProductIsa::blas:
         break;
     }

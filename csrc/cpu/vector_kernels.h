@@ -31,7 +31,7 @@ namespace cpu {
 // a / b rounded up (a >= 0, b > 0).
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The largest patch (K) the forward computes by row tiles (forward_row_tile) instead of per
+// The largest patch (K) the forward computes by row tiles (forward_row_run) instead of per
 // location: below it a location's dot products are too short to pay for their lane reductions
 // (cunn232_c1: K = 9).
 constexpr int64_t kRowTilePatchLimit = 64;
@@ -44,7 +44,7 @@ constexpr int64_t kRowTileLocations = 16;
 // K = 432, 8 samples).
 constexpr int64_t kRowTileFewFilters = 4;
 
-// Whether forward_row_tile applies: neighbouring output columns read neighbouring input elements
+// Whether forward_row_run applies: neighbouring output columns read neighbouring input elements
 // (stride_w 1, input rows contiguous), and the patch is short or a group has few filters (with
 // at most kRowTilePatchLimit kernel columns).
 inline bool row_tiles_fit(const Geometry& g, const Strides5& s) {
@@ -52,9 +52,36 @@ inline bool row_tiles_fit(const Geometry& g, const Strides5& s) {
          (g.patch_size() <= kRowTilePatchLimit || g.group_out_channels() <= kRowTileFewFilters);
 }
 
-// The floats of scratch forward_row_tile takes: the tile's filters (every group's), transposed.
+// The floats of scratch one tile of forward_row_run takes: its filters (every group's),
+// transposed, its bias as a vector over the tile per filter, and the input lanes each kernel
+// column reads (a cache line per kernel column: room for any ISA's masks of the tile's vectors).
 inline int64_t row_tile_scratch(const Geometry& g) {
-  return kRowTileLocations * g.out_channels * g.patch_size();
+  return kRowTileLocations * (g.out_channels * (g.patch_size() + 1) + g.kernel_w);
+}
+
+// The most bytes of a forward row run's staged filters that one block of filters reads, sample
+// block after sample block: about an L1 (two of medvol_32cube_c2's 28 KB tiles to a run made its
+// forward 1.08x slower).
+constexpr int64_t kRowRunBlockBytes = 32 << 10;
+
+// The most bytes of a forward row run's scratch: a share of an L2.
+constexpr int64_t kRowRunBytes = 256 << 10;
+
+// The tiles of one forward row run (forward_row_run): each block of samples goes along the whole
+// run before the next block starts, so that each sample's input and output go by as runs of
+// lines, not one line of each of 2 x samples streams per tile (at 32 samples, 64 streams: more
+// than the hardware prefetchers follow, and a DRAM page per line). As many as kRowRunBlockBytes
+// (a block of up to 16 filters, AVX-512's) and kRowRunBytes allow, within the row, leaving each
+// of `threads` threads about 8 runs.
+inline int64_t forward_row_run_tiles(const Geometry& g, int64_t threads) {
+  constexpr int64_t float_bytes = sizeof(float);
+  const int64_t row_tiles = ceil_div(g.out_w, kRowTileLocations);
+  const int64_t block_bytes = std::min<int64_t>(g.group_out_channels(), 16) * g.patch_size() *
+                              kRowTileLocations * float_bytes;
+  const int64_t by_block = kRowRunBlockBytes / block_bytes;
+  const int64_t by_bytes = kRowRunBytes / (row_tile_scratch(g) * float_bytes);
+  const int64_t by_threads = g.out_d * g.out_h * row_tiles / (8 * threads);
+  return std::max<int64_t>(1, std::min({row_tiles, by_block, by_bytes, by_threads}));
 }
 
 // Where the backward goes by output rows (grad_input_row) instead of per location: the forward
@@ -120,15 +147,16 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
 //                input elements (column_step == 1): each patch row is one masked load and store
 //                per vector of columns.
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
-// forward_row_tile: the forward of up to kRowTileLocations neighbouring locations
-//                (z, i, j0 + t), t < width, of one output row, for `samples` samples, vectorised
-//                over the locations: out[n, o, z, i, j0 + t] = sum_k filters(t)[o][k] *
-//                patch(n, o's group, z, i, j0 + t)[k] + bias, each output run written whole.
-//                `weight` is the whole weight (filters(t): its location's region's bank),
-//                `input` and `out` start at the tile's first sample, `out` is contiguous
-//                (N, C_out, D, H, W); bias as the op takes it (null, (C_out,) when shared_bias,
-//                else (C_out, *regions)). `scratch` holds row_tile_scratch(g) floats. Only where
-//                row_tiles_fit.
+// forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
+//                one output row, for `samples` samples, vectorised over the locations:
+//                out[n, o, z, i, j0 + t] = sum_k filters(t)[o][k] *
+//                patch(n, o's group, z, i, j0 + t)[k] + bias. A run of row tiles of
+//                kRowTileLocations: each tile's filters are staged once, then each block of
+//                samples goes along the whole run. `weight` is the whole weight (filters(t): its
+//                location's region's bank), `input` and `out` start at the run's first sample,
+//                `out` is contiguous (N, C_out, D, H, W); bias as the op takes it (null,
+//                (C_out,) when shared_bias, else (C_out, *regions)). `scratch` holds
+//                row_tile_scratch(g) floats per tile of the run. Only where row_tiles_fit.
 // grad_input_row: the patch gradients of output row (z, i) and channel group `group`, every
 //                location, for `samples` samples, added onto grad_input (a contiguous float
 //                block (samples, C_in, D, H, W)). Vectorised over input columns: chunks of
@@ -162,9 +190,9 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
   template <typename T>                                                                          \
-  void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int64_t z,         \
-                        int64_t i, int64_t j0, int64_t width, int64_t samples, const T* weight,  \
-                        const T* bias, bool shared_bias, T* out, float* scratch);        \
+  void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \
+                       int64_t i, int64_t j0, int64_t width, int64_t samples, const T* weight,   \
+                       const T* bias, bool shared_bias, T* out, float* scratch);                 \
   template <typename T>                                                                          \
   void grad_input_row(const T* grad_output, const Strides5& go_s, const Geometry& g, int64_t z,  \
                       int64_t i, int64_t group, int64_t samples, const T* weight,                \

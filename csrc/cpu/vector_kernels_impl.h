@@ -489,11 +489,16 @@ struct RowTileBlocks {
   static constexpr auto table = all(std::make_integer_sequence<int, V::kRowTileFilters>{});
 };
 
+// One tile of a forward row run into its scratch (row_tile_scratch(g) floats): its filters as
+// floats, transposed so that the tile's weights of one (o, k) lie together, in blocks of
+// filter_block filters of one group laid out as row_tile_block reads them; its bias, a vector
+// over the tile per filter (the accumulators' start); the input lanes each kernel column reads,
+// per vector of the tile (the same for every sample, filter and kernel row; working them out per
+// read cost as much as the FMAs on AVX2).
 template <typename V, typename T>
-LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const Geometry& g,
-                                       int64_t z, int64_t i, int64_t j0, int64_t width,
-                                       int64_t samples, const T* weight, const T* bias,
-                                       bool shared_bias, T* out, float* scratch) {
+LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, int64_t j0,
+                                     int64_t width, const T* weight, const T* bias,
+                                     bool shared_bias, LinesAhead& ahead, float* scratch) {
   constexpr int64_t filter_block = V::kRowTileFilters;
   const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
   const int64_t group_size = g.group_out_channels();
@@ -502,14 +507,6 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
   // Each location's weight region (the location itself where nothing is shared).
   int64_t regions[kRowTileLocations];
   for (int64_t t = 0; t < width; ++t) regions[t] = g.region_of(z, i, j0 + t);
-  // The tile's filters as floats, transposed so that the tile's weights of one (o, k) lie
-  // together, in blocks of filter_block filters of one group laid out as row_tile_block reads
-  // them.
-  LinesAhead ahead(!g.shares_weights(), weight,
-                   first * filter_size * int64_t(sizeof(T)),
-                   kRowTileLocations * filter_size * int64_t(sizeof(T)),
-                   g.out_channels * ceil_div(patch_size, V::kLanes) *
-                       (kRowTileLocations / V::kLanes));
   // The filter blocks: o0 counts the groups' first channels, o the blocks inside a group.
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
@@ -536,36 +533,56 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
     }
     }
   }
-  // The input lanes each kernel column reads, per vector of the tile (they are the same for every
-  // sample, filter and kernel row; working them out per read cost as much as the FMAs on AVX2).
-  constexpr int64_t vectors = kRowTileLocations / V::kLanes;
-  typename V::Mask columns[vectors][kRowTilePatchLimit];
+  float* offsets = scratch + filter_size * kRowTileLocations;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    float* to = offsets + o * kRowTileLocations;
+    if (bias == nullptr || shared_bias || g.shares_weights()) {
+      for (int64_t t = 0; t < kRowTileLocations; ++t)
+        to[t] = bias == nullptr || t >= width ? 0.0f
+                : shared_bias                 ? to_float(bias[o])
+                                              : to_float(bias[o * g.regions() + regions[t]]);
+      continue;
+    }
+    for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes)
+      V::store(to + t, V::load(V::tail(std::max<int64_t>(width - t, 0)),
+                               bias + o * plane + first + t));
+  }
+  static_assert(sizeof(typename V::Mask) * (kRowTileLocations / V::kLanes) <=
+                    kRowTileLocations * sizeof(float),
+                "a kernel column's masks fit its share of row_tile_scratch");
+  auto* columns =
+      reinterpret_cast<typename V::Mask*>(offsets + g.out_channels * kRowTileLocations);
   for (int64_t t = 0; t < width; t += V::kLanes)
     for (int64_t q = 0; q < g.kernel_w; ++q)
-      columns[t / V::kLanes][q] = V::both(
+      columns[t / V::kLanes * g.kernel_w + q] = V::both(
           V::tail(width - t), V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
-  // Float outputs of a whole tile that starts a cache line fill whole lines.
-  const bool whole_lines = std::is_same_v<T, float> && width == kRowTileLocations &&
-                           plane % kRowTileLocations == 0 &&
-                           reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const Geometry& g,
+                                      int64_t z, int64_t i, int64_t j0, int64_t width,
+                                      int64_t samples, const T* weight, const T* bias,
+                                      bool shared_bias, T* out, float* scratch) {
+  constexpr int64_t filter_block = V::kRowTileFilters;
+  const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
+  const int64_t group_size = g.group_out_channels();
+  const int64_t plane = g.locations();
+  const int64_t tiles = ceil_div(width, kRowTileLocations), tile_floats = row_tile_scratch(g);
+  const int64_t row_first = (z * g.out_h + i) * g.out_w;
+  // Unshared filters lie tile after tile, so one LinesAhead runs along the whole run.
+  LinesAhead ahead(!g.shares_weights(), weight,
+                   (row_first + j0) * filter_size * int64_t(sizeof(T)),
+                   kRowTileLocations * filter_size * int64_t(sizeof(T)),
+                   g.out_channels * ceil_div(patch_size, V::kLanes) *
+                       (kRowTileLocations / V::kLanes));
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t t0 = tile * kRowTileLocations;
+    stage_row_tile<V>(g, z, i, j0 + t0, std::min(kRowTileLocations, width - t0), weight, bias,
+                      shared_bias, ahead, scratch + tile * tile_floats);
+  }
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
     const int64_t block = std::min(filter_block, o0 + group_size - o);
-    // The block's bias, a vector over the tile per filter: the accumulators' start.
-    float offsets[filter_block * kRowTileLocations];
-    for (int64_t f = 0; f < block; ++f) {
-      float* to = offsets + f * kRowTileLocations;
-      if (bias == nullptr || shared_bias || g.shares_weights()) {
-        for (int64_t t = 0; t < kRowTileLocations; ++t)
-          to[t] = bias == nullptr || t >= width ? 0.0f
-                  : shared_bias                 ? to_float(bias[o + f])
-                                                : to_float(bias[(o + f) * g.regions() + regions[t]]);
-        continue;
-      }
-      for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes)
-        V::store(to + t, V::load(V::tail(std::max<int64_t>(width - t, 0)),
-                                 bias + (o + f) * plane + first + t));
-    }
     const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
     using Blocks = RowTileBlocks<V, T>;
     for (int64_t n = 0; n < samples;) {
@@ -574,11 +591,27 @@ LC_VECTOR_TARGET void forward_row_tile(const T* input, const Strides5& s, const 
              Blocks::samples_at(static_cast<int>(block), step) > samples - n)
         ++step;
       const auto run = Blocks::table[block - 1][step];
-      for (int64_t t = 0; t < width; t += V::kLanes) {
-        run(input + n * s.n + channel_offset, s, g, z, i, j0 + t, V::tail(width - t),
-            columns[t / V::kLanes], scratch + o * patch_size * kRowTileLocations + t,
-            offsets + t, out + (n * g.out_channels + o) * plane + first + t,
-            g.out_channels * plane, plane, whole_lines);
+      // The block goes along the whole run before the next block starts.
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t t0 = tile * kRowTileLocations;
+        const int64_t tile_width = std::min(kRowTileLocations, width - t0);
+        const int64_t first = row_first + j0 + t0;
+        const float* staged = scratch + tile * tile_floats;
+        const float* offsets = staged + filter_size * kRowTileLocations;
+        const auto* columns = reinterpret_cast<const typename V::Mask*>(
+            offsets + g.out_channels * kRowTileLocations);
+        // Float outputs of a whole tile that starts a cache line fill whole lines.
+        const bool whole_lines = std::is_same_v<T, float> && tile_width == kRowTileLocations &&
+                                 plane % kRowTileLocations == 0 &&
+                                 reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
+        for (int64_t t = 0; t < tile_width; t += V::kLanes) {
+          run(input + n * s.n + channel_offset, s, g, z, i, j0 + t0 + t,
+              V::tail(tile_width - t), columns + t / V::kLanes * g.kernel_w,
+              staged + o * patch_size * kRowTileLocations + t,
+              offsets + o * kRowTileLocations + t,
+              out + (n * g.out_channels + o) * plane + first + t, g.out_channels * plane, plane,
+              whole_lines);
+        }
       }
       n += Blocks::samples_at(static_cast<int>(block), step);
     }
@@ -922,10 +955,10 @@ void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const 
 }
 
 template <typename T>
-void forward_row_tile(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
+void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
                       int64_t j0, int64_t width, int64_t samples, const T* weight, const T* bias,
                       bool shared_bias, T* out, float* scratch) {
-  generic::forward_row_tile<LC_VECTOR_TRAITS>(input, s, g, z, i, j0, width, samples, weight,
+  generic::forward_row_run<LC_VECTOR_TRAITS>(input, s, g, z, i, j0, width, samples, weight,
                                               bias, shared_bias, out, scratch);
 }
 
@@ -958,7 +991,7 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
                                 T*);                                                           \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
                                 T*);                                                           \
-  template void forward_row_tile<T>(const T*, const Strides5&, const Geometry&, int64_t,       \
+  template void forward_row_run<T>(const T*, const Strides5&, const Geometry&, int64_t,       \
                                     int64_t, int64_t, int64_t, int64_t, const T*, const T*,    \
                                     bool, T*, float*);                                        \
   template void grad_input_row<T>(const T*, const Strides5&, const Geometry&, int64_t, int64_t, \
