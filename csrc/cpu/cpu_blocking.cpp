@@ -10,15 +10,20 @@
 namespace lc_cuda {
 namespace cpu {
 
-int64_t scratch_budget_bytes() {
-  constexpr double default_megabytes = 256;
-  const char* value = std::getenv("LC_CUDA_CPU_SCRATCH_MB");
+int64_t megabytes_setting(const char* name, double default_megabytes, bool zero_allowed) {
+  const char* value = std::getenv(name);
   if (value == nullptr || *value == '\0') return static_cast<int64_t>(default_megabytes * (1 << 20));
   char* end = nullptr;
   const double megabytes = std::strtod(value, &end);
-  TORCH_CHECK(end != value && *end == '\0' && std::isfinite(megabytes) && megabytes > 0,
-              "LC_CUDA_CPU_SCRATCH_MB must be a positive number of megabytes, got '", value, "'");
-  return static_cast<int64_t>(std::max(1.0, megabytes * (1 << 20)));
+  TORCH_CHECK(end != value && *end == '\0' && std::isfinite(megabytes) &&
+                  (megabytes > 0 || (zero_allowed && megabytes == 0)),
+              name, " must be a ", zero_allowed ? "non-negative" : "positive",
+              " number of megabytes, got '", value, "'");
+  return static_cast<int64_t>(std::max(zero_allowed ? 0.0 : 1.0, megabytes * (1 << 20)));
+}
+
+int64_t scratch_budget_bytes() {
+  return megabytes_setting("LC_CUDA_CPU_SCRATCH_MB", 256, /*zero_allowed=*/false);
 }
 
 PassScratch plan_pass(const Geometry& g,

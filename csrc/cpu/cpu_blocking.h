@@ -12,6 +12,11 @@
 namespace lc_cuda {
 namespace cpu {
 
+// The environment variable `name` as a number of megabytes (2^20 bytes, fractions allowed), in
+// bytes: default_megabytes when unset or empty; an error naming it where it is not a number, or
+// not positive (zero allowed where zero_allowed).
+int64_t megabytes_setting(const char* name, double default_megabytes, bool zero_allowed);
+
 // The scratch budget in bytes, for all threads of one call together: LC_CUDA_CPU_SCRATCH_MB
 // (megabytes, 2^20 bytes, fractions allowed), 256 when unset. Read at every call.
 int64_t scratch_budget_bytes();

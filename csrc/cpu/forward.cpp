@@ -9,8 +9,8 @@
 #include <ATen/Dispatch.h>
 
 #include "cpu_blocking.h"
-#include "huge_pages.h"
 #include "location_products.h"
+#include "output_memory.h"
 #include "patches.h"
 
 namespace lc_cuda {
@@ -18,7 +18,7 @@ namespace lc_cuda {
 at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Geometry& g,
                        ProductIsa isa) {
-  auto out = cpu::empty_on_huge_pages(output_shape(g), input.options());
+  auto out = cpu::empty_output(output_shape(g), input.options());
   if (g.batch == 0) return out;
   const at::Tensor filters = weight.contiguous();
   const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();

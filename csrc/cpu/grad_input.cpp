@@ -18,8 +18,8 @@
 #include <type_traits>
 
 #include "cpu_blocking.h"
-#include "huge_pages.h"
 #include "location_products.h"
+#include "output_memory.h"
 #include "patches.h"
 
 namespace lc_cuda {
@@ -58,7 +58,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     // float and double sum straight into grad_input; float16 and bfloat16 into a float block of
     // the scratch, rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
-    grad_input = cpu::empty_on_huge_pages(input_shape(g), grad_output.options());
+    grad_input = cpu::empty_output(input_shape(g), grad_output.options());
     if (in_place) grad_input.zero_();
     if (g.batch == 0) return;
     // Once: float16 and bfloat16's float sums.

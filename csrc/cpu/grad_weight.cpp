@@ -28,8 +28,8 @@
 #include <type_traits>
 
 #include "cpu_blocking.h"
-#include "huge_pages.h"
 #include "location_products.h"
+#include "output_memory.h"
 #include "patches.h"
 #include "regions.h"
 
@@ -54,7 +54,7 @@ int64_t chunks_per_region(const Geometry& g, int64_t member_rows) {
 
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                            const Geometry& g, ProductIsa isa) {
-  auto grad_weight = cpu::empty_on_huge_pages(weight_shape(g), input.options());
+  auto grad_weight = cpu::empty_output(weight_shape(g), input.options());
   if (g.batch == 0) return grad_weight.zero_();
   const cpu::Strides5 in_strides = cpu::strides5(input);
   const cpu::Strides5 go_strides = cpu::strides5(grad_output);
