@@ -271,33 +271,67 @@ def floor_ms(case: Case, direction: str, batch: int, element_size: int, ceilings
     return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9)), bytes_, flops
 
 
-def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
-    record = {}
+def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1) -> dict:
+    """{name: record} for the methods in `named` ({name: Method}): each checked against the
+    reference first, then `repeats` timed calls of each, in `rounds` rounds that take the
+    methods in turn (each method's first round after 3 untimed calls, later rounds after one),
+    so that a slow spell of a shared machine, which lasts seconds, falls on every method alike;
+    then each one's peak extra memory."""
+    records, runners = {}, {}
+    per_round = math.ceil(repeats / rounds)
+
+    def failed(name, failure):
+        if isinstance(failure, torch.cuda.OutOfMemoryError):
+            records[name]["status"] = "out of memory"
+        else:
+            records[name]["status"] = f"failed: {type(failure).__name__}: {str(failure)[:120]}"
+        runners.pop(name, None)
+
     try:
-        runner = Runner(method, sets, case, direction)
-        error = relative_error(runner(0), reference_for(method, sets[0], case, direction))
-        record["error"] = error
-        if not error <= TOLERANCE[key]:
-            record["status"] = f"MISMATCH {error:.2g}"
-            return record
-        times = timings_ms(runner, repeats, device)
-        # every call's time is kept, so that a run's spread can be judged afterwards
-        record["ms"], record["times_ms"] = statistics.median(times), times
-        peak = (
-            host_memory.peak_extra_bytes(lambda: runner(0))
-            if device.type == "cpu" and host_memory.available()
-            else peak_extra_bytes(runner, device)
-        )
-        record["peak_extra_MB"] = None if peak is None else peak / 2**20
-        record["status"] = "ok"
-    except torch.cuda.OutOfMemoryError:
-        record["status"] = "out of memory"
-    except Exception as failure:  # reported; the run goes on
-        record["status"] = f"failed: {type(failure).__name__}: {str(failure)[:120]}"
+        for name, method in named.items():
+            records[name] = {}
+            try:
+                runner = Runner(method, sets, case, direction)
+                error = relative_error(runner(0), reference_for(method, sets[0], case, direction))
+                records[name]["error"] = error
+                if not error <= TOLERANCE[key]:
+                    records[name]["status"] = f"MISMATCH {error:.2g}"
+                    continue
+                runners[name] = runner
+            except Exception as failure:  # reported; the run goes on
+                failed(name, failure)
+        for round_ in range(rounds):
+            for name, runner in list(runners.items()):
+                try:
+                    times = timings_ms(runner, per_round, device, warmup=3 if round_ == 0 else 1)
+                    # every call's time is kept, so that a run's spread can be judged afterwards
+                    records[name].setdefault("times_ms", []).extend(times)
+                except Exception as failure:
+                    failed(name, failure)
+        for name, runner in list(runners.items()):
+            record = records[name]
+            try:
+                record["ms"] = statistics.median(record["times_ms"])
+                peak = (
+                    host_memory.peak_extra_bytes(lambda runner=runner: runner(0))
+                    if device.type == "cpu" and host_memory.available()
+                    else peak_extra_bytes(runner, device)
+                )
+                record["peak_extra_MB"] = None if peak is None else peak / 2**20
+                record["status"] = "ok"
+            except Exception as failure:
+                failed(name, failure)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return record
+    return records
+
+
+def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
+    """measure_methods for one method, in one round."""
+    return measure_methods({method.name: method}, sets, case, direction, key, device, repeats)[
+        method.name
+    ]
 
 
 def with_floors(records: list[dict], element_size: int, ceilings: dict, key) -> list[dict]:
@@ -459,6 +493,13 @@ def main(argv=None) -> int:
         "--repeats", type=int, help="timed calls per median (default 20; 5 with --quick)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds that take a case's methods in turn, each timing ceil(repeats / rounds) "
+        "calls of each (default 3)",
+    )
+    parser.add_argument(
         "--cpu-batch",
         type=int,
         help="batch size without a GPU (default: cases.CPU_BATCHES and FAMILY_CPU_BATCHES for "
@@ -475,6 +516,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     repeats = args.repeats or (5 if args.quick else 20)
+    rounds = max(1, min(args.rounds, repeats))
     if args.threads:
         torch.set_num_threads(args.threads)
     default_names = [c.name for c in CASES if not args.quick or c.name in QUICK_CASES]
@@ -545,11 +587,14 @@ def main(argv=None) -> int:
                         case, direction, batch_of(case), element_size, ceilings, key
                     )
                     available = methods_for(case)
-                    for name in (m for m in methods if m in available):
-                        progress.step(f"{key} {case.name} {direction} {name}")
-                        record = measure_method(
-                            available[name], sets_of(case), case, direction, key, device, repeats
-                        )
+                    named = {m: available[m] for m in methods if m in available}
+                    progress.step(f"{key} {case.name} {direction}: {', '.join(named)}")
+                    measured = measure_methods(
+                        named, sets_of(case), case, direction, key, device, repeats, rounds
+                    )
+                    for _ in range(len(named) - 1):
+                        progress.step(f"{key} {case.name} {direction}")
+                    for name, record in measured.items():
                         records.append(
                             {
                                 "case": case.name,
@@ -603,6 +648,7 @@ def main(argv=None) -> int:
         # quoted as a shell needs it (a --section title has spaces)
         "command": shlex.join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
+        "rounds": rounds,
         # the 1, 5 and 15-minute load averages: another process's work shows up as noise
         "load": {"start": load_at_start, "end": os.getloadavg(), "cpus": os.cpu_count()},
         "dtypes": dtypes,

@@ -313,7 +313,13 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
             f"{k} matmul {v:.1f} TFLOP/s" for k, v in result["ceilings"]["matmul_TFLOPs"].items()
         ),
         "- floor = max(fewest bytes / copy bandwidth, flops / matmul rate of the precision); "
-        "times are medians of CUDA-event timings (perf_counter on the CPU).",
+        "times are medians of CUDA-event timings (perf_counter on the CPU)"
+        + (
+            f", the calls of a case's methods taken in {result['rounds']} rounds, the methods in "
+            "turn in each."
+            if result.get("rounds", 1) > 1
+            else "."
+        ),
         f"- machine load: {load_text(result)}",
         f"- a cell is flagged, and left out of the means, where its calls' interquartile range "
         f"exceeds {NOISY_SPREAD:.0%} of their median (NOISY) or it is faster than the floor "
