@@ -1,4 +1,4 @@
-// Where the CPU kernels' outputs live: large ones on transparent huge pages, in blocks that are
+// Where the CPU kernels' outputs live: on transparent huge pages, the largest in blocks that are
 // kept when their tensors are freed and handed to the next output of the same size.
 #pragma once
 
@@ -7,15 +7,14 @@
 namespace lc_cuda {
 namespace cpu {
 
-// A contiguous tensor for a kernel to write in full. Below 2 MiB it is at::empty's. From 2 MiB
-// on it is a block aligned to 2 MiB pages with a request (madvise MADV_HUGEPAGE, Linux only)
-// that the kernel back them with huge pages, and when the tensor is freed the block is kept, up
-// to LC_CUDA_CPU_KEEP_MB of kept blocks in all (default 1024, 0 keeps none; the oldest go first),
-// for the next output of exactly its size. A fresh block costs a page fault per page first
-// touched: above glibc's largest mmap threshold (32 MiB) every block is fresh, so that
-// medvol_32cube_c2's 56 MiB grad_weight took 15 ms on 4 KiB pages and 5-65 ms on huge pages
-// (the slow calls waiting on the hypervisor for never-touched memory) against 4 ms in a kept
-// block (benchmarks/NOTES.md). The contents are left as they were: the kernels write every
+// A contiguous tensor for a kernel to write in full, with a request (madvise MADV_HUGEPAGE,
+// Linux only) that the kernel back its whole 2 MiB pages with huge pages when first touched. Up to
+// 32 MiB it is at::empty's. Above, glibc maps every block fresh, a page fault per page first
+// touched: medvol_32cube_c2's 56 MiB grad_weight took 15 ms on 4 KiB pages and 5-65 ms on huge
+// pages (the slow calls waiting on the hypervisor for never-touched memory) against a kernel of
+// 4 ms. So such a block is kept when its tensor is freed, up to LC_CUDA_CPU_KEEP_MB of kept blocks
+// in all (default 1024, 0 keeps none; the oldest go first), for the next output of exactly its
+// size (benchmarks/NOTES.md). The contents are left as they were: the kernels write every
 // element.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
