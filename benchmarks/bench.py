@@ -273,12 +273,13 @@ def floor_ms(case: Case, direction: str, batch: int, element_size: int, ceilings
 
 def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1) -> dict:
     """{name: record} for the methods in `named` ({name: Method}): each checked against the
-    reference first, then `repeats` timed calls of each, in `rounds` rounds that take the
-    methods in turn (each method's first round after 3 untimed calls, later rounds after one),
-    so that a slow spell of a shared machine, which lasts seconds, falls on every method alike;
-    then each one's peak extra memory."""
+    reference first, then `repeats` timed calls of each, spread over `rounds` rounds that take
+    the methods in turn (each method's first round after 3 untimed calls, later rounds after
+    one), so that a slow spell of a shared machine, which lasts seconds, falls on every method
+    alike; then each one's peak extra memory (on the CPU with lc_cuda keeping no freed output,
+    so that a reused block still counts). Every method's prepared runner lives until the end:
+    the caller passes one method at a time where those hold graphs."""
     records, runners = {}, {}
-    per_round = math.ceil(repeats / rounds)
 
     def failed(name, failure):
         if isinstance(failure, torch.cuda.OutOfMemoryError):
@@ -301,9 +302,10 @@ def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1
             except Exception as failure:  # reported; the run goes on
                 failed(name, failure)
         for round_ in range(rounds):
+            calls = repeats // rounds + (round_ < repeats % rounds)
             for name, runner in list(runners.items()):
                 try:
-                    times = timings_ms(runner, per_round, device, warmup=3 if round_ == 0 else 1)
+                    times = timings_ms(runner, calls, device, warmup=3 if round_ == 0 else 1)
                     # every call's time is kept, so that a run's spread can be judged afterwards
                     records[name].setdefault("times_ms", []).extend(times)
                 except Exception as failure:
@@ -312,11 +314,12 @@ def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1
             record = records[name]
             try:
                 record["ms"] = statistics.median(record["times_ms"])
-                peak = (
-                    host_memory.peak_extra_bytes(lambda runner=runner: runner(0))
-                    if device.type == "cpu" and host_memory.available()
-                    else peak_extra_bytes(runner, device)
-                )
+                if device.type == "cpu" and host_memory.available():
+                    with environment((("LC_CUDA_CPU_KEEP_MB", "0"),)):
+                        runner(0)  # lc_cuda frees the blocks it kept before the measured call
+                        peak = host_memory.peak_extra_bytes(lambda runner=runner: runner(0))
+                else:
+                    peak = peak_extra_bytes(runner, device)
                 record["peak_extra_MB"] = None if peak is None else peak / 2**20
                 record["status"] = "ok"
             except Exception as failure:
@@ -434,10 +437,13 @@ MEMORY_CASE = ("deepface_L4", 128)
 
 def memory_check(case_name: str, batch: int) -> dict | None:
     """memory_check.py in its own process, at this run's thread count, with glibc made to map
-    every large block afresh so that the resident-set high-water mark sees it; None (reported)
-    where it fails."""
+    every large block afresh and lc_cuda keeping none, so that the resident-set high-water mark
+    sees every output; None (reported) where it fails."""
     environment_ = dict(
-        os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads())
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_="65536",
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+        LC_CUDA_CPU_KEEP_MB="0",  # every output fresh, so that the peak counts it
     )
     run = subprocess.run(
         [sys.executable, str(HERE / "memory_check.py"), case_name, str(batch)],
@@ -496,8 +502,8 @@ def main(argv=None) -> int:
         "--rounds",
         type=int,
         default=3,
-        help="rounds that take a case's methods in turn, each timing ceil(repeats / rounds) "
-        "calls of each (default 3)",
+        help="rounds that take a case's torch methods in turn, the repeats spread over them "
+        "(default 3; the backward-only directions take one method at a time)",
     )
     parser.add_argument(
         "--cpu-batch",
@@ -588,12 +594,29 @@ def main(argv=None) -> int:
                     )
                     available = methods_for(case)
                     named = {m: available[m] for m in methods if m in available}
-                    progress.step(f"{key} {case.name} {direction}: {', '.join(named)}")
-                    measured = measure_methods(
-                        named, sets_of(case), case, direction, key, device, repeats, rounds
+                    # The backward-only directions' runners hold forward graphs: one at a time.
+                    groups = (
+                        [named]
+                        if direction in ("forward", "forward+backward")
+                        else [{m: method} for m, method in named.items()]
                     )
-                    for _ in range(len(named) - 1):
-                        progress.step(f"{key} {case.name} {direction}")
+                    measured = {}
+                    for group in groups:
+                        progress.step(f"{key} {case.name} {direction}: {', '.join(group)}")
+                        measured.update(
+                            measure_methods(
+                                group,
+                                sets_of(case),
+                                case,
+                                direction,
+                                key,
+                                device,
+                                repeats,
+                                rounds if len(groups) == 1 else 1,
+                            )
+                        )
+                        for _ in range(len(group) - 1):
+                            progress.step(f"{key} {case.name} {direction}")
                     for name, record in measured.items():
                         records.append(
                             {

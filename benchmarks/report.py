@@ -315,8 +315,8 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         "- floor = max(fewest bytes / copy bandwidth, flops / matmul rate of the precision); "
         "times are medians of CUDA-event timings (perf_counter on the CPU)"
         + (
-            f", the calls of a case's methods taken in {result['rounds']} rounds, the methods in "
-            "turn in each."
+            f", the calls of a case's torch methods taken in {result['rounds']} rounds, the "
+            "methods in turn in each (JAX and Keras run in processes of their own)."
             if result.get("rounds", 1) > 1
             else "."
         ),

@@ -19,7 +19,9 @@ int64_t megabytes_setting(const char* name, double default_megabytes, bool zero_
                   (megabytes > 0 || (zero_allowed && megabytes == 0)),
               name, " must be a ", zero_allowed ? "non-negative" : "positive",
               " number of megabytes, got '", value, "'");
-  return static_cast<int64_t>(std::max(zero_allowed ? 0.0 : 1.0, megabytes * (1 << 20)));
+  // At most 2^62 bytes: a larger double would not convert to int64.
+  const double bytes = std::min(megabytes * (1 << 20), 4.6e18);
+  return static_cast<int64_t>(std::max(zero_allowed ? 0.0 : 1.0, bytes));
 }
 
 int64_t scratch_budget_bytes() {

@@ -4,16 +4,18 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <memory>
 #include <mutex>
-#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__unix__)
+#include <pthread.h>
 #endif
 
 #include "cpu_blocking.h"
@@ -30,27 +32,50 @@ constexpr size_t kHugePage = size_t(2) << 20;
 // below it were slower (genomics_1d_50k's 6.4 MB outputs: forward+backward 1.10x).
 constexpr int64_t kKeptAbove = int64_t(32) << 20;
 
+// A kept or handed-out block. The node travels with its block (it is the DataPtr's context), so
+// that keeping a block allocates nothing.
 struct Block {
   void* data;
   size_t bytes;
+  Block* older = nullptr;
+  Block* newer = nullptr;
 };
 
 // A c10 allocator whose deleter keeps the freed block (the tensors it makes are ordinary
-// resizable CPU tensors). Never destroyed: a tensor may outlive static destruction.
+// resizable CPU tensors; a storage resized to 32 MiB or less goes to the CPU allocator). Never
+// destroyed: a tensor may outlive static destruction.
 class KeptBlocks final : public c10::Allocator {
  public:
   static KeptBlocks& instance() {
-    static KeptBlocks* blocks = new KeptBlocks();
+    static KeptBlocks* blocks = [] {
+      auto* created = new KeptBlocks();
+#if defined(__unix__)
+      // A child forked while another thread held the lock would wait on it forever.
+      pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                     [] { instance().mutex_.unlock(); });
+#endif
+      return created;
+    }();
     return *blocks;
   }
 
-  // Read at every output, where an error can be raised (a deleter must not throw).
-  void set_limit(size_t bytes) { limit_.store(bytes, std::memory_order_relaxed); }
+  // Read at every output, where an error can be raised (a deleter must not throw); blocks kept
+  // beyond a lowered limit are freed now.
+  void set_limit(size_t bytes) {
+    limit_.store(bytes, std::memory_order_relaxed);
+    std::unique_lock<std::mutex> lock(mutex_);
+    Block* dropped = trim_locked(bytes);
+    lock.unlock();
+    free_chain(dropped);
+  }
 
   c10::DataPtr allocate(size_t bytes) override {
-    void* data = take(bytes);
-    if (data == nullptr) data = fresh(bytes);
-    return {data, new Block{data, bytes}, &give_back, c10::Device(c10::DeviceType::CPU)};
+    if (bytes <= static_cast<size_t>(kKeptAbove)) {
+      return c10::GetCPUAllocator()->allocate(bytes);
+    }
+    Block* block = take(bytes);
+    if (block == nullptr) block = new Block{fresh(bytes), bytes};
+    return {block->data, block, &give_back, c10::Device(c10::DeviceType::CPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -58,23 +83,28 @@ class KeptBlocks final : public c10::Allocator {
   }
 
  private:
-  // The newest kept block of exactly `bytes`, or null.
-  void* take(size_t bytes) {
+  // The newest kept block of exactly `bytes`, unlinked, or null.
+  Block* take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t b = kept_.size(); b-- > 0;) {
-      if (kept_[b].bytes != bytes) continue;
-      void* data = kept_[b].data;
-      kept_bytes_ -= bytes;
-      kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(b));
-      return data;
+    for (Block* block = newest_; block != nullptr; block = block->older) {
+      if (block->bytes != bytes) continue;
+      unlink_locked(block);
+      return block;
     }
     return nullptr;
   }
 
-  static void* fresh(size_t bytes) {
+  // A fresh block; where memory runs out, once more after freeing every kept block.
+  void* fresh(size_t bytes) {
     void* data = nullptr;
-    TORCH_CHECK(posix_memalign(&data, kHugePage, bytes) == 0,
-                "lc_cuda CPU kernels: could not allocate an output of ", bytes, " bytes");
+    if (posix_memalign(&data, kHugePage, bytes) != 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      Block* dropped = trim_locked(0);
+      lock.unlock();
+      free_chain(dropped);
+      TORCH_CHECK(posix_memalign(&data, kHugePage, bytes) == 0,
+                  "lc_cuda CPU kernels: could not allocate an output of ", bytes, " bytes");
+    }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     // Only a hint: where transparent huge pages are off, nothing changes but speed.
     const size_t whole_pages = bytes / kHugePage * kHugePage;
@@ -83,33 +113,59 @@ class KeptBlocks final : public c10::Allocator {
     return data;
   }
 
-  static void give_back(void* context) {
-    std::unique_ptr<Block> block(static_cast<Block*>(context));
+  // The deleter: nothing here allocates or throws.
+  static void give_back(void* context) noexcept {
+    auto* block = static_cast<Block*>(context);
     KeptBlocks& self = instance();
     const size_t limit = self.limit_.load(std::memory_order_relaxed);
-    std::vector<void*> dropped;
-    {
+    Block* dropped = nullptr;
+    if (block->bytes > limit) {
+      block->older = nullptr;
+      dropped = block;
+    } else {
       std::lock_guard<std::mutex> lock(self.mutex_);
-      if (block->bytes <= limit) {
-        size_t oldest = 0;
-        while (self.kept_bytes_ + block->bytes > limit) {
-          dropped.push_back(self.kept_[oldest].data);
-          self.kept_bytes_ -= self.kept_[oldest].bytes;
-          ++oldest;
-        }
-        self.kept_.erase(self.kept_.begin(),
-                         self.kept_.begin() + static_cast<std::ptrdiff_t>(oldest));
-        self.kept_.push_back(*block);
-        self.kept_bytes_ += block->bytes;
-      } else {
-        dropped.push_back(block->data);
-      }
+      block->older = self.newest_;
+      block->newer = nullptr;
+      (self.newest_ != nullptr ? self.newest_->newer : self.oldest_) = block;
+      self.newest_ = block;
+      self.kept_bytes_ += block->bytes;
+      dropped = self.trim_locked(limit);
     }
-    for (void* data : dropped) std::free(data);  // outside the lock
+    free_chain(dropped);  // outside the lock
+  }
+
+  void unlink_locked(Block* block) {
+    (block->older != nullptr ? block->older->newer : oldest_) = block->newer;
+    (block->newer != nullptr ? block->newer->older : newest_) = block->older;
+    kept_bytes_ -= block->bytes;
+    block->older = block->newer = nullptr;
+  }
+
+  // Unlinks the oldest blocks until at most `limit` bytes are kept; returns them chained
+  // through `older`.
+  Block* trim_locked(size_t limit) {
+    Block* dropped = nullptr;
+    while (kept_bytes_ > limit) {
+      Block* oldest = oldest_;
+      unlink_locked(oldest);
+      oldest->older = dropped;
+      dropped = oldest;
+    }
+    return dropped;
+  }
+
+  static void free_chain(Block* block) noexcept {
+    while (block != nullptr) {
+      Block* next = block->older;
+      std::free(block->data);
+      delete block;
+      block = next;
+    }
   }
 
   std::mutex mutex_;
-  std::vector<Block> kept_;  // oldest first
+  Block* oldest_ = nullptr;
+  Block* newest_ = nullptr;
   size_t kept_bytes_ = 0;
   std::atomic<size_t> limit_{0};
 };

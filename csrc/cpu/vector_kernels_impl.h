@@ -569,14 +569,16 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   const int64_t plane = g.locations();
   const int64_t tiles = ceil_div(width, kRowTileLocations), tile_floats = row_tile_scratch(g);
   const int64_t row_first = (z * g.out_h + i) * g.out_w;
-  // Unshared filters lie tile after tile, so one LinesAhead runs along the whole run.
-  LinesAhead ahead(!g.shares_weights(), weight,
-                   (row_first + j0) * filter_size * int64_t(sizeof(T)),
-                   kRowTileLocations * filter_size * int64_t(sizeof(T)),
-                   g.out_channels * ceil_div(patch_size, V::kLanes) *
-                       (kRowTileLocations / V::kLanes));
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t t0 = tile * kRowTileLocations;
+    // Each tile's squares fetch the unshared filters kRowTileAheadTiles tiles on, from where
+    // the tile's own start (their lines per square round up, so one fetcher for the whole run
+    // would drift ahead).
+    LinesAhead ahead(!g.shares_weights(), weight,
+                     (row_first + j0 + t0) * filter_size * int64_t(sizeof(T)),
+                     kRowTileLocations * filter_size * int64_t(sizeof(T)),
+                     g.out_channels * ceil_div(patch_size, V::kLanes) *
+                         (kRowTileLocations / V::kLanes));
     stage_row_tile<V>(g, z, i, j0 + t0, std::min(kRowTileLocations, width - t0), weight, bias,
                       shared_bias, ahead, scratch + tile * tile_floats);
   }
