@@ -244,6 +244,28 @@ def test_family_methods_match_the_oracle(name):
             assert record["error"] <= 1e-5, (method.name, direction, record)
 
 
+def test_rounds_spread_the_repeats_over_every_method():
+    """measure_methods takes the methods in turn in each round, the repeats spread over the
+    rounds (7 calls in 3 rounds: 3, 2 and 2), each method's median over all of its calls."""
+    import statistics
+
+    import torch
+
+    bench, cases, methods = family_modules()
+    case = tiny(cases.CASES_BY_NAME["genomics_1d_50k"])
+    sets = bench.make_sets(case, 2, torch.float32, torch.device("cpu"), 1)
+    taken = methods.methods_for(case)
+    named = {name: taken[name] for name in ("lc_cuda", "naive_snippet")}
+    records = bench.measure_methods(
+        named, sets, case, "forward", "float32", torch.device("cpu"), 7, rounds=3
+    )
+    assert set(records) == set(named)
+    for name, record in records.items():
+        assert record["status"] == "ok", (name, record)
+        assert len(record["times_ms"]) == 7, (name, record["times_ms"])
+        assert record["ms"] == statistics.median(record["times_ms"])
+
+
 def test_jax_takes_the_nd_cases():
     """JAX (lax.conv_general_dilated_local in its own process) on tiny 1D and 3D cases, checked
     against the oracle's output; it takes no grouped, shared or transposed case."""

@@ -202,6 +202,11 @@ FAMILY_PATH_GEOMETRIES = {
     # that leaves partial sample blocks.
     "long_row_1d_runs": (19, 2, (1100,), 2, (5,), (1,), ((3, 2),), (2,), 1, {}),
     "wide_rows_2d_runs": (6, 2, (24, 50), 3, (3, 3), (1, 1), ((1, 1), (2, 0)), (1, 2), 1, {}),
+    # Runs of tiles over grouped and shared weights (each tile's regions and channel groups).
+    "long_row_1d_runs_groups_blocks": (9, 4, (900,), 4, (3,), (1,), ((1, 1),), (1,), 2,
+                                       {"share_block": (5,)}),
+    "long_row_1d_runs_period": (7, 2, (700,), 2, (5,), (1,), ((2, 2),), (1,), 1,
+                                {"share_period": (3,)}),
 }  # fmt: skip
 
 
