@@ -1,8 +1,17 @@
 // The Python module lc_cuda._C. Importing it loads this library, whose static initialisers
-// register the lc_cuda operators with the dispatcher; its one function reports the build.
+// register the lc_cuda operators with the dispatcher; its functions report the build and the
+// memory the CPU kernels keep.
 #include <Python.h>
 
+#include <cstdint>
+
 #include "lc_cuda_build_config.h"
+
+namespace lc_cuda {
+namespace cpu {
+int64_t kept_output_bytes();  // cpu/output_memory.h, without torch's headers here
+}  // namespace cpu
+}  // namespace lc_cuda
 
 // The torch this binary was built against, as a marker in its read-only data: lc_cuda/_extension.py
 // reads it from the file where the binary cannot be loaded (another torch's ABI), to say which.
@@ -32,8 +41,14 @@ PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
                        "openmp", kOpenMP ? Py_True : Py_False);
 }
 
+PyObject* kept_output_bytes(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyLong_FromLongLong(lc_cuda::cpu::kept_output_bytes());
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "What this extension was built with."},
+    {"kept_output_bytes", kept_output_bytes, METH_NOARGS,
+     "Bytes of freed CPU outputs kept for reuse (LC_CUDA_CPU_KEEP_MB)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -82,6 +82,11 @@ class KeptBlocks final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
+  size_t kept_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return kept_bytes_;
+  }
+
  private:
   // The newest kept block of exactly `bytes`, unlinked, or null.
   Block* take(size_t bytes) {
@@ -192,6 +197,8 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
 #endif
   return tensor;
 }
+
+int64_t kept_output_bytes() { return static_cast<int64_t>(KeptBlocks::instance().kept_bytes()); }
 
 }  // namespace cpu
 }  // namespace lc_cuda

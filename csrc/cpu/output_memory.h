@@ -18,5 +18,8 @@ namespace cpu {
 // element.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// Bytes of freed outputs kept now (lc_cuda._C.kept_output_bytes, for tests).
+int64_t kept_output_bytes();
+
 }  // namespace cpu
 }  // namespace lc_cuda
