@@ -27,6 +27,21 @@ namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
+// A request (Linux only) that the whole huge pages inside [start, start + bytes) be backed by
+// huge pages when first touched; never memory outside the range. Only a hint: where transparent
+// huge pages are off, nothing changes but speed.
+void advise_huge_pages(const void* start, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const auto begin = reinterpret_cast<uintptr_t>(start);
+  const uintptr_t first = (begin + kHugePage - 1) / kHugePage * kHugePage;
+  const uintptr_t last = (begin + bytes) / kHugePage * kHugePage;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)start;
+  (void)bytes;
+#endif
+}
+
 // glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): below it glibc comes to
 // reuse freed blocks of a size by itself; above it every block is a fresh mapping. Kept blocks
 // below it were slower (genomics_1d_50k's 6.4 MB outputs: forward+backward 1.10x).
@@ -110,11 +125,7 @@ class KeptBlocks final : public c10::Allocator {
       TORCH_CHECK(posix_memalign(&data, kHugePage, bytes) == 0,
                   "lc_cuda CPU kernels: could not allocate an output of ", bytes, " bytes");
     }
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    // Only a hint: where transparent huge pages are off, nothing changes but speed.
-    const size_t whole_pages = bytes / kHugePage * kHugePage;
-    if (whole_pages > 0) madvise(data, whole_pages, MADV_HUGEPAGE);
-#endif
+    advise_huge_pages(data, bytes);
     return data;
   }
 
@@ -188,13 +199,7 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
                                      dtype, std::nullopt);
   }
   at::Tensor tensor = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  // The advice covers only the whole huge pages inside the tensor, never memory it does not own.
-  const auto start = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-  const uintptr_t first = (start + kHugePage - 1) / kHugePage * kHugePage;
-  const uintptr_t last = (start + tensor.nbytes()) / kHugePage * kHugePage;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
+  advise_huge_pages(tensor.data_ptr(), tensor.nbytes());
   return tensor;
 }
 
