@@ -489,6 +489,23 @@ struct RowTileBlocks {
   static constexpr auto table = all(std::make_integer_sequence<int, V::kRowTileFilters>{});
 };
 
+// The parts of one tile's scratch in a forward row run (row_tile_scratch(g) floats, in this
+// order): the transposed filters, the bias vectors, the input lanes of each kernel column.
+template <typename V>
+struct RowTileParts {
+  RowTileParts(const Geometry& g, float* tile)
+      : filters(tile),
+        bias(filters + g.out_channels * g.patch_size() * kRowTileLocations),
+        columns(reinterpret_cast<typename V::Mask*>(bias + g.out_channels * kRowTileLocations)) {
+    static_assert(sizeof(typename V::Mask) * (kRowTileLocations / V::kLanes) <=
+                      kRowTileLocations * sizeof(float),
+                  "a kernel column's masks fit its share of row_tile_scratch");
+  }
+  float* filters;
+  float* bias;
+  typename V::Mask* columns;  // [vector of the tile][kernel column]
+};
+
 // One tile of a forward row run into its scratch (row_tile_scratch(g) floats): its filters as
 // floats, transposed so that the tile's weights of one (o, k) lie together, in blocks of
 // filter_block filters of one group laid out as row_tile_block reads them; its bias, a vector
@@ -504,6 +521,7 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
   const int64_t group_size = g.group_out_channels();
   const int64_t plane = g.locations();
   const int64_t first = (z * g.out_h + i) * g.out_w + j0;
+  const RowTileParts<V> parts(g, scratch);
   // Each location's weight region (the location itself where nothing is shared).
   int64_t regions[kRowTileLocations];
   for (int64_t t = 0; t < width; ++t) regions[t] = g.region_of(z, i, j0 + t);
@@ -513,7 +531,7 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
     const int64_t block = std::min(filter_block, o0 + group_size - o);
     // A square of V::kLanes locations x V::kLanes columns of K at a time, read a vector per
     // location and transposed in registers; lanes past the tile are zero.
-    float* to = scratch + o * patch_size * kRowTileLocations;
+    float* to = parts.filters + o * patch_size * kRowTileLocations;
     for (int64_t f = 0; f < block; ++f) {
       for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
         const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
@@ -533,9 +551,8 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
     }
     }
   }
-  float* offsets = scratch + filter_size * kRowTileLocations;
   for (int64_t o = 0; o < g.out_channels; ++o) {
-    float* to = offsets + o * kRowTileLocations;
+    float* to = parts.bias + o * kRowTileLocations;
     if (bias == nullptr || shared_bias || g.shares_weights()) {
       for (int64_t t = 0; t < kRowTileLocations; ++t)
         to[t] = bias == nullptr || t >= width ? 0.0f
@@ -547,14 +564,9 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
       V::store(to + t, V::load(V::tail(std::max<int64_t>(width - t, 0)),
                                bias + o * plane + first + t));
   }
-  static_assert(sizeof(typename V::Mask) * (kRowTileLocations / V::kLanes) <=
-                    kRowTileLocations * sizeof(float),
-                "a kernel column's masks fit its share of row_tile_scratch");
-  auto* columns =
-      reinterpret_cast<typename V::Mask*>(offsets + g.out_channels * kRowTileLocations);
   for (int64_t t = 0; t < width; t += V::kLanes)
     for (int64_t q = 0; q < g.kernel_w; ++q)
-      columns[t / V::kLanes * g.kernel_w + q] = V::both(
+      parts.columns[t / V::kLanes * g.kernel_w + q] = V::both(
           V::tail(width - t), V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
 }
 
@@ -598,19 +610,16 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         const int64_t t0 = tile * kRowTileLocations;
         const int64_t tile_width = std::min(kRowTileLocations, width - t0);
         const int64_t first = row_first + j0 + t0;
-        const float* staged = scratch + tile * tile_floats;
-        const float* offsets = staged + filter_size * kRowTileLocations;
-        const auto* columns = reinterpret_cast<const typename V::Mask*>(
-            offsets + g.out_channels * kRowTileLocations);
+        const RowTileParts<V> parts(g, scratch + tile * tile_floats);
         // Float outputs of a whole tile that starts a cache line fill whole lines.
         const bool whole_lines = std::is_same_v<T, float> && tile_width == kRowTileLocations &&
                                  plane % kRowTileLocations == 0 &&
                                  reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
         for (int64_t t = 0; t < tile_width; t += V::kLanes) {
           run(input + n * s.n + channel_offset, s, g, z, i, j0 + t0 + t,
-              V::tail(tile_width - t), columns + t / V::kLanes * g.kernel_w,
-              staged + o * patch_size * kRowTileLocations + t,
-              offsets + o * kRowTileLocations + t,
+              V::tail(tile_width - t), parts.columns + t / V::kLanes * g.kernel_w,
+              parts.filters + o * patch_size * kRowTileLocations + t,
+              parts.bias + o * kRowTileLocations + t,
               out + (n * g.out_channels + o) * plane + first + t, g.out_channels * plane, plane,
               whole_lines);
         }
@@ -958,10 +967,10 @@ void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const 
 
 template <typename T>
 void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
-                      int64_t j0, int64_t width, int64_t samples, const T* weight, const T* bias,
-                      bool shared_bias, T* out, float* scratch) {
+                     int64_t j0, int64_t width, int64_t samples, const T* weight, const T* bias,
+                     bool shared_bias, T* out, float* scratch) {
   generic::forward_row_run<LC_VECTOR_TRAITS>(input, s, g, z, i, j0, width, samples, weight,
-                                              bias, shared_bias, out, scratch);
+                                             bias, shared_bias, out, scratch);
 }
 
 template <typename T>
@@ -993,9 +1002,9 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
                                 T*);                                                           \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
                                 T*);                                                           \
-  template void forward_row_run<T>(const T*, const Strides5&, const Geometry&, int64_t,       \
-                                    int64_t, int64_t, int64_t, int64_t, const T*, const T*,    \
-                                    bool, T*, float*);                                        \
+  template void forward_row_run<T>(const T*, const Strides5&, const Geometry&, int64_t,        \
+                                   int64_t, int64_t, int64_t, int64_t, const T*, const T*,     \
+                                   bool, T*, float*);                                         \
   template void grad_input_row<T>(const T*, const Strides5&, const Geometry&, int64_t, int64_t, \
                                   int64_t, int64_t, const T*, float*, float*, int64_t*);   \
   template void grad_weight_row_tile<T>(const T*, const Strides5&, const T*, const Strides5&,   \
