@@ -374,13 +374,21 @@ def test_unfold_backend_runs_the_fallback_on_the_cpu(monkeypatch):
     assert not {"aten::bmm", "aten::baddbmm"} & ops_run()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
-def test_bad_scratch_budget_is_an_error(monkeypatch, value):
-    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", value)
+# The megabyte settings (cpu_blocking.h: megabytes_setting), each with the values it refuses and
+# the words of its error.
+BAD_MEGABYTES = [
+    *(("LC_CUDA_CPU_SCRATCH_MB", v, "a positive number") for v in ("abc", "0", "-1", "nan")),
+    *(("LC_CUDA_CPU_KEEP_MB", v, "a non-negative number") for v in ("abc", "-1", "nan")),
+]
+
+
+@pytest.mark.parametrize("name, value, expected", BAD_MEGABYTES)
+def test_bad_megabyte_setting_is_an_error(monkeypatch, name, value, expected):
+    monkeypatch.setenv(name, value)
     input, weight, _ = make_case(
         1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
     )
-    with pytest.raises(RuntimeError, match="LC_CUDA_CPU_SCRATCH_MB must be a positive number"):
+    with pytest.raises(RuntimeError, match=f"{name} must be {expected}"):
         lc_cuda.local_conv2d(input, weight)
 
 
@@ -429,16 +437,6 @@ def test_large_outputs_in_kept_blocks_match_reference(monkeypatch, keep_mb):
     monkeypatch.setenv("LC_CUDA_CPU_KEEP_MB", "0")
     call(first[0][:, :, :100], first[1][:96], first[2][:, :96])
     assert lc_cuda._C.kept_output_bytes() == 0, "kept blocks outlived a lowered limit"
-
-
-@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
-def test_bad_keep_limit_is_an_error(monkeypatch, value):
-    monkeypatch.setenv("LC_CUDA_CPU_KEEP_MB", value)
-    input, weight, _ = make_case(
-        1, 1, (4, 4), 1, (2, 2), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
-    )
-    with pytest.raises(RuntimeError, match="LC_CUDA_CPU_KEEP_MB must be a non-negative number"):
-        lc_cuda.local_conv2d(input, weight)
 
 
 @pytest.mark.parametrize("value", ["avx", "AVX2", "avx512bf16", "amx"])
