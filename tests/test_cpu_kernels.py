@@ -207,6 +207,11 @@ FAMILY_PATH_GEOMETRIES = {
                                        {"share_block": (5,)}),
     "long_row_1d_runs_period": (7, 2, (700,), 2, (5,), (1,), ((2, 2),), (1,), 1,
                                 {"share_period": (3,)}),
+    # One filter per group and 27 patch rows: grad_input holds grad_output in registers
+    # (grad_input_rows_held) on AVX-512, two samples then one, two vectors of columns then a
+    # partial one, over kernel columns read 2 apart.
+    "volume_one_filter_held": (5, 6, (4, 5, 37), 2, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3,
+                               (1, 1, 2), 2, {}),
 }  # fmt: skip
 
 
