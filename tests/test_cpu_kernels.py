@@ -397,13 +397,18 @@ def test_bad_megabyte_setting_is_an_error(monkeypatch, name, value, expected):
         lc_cuda.local_conv2d(input, weight)
 
 
-# Outputs above 32 MiB (here grad_weight: 1,800,000 locations x 5 floats, 36 MB) come from
-# blocks kept when their tensors are freed (csrc/cpu/output_memory.h).
-LARGE_OUTPUTS = (1, 1, (1_800_004,), 1, (5,), (1,), ((0, 0),), (1,), 1, {})
+# Outputs of 1 MiB and more come from blocks kept when their tensors are freed
+# (csrc/cpu/output_memory.h); here grad_weight, 5 floats a location: 1.2 MB (a block on a cache
+# line) and 36 MB (on huge pages, and above glibc's largest mmap threshold).
+KEPT_OUTPUTS = {
+    "1.2MB": (1, 1, (60_004,), 1, (5,), (1,), ((0, 0),), (1,), 1, {}),
+    "36MB": (1, 1, (1_800_004,), 1, (5,), (1,), ((0, 0),), (1,), 1, {}),
+}
 
 
+@pytest.mark.parametrize("size", sorted(KEPT_OUTPUTS))
 @pytest.mark.parametrize("keep_mb", [None, "0"], ids=["default", "keep_none"])
-def test_large_outputs_in_kept_blocks_match_reference(monkeypatch, keep_mb):
+def test_outputs_in_kept_blocks_match_reference(monkeypatch, keep_mb, size):
     """A freed grad_weight's block comes back for the next one of its size (by default) and is
     written in full; a live one's block is never handed out again."""
     monkeypatch.delenv("LC_CUDA_BACKEND", raising=False)
@@ -412,8 +417,9 @@ def test_large_outputs_in_kept_blocks_match_reference(monkeypatch, keep_mb):
         monkeypatch.delenv("LC_CUDA_CPU_KEEP_MB", raising=False)
     else:
         monkeypatch.setenv("LC_CUDA_CPU_KEEP_MB", keep_mb)
-    first, call, _, oracle = family_case(LARGE_OUTPUTS, torch.float32, "cpu", 11)
-    second = family_case(LARGE_OUTPUTS, torch.float32, "cpu", 12)[0]
+    first, call, _, oracle = family_case(KEPT_OUTPUTS[size], torch.float32, "cpu", 11)
+    second = family_case(KEPT_OUTPUTS[size], torch.float32, "cpu", 12)[0]
+    block_bytes = first[1].numel() * first[1].element_size()
 
     def grad_weight(tensors, function=call):
         input, weight, bias = tensors
@@ -436,8 +442,9 @@ def test_large_outputs_in_kept_blocks_match_reference(monkeypatch, keep_mb):
         assert relative_error(result, reference) <= allowed_error(torch.float32)
     del got, live, result
     kept = lc_cuda._C.kept_output_bytes()
-    # Two 36 MB blocks by default (the newest kept ones at least); none where nothing is kept.
-    assert kept >= 36_000_000 if keep_mb is None else kept == 0, kept
+    # Two grad_weight blocks by default (the newest kept ones at least); none where nothing is
+    # kept.
+    assert kept >= 2 * block_bytes if keep_mb is None else kept == 0, (kept, block_bytes)
     # Lowering the limit frees what is kept beyond it at the next call.
     monkeypatch.setenv("LC_CUDA_CPU_KEEP_MB", "0")
     call(first[0][:, :, :100], first[1][:96], first[2][:, :96])

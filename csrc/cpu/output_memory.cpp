@@ -42,10 +42,13 @@ void advise_huge_pages(const void* start, size_t bytes) {
 #endif
 }
 
-// glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): below it glibc comes to
-// reuse freed blocks of a size by itself; above it every block is a fresh mapping. Kept blocks
-// below it were slower (genomics_1d_50k's 6.4 MB outputs: forward+backward 1.10x).
-constexpr int64_t kKeptAbove = int64_t(32) << 20;
+// The smallest output kept. Above glibc's largest mmap threshold (32 MiB on 64-bit) every block
+// is a fresh mapping; below it glibc may reuse a freed block, or may give the top of its heap
+// back to the system when the block is freed, and the next call faults its pages in afresh
+// (genomics_1d_50k's 6.4 MB grad_input, zeroed: 750 page faults a call). Whole processes,
+// forward+backward, kept from 1 MiB against from 32 MiB: genomics 0.53-0.96, cunn232_c1
+// 0.61-0.91 (its 16.8 MB output), the other cases 0.83-1.05.
+constexpr int64_t kKeptFrom = int64_t(1) << 20;
 
 // A kept or handed-out block. The node travels with its block (it is the DataPtr's context), so
 // that keeping a block allocates nothing.
@@ -57,7 +60,7 @@ struct Block {
 };
 
 // A c10 allocator whose deleter keeps the freed block (the tensors it makes are ordinary
-// resizable CPU tensors; a storage resized to 32 MiB or less goes to the CPU allocator). Never
+// resizable CPU tensors; a storage resized below kKeptFrom goes to the CPU allocator). Never
 // destroyed: a tensor may outlive static destruction.
 class KeptBlocks final : public c10::Allocator {
  public:
@@ -85,7 +88,7 @@ class KeptBlocks final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t bytes) override {
-    if (bytes <= static_cast<size_t>(kKeptAbove)) {
+    if (bytes < static_cast<size_t>(kKeptFrom)) {
       return c10::GetCPUAllocator()->allocate(bytes);
     }
     Block* block = take(bytes);
@@ -117,12 +120,14 @@ class KeptBlocks final : public c10::Allocator {
   // A fresh block; where memory runs out, once more after freeing every kept block.
   void* fresh(size_t bytes) {
     void* data = nullptr;
-    if (posix_memalign(&data, kHugePage, bytes) != 0) {
+    // A block of a huge page or more starts on one, so that all its pages can be huge.
+    const size_t alignment = bytes >= kHugePage ? kHugePage : 64;
+    if (posix_memalign(&data, alignment, bytes) != 0) {
       std::unique_lock<std::mutex> lock(mutex_);
       Block* dropped = trim_locked(0);
       lock.unlock();
       free_chain(dropped);
-      TORCH_CHECK(posix_memalign(&data, kHugePage, bytes) == 0,
+      TORCH_CHECK(posix_memalign(&data, alignment, bytes) == 0,
                   "lc_cuda CPU kernels: could not allocate an output of ", bytes, " bytes");
     }
     advise_huge_pages(data, bytes);
@@ -194,7 +199,7 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   for (const int64_t size : sizes) bytes *= size;
   KeptBlocks& blocks = KeptBlocks::instance();
   blocks.set_limit(static_cast<size_t>(megabytes_setting("LC_CUDA_CPU_KEEP_MB", 1024, true)));
-  if (bytes > kKeptAbove) {
+  if (bytes >= kKeptFrom) {
     return at::detail::empty_generic(sizes, &blocks, c10::DispatchKeySet(c10::DispatchKey::CPU),
                                      dtype, std::nullopt);
   }
