@@ -26,6 +26,8 @@ per-sample filters is still one call.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -436,6 +438,12 @@ class LocalConvTranspose(torch.autograd.Function):
         )  # fmt: skip
         return _channels_ungrouped(out, size), 0
 
+
+# Function.apply binds each call's arguments to forward's signature, which inspect.signature
+# works out afresh each time (about 25 us of each call's Python); a signature set on the function
+# is read back instead.
+for _function in (LocalConv, LocalConvBackward, LocalConvTranspose):
+    _function.forward.__signature__ = inspect.signature(_function.forward)
 
 # Traced code calls the operators themselves: their autograd is the same as the Functions'.
 torch.library.register_autograd(
