@@ -397,6 +397,35 @@ def test_bad_megabyte_setting_is_an_error(monkeypatch, name, value, expected):
         lc_cuda.local_conv2d(input, weight)
 
 
+# grad_bias goes in pieces of at most 4096 of a channel's locations: of its whole plane where
+# grad_output's plane is dense, else of one output row.
+@pytest.mark.parametrize("shared_bias", [False, True], ids=["per_location", "shared"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("spatial", [(9000,), (3, 2, 4100)], ids=["1d_9000", "3d_rows_4100"])
+def test_grad_bias_in_pieces_matches_reference(spatial, layout, shared_bias):
+    batch, out_channels = 3, 2
+    generator = torch.Generator().manual_seed(5)
+    grad_output = torch.randn(batch, out_channels, *spatial, generator=generator)
+    if layout == "channels_last":
+        grad_output = grad_output.movedim(1, -1).contiguous().movedim(-1, 1)
+    elif layout == "strided":
+        wide = torch.randn(batch, out_channels, *spatial[:-1], 2 * spatial[-1], generator=generator)
+        grad_output = wide[..., ::2]
+    dims = len(spatial)
+    # A one-channel input with a kernel of one: the output has the input's sizes.
+    input = torch.randn(batch, 1, *spatial, generator=generator)
+    weight = torch.randn(*spatial, out_channels, 1, *[1] * dims, generator=generator)
+    grad_bias = torch.ops.lc_cuda.local_conv_backward(
+        grad_output, input, weight, [1] * dims, [0] * (2 * dims), [1] * dims, 1, [1] * dims,
+        "block", shared_bias, [False, False, True],
+    )[2]  # fmt: skip
+    expected = grad_output.double().sum(0)
+    if shared_bias:
+        expected = expected.flatten(1).sum(1)
+    assert grad_bias.shape == expected.shape
+    assert relative_error(grad_bias, expected) <= allowed_error(torch.float32)
+
+
 # Outputs of 1 MiB and more come from blocks kept when their tensors are freed
 # (csrc/cpu/output_memory.h); here grad_weight, 5 floats a location: 1.2 MB (a block on a cache
 # line) and 36 MB (on huge pages, and above glibc's largest mmap threshold).
