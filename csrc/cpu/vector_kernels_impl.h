@@ -703,7 +703,9 @@ LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float*
 // row reads only its KW filter vectors; the general block reloads all S x KW per row, each
 // straddling two cache lines (fmri_decoder_3d's grad_input 0.78-0.87x). VB destination vectors
 // at once, [v0, v0 + VB * V::kLanes) of the chunk's columns, each with lanes left. The sums run
-// in the general block's order (q up from zero), so the results are the same to the bit.
+// in the general block's order (q up from zero), so the results are the same to the bit. Each
+// patch row also fetches ahead_per_row lines from `ahead` into the L2 (grad_input_chunk_held's
+// share of the next output row's banks).
 constexpr int kHeldKernelColumns = 5;
 // The fewest patch rows for which holding pays: the S x KW loads are made once for all the
 // rows (genomics_1d_50k's one row: 1.09x slower; depthwise_32x32_c32's 9: 0.97x).
@@ -713,7 +715,8 @@ template <typename V, int S, int KW, int VB>
 LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* filters_t,
                                            const int64_t* dest, const Geometry& g, int64_t span,
                                            int64_t x0, int64_t v0, int64_t columns,
-                                           int64_t sample_size, float* grad_input) {
+                                           int64_t sample_size, float* grad_input,
+                                           const char* ahead, int64_t ahead_per_row) {
   const int64_t rows = patch_row_count(g);
   typename V::Vec held[VB][S][KW];
   typename V::Mask lanes[VB];
@@ -728,6 +731,8 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
                                 (KW - 1 - q) * g.dilation_w);
   }
   for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine)
+      _mm_prefetch(ahead, _MM_HINT_T1);
     if (dest[r] < 0) continue;
 #pragma GCC unroll 16
     for (int b = 0; b < VB; ++b) {
@@ -759,24 +764,33 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
 
 // grad_input_rows_held over a chunk's samples and columns: two samples and two vectors of
 // columns at once, 2 x 2 x KW vectors held, which AVX-512's 32 registers allow (AVX2's 16 do
-// not: there, held rows lost against the general block, 1.10-1.34x).
+// not: there, held rows lost against the general block, 1.10-1.34x). The ahead_lines lines from
+// `ahead` are fetched spread over all its calls' patch rows.
 template <typename V, int KW>
 LC_VECTOR_TARGET void grad_input_chunk_held(const float* go_staged, const float* filters_t,
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t samples, int64_t sample_size,
-                                            float* grad_input) {
+                                            float* grad_input, const char* ahead,
+                                            int64_t ahead_lines) {
   constexpr int kVectors = 2;
+  const int64_t calls = ceil_div(samples, 2) * ceil_div(columns, kVectors * V::kLanes);
+  const int64_t per_row = ceil_div(ceil_div(ahead_lines, calls), patch_row_count(g));
   const auto block = [&](auto samples_now, int64_t n) {
     constexpr int S = decltype(samples_now)::value;
     int64_t v0 = 0;
-    for (; v0 + (kVectors - 1) * V::kLanes < columns; v0 += kVectors * V::kLanes)
+    for (; v0 + (kVectors - 1) * V::kLanes < columns; v0 += kVectors * V::kLanes) {
       grad_input_rows_held<V, S, KW, kVectors>(go_staged + n * span, filters_t, dest, g, span,
                                                x0, v0, columns, sample_size,
-                                               grad_input + n * sample_size);
-    for (; v0 < columns; v0 += V::kLanes)
+                                               grad_input + n * sample_size, ahead, per_row);
+      ahead += per_row * patch_row_count(g) * kLine;
+    }
+    for (; v0 < columns; v0 += V::kLanes) {
       grad_input_rows_held<V, S, KW, 1>(go_staged + n * span, filters_t, dest, g, span, x0, v0,
-                                        columns, sample_size, grad_input + n * sample_size);
+                                        columns, sample_size, grad_input + n * sample_size,
+                                        ahead, per_row);
+      ahead += per_row * patch_row_count(g) * kLine;
+    }
   };
   int64_t n = 0;
   for (; n + 2 <= samples; n += 2) block(std::integral_constant<int, 2>{}, n);
@@ -854,9 +868,19 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
       if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
           patch_row_count(g) >= kHeldMinRows) {
         const auto held = [&](auto kw) {
-          grad_input_chunk_held<V, decltype(kw)::value>(go_staged, filters_t, dest, g, span, x0,
-                                                        columns, samples, sample_size,
-                                                        grad_input);
+          // The next output row's banks (every group's), fetched into the L2 while this row's
+          // patch rows go by: the row's first chunk of the first group does it (fmri_decoder_3d's
+          // grad_input 0.91-0.96x in one process; the staging's own fetches come in bursts).
+          const int64_t next_row = (z * g.out_h + i + 1) * g.out_w;
+          const int64_t row_bytes = g.out_w * filter_size * int64_t(sizeof(T));
+          const bool fetch = !g.shares_weights() && group == 0 && x0 == 0;
+          // (By address: past the last row it lies outside the weight, and a prefetch never
+          // faults.)
+          const auto next_banks = reinterpret_cast<const char*>(
+              reinterpret_cast<uintptr_t>(weight) + next_row * filter_size * sizeof(T));
+          grad_input_chunk_held<V, decltype(kw)::value>(
+              go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size, grad_input,
+              next_banks, fetch ? ceil_div(row_bytes, kLine) : 0);
         };
         switch (g.kernel_w) {
           case 1: held(std::integral_constant<int, 1>{}); break;
