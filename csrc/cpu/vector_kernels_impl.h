@@ -687,10 +687,13 @@ template <typename V, int S>
 LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float* filters_t,
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
-                                            int64_t sample_size, float* grad_input) {
+                                            int64_t sample_size, float* grad_input,
+                                            const char* ahead, int64_t ahead_per_row) {
   // Two divisions each: worked out once, not per iteration (the compiler did not hoist them).
   const int64_t group_size = g.group_out_channels(), rows = patch_row_count(g);
   for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine)
+      _mm_prefetch(ahead, _MM_HINT_T1);
     if (dest[r] < 0) continue;
     float* to = grad_input + dest[r] + x0;
     for (int64_t v = 0; v < columns; v += V::kLanes) {
@@ -885,23 +888,25 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
                      go_staged + (n * group_size + o) * span);
     constexpr int kSamples = 4;
     int64_t n = 0;
+    // The banks (every group's) of the chunk's width of locations after this chunk's, the next
+    // chunk's or the next row's, fetched into the L2 while this chunk's patch rows go by, by
+    // the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
+    // 0.86-0.91x, forced onto AVX2 0.89x and 0.91x; cunn232_c1, depthwise, genomics 0.99-1.02;
+    // the staging's own fetches come in bursts). By address: past the last row they lie outside
+    // the weight, and a prefetch never faults.
+    const int64_t next_location = (z * g.out_h + i) * g.out_w + x0 + chunk;
+    const char* next_banks = reinterpret_cast<const char*>(
+        reinterpret_cast<uintptr_t>(weight) + next_location * filter_size * sizeof(T));
+    const int64_t ahead_lines =
+        !g.shares_weights() && group == 0 ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
+                                          : 0;
     if constexpr (V::kLanes == 16) {
       if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
           patch_row_count(g) >= kHeldMinRows) {
         const auto held = [&](auto kw) {
-          // The next output row's banks (every group's), fetched into the L2 while this row's
-          // patch rows go by: the row's first chunk of the first group does it (fmri_decoder_3d's
-          // grad_input 0.91-0.96x in one process; the staging's own fetches come in bursts).
-          const int64_t next_row = (z * g.out_h + i + 1) * g.out_w;
-          const int64_t row_bytes = g.out_w * filter_size * int64_t(sizeof(T));
-          const bool fetch = !g.shares_weights() && group == 0 && x0 == 0;
-          // (By address: past the last row it lies outside the weight, and a prefetch never
-          // faults.)
-          const auto next_banks = reinterpret_cast<const char*>(
-              reinterpret_cast<uintptr_t>(weight) + next_row * filter_size * sizeof(T));
           grad_input_chunk_held<V, decltype(kw)::value>(
               go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size, grad_input,
-              next_banks, fetch ? ceil_div(row_bytes, kLine) : 0);
+              next_banks, ahead_lines);
         };
         switch (g.kernel_w) {
           case 1: held(std::integral_constant<int, 1>{}); break;
@@ -913,13 +918,20 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
         continue;
       }
     }
-    for (; n + kSamples <= samples; n += kSamples)
+    const int64_t calls = samples / kSamples + samples % kSamples;
+    const int64_t per_row = ceil_div(ceil_div(ahead_lines, calls), patch_row_count(g));
+    for (; n + kSamples <= samples; n += kSamples) {
       grad_input_rows_block<V, kSamples>(go_staged + n * group_size * span, filters_t, dest, g,
                                          span, x0, columns, sample_size,
-                                         grad_input + n * sample_size);
-    for (; n < samples; ++n)
+                                         grad_input + n * sample_size, next_banks, per_row);
+      next_banks += per_row * patch_row_count(g) * kLine;
+    }
+    for (; n < samples; ++n) {
       grad_input_rows_block<V, 1>(go_staged + n * group_size * span, filters_t, dest, g, span,
-                                  x0, columns, sample_size, grad_input + n * sample_size);
+                                  x0, columns, sample_size, grad_input + n * sample_size,
+                                  next_banks, per_row);
+      next_banks += per_row * patch_row_count(g) * kLine;
+    }
   }
 }
 
