@@ -212,6 +212,9 @@ FAMILY_PATH_GEOMETRIES = {
     # partial one, over kernel columns read 2 apart.
     "volume_one_filter_held": (5, 6, (4, 5, 37), 2, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3,
                                (1, 1, 2), 2, {}),
+    # The same with a batch that 2 threads split by samples (8 or more each), not by phases.
+    "volume_one_filter_held_samples": (17, 2, (3, 4, 20), 1, (3, 3, 3), (1, 1, 1),
+                                       ((1, 1),) * 3, (1, 1, 1), 1, {}),
 }  # fmt: skip
 
 

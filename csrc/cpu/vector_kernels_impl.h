@@ -53,11 +53,16 @@ LC_VECTOR_TARGET inline float to_float(c10::BFloat16 x) {
 }
 LC_VECTOR_TARGET inline float to_float(c10::Half x) { return _cvtsh_ss(x.x); }
 
-// Prefetches `bytes` from p on into L2, a line at a time (a prefetch past the end of an array is
-// harmless).
+// A fetch of the line at `at` into the L2, by address: it may lie outside every tensor (past the
+// weight's last bank, past the end of an array), which a prefetch never faults on.
+inline void fetch_into_l2(uintptr_t at) {
+  _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T1);
+}
+
+// Prefetches `bytes` from p on into L2, a line at a time.
 LC_VECTOR_TARGET inline void prefetch_l2(const void* p, int64_t bytes) {
   for (int64_t offset = 0; offset < bytes; offset += kLine)
-    _mm_prefetch(static_cast<const char*>(p) + offset, _MM_HINT_T1);
+    fetch_into_l2(reinterpret_cast<uintptr_t>(p) + offset);
 }
 
 // ---- forward: FB filters x SB samples of dot products along K ----
@@ -371,8 +376,7 @@ class LinesAhead {
       : at_(reinterpret_cast<uintptr_t>(base) + tile + kRowTileAheadTiles * tile_bytes),
         lines_(on ? ceil_div(ceil_div(tile_bytes, kLine), squares) : 0) {}
   void next_square() {
-    for (int64_t l = 0; l < lines_; ++l, at_ += kLine)
-      _mm_prefetch(reinterpret_cast<const char*>(at_), _MM_HINT_T1);
+    for (int64_t l = 0; l < lines_; ++l, at_ += kLine) fetch_into_l2(at_);
   }
 
  private:
@@ -395,8 +399,8 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
                                      typename V::Mask width_mask,
                                      const typename V::Mask* columns, const float* filters_t,
                                      const float* bias, T* out, int64_t sample_out,
-                                     int64_t plane, bool stream, const char** ahead,
-                                     const char* ahead_end, int64_t ahead_per_row) {
+                                     int64_t plane, bool stream, uintptr_t* ahead,
+                                     uintptr_t ahead_end, int64_t ahead_per_row) {
   typename V::Vec acc[S][FB];
 #pragma GCC unroll 16
   for (int n = 0; n < S; ++n)
@@ -409,7 +413,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
       const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
       for (int64_t p = 0; p < g.kernel_h; ++p) {
         for (int64_t l = 0; l < ahead_per_row && *ahead < ahead_end; ++l, *ahead += kLine)
-          _mm_prefetch(*ahead, _MM_HINT_T1);
+          fetch_into_l2(*ahead);
         const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
         if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
           k += g.kernel_w;
@@ -471,7 +475,7 @@ template <typename V, typename T>
 struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
-                      int64_t, int64_t, bool, const char**, const char*, int64_t);
+                      int64_t, int64_t, bool, uintptr_t*, uintptr_t, int64_t);
   // The sample counts a block of FB filters runs: row_tile_samples(FB), then halved down to one
   // for what is left of the batch (a batch of 4 with one filter on AVX-512 is one call of 4,
   // not four of 1).
@@ -601,14 +605,12 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   // The banks of the run's width after it (the thread's next run, as a rule), fetched into the
   // L2 spread over the blocks' patch rows, a few lines a row; the staging's fetches come in
   // bursts (fmri_decoder_3d's forward 0.94-0.97x, medvol_32cube_c2's 0.92, in one process;
-  // genomics, depthwise and cunn232_c1 1.00). By address: past the last run it lies outside
-  // the weight, and a prefetch never faults.
-  const char* ahead = reinterpret_cast<const char*>(
-      reinterpret_cast<uintptr_t>(weight) +
-      (row_first + j0 + width) * filter_size * int64_t(sizeof(T)));
+  // genomics, depthwise and cunn232_c1 1.00). Past the last run they lie outside the weight.
+  uintptr_t ahead = reinterpret_cast<uintptr_t>(weight) +
+                    (row_first + j0 + width) * filter_size * int64_t(sizeof(T));
   const int64_t ahead_lines =
       g.shares_weights() ? 0 : ceil_div(width * filter_size * int64_t(sizeof(T)), kLine);
-  const char* ahead_end = ahead + ahead_lines * kLine;
+  const uintptr_t ahead_end = ahead + ahead_lines * kLine;
   // Blocks in the run (about: the last samples may go in smaller blocks), each through every
   // patch row.
   const int64_t blocks = ceil_div(g.out_channels, filter_block) *
@@ -688,12 +690,11 @@ LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float*
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t sample_size, float* grad_input,
-                                            const char* ahead, int64_t ahead_per_row) {
+                                            uintptr_t ahead, int64_t ahead_per_row) {
   // Two divisions each: worked out once, not per iteration (the compiler did not hoist them).
   const int64_t group_size = g.group_out_channels(), rows = patch_row_count(g);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine)
-      _mm_prefetch(ahead, _MM_HINT_T1);
+    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine) fetch_into_l2(ahead);
     if (dest[r] < 0) continue;
     float* to = grad_input + dest[r] + x0;
     for (int64_t v = 0; v < columns; v += V::kLanes) {
@@ -740,7 +741,7 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
                                            const int64_t* dest, const Geometry& g, int64_t span,
                                            int64_t x0, int64_t v0, int64_t columns,
                                            int64_t sample_size, float* grad_input,
-                                           const char* ahead, int64_t ahead_per_row) {
+                                           uintptr_t ahead, int64_t ahead_per_row) {
   const int64_t rows = patch_row_count(g);
   typename V::Vec held[VB][S][KW];
   typename V::Mask lanes[VB];
@@ -755,8 +756,7 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
                                 (KW - 1 - q) * g.dilation_w);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine)
-      _mm_prefetch(ahead, _MM_HINT_T1);
+    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine) fetch_into_l2(ahead);
     if (dest[r] < 0) continue;
 #pragma GCC unroll 16
     for (int b = 0; b < VB; ++b) {
@@ -795,7 +795,7 @@ LC_VECTOR_TARGET void grad_input_chunk_held(const float* go_staged, const float*
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t samples, int64_t sample_size,
-                                            float* grad_input, const char* ahead,
+                                            float* grad_input, uintptr_t ahead,
                                             int64_t ahead_lines) {
   constexpr int kVectors = 2;
   const int64_t calls = ceil_div(samples, 2) * ceil_div(columns, kVectors * V::kLanes);
@@ -892,14 +892,14 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     // chunk's or the next row's, fetched into the L2 while this chunk's patch rows go by, by
     // the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
     // 0.86-0.91x, forced onto AVX2 0.89x and 0.91x; cunn232_c1, depthwise, genomics 0.99-1.02;
-    // the staging's own fetches come in bursts). By address: past the last row they lie outside
-    // the weight, and a prefetch never faults.
+    // the staging's own fetches come in bursts). Past the last row they lie outside the weight.
     const int64_t next_location = (z * g.out_h + i) * g.out_w + x0 + chunk;
-    const char* next_banks = reinterpret_cast<const char*>(
-        reinterpret_cast<uintptr_t>(weight) + next_location * filter_size * sizeof(T));
+    uintptr_t next_banks =
+        reinterpret_cast<uintptr_t>(weight) + next_location * filter_size * sizeof(T);
     const int64_t ahead_lines =
-        !g.shares_weights() && group == 0 ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
-                                          : 0;
+        !g.shares_weights() && group == 0
+            ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
+            : 0;
     if constexpr (V::kLanes == 16) {
       if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
           patch_row_count(g) >= kHeldMinRows) {
