@@ -362,27 +362,37 @@ constexpr int64_t kRowTilePrefetchTiles = 4;
 // (the standalone benchmark: 1 to 3 alike, 2.1x faster than none).
 constexpr int64_t kRowTileAheadTiles = 2;
 
-// The squares of the row kernels' transpositions read (or write) a vector of each of
-// V::kLanes locations' filters side by side, a pattern the hardware prefetchers do not follow: a
-// standalone benchmark of fmri_decoder_3d's tiles transposed them at 12 GB/s from the L3 against
-// 48 from the L2, and at 24 with this. Unshared filters lie tile after tile, so each square
-// fetches its share of the tile kRowTileAheadTiles on, line after line: `tile` is where this
-// tile's filters start (bytes from `base`, which a prefetch never dereferences, so an address
-// past either end of the tensor needs no test), `tile_bytes` a tile's filters, `squares` the
-// squares of its transposition. Nothing where `on` is false.
-class LinesAhead {
+// A range of lines fetched into the L2 a share at a time: `steps` calls of step() fetch all
+// `lines` from `from` on (each at most ceil(lines / steps)), never past the range's end. By
+// address, which a prefetch never faults on, so the range may lie past either end of a tensor.
+class FetchAhead {
  public:
-  LinesAhead(bool on, const void* base, int64_t tile, int64_t tile_bytes, int64_t squares)
-      : at_(reinterpret_cast<uintptr_t>(base) + tile + kRowTileAheadTiles * tile_bytes),
-        lines_(on ? ceil_div(ceil_div(tile_bytes, kLine), squares) : 0) {}
-  void next_square() {
-    for (int64_t l = 0; l < lines_; ++l, at_ += kLine) fetch_into_l2(at_);
+  FetchAhead(uintptr_t from, int64_t lines, int64_t steps)
+      : at_(from),
+        end_(from + lines * kLine),
+        per_step_(lines > 0 ? ceil_div(lines, std::max<int64_t>(steps, 1)) : 0) {}
+  void step() {
+    for (int64_t l = 0; l < per_step_ && at_ < end_; ++l, at_ += kLine) fetch_into_l2(at_);
   }
 
  private:
   uintptr_t at_;
-  int64_t lines_;
+  uintptr_t end_;
+  int64_t per_step_;
 };
+
+// The squares of the row kernels' transpositions read (or write) a vector of each of
+// V::kLanes locations' filters side by side, a pattern the hardware prefetchers do not follow: a
+// standalone benchmark of fmri_decoder_3d's tiles transposed them at 12 GB/s from the L3 against
+// 48 from the L2, and at 24 with this. Unshared filters lie tile after tile, so each square
+// fetches its share of the tile kRowTileAheadTiles on: `tile` is where this tile's filters start
+// (bytes from `base`), `tile_bytes` a tile's filters, `squares` the squares of its
+// transposition. Nothing where `on` is false.
+inline FetchAhead tile_ahead(bool on, const void* base, int64_t tile, int64_t tile_bytes,
+                             int64_t squares) {
+  return FetchAhead(reinterpret_cast<uintptr_t>(base) + tile + kRowTileAheadTiles * tile_bytes,
+                    on ? ceil_div(tile_bytes, kLine) : 0, squares);
+}
 
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
 // filters_t[(k*FB + f)*kRowTileLocations + t] is the weight of location t of the vector's part of
@@ -391,16 +401,15 @@ class LinesAhead {
 // outputs at out + s*sample_out; `sample` starts at the filters' channel group. The input row of
 // (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes inside the
 // tile and the input row. `stream`: each output vector fills whole cache lines that nothing reads
-// back here, so it goes to memory without first reading them. Each patch row also fetches up to
-// ahead_per_row lines from *ahead on, short of ahead_end (forward_row_run's next banks).
+// back here, so it goes to memory without first reading them. Each patch row takes a step of
+// `ahead` (forward_row_run's next banks).
 template <typename V, typename T, int FB, int S>
 LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const Geometry& g,
                                      int64_t z, int64_t i, int64_t j0,
                                      typename V::Mask width_mask,
                                      const typename V::Mask* columns, const float* filters_t,
                                      const float* bias, T* out, int64_t sample_out,
-                                     int64_t plane, bool stream, uintptr_t* ahead,
-                                     uintptr_t ahead_end, int64_t ahead_per_row) {
+                                     int64_t plane, bool stream, FetchAhead& ahead) {
   typename V::Vec acc[S][FB];
 #pragma GCC unroll 16
   for (int n = 0; n < S; ++n)
@@ -412,8 +421,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
     for (int64_t a = 0; a < g.kernel_d; ++a) {
       const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
       for (int64_t p = 0; p < g.kernel_h; ++p) {
-        for (int64_t l = 0; l < ahead_per_row && *ahead < ahead_end; ++l, *ahead += kLine)
-          fetch_into_l2(*ahead);
+        ahead.step();
         const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
         if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
           k += g.kernel_w;
@@ -475,7 +483,7 @@ template <typename V, typename T>
 struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
-                      int64_t, int64_t, bool, uintptr_t*, uintptr_t, int64_t);
+                      int64_t, int64_t, bool, FetchAhead&);
   // The sample counts a block of FB filters runs: row_tile_samples(FB), then halved down to one
   // for what is left of the batch (a batch of 4 with one filter on AVX-512 is one call of 4,
   // not four of 1).
@@ -523,7 +531,7 @@ struct RowTileParts {
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, int64_t j0,
                                      int64_t width, const T* weight, const T* bias,
-                                     bool shared_bias, LinesAhead& ahead, float* scratch) {
+                                     bool shared_bias, FetchAhead& ahead, float* scratch) {
   constexpr int64_t filter_block = V::kRowTileFilters;
   const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
   const int64_t group_size = g.group_out_channels();
@@ -544,7 +552,7 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
       for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
         const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
         for (int64_t t0 = 0; t0 < kRowTileLocations; t0 += V::kLanes) {
-          ahead.next_square();
+          ahead.step();
           typename V::Vec square[V::kLanes];
           for (int64_t r = 0; r < V::kLanes; ++r)
             square[r] = t0 + r < width
@@ -594,29 +602,27 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
     // Each tile's squares fetch the unshared filters kRowTileAheadTiles tiles on, from where
     // the tile's own start (their lines per square round up, so one fetcher for the whole run
     // would drift ahead).
-    LinesAhead ahead(!g.shares_weights(), weight,
-                     (row_first + j0 + t0) * filter_size * int64_t(sizeof(T)),
-                     kRowTileLocations * filter_size * int64_t(sizeof(T)),
-                     g.out_channels * ceil_div(patch_size, V::kLanes) *
-                         (kRowTileLocations / V::kLanes));
+    FetchAhead ahead = tile_ahead(!g.shares_weights(), weight,
+                                  (row_first + j0 + t0) * filter_size * int64_t(sizeof(T)),
+                                  kRowTileLocations * filter_size * int64_t(sizeof(T)),
+                                  g.out_channels * ceil_div(patch_size, V::kLanes) *
+                                      (kRowTileLocations / V::kLanes));
     stage_row_tile<V>(g, z, i, j0 + t0, std::min(kRowTileLocations, width - t0), weight, bias,
                       shared_bias, ahead, scratch + tile * tile_floats);
   }
   // The banks of the run's width after it (the thread's next run, as a rule), fetched into the
   // L2 spread over the blocks' patch rows, a few lines a row; the staging's fetches come in
   // bursts (fmri_decoder_3d's forward 0.94-0.97x, medvol_32cube_c2's 0.92, in one process;
-  // genomics, depthwise and cunn232_c1 1.00). Past the last run they lie outside the weight.
-  uintptr_t ahead = reinterpret_cast<uintptr_t>(weight) +
-                    (row_first + j0 + width) * filter_size * int64_t(sizeof(T));
-  const int64_t ahead_lines =
-      g.shares_weights() ? 0 : ceil_div(width * filter_size * int64_t(sizeof(T)), kLine);
-  const uintptr_t ahead_end = ahead + ahead_lines * kLine;
-  // Blocks in the run (about: the last samples may go in smaller blocks), each through every
-  // patch row.
+  // genomics, depthwise and cunn232_c1 1.00). A step per block and patch row (the blocks
+  // counted about: the last samples may go in smaller blocks).
   const int64_t blocks = ceil_div(g.out_channels, filter_block) *
                          ceil_div(samples, row_tile_samples<V>(std::min(filter_block, group_size))) *
                          tiles * (kRowTileLocations / V::kLanes);
-  const int64_t ahead_per_row = ceil_div(ahead_lines, blocks * patch_row_count(g));
+  FetchAhead fetch_next(
+      reinterpret_cast<uintptr_t>(weight) +
+          (row_first + j0 + width) * filter_size * int64_t(sizeof(T)),
+      g.shares_weights() ? 0 : ceil_div(width * filter_size * int64_t(sizeof(T)), kLine),
+      blocks * patch_row_count(g));
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
     const int64_t block = std::min(filter_block, o0 + group_size - o);
@@ -644,7 +650,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
               parts.filters + o * patch_size * kRowTileLocations + t,
               parts.bias + o * kRowTileLocations + t,
               out + (n * g.out_channels + o) * plane + first + t, g.out_channels * plane, plane,
-              whole_lines, &ahead, ahead_end, ahead_per_row);
+              whole_lines, fetch_next);
         }
       }
       n += Blocks::samples_at(static_cast<int>(block), step);
@@ -690,11 +696,11 @@ LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float*
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t sample_size, float* grad_input,
-                                            uintptr_t ahead, int64_t ahead_per_row) {
+                                            FetchAhead& ahead) {
   // Two divisions each: worked out once, not per iteration (the compiler did not hoist them).
   const int64_t group_size = g.group_out_channels(), rows = patch_row_count(g);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine) fetch_into_l2(ahead);
+    ahead.step();
     if (dest[r] < 0) continue;
     float* to = grad_input + dest[r] + x0;
     for (int64_t v = 0; v < columns; v += V::kLanes) {
@@ -729,8 +735,7 @@ LC_VECTOR_TARGET void grad_input_rows_block(const float* go_staged, const float*
 // straddling two cache lines (fmri_decoder_3d's grad_input 0.78-0.87x). VB destination vectors
 // at once, [v0, v0 + VB * V::kLanes) of the chunk's columns, each with lanes left. The sums run
 // in the general block's order (q up from zero), so the results are the same to the bit. Each
-// patch row also fetches ahead_per_row lines from `ahead` into the L2 (grad_input_chunk_held's
-// share of the next output row's banks).
+// patch row takes a step of `ahead` (grad_input_row's next banks).
 constexpr int kHeldKernelColumns = 5;
 // The fewest patch rows for which holding pays: the S x KW loads are made once for all the
 // rows (genomics_1d_50k's one row: 1.09x slower; depthwise_32x32_c32's 9: 0.97x).
@@ -741,7 +746,7 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
                                            const int64_t* dest, const Geometry& g, int64_t span,
                                            int64_t x0, int64_t v0, int64_t columns,
                                            int64_t sample_size, float* grad_input,
-                                           uintptr_t ahead, int64_t ahead_per_row) {
+                                           FetchAhead& ahead) {
   const int64_t rows = patch_row_count(g);
   typename V::Vec held[VB][S][KW];
   typename V::Mask lanes[VB];
@@ -756,7 +761,7 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
                                 (KW - 1 - q) * g.dilation_w);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t l = 0; l < ahead_per_row; ++l, ahead += kLine) fetch_into_l2(ahead);
+    ahead.step();
     if (dest[r] < 0) continue;
 #pragma GCC unroll 16
     for (int b = 0; b < VB; ++b) {
@@ -788,32 +793,26 @@ LC_VECTOR_TARGET void grad_input_rows_held(const float* go_staged, const float* 
 
 // grad_input_rows_held over a chunk's samples and columns: two samples and two vectors of
 // columns at once, 2 x 2 x KW vectors held, which AVX-512's 32 registers allow (AVX2's 16 do
-// not: there, held rows lost against the general block, 1.10-1.34x). The ahead_lines lines from
-// `ahead` are fetched spread over all its calls' patch rows.
+// not: there, held rows lost against the general block, 1.10-1.34x).
 template <typename V, int KW>
 LC_VECTOR_TARGET void grad_input_chunk_held(const float* go_staged, const float* filters_t,
                                             const int64_t* dest, const Geometry& g,
                                             int64_t span, int64_t x0, int64_t columns,
                                             int64_t samples, int64_t sample_size,
-                                            float* grad_input, uintptr_t ahead,
-                                            int64_t ahead_lines) {
+                                            float* grad_input, FetchAhead& ahead) {
   constexpr int kVectors = 2;
-  const int64_t calls = ceil_div(samples, 2) * ceil_div(columns, kVectors * V::kLanes);
-  const int64_t per_row = ceil_div(ceil_div(ahead_lines, calls), patch_row_count(g));
   const auto block = [&](auto samples_now, int64_t n) {
     constexpr int S = decltype(samples_now)::value;
     int64_t v0 = 0;
     for (; v0 + (kVectors - 1) * V::kLanes < columns; v0 += kVectors * V::kLanes) {
       grad_input_rows_held<V, S, KW, kVectors>(go_staged + n * span, filters_t, dest, g, span,
                                                x0, v0, columns, sample_size,
-                                               grad_input + n * sample_size, ahead, per_row);
-      ahead += per_row * patch_row_count(g) * kLine;
+                                               grad_input + n * sample_size, ahead);
     }
     for (; v0 < columns; v0 += V::kLanes) {
       grad_input_rows_held<V, S, KW, 1>(go_staged + n * span, filters_t, dest, g, span, x0, v0,
                                         columns, sample_size, grad_input + n * sample_size,
-                                        ahead, per_row);
-      ahead += per_row * patch_row_count(g) * kLine;
+                                        ahead);
     }
   };
   int64_t n = 0;
@@ -851,10 +850,10 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
       const int64_t present = std::min<int64_t>(V::kLanes, span - jj0);
       // One group's filters are a location's whole bank: the sources' banks lie side by side.
       const int64_t location = (z * g.out_h + i) * g.out_w + first + jj0;
-      LinesAhead ahead(!g.shares_weights() && g.groups == 1, weight,
-                       location * filter_size * int64_t(sizeof(T)),
-                       V::kLanes * filter_size * int64_t(sizeof(T)),
-                       group_size * ceil_div(patch_size, V::kLanes));
+      FetchAhead ahead = tile_ahead(!g.shares_weights() && g.groups == 1, weight,
+                                    location * filter_size * int64_t(sizeof(T)),
+                                    V::kLanes * filter_size * int64_t(sizeof(T)),
+                                    group_size * ceil_div(patch_size, V::kLanes));
       const T* banks[V::kLanes];
       for (int64_t r = 0; r < V::kLanes; ++r) {
         const int64_t j = first + jj0 + r;
@@ -866,7 +865,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
       for (int64_t o = 0; o < group_size; ++o) {
         for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
           const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
-          ahead.next_square();
+          ahead.step();
           typename V::Vec square[V::kLanes];
           for (int64_t r = 0; r < V::kLanes; ++r)
             square[r] = banks[r] != nullptr
@@ -893,20 +892,23 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     // the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
     // 0.86-0.91x, forced onto AVX2 0.89x and 0.91x; cunn232_c1, depthwise, genomics 0.99-1.02;
     // the staging's own fetches come in bursts). Past the last row they lie outside the weight.
+    // A step per call and patch row.
     const int64_t next_location = (z * g.out_h + i) * g.out_w + x0 + chunk;
-    uintptr_t next_banks =
+    const uintptr_t next_banks =
         reinterpret_cast<uintptr_t>(weight) + next_location * filter_size * sizeof(T);
-    const int64_t ahead_lines =
-        !g.shares_weights() && group == 0
-            ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
-            : 0;
+    const int64_t next_lines = !g.shares_weights() && group == 0
+                                   ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
+                                   : 0;
     if constexpr (V::kLanes == 16) {
       if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
           patch_row_count(g) >= kHeldMinRows) {
+        FetchAhead fetch_next(next_banks, next_lines,
+                              ceil_div(samples, 2) * ceil_div(columns, 2 * V::kLanes) *
+                                  patch_row_count(g));
         const auto held = [&](auto kw) {
-          grad_input_chunk_held<V, decltype(kw)::value>(
-              go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size, grad_input,
-              next_banks, ahead_lines);
+          grad_input_chunk_held<V, decltype(kw)::value>(go_staged, filters_t, dest, g, span, x0,
+                                                        columns, samples, sample_size,
+                                                        grad_input, fetch_next);
         };
         switch (g.kernel_w) {
           case 1: held(std::integral_constant<int, 1>{}); break;
@@ -918,20 +920,16 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
         continue;
       }
     }
-    const int64_t calls = samples / kSamples + samples % kSamples;
-    const int64_t per_row = ceil_div(ceil_div(ahead_lines, calls), patch_row_count(g));
-    for (; n + kSamples <= samples; n += kSamples) {
+    FetchAhead fetch_next(next_banks, next_lines,
+                          (samples / kSamples + samples % kSamples) * patch_row_count(g));
+    for (; n + kSamples <= samples; n += kSamples)
       grad_input_rows_block<V, kSamples>(go_staged + n * group_size * span, filters_t, dest, g,
                                          span, x0, columns, sample_size,
-                                         grad_input + n * sample_size, next_banks, per_row);
-      next_banks += per_row * patch_row_count(g) * kLine;
-    }
-    for (; n < samples; ++n) {
+                                         grad_input + n * sample_size, fetch_next);
+    for (; n < samples; ++n)
       grad_input_rows_block<V, 1>(go_staged + n * group_size * span, filters_t, dest, g, span,
                                   x0, columns, sample_size, grad_input + n * sample_size,
-                                  next_banks, per_row);
-      next_banks += per_row * patch_row_count(g) * kLine;
-    }
+                                  fetch_next);
   }
 }
 
@@ -1071,14 +1069,15 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
   // The lines of the banks a few tiles on, fetched into the L2 before the squares overwrite
   // them (grad_weight_row_tile's tiles come in order and their banks lie side by side; a plain
   // prefetch: these targets leave out prfchw, so a write hint would compile to the same).
-  LinesAhead ahead(true, banks, 0, kRowTileLocations * filter_size * int64_t(sizeof(T)),
-                   g.out_channels * ceil_div(patch_size, V::kLanes) *
-                       ceil_div(width, V::kLanes));
+  FetchAhead ahead = tile_ahead(true, banks, 0,
+                                kRowTileLocations * filter_size * int64_t(sizeof(T)),
+                                g.out_channels * ceil_div(patch_size, V::kLanes) *
+                                    ceil_div(width, V::kLanes));
   for (int64_t o = 0; o < g.out_channels; ++o) {
     for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
       const auto columns = V::tail(patch_size - k0);
       for (int64_t t0 = 0; t0 < width; t0 += V::kLanes) {
-        ahead.next_square();
+        ahead.step();
         typename V::Vec square[V::kLanes];
         for (int64_t c = 0; c < V::kLanes; ++c)
           square[c] = V::load(sums + ((o * padded + k0 + c) * kRowTileLocations + t0));
