@@ -81,10 +81,7 @@ class KeptBlocks final : public c10::Allocator {
   // beyond a lowered limit are freed now.
   void set_limit(size_t bytes) {
     limit_.store(bytes, std::memory_order_relaxed);
-    std::unique_lock<std::mutex> lock(mutex_);
-    Block* dropped = trim_locked(bytes);
-    lock.unlock();
-    free_chain(dropped);
+    trim(bytes);
   }
 
   c10::DataPtr allocate(size_t bytes) override {
@@ -123,10 +120,7 @@ class KeptBlocks final : public c10::Allocator {
     // A block of a huge page or more starts on one, so that all its pages can be huge.
     const size_t alignment = bytes >= kHugePage ? kHugePage : 64;
     if (posix_memalign(&data, alignment, bytes) != 0) {
-      std::unique_lock<std::mutex> lock(mutex_);
-      Block* dropped = trim_locked(0);
-      lock.unlock();
-      free_chain(dropped);
+      trim(0);
       TORCH_CHECK(posix_memalign(&data, alignment, bytes) == 0,
                   "lc_cuda CPU kernels: could not allocate an output of ", bytes, " bytes");
     }
@@ -160,6 +154,14 @@ class KeptBlocks final : public c10::Allocator {
     (block->newer != nullptr ? block->newer->older : newest_) = block->older;
     kept_bytes_ -= block->bytes;
     block->older = block->newer = nullptr;
+  }
+
+  // Frees the oldest kept blocks until at most `limit` bytes are kept (outside the lock).
+  void trim(size_t limit) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    Block* dropped = trim_locked(limit);
+    lock.unlock();
+    free_chain(dropped);
   }
 
   // Unlinks the oldest blocks until at most `limit` bytes are kept; returns them chained
