@@ -58,9 +58,20 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
 at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                            const Geometry& geometry, ProductIsa isa);
 // (C_out,) for a shared bias, else (C_out, *regions): sums over the batch in sample order (in
-// float for float16 and bfloat16), then over the locations in order; threads take channels.
+// float for float16 and bfloat16), then bias_grad_from_sums; threads take pieces of channels.
 at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& geometry,
                          bool shared_bias);
+// The bias gradient, in dtype, from its sums over the batch per location (C_out, *output sizes):
+// for a shared bias added over the locations (in double, rounded once), else over each weight
+// region's locations, or as they are where no locations share.
+at::Tensor bias_grad_from_sums(const at::Tensor& sums, const Geometry& geometry, bool shared_bias,
+                               at::ScalarType dtype);
+// grad_input, grad_weight and, where want_bias, the bias gradient in one pass over grad_output
+// (csrc/cpu/backward_rows.cpp), the same to the bit as the three functions above; nullopt where
+// the geometry, the dtype or the scratch budget does not allow it.
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_rows(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const Geometry& geometry, ProductIsa isa, bool want_bias, bool shared_bias);
 
 // The hand-written CUDA kernels (csrc/cuda/, CUDA builds only), for every geometry. Tensors have
 // the caller's spatial dimensions. Outputs are new contiguous tensors; inputs may have any

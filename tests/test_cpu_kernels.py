@@ -215,7 +215,20 @@ FAMILY_PATH_GEOMETRIES = {
     # The same with a batch that 2 threads split by samples (8 or more each), not by phases.
     "volume_one_filter_held_samples": (17, 2, (3, 4, 20), 1, (3, 3, 3), (1, 1, 1),
                                        ((1, 1),) * 3, (1, 1, 1), 1, {}),
+    # The backward in one pass (csrc/cpu/backward_rows.cpp: a grad_output at least twice the
+    # input, input rows of at most 64): a batch of 17 (a block of 16 samples and one), three row
+    # tiles the last partial (cunn232_c1's shape, smaller)...
+    "one_pass_planes": (17, 1, (9, 37), 4, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, {}),
+    # ...padding wider than the kernel's span (the staged row starts at output column 0)...
+    "one_pass_wide_padding_1d": (5, 1, (20,), 3, (3,), (1,), ((4, 3),), (1,), 1, {}),
+    # ...channel groups, dilated kernel columns, 3D...
+    "one_pass_groups_dilated_3d": (3, 2, (3, 4, 21), 8, (2, 2, 3), (1, 1, 1),
+                                   ((1, 0), (1, 1), (2, 2)), (1, 1, 2), 2, {}),
+    # ...and one filter with 18 patch rows (grad_input holds grad_output in registers).
+    "one_pass_held": (5, 2, (2, 2, 10), 1, (3, 3, 3), (1, 1, 1), ((2, 2), (2, 2), (1, 1)),
+                      (1, 1, 1), 1, {}),
 }  # fmt: skip
+ONE_PASS = [name for name in FAMILY_PATH_GEOMETRIES if name.startswith("one_pass")]
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -232,6 +245,47 @@ def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, n
     half = dtype in (torch.bfloat16, torch.float16)
     fallback = family_results(tensors, unfold) if half else [None] * 4
     assert_within_allowed_error(got, expected, fallback, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", ONE_PASS)
+@pytest.mark.parametrize(
+    "isa, dtype",
+    [("avx512", torch.float32), ("avx2", torch.float32), ("avx512_bf16", torch.bfloat16)],
+    ids=lambda v: str(v).replace("torch.", ""),
+)
+def test_backward_in_one_pass_matches_the_separate_passes(
+    monkeypatch, isa, dtype, name, layout, threads
+):
+    """The three gradients in one pass over grad_output equal, to the bit, each gradient asked
+    for alone (its own pass), shared and per-location bias alike; grad_output contiguous or
+    channels-last (staged element by element)."""
+    use_product_path(monkeypatch, isa)
+    tensors, *_ = family_case(FAMILY_PATH_GEOMETRIES[name], dtype, "cpu", 4)
+    n, _, size, c_out, _, stride, pairs, dilation, groups, _ = FAMILY_PATH_GEOMETRIES[name]
+    input, weight = tensors[0], tensors[1]
+    dims = len(size)
+    generator = torch.Generator().manual_seed(8)
+    grad_output = torch.randn((n, c_out, *weight.shape[:dims]), generator=generator).to(dtype)
+    if layout == "channels_last":
+        grad_output = grad_output.movedim(1, -1).contiguous().movedim(-1, 1)
+    padding = [side for pair in pairs for side in pair]
+    args = (stride, padding, dilation, groups, [1] * dims, "block")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shared_bias in (False, True):
+            backward = functools.partial(
+                torch.ops.lc_cuda.local_conv_backward, grad_output, input, weight, *args,
+                shared_bias,
+            )  # fmt: skip
+            together = backward([True, True, True])
+            for k, what in enumerate(("grad_input", "grad_weight", "grad_bias")):
+                alone = backward([k == 0, k == 1, k == 2])[k]
+                assert torch.equal(together[k], alone), f"{what}, shared_bias={shared_bias}"
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("budget", ["few_samples", "one_sample"], indirect=True)

@@ -52,6 +52,35 @@ PassScratch plan_pass(const Geometry& g,
 // Tiles of an output row: ceil(out_w / tile).
 inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return (g.out_w + tile - 1) / tile; }
 
+// The blocks of output rows that threads take where the rows' patch gradients overlap: along the
+// output's depth where it has one (whole planes), else along its height, each block just short
+// enough that blocks b and b + 2 read disjoint input planes (rows): the kernel's span fits in
+// (length + 1) strides. Taken in two phases, even blocks and then odd ones, no two threads
+// write the same element, without atomics; and every element sums its terms in the phases'
+// order whatever the thread count.
+class RowBlocks {
+ public:
+  explicit RowBlocks(const Geometry& g)
+      : by_planes_(g.out_d > 1), out_h_(g.out_h), axis_out_(by_planes_ ? g.out_d : g.out_h) {
+    const int64_t stride = by_planes_ ? g.stride_d : g.stride_h;
+    const int64_t span = by_planes_ ? g.dilation_d * (g.kernel_d - 1) + 1
+                                    : g.dilation_h * (g.kernel_h - 1) + 1;
+    length_ = std::max<int64_t>(1, (span + stride - 1) / stride - 1);
+    count_ = (axis_out_ + length_ - 1) / length_;
+  }
+  int64_t count() const { return count_; }
+  // The blocks of phase 0 or 1: index, index + 2, ... from index = phase.
+  int64_t in_phase(int64_t phase) const { return (count_ - phase + 1) / 2; }
+  // Block `index`'s output rows (z, i), flattened over depth and height: [begin, end).
+  int64_t begin(int64_t index) const { return rows(index * length_); }
+  int64_t end(int64_t index) const { return rows(std::min((index + 1) * length_, axis_out_)); }
+
+ private:
+  int64_t rows(int64_t along_axis) const { return by_planes_ ? along_axis * out_h_ : along_axis; }
+  bool by_planes_;
+  int64_t out_h_, axis_out_, length_ = 1, count_ = 0;
+};
+
 // Bytes of `count` elements of `element_size`, rounded up to whole 64-byte cache lines, so
 // that every array carved from a scratch slice starts on its own line.
 inline int64_t line_bytes(int64_t count, int64_t element_size) {

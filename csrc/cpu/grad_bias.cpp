@@ -62,21 +62,31 @@ at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool 
         }
       }
     });
-    if (shared_bias) {
-      at::Tensor totals = at::empty({g.out_channels}, sums.options());
-      opmath_t* t = totals.mutable_data_ptr<opmath_t>();
+  });
+  return bias_grad_from_sums(sums, g, shared_bias, dtype);
+}
+
+at::Tensor bias_grad_from_sums(const at::Tensor& sums, const Geometry& g, bool shared_bias,
+                               at::ScalarType dtype) {
+  const int64_t locations = g.locations();
+  if (shared_bias) {
+    const at::Tensor sums_c = sums.contiguous();
+    at::Tensor totals = at::empty({g.out_channels}, sums.options());
+    AT_DISPATCH_FLOATING_TYPES(sums.scalar_type(), "lc_cuda_cpu_bias_totals", [&] {
+      const scalar_t* s = sums_c.const_data_ptr<scalar_t>();
+      scalar_t* t = totals.mutable_data_ptr<scalar_t>();
       // Added up in double and rounded once: in float, the rounding of a total over tens of
       // thousands of locations came to 1e-5 of a cancelling sum.
       for (int64_t o = 0; o < g.out_channels; ++o) {
         double total = 0;
         for (int64_t l = 0; l < locations; ++l) total += s[o * locations + l];
-        t[o] = static_cast<opmath_t>(total);
+        t[o] = static_cast<scalar_t>(total);
       }
-      sums = totals;
-    } else if (g.shares_weights()) {
-      sums = sum_over_regions(sums.view({g.out_channels, locations}), g);
-    }
-  });
+    });
+    return totals.to(dtype);
+  }
+  if (g.shares_weights())
+    return sum_over_regions(sums.view({g.out_channels, locations}), g).to(dtype);
   return sums.to(dtype);
 }
 

@@ -4,13 +4,12 @@
 // fits the row tiles and a location's products are too small to pay for its scatter (few filters
 // or a short patch: fmri_decoder_3d, depthwise, genomics), per output row and group, vectorised
 // over the input columns it adds onto (vector_kernels.h: grad_input_row). Windows of neighbouring
-// output rows (of a 3D output, output planes) overlap, so threads take blocks of rows (planes)
-// tall enough that blocks two apart never touch the same input row (plane), and run in two phases
-// (even blocks, then odd ones): no two threads write the same element, without atomics. Where the
-// batch gives each thread enough samples, threads take ranges of samples instead, which write
-// disjoint samples. Either way every input element sums its terms in the same order (the
-// locations' order, the blocks following from the geometry alone), so the result does not
-// depend on the thread count; except where the rows' staging fits the scratch budget at one
+// output rows (of a 3D output, output planes) overlap, so threads take blocks of rows (planes) in
+// two phases (cpu_blocking.h: RowBlocks): no two threads write the same element, without
+// atomics. Where the batch gives each thread enough samples, threads take ranges of samples
+// instead, which write disjoint samples. Either way every input element sums its terms in the
+// same order (the locations' order, the blocks following from the geometry alone), so the result
+// does not depend on the thread count; except where the rows' staging fits the scratch budget at one
 // thread count and not at another, which changes the path, and the rounding with it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -41,15 +40,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
   // The strides of the contiguous block the patch gradients are added into.
   const cpu::Strides5 block_strides{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w,
                                     g.in_w, 1};
-  // The blocks go along the output's depth where it has one, else along its height. Blocks b and
-  // b + 2 read disjoint input planes (rows) when the kernel's span fits in (length + 1) strides.
-  const bool by_planes = g.out_d > 1;
-  const int64_t axis_out = by_planes ? g.out_d : g.out_h;
-  const int64_t axis_stride = by_planes ? g.stride_d : g.stride_h;
-  const int64_t span = by_planes ? g.dilation_d * (g.kernel_d - 1) + 1
-                                 : g.dilation_h * (g.kernel_h - 1) + 1;
-  const int64_t block_length = std::max<int64_t>(1, (span + axis_stride - 1) / axis_stride - 1);
-  const int64_t axis_blocks = (axis_out + block_length - 1) / block_length;
+  const cpu::RowBlocks row_blocks(g);
 
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
@@ -160,27 +151,21 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
           // The rows in the phases' order (even blocks, then odd ones), which fixes the order
           // of every element's sum: the same as at one thread.
           for (int64_t phase = 0; phase < 2; ++phase) {
-            for (int64_t index = phase; index < axis_blocks; index += 2) {
-              const int64_t first = index * block_length;
-              const int64_t last = std::min(first + block_length, axis_out);
+            for (int64_t index = phase; index < row_blocks.count(); index += 2) {
               cpu::ScratchSlice slice(pass);
-              rows_into(n0, begin, end - begin, by_planes ? first * g.out_h : first,
-                        by_planes ? last * g.out_h : last, sums, slice);
+              rows_into(n0, begin, end - begin, row_blocks.begin(index), row_blocks.end(index),
+                        sums, slice);
             }
           }
         });
       } else {
         for (int64_t phase = 0; phase < 2; ++phase) {
-          const int64_t phase_blocks = (axis_blocks - phase + 1) / 2;
-          at::parallel_for(0, phase_blocks, 1, [&](int64_t begin, int64_t end) {
+          at::parallel_for(0, row_blocks.in_phase(phase), 1, [&](int64_t begin, int64_t end) {
             const cpu::SingleThreadedBlas one_thread;
-            for (int64_t index = begin; index < end; ++index) {
-              const int64_t first = (2 * index + phase) * block_length;
-              const int64_t last = std::min(first + block_length, axis_out);
-              // The block's output rows (z, i): its planes whole, or its rows of the one plane.
+            for (int64_t index = 2 * begin + phase; index < 2 * end + phase; index += 2) {
               cpu::ScratchSlice slice(pass);
-              rows_into(n0, 0, samples, by_planes ? first * g.out_h : first,
-                        by_planes ? last * g.out_h : last, sums, slice);
+              rows_into(n0, 0, samples, row_blocks.begin(index), row_blocks.end(index), sums,
+                        slice);
             }
           });
         }

@@ -173,6 +173,35 @@ void grad_weight_row_banks(ProductIsa isa, const float* sums, const Geometry& g,
   TORCH_INTERNAL_ASSERT(false, "grad_weight by row tiles needs the vector kernels");
 }
 
+// Whether the backward goes by backward_row (vector_kernels.h): as grad_input_row and
+// grad_weight_row_tile together, where one chunk covers an input row.
+template <typename scalar_t>
+bool backward_by_one_row(ProductIsa isa, const Geometry& g, const Strides5& s) {
+  return backward_by_rows<scalar_t>(isa, g) && backward_row_fits(g, s);
+}
+
+// backward_row (vector_kernels.h), where backward_by_one_row.
+template <typename scalar_t>
+void backward_row(ProductIsa isa, const scalar_t* grad_output, const Strides5& go_s,
+                  const scalar_t* input, const Strides5& s, const Geometry& g, int64_t z,
+                  int64_t i, int64_t next_row, const scalar_t* weight, float* grad_input,
+                  float* weight_sums, float* bias_sums, float* scratch, int64_t* dest) {
+  if constexpr (kVectorType<scalar_t>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::backward_row(grad_output, go_s, input, s, g, z, i, next_row, weight,
+                                    grad_input, weight_sums, bias_sums, scratch, dest);
+      case ProductIsa::avx2:
+        return avx2::backward_row(grad_output, go_s, input, s, g, z, i, next_row, weight,
+                                  grad_input, weight_sums, bias_sums, scratch, dest);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "the backward by rows needs the vector kernels");
+}
+
 // out (samples x C_out, row n at n*C_out) = patches * filters^T
 template <typename scalar_t, typename opmath_t>
 void location_forward(ProductIsa isa, int64_t out_channels, int64_t samples, int64_t patch_size,

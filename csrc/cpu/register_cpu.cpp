@@ -57,6 +57,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_conv_backward_cpu(
   }
   const ProductIsa isa = cpu::product_isa(chosen);
   const at::Tensor grads = as_5d(grad_output, g);
+  if (output_mask[0] && output_mask[1]) {
+    auto both = cpu_backward_by_rows(grads, as_5d(input, g), weight, g, isa, output_mask[2],
+                                     shared_bias);
+    if (both.has_value()) {
+      auto& [grad_input, grad_weight, grad_bias] = *both;
+      return {grad_input, grad_weight, output_mask[2] ? grad_bias : empty()};
+    }
+  }
   return {output_mask[0] ? cpu_grad_input(grads, weight, g, isa) : empty(),
           output_mask[1] ? cpu_grad_weight(grads, as_5d(input, g), g, isa) : empty(),
           output_mask[2] ? cpu_grad_bias(grad_output, g, shared_bias) : empty()};

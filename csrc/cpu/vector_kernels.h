@@ -135,6 +135,57 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
   return samples * g.out_channels * kRowTileLocations + 4 * grad_weight_row_patch(g);
 }
 
+// The samples backward_row stages at once: a block of grad_output within the L1 for
+// cunn232_c1 (16 samples x 16 filters x 66 columns, 66 KB: read by grad_input, grad_weight and
+// the bias sums in turn).
+constexpr int64_t kBackwardRowSamples = 64;
+
+// Whether backward_row applies: the geometries of both grad_input_row and grad_weight_row_tile,
+// with an input row that one grad_input_row chunk covers (whose staged grad_output then holds
+// the whole output row), and a grad_output at least twice the input. There, reading grad_output
+// once pays: forward+backward in one process, cunn232_c1 (16 times its input) 0.86-0.88x,
+// medvol_32cube_c2 (4 times) 0.94x; where it does not, the pass loses its split of grad_input
+// by samples and its even split of grad_weight by tiles: depthwise_32x32_c32 (grad_output the
+// size of its input) 1.13x slower, fmri_decoder_3d (a sixteenth) 1.03x.
+inline bool backward_row_fits(const Geometry& g, const Strides5& s) {
+  const int64_t output_sample = g.out_channels * g.out_d * g.out_h * g.out_w;
+  const int64_t input_sample = g.in_channels * g.in_d * g.in_h * g.in_w;
+  return backward_rows_fit(g) && row_tiles_fit(g, s) && !g.shares_weights() &&
+         g.in_w <= grad_input_row_columns(g) && output_sample >= 2 * input_sample;
+}
+
+// The first output column a grad_input_row chunk of a whole input row reads (its first source).
+inline int64_t backward_row_chunk_first(const Geometry& g) {
+  return g.pad_w - (g.kernel_w - 1) * g.dilation_w;
+}
+
+// The output column backward_row's staged grad_output starts at: the chunk's first source, or
+// column 0 where the padding is wider than the kernel's span (grad_weight and the bias read
+// every column).
+inline int64_t backward_row_start(const Geometry& g) {
+  return std::min<int64_t>(0, backward_row_chunk_first(g));
+}
+
+// The output columns backward_row stages: the chunk's sources, and the whole row tiles that
+// grad_weight reads (where padding makes the output row longer than the input row).
+inline int64_t backward_row_span(const Geometry& g) {
+  return std::max(backward_row_chunk_first(g) + grad_input_row_span(g),
+                  ceil_div(g.out_w, kRowTileLocations) * kRowTileLocations) -
+         backward_row_start(g);
+}
+
+// The floats of scratch backward_row takes: one group's staged filters, kBackwardRowSamples of
+// staged grad_output, and grad_weight's offsets (as grad_weight_row_scratch).
+inline int64_t backward_row_scratch(const Geometry& g) {
+  return (g.patch_size() + kBackwardRowSamples) * g.group_out_channels() * backward_row_span(g) +
+         4 * grad_weight_row_patch(g);
+}
+
+// The floats of backward_row's grad_weight sums: grad_weight_row_sums per row tile.
+inline int64_t backward_row_weight_sums(const Geometry& g) {
+  return ceil_div(g.out_w, kRowTileLocations) * grad_weight_row_sums(g);
+}
+
 // Each ISA's namespace declares the same kernels:
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
@@ -174,6 +225,17 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
 //                backward_rows_fit and row_tiles_fit.
 // grad_weight_row_banks: grad_weight_row_tile's sums of a tile of `width` locations into their
 //                banks (location t's at banks + t * C_out * K), rounded to T.
+// backward_row:  the three gradients of output row (z, i), every group and sample, from one
+//                staging of its grad_output (kBackwardRowSamples samples at a time): its patch
+//                gradients added onto grad_input (a contiguous float block of the batch), as
+//                grad_input_row adds them; its grad_weight sums, tile after tile of
+//                grad_weight_row_sums(g) floats at weight_sums, as grad_weight_row_tile sums
+//                them (not accumulated); and where bias_sums is not null, each location's sum
+//                of grad_output over the batch at bias_sums[o * locations + location], in sample
+//                order. `next_row`: the elements from this row of grad_output to the next row
+//                the caller takes, fetched while this one goes by. `scratch` holds
+//                backward_row_scratch(g) floats, `dest` patch_row_count(g) elements. Only where
+//                backward_row_fits.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -203,7 +265,12 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
                             int64_t j0, int64_t width, int64_t samples, bool accumulate,         \
                             float* sums, float* scratch);                                \
   template <typename T>                                                                          \
-  void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks);
+  void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks);    \
+  template <typename T>                                                                          \
+  void backward_row(const T* grad_output, const Strides5& go_s, const T* input,                 \
+                    const Strides5& s, const Geometry& g, int64_t z, int64_t i, int64_t next_row, \
+                    const T* weight, float* grad_input, float* weight_sums, float* bias_sums,    \
+                    float* scratch, int64_t* dest);
 
 namespace avx2 {
 LC_CUDA_DECLARE_VECTOR_KERNELS

@@ -820,116 +820,165 @@ LC_VECTOR_TARGET void grad_input_chunk_held(const float* go_staged, const float*
   if (n < samples) block(std::integral_constant<int, 1>{}, n);
 }
 
+// The filters of output row (z, i) and channel group `group` that a grad_input_row chunk reads,
+// transposed: filters_t[((k * group_size + o) * span + jj] is filter o's weight k at source jj,
+// output column first + jj (zero outside the output row). V::kLanes sources x V::kLanes columns of
+// K at a time, transposed in registers.
 template <typename V, typename T>
-LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
-                                     const Geometry& g, int64_t z, int64_t i, int64_t group,
-                                     int64_t samples, const T* weight, float* grad_input,
-                                     float* scratch, int64_t* dest) {
+LC_VECTOR_TARGET void stage_chunk_filters(const Geometry& g, int64_t z, int64_t i,
+                                          int64_t group, int64_t first, int64_t span,
+                                          const T* weight, float* filters_t) {
   const int64_t group_size = g.group_out_channels(), patch_size = g.patch_size();
   const int64_t filter_size = g.out_channels * patch_size;
+  for (int64_t jj0 = 0; jj0 < span; jj0 += V::kLanes) {
+    const int64_t present = std::min<int64_t>(V::kLanes, span - jj0);
+    // One group's filters are a location's whole bank: the sources' banks lie side by side.
+    const int64_t location = (z * g.out_h + i) * g.out_w + first + jj0;
+    FetchAhead ahead = tile_ahead(!g.shares_weights() && g.groups == 1, weight,
+                                  location * filter_size * int64_t(sizeof(T)),
+                                  V::kLanes * filter_size * int64_t(sizeof(T)),
+                                  group_size * ceil_div(patch_size, V::kLanes));
+    const T* banks[V::kLanes];
+    for (int64_t r = 0; r < V::kLanes; ++r) {
+      const int64_t j = first + jj0 + r;
+      banks[r] = r < present && j >= 0 && j < g.out_w
+                     ? weight + g.region_of(z, i, j) * filter_size + group * group_size * patch_size
+                     : nullptr;
+    }
+    for (int64_t o = 0; o < group_size; ++o) {
+      for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+        const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
+        ahead.step();
+        typename V::Vec square[V::kLanes];
+        for (int64_t r = 0; r < V::kLanes; ++r)
+          square[r] = banks[r] != nullptr
+                          ? V::load(V::tail(columns), banks[r] + o * patch_size + k0)
+                          : V::zero();
+        V::transpose(square);
+        for (int64_t c = 0; c < columns; ++c)
+          V::store(V::tail(present), filters_t + ((k0 + c) * group_size + o) * span + jj0,
+                   square[c]);
+      }
+    }
+  }
+}
+
+// The grad_output of output row (z, i), channel group `group`, `samples` samples (from
+// grad_output on) that a chunk reads, staged: go_staged[(n * group_size + o) * span + jj] is
+// sample n's filter o at output column first + jj (zero outside the row); the part `ahead`
+// columns on fetched now (stage_row).
+template <typename V, typename T>
+LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Strides5& go_s,
+                                              const Geometry& g, int64_t z, int64_t i,
+                                              int64_t group, int64_t samples, int64_t first,
+                                              int64_t span, int64_t ahead, float* go_staged) {
+  const int64_t group_size = g.group_out_channels();
+  for (int64_t n = 0; n < samples; ++n)
+    for (int64_t o = 0; o < group_size; ++o)
+      stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
+                       i * go_s.h,
+                   go_s.w, first, span, g.out_w, ahead, go_staged + (n * group_size + o) * span);
+}
+
+// A chunk's patch gradients, from its staged filters and grad_output, added onto the `samples`
+// samples of grad_input (`dest`: the patch rows' destination rows). `next_banks`, `next_lines`:
+// the lines fetched into the L2 while the patch rows go by (nothing where next_lines is 0).
+template <typename V>
+LC_VECTOR_TARGET void grad_input_chunk(const float* go_staged, const float* filters_t,
+                                       const int64_t* dest, const Geometry& g, int64_t span,
+                                       int64_t x0, int64_t columns, int64_t samples,
+                                       int64_t sample_size, float* grad_input,
+                                       uintptr_t next_banks, int64_t next_lines) {
+  const int64_t group_size = g.group_out_channels();
+  if constexpr (V::kLanes == 16) {
+    if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
+        patch_row_count(g) >= kHeldMinRows) {
+      FetchAhead fetch_next(next_banks, next_lines,
+                            ceil_div(samples, 2) * ceil_div(columns, 2 * V::kLanes) *
+                                patch_row_count(g));
+      const auto held = [&](auto kw) {
+        grad_input_chunk_held<V, decltype(kw)::value>(go_staged, filters_t, dest, g, span, x0,
+                                                      columns, samples, sample_size, grad_input,
+                                                      fetch_next);
+      };
+      switch (g.kernel_w) {
+        case 1: held(std::integral_constant<int, 1>{}); break;
+        case 2: held(std::integral_constant<int, 2>{}); break;
+        case 3: held(std::integral_constant<int, 3>{}); break;
+        case 4: held(std::integral_constant<int, 4>{}); break;
+        default: held(std::integral_constant<int, 5>{}); break;
+      }
+      return;
+    }
+  }
+  constexpr int kSamples = 4;
+  FetchAhead fetch_next(next_banks, next_lines,
+                        (samples / kSamples + samples % kSamples) * patch_row_count(g));
+  int64_t n = 0;
+  for (; n + kSamples <= samples; n += kSamples)
+    grad_input_rows_block<V, kSamples>(go_staged + n * group_size * span, filters_t, dest, g,
+                                       span, x0, columns, sample_size,
+                                       grad_input + n * sample_size, fetch_next);
+  for (; n < samples; ++n)
+    grad_input_rows_block<V, 1>(go_staged + n * group_size * span, filters_t, dest, g, span, x0,
+                                columns, sample_size, grad_input + n * sample_size, fetch_next);
+}
+
+// The destinations of the patch rows of output row (z, i) and channel group `group`: the input
+// row each adds onto, in a contiguous block of samples (-1: the row lies in the padding).
+inline void grad_input_row_destinations(const Geometry& g, int64_t z, int64_t i, int64_t group,
+                                        int64_t* dest) {
   const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
-  const int64_t halo = (g.kernel_w - 1) * g.dilation_w;
-  const int64_t chunk = grad_input_row_columns(g), span = chunk + halo;
-  float* filters_t = scratch;
-  float* go_staged = scratch + grad_input_row_filters(g);
-  // The group's patch rows: the input row each adds onto, in a contiguous block of samples.
   const Strides5 block{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w, g.in_w, 1};
   const int64_t group_start = group * g.group_in_channels() * block.c;
   for_each_patch_row(g, block, z, i, [&](int64_t r, int64_t start) {
     dest[r] = start < 0 ? -1 : group_start + start;
   });
+}
+
+// The banks (every group's) of the `chunk` locations after (z, i, x0), the next chunk's or the
+// next row's, as grad_input_chunk fetches them into the L2 while a chunk's patch rows go by, by
+// the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
+// 0.86-0.91x, forced onto AVX2 0.89x and 0.91x; cunn232_c1, depthwise, genomics 0.99-1.02; the
+// staging's own fetches come in bursts). Past the last row they lie outside the weight.
+template <typename T>
+inline int64_t next_chunk_lines(const Geometry& g, int64_t group, int64_t chunk) {
+  return !g.shares_weights() && group == 0
+             ? ceil_div(chunk * g.out_channels * g.patch_size() * int64_t(sizeof(T)), kLine)
+             : 0;
+}
+template <typename T>
+inline uintptr_t next_chunk_banks(const Geometry& g, const T* weight, int64_t z, int64_t i,
+                                  int64_t x0, int64_t chunk) {
+  const int64_t next_location = (z * g.out_h + i) * g.out_w + x0 + chunk;
+  return reinterpret_cast<uintptr_t>(weight) +
+         next_location * g.out_channels * g.patch_size() * sizeof(T);
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
+                                     const Geometry& g, int64_t z, int64_t i, int64_t group,
+                                     int64_t samples, const T* weight, float* grad_input,
+                                     float* scratch, int64_t* dest) {
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t halo = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t chunk = grad_input_row_columns(g), span = chunk + halo;
+  float* filters_t = scratch;
+  float* go_staged = scratch + grad_input_row_filters(g);
+  grad_input_row_destinations(g, z, i, group, dest);
   for (int64_t x0 = 0; x0 < g.in_w; x0 += chunk) {
     const int64_t columns = std::min(chunk, g.in_w - x0);
     // Destination column x reads output column j = x + pad_w - q * dilation_w; the chunk's
     // sources are the span output columns from `first` on, staged with zeros where they fall
     // outside the output row.
     const int64_t first = x0 + g.pad_w - halo;
-    // The filters, V::kLanes sources x V::kLanes columns of K at a time, transposed in
-    // registers.
-    for (int64_t jj0 = 0; jj0 < span; jj0 += V::kLanes) {
-      const int64_t present = std::min<int64_t>(V::kLanes, span - jj0);
-      // One group's filters are a location's whole bank: the sources' banks lie side by side.
-      const int64_t location = (z * g.out_h + i) * g.out_w + first + jj0;
-      FetchAhead ahead = tile_ahead(!g.shares_weights() && g.groups == 1, weight,
-                                    location * filter_size * int64_t(sizeof(T)),
-                                    V::kLanes * filter_size * int64_t(sizeof(T)),
-                                    group_size * ceil_div(patch_size, V::kLanes));
-      const T* banks[V::kLanes];
-      for (int64_t r = 0; r < V::kLanes; ++r) {
-        const int64_t j = first + jj0 + r;
-        banks[r] = r < present && j >= 0 && j < g.out_w
-                       ? weight + g.region_of(z, i, j) * filter_size +
-                             group * group_size * patch_size
-                       : nullptr;
-      }
-      for (int64_t o = 0; o < group_size; ++o) {
-        for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
-          const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
-          ahead.step();
-          typename V::Vec square[V::kLanes];
-          for (int64_t r = 0; r < V::kLanes; ++r)
-            square[r] = banks[r] != nullptr
-                            ? V::load(V::tail(columns), banks[r] + o * patch_size + k0)
-                            : V::zero();
-          V::transpose(square);
-          for (int64_t c = 0; c < columns; ++c)
-            V::store(V::tail(present), filters_t + ((k0 + c) * group_size + o) * span + jj0,
-                     square[c]);
-        }
-      }
-    }
+    stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     // grad_output's runs, the next chunk's part fetched now.
-    for (int64_t n = 0; n < samples; ++n)
-      for (int64_t o = 0; o < group_size; ++o)
-        stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
-                         i * go_s.h,
-                     go_s.w, first, span, g.out_w, span + chunk,
-                     go_staged + (n * group_size + o) * span);
-    constexpr int kSamples = 4;
-    int64_t n = 0;
-    // The banks (every group's) of the chunk's width of locations after this chunk's, the next
-    // chunk's or the next row's, fetched into the L2 while this chunk's patch rows go by, by
-    // the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
-    // 0.86-0.91x, forced onto AVX2 0.89x and 0.91x; cunn232_c1, depthwise, genomics 0.99-1.02;
-    // the staging's own fetches come in bursts). Past the last row they lie outside the weight.
-    // A step per call and patch row.
-    const int64_t next_location = (z * g.out_h + i) * g.out_w + x0 + chunk;
-    const uintptr_t next_banks =
-        reinterpret_cast<uintptr_t>(weight) + next_location * filter_size * sizeof(T);
-    const int64_t next_lines = !g.shares_weights() && group == 0
-                                   ? ceil_div(chunk * filter_size * int64_t(sizeof(T)), kLine)
-                                   : 0;
-    if constexpr (V::kLanes == 16) {
-      if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
-          patch_row_count(g) >= kHeldMinRows) {
-        FetchAhead fetch_next(next_banks, next_lines,
-                              ceil_div(samples, 2) * ceil_div(columns, 2 * V::kLanes) *
-                                  patch_row_count(g));
-        const auto held = [&](auto kw) {
-          grad_input_chunk_held<V, decltype(kw)::value>(go_staged, filters_t, dest, g, span, x0,
-                                                        columns, samples, sample_size,
-                                                        grad_input, fetch_next);
-        };
-        switch (g.kernel_w) {
-          case 1: held(std::integral_constant<int, 1>{}); break;
-          case 2: held(std::integral_constant<int, 2>{}); break;
-          case 3: held(std::integral_constant<int, 3>{}); break;
-          case 4: held(std::integral_constant<int, 4>{}); break;
-          default: held(std::integral_constant<int, 5>{}); break;
-        }
-        continue;
-      }
-    }
-    FetchAhead fetch_next(next_banks, next_lines,
-                          (samples / kSamples + samples % kSamples) * patch_row_count(g));
-    for (; n + kSamples <= samples; n += kSamples)
-      grad_input_rows_block<V, kSamples>(go_staged + n * group_size * span, filters_t, dest, g,
-                                         span, x0, columns, sample_size,
-                                         grad_input + n * sample_size, fetch_next);
-    for (; n < samples; ++n)
-      grad_input_rows_block<V, 1>(go_staged + n * group_size * span, filters_t, dest, g, span,
-                                  x0, columns, sample_size, grad_input + n * sample_size,
-                                  fetch_next);
+    stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
+                               span + chunk, go_staged);
+    grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size,
+                        grad_input, next_chunk_banks(g, weight, z, i, x0, chunk),
+                        next_chunk_lines<T>(g, group, chunk));
   }
 }
 
@@ -938,10 +987,12 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
 // column the patch's column k0 + kb reads at location t (offsets[kb] from `input`, under
 // columns[column_of[kb]]; the all-off mask for a row in the padding and for the padded columns
 // past K), added onto sums (f at f*filter_stride, kb at kb*kRowTileLocations) where accumulate.
+// Sample n's staged grad_output of filter f at go_staged + n*go_step + f*go_filter_step.
 template <typename V, typename T, int FB, int KB>
 LC_VECTOR_TARGET void grad_weight_row_block(const T* input, int64_t sample_stride,
                                             const float* go_staged, int64_t go_step,
-                                            int64_t samples, const int64_t* offsets,
+                                            int64_t go_filter_step, int64_t samples,
+                                            const int64_t* offsets,
                                             const int64_t* column_of,
                                             const typename V::Mask* columns,
                                             int64_t filter_stride, bool accumulate,
@@ -959,7 +1010,7 @@ LC_VECTOR_TARGET void grad_weight_row_block(const T* input, int64_t sample_strid
   for (int64_t n = 0; n < samples; ++n) {
     typename V::Vec go[FB];
 #pragma GCC unroll 16
-    for (int f = 0; f < FB; ++f) go[f] = V::load(go_staged + n * go_step + f * kRowTileLocations);
+    for (int f = 0; f < FB; ++f) go[f] = V::load(go_staged + n * go_step + f * go_filter_step);
     const T* sample = input + n * sample_stride;
     // The input a few tiles on (each sample's row a stream of its own, as in row_tile_block).
     _mm_prefetch(reinterpret_cast<const char*>(sample + offsets[0] +
@@ -983,43 +1034,44 @@ LC_VECTOR_TARGET void grad_weight_row_block(const T* input, int64_t sample_strid
 template <typename V>
 constexpr int kGradWeightRowAccumulators = V::kLanes == 16 ? 16 : 8;
 
-template <typename V, typename T>
-LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
-                                           const T* grad_output, const Strides5& go_s,
-                                           const Geometry& g, int64_t z, int64_t i, int64_t j0,
-                                           int64_t width, int64_t samples, bool accumulate,
-                                           float* sums, float* scratch) {
-  static_assert(kGradWeightRowAccumulators<V> == kGradWeightRowColumns ||
-                kGradWeightRowAccumulators<V> * 2 == kGradWeightRowColumns);
-  constexpr int64_t acc = kGradWeightRowAccumulators<V>;
-  const int64_t patch_size = g.patch_size(), padded = grad_weight_row_patch(g);
-  const int64_t group_size = g.group_out_channels();
-  float* go_staged = scratch;
-  int64_t* offsets = reinterpret_cast<int64_t*>(go_staged + samples * g.out_channels *
-                                                                kRowTileLocations);
-  int64_t* column_of = offsets + padded;
-  // grad_output's runs over the tile (zeros past its width), the part a few tiles on fetched
-  // now.
-  for (int64_t n = 0; n < samples; ++n)
-    for (int64_t o = 0; o < g.out_channels; ++o)
-      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
-                   kRowTileLocations, g.out_w, kRowTilePrefetchTiles * kRowTileLocations,
-                   go_staged + (n * g.out_channels + o) * kRowTileLocations);
-  // Where each patch column k = (c, a, p, q) of a group reads, from the group's first channel
-  // at the location's column less pad_w; column kernel_w names the all-off mask. (Row by row:
-  // the divisions that took each k apart had cost a third of fmri_decoder_3d's grad_weight.)
+// Where each patch column k = (c, a, p, q) of a group reads at output row (z, i), from the
+// group's first channel at the location's column less pad_w (offsets[k]), and the mask it reads
+// under (column_of[k]: kernel column q, or kernel_w, the all-off mask, for a row in the padding
+// and the padded columns past K): grad_weight_row_patch(g) of each. (Row by row: the divisions
+// that took each k apart had cost a third of fmri_decoder_3d's grad_weight.)
+inline void grad_weight_row_offsets(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
+                                    int64_t* offsets, int64_t* column_of) {
   for_each_patch_row(g, s, z, i, [&](int64_t r, int64_t start) {
     for (int64_t q = 0; q < g.kernel_w; ++q) {
       offsets[r * g.kernel_w + q] = start < 0 ? 0 : start + q * g.dilation_w - g.pad_w;
       column_of[r * g.kernel_w + q] = start < 0 ? g.kernel_w : q;
     }
   });
-  for (int64_t k = patch_size; k < padded; ++k) {
+  for (int64_t k = g.patch_size(); k < grad_weight_row_patch(g); ++k) {
     offsets[k] = 0;
     column_of[k] = g.kernel_w;
   }
-  using Block = void (*)(const T*, int64_t, const float*, int64_t, int64_t, const int64_t*,
-                         const int64_t*, const typename V::Mask*, int64_t, bool, float*);
+}
+
+// grad_weight_row_tile's products for the filters of channel group `group`, from staged
+// grad_output: sample n's filter o (of the group) over the tile at go + n * go_step + o *
+// go_filter_step; `offsets` and `column_of` as grad_weight_row_offsets leaves them.
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_weight_row_products(const T* input, const Strides5& s,
+                                               const float* go, int64_t go_step,
+                                               int64_t go_filter_step, const Geometry& g,
+                                               int64_t j0, int64_t width, int64_t group,
+                                               int64_t samples, const int64_t* offsets,
+                                               const int64_t* column_of, bool accumulate,
+                                               float* sums) {
+  static_assert(kGradWeightRowAccumulators<V> == kGradWeightRowColumns ||
+                kGradWeightRowAccumulators<V> * 2 == kGradWeightRowColumns);
+  constexpr int64_t acc = kGradWeightRowAccumulators<V>;
+  const int64_t patch_size = g.patch_size(), padded = grad_weight_row_patch(g);
+  const int64_t group_size = g.group_out_channels();
+  using Block = void (*)(const T*, int64_t, const float*, int64_t, int64_t, int64_t,
+                         const int64_t*, const int64_t*, const typename V::Mask*, int64_t, bool,
+                         float*);
   constexpr Block blocks[3] = {&grad_weight_row_block<V, T, 1, acc>,
                                &grad_weight_row_block<V, T, 2, acc / 2>,
                                &grad_weight_row_block<V, T, 4, acc / 4>};
@@ -1031,30 +1083,53 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
                                &grad_weight_row_block<V, T, 2, acc / 4>,
                                &grad_weight_row_block<V, T, 4, acc / 8>};
   constexpr int64_t block_columns[3] = {acc, acc / 2, acc / 4};
+  const T* group_input = input + group * g.group_in_channels() * s.c + j0;
   for (int64_t t = 0; t < width; t += V::kLanes) {
     typename V::Mask columns[kRowTilePatchLimit + 1];
     for (int64_t q = 0; q < g.kernel_w; ++q)
       columns[q] = V::both(V::tail(width - t),
                            V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
     columns[g.kernel_w] = V::tail(0);
-    for (int64_t group = 0; group < g.groups; ++group) {
-      const T* group_input = input + group * g.group_in_channels() * s.c + j0 + t;
-      for (int64_t o = group * group_size; o < (group + 1) * group_size;) {
-        const int64_t left = (group + 1) * group_size - o;
-        const int which = left >= 4 ? 2 : left >= 2 ? 1 : 0;
-        for (int64_t k0 = 0; k0 < patch_size;) {
-          const int64_t half = block_columns[which] / 2;
-          const bool last = patch_size - k0 <= half;
-          (last ? halves : blocks)[which](
-              group_input, s.n, go_staged + o * kRowTileLocations + t,
-              g.out_channels * kRowTileLocations, samples, offsets + k0, column_of + k0, columns,
-              padded * kRowTileLocations, accumulate,
-              sums + (o * padded + k0) * kRowTileLocations + t);
-          k0 += last ? half : block_columns[which];
-        }
-        o += int64_t(1) << which;
+    for (int64_t o = 0; o < group_size;) {
+      const int64_t left = group_size - o;
+      const int which = left >= 4 ? 2 : left >= 2 ? 1 : 0;
+      for (int64_t k0 = 0; k0 < patch_size;) {
+        const int64_t half = block_columns[which] / 2;
+        const bool last = patch_size - k0 <= half;
+        (last ? halves : blocks)[which](
+            group_input + t, s.n, go + o * go_filter_step + t, go_step, go_filter_step, samples,
+            offsets + k0, column_of + k0, columns, padded * kRowTileLocations, accumulate,
+            sums + ((group * group_size + o) * padded + k0) * kRowTileLocations + t);
+        k0 += last ? half : block_columns[which];
       }
+      o += int64_t(1) << which;
     }
+  }
+}
+
+template <typename V, typename T>
+LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
+                                           const T* grad_output, const Strides5& go_s,
+                                           const Geometry& g, int64_t z, int64_t i, int64_t j0,
+                                           int64_t width, int64_t samples, bool accumulate,
+                                           float* sums, float* scratch) {
+  const int64_t group_size = g.group_out_channels();
+  float* go_staged = scratch;
+  int64_t* offsets = reinterpret_cast<int64_t*>(go_staged + samples * g.out_channels *
+                                                                kRowTileLocations);
+  int64_t* column_of = offsets + grad_weight_row_patch(g);
+  // grad_output's runs over the tile (zeros past its width), the part a few tiles on fetched
+  // now.
+  for (int64_t n = 0; n < samples; ++n)
+    for (int64_t o = 0; o < g.out_channels; ++o)
+      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
+                   kRowTileLocations, g.out_w, kRowTilePrefetchTiles * kRowTileLocations,
+                   go_staged + (n * g.out_channels + o) * kRowTileLocations);
+  grad_weight_row_offsets(g, s, z, i, offsets, column_of);
+  for (int64_t group = 0; group < g.groups; ++group) {
+    grad_weight_row_products<V>(input, s, go_staged + group * group_size * kRowTileLocations,
+                                g.out_channels * kRowTileLocations, kRowTileLocations, g, j0,
+                                width, group, samples, offsets, column_of, accumulate, sums);
   }
 }
 
@@ -1084,6 +1159,66 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
         V::transpose(square);
         for (int64_t t = t0; t < std::min<int64_t>(width, t0 + V::kLanes); ++t)
           V::store(columns, banks + t * filter_size + o * patch_size + k0, square[t - t0]);
+      }
+    }
+  }
+}
+
+// ---- the backward of one output row from one staging of its grad_output ----
+// Where a row's grad_input is one chunk (backward_row_fits), the staged grad_output that
+// grad_input_chunk reads also serves grad_weight_row_products (each tile a part of the staged
+// span) and the bias sums: grad_output is read from memory once, not once per gradient
+// (cunn232_c1's 16.8 MB had been read three times, each time as 1024 streams of a few lines).
+template <typename V, typename T>
+LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, const T* input,
+                                   const Strides5& s, const Geometry& g, int64_t z, int64_t i,
+                                   int64_t next_row, const T* weight, float* grad_input,
+                                   float* weight_sums, float* bias_sums, float* scratch,
+                                   int64_t* dest) {
+  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t group_size = g.group_out_channels(), span = backward_row_span(g);
+  const int64_t start = backward_row_start(g), chunk = grad_input_row_columns(g);
+  // The chunk's sources from column `first` on, `lead` columns into the staged rows.
+  const int64_t first = backward_row_chunk_first(g), lead = first - start;
+  const int64_t locations = g.out_d * g.out_h * g.out_w;
+  float* filters_t = scratch;
+  float* go_staged = filters_t + g.patch_size() * group_size * span;
+  int64_t* offsets =
+      reinterpret_cast<int64_t*>(go_staged + kBackwardRowSamples * group_size * span);
+  int64_t* column_of = offsets + grad_weight_row_patch(g);
+  grad_weight_row_offsets(g, s, z, i, offsets, column_of);
+  float* row_bias = bias_sums == nullptr ? nullptr : bias_sums + (z * g.out_h + i) * g.out_w;
+  for (int64_t group = 0; group < g.groups; ++group) {
+    grad_input_row_destinations(g, z, i, group, dest);
+    stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
+      const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
+      // The same samples' part of the next row this thread takes, fetched now.
+      stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
+                                 start, span, next_row, go_staged);
+      grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
+                          sample_size, grad_input + n0 * sample_size,
+                          next_chunk_banks(g, weight, z, i, 0, chunk),
+                          n0 == 0 ? next_chunk_lines<T>(g, group, chunk) : 0);
+      for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
+        grad_weight_row_products<V>(input + n0 * s.n, s, go_staged + j0 - start,
+                                    group_size * span, span, g, j0,
+                                    std::min(kRowTileLocations, g.out_w - j0), group, samples,
+                                    offsets, column_of, n0 > 0,
+                                    weight_sums + j0 / kRowTileLocations *
+                                                      grad_weight_row_sums(g));
+      }
+      if (row_bias == nullptr) continue;
+      // Each location's sum over the samples in sample order, as cpu_grad_bias adds them.
+      for (int64_t o = 0; o < group_size; ++o) {
+        float* to = row_bias + (group * group_size + o) * locations;
+        for (int64_t j = 0; j < g.out_w; j += V::kLanes) {
+          const auto lanes = V::tail(g.out_w - j);
+          auto sum = n0 > 0 ? V::load(lanes, to + j) : V::zero();
+          for (int64_t n = 0; n < samples; ++n)
+            sum = V::add(sum, V::load(go_staged + (n * group_size + o) * span + j - start));
+          V::store(lanes, to + j, sum);
+        }
       }
     }
   }
@@ -1155,6 +1290,15 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
   generic::grad_weight_row_banks<LC_VECTOR_TRAITS>(sums, g, width, banks);
 }
 
+template <typename T>
+void backward_row(const T* grad_output, const Strides5& go_s, const T* input, const Strides5& s,
+                  const Geometry& g, int64_t z, int64_t i, int64_t next_row, const T* weight,
+                  float* grad_input, float* weight_sums, float* bias_sums, float* scratch,
+                  int64_t* dest) {
+  generic::backward_row<LC_VECTOR_TRAITS>(grad_output, go_s, input, s, g, z, i, next_row, weight,
+                                          grad_input, weight_sums, bias_sums, scratch, dest);
+}
+
 #define LC_CUDA_INSTANTIATE(T)                                                                 \
   template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
   template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
@@ -1170,7 +1314,10 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
   template void grad_weight_row_tile<T>(const T*, const Strides5&, const T*, const Strides5&,   \
                                         const Geometry&, int64_t, int64_t, int64_t, int64_t,    \
                                         int64_t, bool, float*, float*);                   \
-  template void grad_weight_row_banks<T>(const float*, const Geometry&, int64_t, T*);
+  template void grad_weight_row_banks<T>(const float*, const Geometry&, int64_t, T*);   \
+  template void backward_row<T>(const T*, const Strides5&, const T*, const Strides5&,          \
+                                const Geometry&, int64_t, int64_t, int64_t, const T*, float*,  \
+                                float*, float*, float*, int64_t*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
 LC_CUDA_INSTANTIATE(c10::Half)
