@@ -70,10 +70,6 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     const scalar_t* w = filters.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     float* bias = want_bias ? bias_sums.mutable_data_ptr<float>() : nullptr;
-    // Where grad_output's output row (z, i) starts, from sample 0 and channel 0.
-    const auto go_row = [&](int64_t row) {
-      return row / g.out_h * go_strides.d + row % g.out_h * go_strides.h;
-    };
 
     const cpu::RowBlocks row_blocks(g);
     for (int64_t phase = 0; phase < 2; ++phase) {
@@ -82,16 +78,10 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
         float* scratch = slice.take<float>(cpu::backward_row_scratch(g));
         float* weight_sums = slice.take<float>(cpu::backward_row_weight_sums(g));
         int64_t* dest = slice.take<int64_t>(cpu::patch_row_count(g));
-        const int64_t last_index = 2 * (end - 1) + phase;
-        for (int64_t index = 2 * begin + phase; index <= last_index; index += 2) {
+        for (int64_t index = 2 * begin + phase; index < 2 * end + phase; index += 2) {
           for (int64_t row = row_blocks.begin(index); row < row_blocks.end(index); ++row) {
-            // The next row this thread takes: the next of the block, or the next block's first.
-            const int64_t next = row + 1 < row_blocks.end(index) || index == last_index
-                                     ? row + 1
-                                     : row_blocks.begin(index + 2);
             cpu::backward_row(isa, go, go_strides, in, in_strides, g, row / g.out_h,
-                              row % g.out_h, go_row(next) - go_row(row), w, sums, weight_sums,
-                              bias, scratch, dest);
+                              row % g.out_h, w, sums, weight_sums, bias, scratch, dest);
             for (int64_t j0 = 0; j0 < g.out_w; j0 += cpu::kRowTileLocations) {
               cpu::grad_weight_row_banks(
                   isa, weight_sums + j0 / cpu::kRowTileLocations * cpu::grad_weight_row_sums(g),

@@ -232,10 +232,8 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 //                grad_weight_row_sums(g) floats at weight_sums, as grad_weight_row_tile sums
 //                them (not accumulated); and where bias_sums is not null, each location's sum
 //                of grad_output over the batch at bias_sums[o * locations + location], in sample
-//                order. `next_row`: the elements from this row of grad_output to the next row
-//                the caller takes, fetched while this one goes by. `scratch` holds
-//                backward_row_scratch(g) floats, `dest` patch_row_count(g) elements. Only where
-//                backward_row_fits.
+//                order. `scratch` holds backward_row_scratch(g) floats, `dest`
+//                patch_row_count(g) elements. Only where backward_row_fits.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -268,9 +266,9 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
   void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks);    \
   template <typename T>                                                                          \
   void backward_row(const T* grad_output, const Strides5& go_s, const T* input,                 \
-                    const Strides5& s, const Geometry& g, int64_t z, int64_t i, int64_t next_row, \
-                    const T* weight, float* grad_input, float* weight_sums, float* bias_sums,    \
-                    float* scratch, int64_t* dest);
+                    const Strides5& s, const Geometry& g, int64_t z, int64_t i, const T* weight, \
+                    float* grad_input, float* weight_sums, float* bias_sums, float* scratch,     \
+                    int64_t* dest);
 
 namespace avx2 {
 LC_CUDA_DECLARE_VECTOR_KERNELS

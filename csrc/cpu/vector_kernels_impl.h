@@ -663,7 +663,8 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
 // Stages `count` elements of one output row of grad_output (`row`: its column 0, columns `step`
 // apart) as floats: to[jj] = row[(first + jj) * step] where 0 <= first + jj < length, else 0.
 // Contiguous rows go a vector at a time, the `count` elements `ahead` columns on fetched now
-// (every line of them): each sample's row is a stream of its own, as in row_tile_block.
+// (every line of them; none where ahead is 0): each sample's row is a stream of its own, as in
+// row_tile_block.
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
                                 int64_t length, int64_t ahead, float* to) {
@@ -671,7 +672,8 @@ LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64
     // By address (the part may lie past the row's ends: a prefetch never faults), from the line
     // of its first element through that of its last.
     const uintptr_t part = reinterpret_cast<uintptr_t>(row) + (first + ahead) * sizeof(T);
-    for (uintptr_t at = part / kLine * kLine; at < part + count * sizeof(T); at += kLine)
+    for (uintptr_t at = part / kLine * kLine; ahead != 0 && at < part + count * sizeof(T);
+         at += kLine)
       _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
     for (int64_t jj = 0; jj < count; jj += V::kLanes) {
       const auto lanes = V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
@@ -865,19 +867,39 @@ LC_VECTOR_TARGET void stage_chunk_filters(const Geometry& g, int64_t z, int64_t 
 
 // The grad_output of output row (z, i), channel group `group`, `samples` samples (from
 // grad_output on) that a chunk reads, staged: go_staged[(n * group_size + o) * span + jj] is
-// sample n's filter o at output column first + jj (zero outside the row); the part `ahead`
-// columns on fetched now (stage_row).
+// sample n's filter o at output column first + jj (zero outside the row). Fetched now: where
+// ahead_rows is 0, each row's part `ahead` columns on (stage_row); else, into the L2, the part
+// of the row ahead_rows rows on in the staging's order: sample after sample, the group's filters
+// in turn, on into the row's next `later` samples, then the next output row's (grad_output's
+// next row along its height, or the next plane's first) from its first sample on.
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Strides5& go_s,
                                               const Geometry& g, int64_t z, int64_t i,
                                               int64_t group, int64_t samples, int64_t first,
-                                              int64_t span, int64_t ahead, float* go_staged) {
+                                              int64_t span, int64_t ahead, int64_t ahead_rows,
+                                              int64_t later, float* go_staged) {
   const int64_t group_size = g.group_out_channels();
-  for (int64_t n = 0; n < samples; ++n)
-    for (int64_t o = 0; o < group_size; ++o)
-      stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
-                       i * go_s.h,
-                   go_s.w, first, span, g.out_w, ahead, go_staged + (n * group_size + o) * span);
+  const auto row_of = [&](int64_t n, int64_t o) {
+    return grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
+           i * go_s.h;
+  };
+  const bool fetch_rows = ahead_rows > 0 && go_s.w == 1;
+  // The samples from this call's first to the batch's last: past them, the next output row's.
+  const int64_t row_samples = samples + later;
+  for (int64_t n = 0; n < samples; ++n) {
+    for (int64_t o = 0; o < group_size; ++o) {
+      if (fetch_rows) {
+        const int64_t o_on = o + ahead_rows, n_on = n + o_on / group_size;
+        const T* on = n_on < row_samples
+                          ? row_of(n_on, o_on % group_size)
+                          : row_of(n_on - row_samples - (g.batch - row_samples),
+                                   o_on % group_size) + go_s.h;
+        prefetch_l2(on + first, span * int64_t(sizeof(T)) + kLine);
+      }
+      stage_row<V>(row_of(n, o), go_s.w, first, span, g.out_w, ahead_rows > 0 ? 0 : ahead,
+                   go_staged + (n * group_size + o) * span);
+    }
+  }
 }
 
 // A chunk's patch gradients, from its staged filters and grad_output, added onto the `samples`
@@ -975,7 +997,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     // grad_output's runs, the next chunk's part fetched now.
     stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
-                               span + chunk, go_staged);
+                               span + chunk, /*ahead_rows=*/0, /*later=*/0, go_staged);
     grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size,
                         grad_input, next_chunk_banks(g, weight, z, i, x0, chunk),
                         next_chunk_lines<T>(g, group, chunk));
@@ -1165,6 +1187,14 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
 }
 
 // ---- the backward of one output row from one staging of its grad_output ----
+// How many rows on in its order the staging fetches grad_output into the L2. Few: the rows of
+// one output row lie a plane apart (cunn232_c1: 16 KB), so they share a few cache sets, which
+// hold the lines of some tens of rows; fetched a whole output row ahead (1024 rows), they had
+// evicted each other before their turn. cunn232_c1's backward in one process against that: 8 to
+// 64 rows on 0.76-0.83x, 256 0.90x; against 32: 8 and 16 1.01, 64 1.27, into the L1 1.11.
+// medvol_32cube_c2 (32 rows an output row): none 1.03, 8 1.00, 64 1.06.
+constexpr int64_t kBackwardRowAheadRows = 32;
+
 // Where a row's grad_input is one chunk (backward_row_fits), the staged grad_output that
 // grad_input_chunk reads also serves grad_weight_row_products (each tile a part of the staged
 // span) and the bias sums: grad_output is read from memory once, not once per gradient
@@ -1172,7 +1202,7 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
 template <typename V, typename T>
 LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, const T* input,
                                    const Strides5& s, const Geometry& g, int64_t z, int64_t i,
-                                   int64_t next_row, const T* weight, float* grad_input,
+                                   const T* weight, float* grad_input,
                                    float* weight_sums, float* bias_sums, float* scratch,
                                    int64_t* dest) {
   const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
@@ -1193,9 +1223,9 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
-      // The same samples' part of the next row this thread takes, fetched now.
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
-                                 start, span, next_row, go_staged);
+                                 start, span, 0, kBackwardRowAheadRows,
+                                 g.batch - n0 - samples, go_staged);
       grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
                           sample_size, grad_input + n0 * sample_size,
                           next_chunk_banks(g, weight, z, i, 0, chunk),
@@ -1292,10 +1322,10 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
 
 template <typename T>
 void backward_row(const T* grad_output, const Strides5& go_s, const T* input, const Strides5& s,
-                  const Geometry& g, int64_t z, int64_t i, int64_t next_row, const T* weight,
+                  const Geometry& g, int64_t z, int64_t i, const T* weight,
                   float* grad_input, float* weight_sums, float* bias_sums, float* scratch,
                   int64_t* dest) {
-  generic::backward_row<LC_VECTOR_TRAITS>(grad_output, go_s, input, s, g, z, i, next_row, weight,
+  generic::backward_row<LC_VECTOR_TRAITS>(grad_output, go_s, input, s, g, z, i, weight,
                                           grad_input, weight_sums, bias_sums, scratch, dest);
 }
 
@@ -1316,7 +1346,7 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
                                         int64_t, bool, float*, float*);                   \
   template void grad_weight_row_banks<T>(const float*, const Geometry&, int64_t, T*);   \
   template void backward_row<T>(const T*, const Strides5&, const T*, const Strides5&,          \
-                                const Geometry&, int64_t, int64_t, int64_t, const T*, float*,  \
+                                const Geometry&, int64_t, int64_t, const T*, float*,           \
                                 float*, float*, float*, int64_t*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
