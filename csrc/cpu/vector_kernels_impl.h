@@ -358,6 +358,15 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // How many tiles ahead along its row a row tile block prefetches each sample's input and output.
 constexpr int64_t kRowTilePrefetchTiles = 4;
 
+// How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
+// whole output row's) fetches into the L2, in place of each row's next part. Few: the rows of
+// one output row lie a plane apart (cunn232_c1: 16 KB), so they share a few cache sets, which
+// hold the lines of some tens of rows; fetched a whole output row ahead (1024 rows), they had
+// evicted each other before their turn. cunn232_c1's backward in one process against that: 8 to
+// 64 rows on 0.76-0.83x, 256 0.90x; against 32: 8 and 16 1.01, 64 1.27, into the L1 1.11.
+// medvol_32cube_c2 (32 rows an output row): none 1.03, 8 1.00, 64 1.06.
+constexpr int64_t kStagedRowsAhead = 32;
+
 // How many tiles ahead the row kernels fetch unshared filters (or their gradient) into the L2
 // (the standalone benchmark: 1 to 3 alike, 2.1x faster than none).
 constexpr int64_t kRowTileAheadTiles = 2;
@@ -1140,13 +1149,29 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
   int64_t* offsets = reinterpret_cast<int64_t*>(go_staged + samples * g.out_channels *
                                                                 kRowTileLocations);
   int64_t* column_of = offsets + grad_weight_row_patch(g);
-  // grad_output's runs over the tile (zeros past its width), the part a few tiles on fetched
-  // now.
-  for (int64_t n = 0; n < samples; ++n)
-    for (int64_t o = 0; o < g.out_channels; ++o)
-      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
-                   kRowTileLocations, g.out_w, kRowTilePrefetchTiles * kRowTileLocations,
+  // grad_output's runs over the tile (zeros past its width). Fetched now: the part a few tiles
+  // on; or where that lies in a later output row, the tile's part of the run kStagedRowsAhead
+  // on in the staging's order, and past the last sample the next tile's (depthwise_32x32_c32's
+  // grad_weight 0.89-0.93x, fmri_decoder_3d's 0.96-0.98x; genomics_1d_50k's long rows keep the
+  // parts a few tiles on: 2.3x slower with the runs ahead).
+  const int64_t ahead = kRowTilePrefetchTiles * kRowTileLocations;
+  const bool runs_ahead = go_s.w == 1 && g.out_w <= ahead;
+  const auto run = [&](int64_t n, int64_t o) {
+    return grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h;
+  };
+  for (int64_t n = 0; n < samples; ++n) {
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      if (runs_ahead) {
+        const int64_t o_on = o + kStagedRowsAhead, n_on = n + o_on / g.out_channels;
+        const T* on = n_on < samples ? run(n_on, o_on % g.out_channels) + j0
+                                     : run(n_on - samples, o_on % g.out_channels) + j0 +
+                                           kRowTileLocations;
+        prefetch_l2(on, kRowTileLocations * int64_t(sizeof(T)) + kLine);
+      }
+      stage_row<V>(run(n, o), go_s.w, j0, kRowTileLocations, g.out_w, runs_ahead ? 0 : ahead,
                    go_staged + (n * g.out_channels + o) * kRowTileLocations);
+    }
+  }
   grad_weight_row_offsets(g, s, z, i, offsets, column_of);
   for (int64_t group = 0; group < g.groups; ++group) {
     grad_weight_row_products<V>(input, s, go_staged + group * group_size * kRowTileLocations,
@@ -1187,13 +1212,6 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
 }
 
 // ---- the backward of one output row from one staging of its grad_output ----
-// How many rows on in its order the staging fetches grad_output into the L2. Few: the rows of
-// one output row lie a plane apart (cunn232_c1: 16 KB), so they share a few cache sets, which
-// hold the lines of some tens of rows; fetched a whole output row ahead (1024 rows), they had
-// evicted each other before their turn. cunn232_c1's backward in one process against that: 8 to
-// 64 rows on 0.76-0.83x, 256 0.90x; against 32: 8 and 16 1.01, 64 1.27, into the L1 1.11.
-// medvol_32cube_c2 (32 rows an output row): none 1.03, 8 1.00, 64 1.06.
-constexpr int64_t kBackwardRowAheadRows = 32;
 
 // Where a row's grad_input is one chunk (backward_row_fits), the staged grad_output that
 // grad_input_chunk reads also serves grad_weight_row_products (each tile a part of the staged
@@ -1224,7 +1242,7 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
-                                 start, span, 0, kBackwardRowAheadRows,
+                                 start, span, 0, kStagedRowsAhead,
                                  g.batch - n0 - samples, go_staged);
       grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
                           sample_size, grad_input + n0 * sample_size,
