@@ -26,6 +26,9 @@
 
 namespace lc_cuda {
 
+// a / b rounded up (a >= 0, b > 0).
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // How output positions map to weight regions: in blocks of `share` neighbouring positions
 // (locally-shared convolution), or periodically, position i using region i % share (tiled
 // convolution).

@@ -6,7 +6,7 @@ namespace lc_cuda {
 namespace {
 
 RegionAxis region_axis(int64_t out, int64_t share, int64_t regions, ShareMode mode) {
-  if (mode == ShareMode::tile) return {regions, (out + share - 1) / share, 1, share};
+  if (mode == ShareMode::tile) return {regions, ceil_div(out, share), 1, share};
   // A block wider than the output is one region of the whole output.
   return {regions, std::min(share, out), share, 1};
 }

@@ -50,7 +50,7 @@ PassScratch plan_pass(const Geometry& g,
                       const std::function<int64_t(int64_t samples)>& shared = {});
 
 // Tiles of an output row: ceil(out_w / tile).
-inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return (g.out_w + tile - 1) / tile; }
+inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return ceil_div(g.out_w, tile); }
 
 // The blocks of output rows that threads take where the rows' patch gradients overlap: along the
 // output's depth where it has one (whole planes), else along its height, each block just short
@@ -65,8 +65,8 @@ class RowBlocks {
     const int64_t stride = by_planes_ ? g.stride_d : g.stride_h;
     const int64_t span = by_planes_ ? g.dilation_d * (g.kernel_d - 1) + 1
                                     : g.dilation_h * (g.kernel_h - 1) + 1;
-    length_ = std::max<int64_t>(1, (span + stride - 1) / stride - 1);
-    count_ = (axis_out_ + length_ - 1) / length_;
+    length_ = std::max<int64_t>(1, ceil_div(span, stride) - 1);
+    count_ = ceil_div(axis_out_, length_);
   }
   int64_t count() const { return count_; }
   // The blocks of phase 0 or 1: index, index + 2, ... from index = phase.

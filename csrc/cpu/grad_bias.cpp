@@ -43,7 +43,7 @@ at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool 
     // within one output row.
     const bool dense = stride_w == 1 && stride_h == g.out_w && stride_d == g.out_h * g.out_w;
     const int64_t run = dense ? locations : g.out_w, runs = locations / run;
-    const int64_t run_pieces = (run + kBiasColumns - 1) / kBiasColumns;
+    const int64_t run_pieces = ceil_div(run, kBiasColumns);
     at::parallel_for(0, g.out_channels * runs * run_pieces, 1, [&](int64_t begin, int64_t end) {
       for (int64_t piece = begin; piece < end; ++piece) {
         const int64_t o = piece / (runs * run_pieces), r = piece / run_pieces % runs;

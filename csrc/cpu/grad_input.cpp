@@ -145,7 +145,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                                 : reinterpret_cast<opmath_t*>(pass.shared());
       if (!in_place) std::fill(sums, sums + samples * sample_size, opmath_t(0));
       if (threads > 1 && samples >= threads * kSamplesPerThread) {
-        at::parallel_for(0, samples, (samples + threads - 1) / threads,
+        at::parallel_for(0, samples, ceil_div(samples, threads),
                          [&](int64_t begin, int64_t end) {
           const cpu::SingleThreadedBlas one_thread;
           // The rows in the phases' order (even blocks, then odd ones), which fixes the order

@@ -205,7 +205,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           if (z >= g.out_d || i >= g.out_h) continue;  // an empty slot of the region grid
           const int64_t j_first = r_w * axes[2].region_step, step = axes[2].member_step;
           const int64_t row_members =
-              std::min(axes[2].members, (g.out_w - j_first + step - 1) / step);
+              std::min(axes[2].members, ceil_div(g.out_w - j_first, step));
           for (int64_t m_w = 0; m_w < row_members; m_w += block.tile, started = true) {
             tile_products(z, i, j_first + m_w * step, step,
                           std::min(block.tile, row_members - m_w), staged, rows, patches, sums,

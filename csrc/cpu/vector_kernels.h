@@ -28,9 +28,6 @@
 namespace lc_cuda {
 namespace cpu {
 
-// a / b rounded up (a >= 0, b > 0).
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The largest patch (K) the forward computes by row tiles (forward_row_run) instead of per
 // location: below it a location's dot products are too short to pay for their lane reductions
 // (cunn232_c1: K = 9).
