@@ -56,9 +56,10 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     // Per location (C_out, *output sizes), as cpu_grad_bias sums them.
     std::vector<int64_t> bias_shape = output_shape(g);
     bias_shape.erase(bias_shape.begin());
-    at::Tensor bias_sums = want_bias ? at::empty(bias_shape, grad_output.options().dtype(
-                                                                 at::kFloat))
-                                     : at::Tensor();
+    // (In float32 the bias gradient itself: an output like the others.)
+    at::Tensor bias_sums =
+        want_bias ? cpu::empty_output(bias_shape, grad_output.options().dtype(at::kFloat))
+                  : at::Tensor();
     float* sums = in_place ? reinterpret_cast<float*>(grad_input.mutable_data_ptr<scalar_t>())
                            : reinterpret_cast<float*>(pass.shared());
     at::Tensor sums_block = at::from_blob(sums, {g.batch * sample_size}, at::dtype(at::kFloat));
