@@ -1,10 +1,10 @@
 // The CPU backward in one pass over grad_output, where the geometry fits both row paths (the
-// patch gradients by output rows, grad_weight by row tiles) and one chunk covers an input row:
-// cunn232_c1, the 3D and the depthwise cases. Each output row's grad_output is staged once, a
-// block of samples at a time, and serves its patch gradients, its grad_weight sums and its bias
-// sums (vector_kernels.h: backward_row); the separate passes read it once each, as streams of a
-// few lines per sample and filter (cunn232_c1: 16.8 MB three times, at about a third of the
-// copy bandwidth).
+// patch gradients by output rows, grad_weight by row tiles), one chunk covers an input row and
+// grad_output is at least twice the input (vector_kernels.h: backward_row_fits): cunn232_c1,
+// medvol_32cube_c2. Each output row's grad_output is staged once, a block of samples at a time,
+// and serves its patch gradients, its grad_weight sums and its bias sums (vector_kernels.h:
+// backward_row); the separate passes read it once each, as streams of a few lines per sample
+// and filter (cunn232_c1: 16.8 MB three times, at about a third of the copy bandwidth).
 //
 // Threads take blocks of output rows in two phases (cpu_blocking.h: RowBlocks), each row whole:
 // its grad_weight banks and bias sums are the thread's alone, and the patch gradients of rows in
@@ -47,9 +47,12 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     const auto shared = [&](int64_t samples) {
       return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(float));
     };
+    // Only where the whole batch fits the budget at once.
+    if (at::get_num_threads() * per_thread(g.batch, 0) + shared(g.batch) >
+        cpu::scratch_budget_bytes()) {
+      return;
+    }
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
-    // Only where the whole batch and whole row tiles fit the budget at once.
-    if (pass.block.samples < g.batch || pass.block.tile < std::min<int64_t>(g.out_w, 16)) return;
 
     at::Tensor grad_input = cpu::empty_output(input_shape(g), grad_output.options());
     at::Tensor grad_weight = cpu::empty_output(weight_shape(g), input.options());

@@ -78,7 +78,7 @@ class RowBlocks {
  private:
   int64_t rows(int64_t along_axis) const { return by_planes_ ? along_axis * out_h_ : along_axis; }
   bool by_planes_;
-  int64_t out_h_, axis_out_, length_ = 1, count_ = 0;
+  int64_t out_h_, axis_out_, length_, count_;
 };
 
 // Bytes of `count` elements of `element_size`, rounded up to whole 64-byte cache lines, so

@@ -9,8 +9,8 @@
 // atomics. Where the batch gives each thread enough samples, threads take ranges of samples
 // instead, which write disjoint samples. Either way every input element sums its terms in the
 // same order (the locations' order, the blocks following from the geometry alone), so the result
-// does not depend on the thread count; except where the rows' staging fits the scratch budget at one
-// thread count and not at another, which changes the path, and the rounding with it.
+// does not depend on the thread count; except where the rows' staging fits the scratch budget at
+// one thread count and not at another, which changes the path, and the rounding with it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 

@@ -132,10 +132,10 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
   return samples * g.out_channels * kRowTileLocations + 4 * grad_weight_row_patch(g);
 }
 
-// The samples backward_row stages at once: a block of grad_output within the L1 for
-// cunn232_c1 (16 samples x 16 filters x 66 columns, 66 KB: read by grad_input, grad_weight and
-// the bias sums in turn).
-constexpr int64_t kBackwardRowSamples = 64;
+// The samples backward_row stages at once, read by grad_input, grad_weight and the bias sums in
+// turn: cunn232_c1's 16 x 16 filters x 66 columns, 66 KB, within the L2 (its backward in one
+// process against 16: 8 samples 1.00-1.02, 32 1.00, 64 1.02; medvol_32cube_c2's 2 1.21).
+constexpr int64_t kBackwardRowSamples = 16;
 
 // Whether backward_row applies: the geometries of both grad_input_row and grad_weight_row_tile,
 // with an input row that one grad_input_row chunk covers (whose staged grad_output then holds
@@ -171,11 +171,19 @@ inline int64_t backward_row_span(const Geometry& g) {
          backward_row_start(g);
 }
 
-// The floats of scratch backward_row takes: one group's staged filters, kBackwardRowSamples of
-// staged grad_output, and grad_weight's offsets (as grad_weight_row_scratch).
+// The floats of backward_row's staged filters (one group's) and grad_output, rounded up to whole
+// cache lines (grad_weight's offsets, int64, follow them).
+inline int64_t backward_row_staged(const Geometry& g) {
+  return ceil_div((g.patch_size() + kBackwardRowSamples) * g.group_out_channels() *
+                      backward_row_span(g),
+                  16) *
+         16;
+}
+
+// The floats of scratch backward_row takes: the staged filters and grad_output, and grad_weight's
+// offsets (as grad_weight_row_scratch).
 inline int64_t backward_row_scratch(const Geometry& g) {
-  return (g.patch_size() + kBackwardRowSamples) * g.group_out_channels() * backward_row_span(g) +
-         4 * grad_weight_row_patch(g);
+  return backward_row_staged(g) + 4 * grad_weight_row_patch(g);
 }
 
 // The floats of backward_row's grad_weight sums: grad_weight_row_sums per row tile.

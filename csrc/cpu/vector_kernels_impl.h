@@ -29,6 +29,7 @@
 #include <array>
 #include <bit>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 #include <utility>
 
@@ -388,6 +389,56 @@ class FetchAhead {
   uintptr_t at_;
   uintptr_t end_;
   int64_t per_step_;
+};
+
+// The rows a staging of short rows fetches ahead of itself (kStagedRowsAhead on in its order), by
+// address: rows in the order of an odometer's digits, each digit (the first turning fastest) a
+// count of rows `step` bytes apart; past its last digit the next output row's (the height's
+// stride on, which past a plane's last row of a contiguous grad_output is the next plane's
+// first). at() is the row `ahead` rows on from where the staging stands, next() moves on a row.
+class RowsAhead {
+ public:
+  struct Digit {
+    int64_t count, step;
+  };
+  RowsAhead(uintptr_t first_row, std::initializer_list<Digit> digits, int64_t row_step,
+            int64_t start, int64_t ahead)
+      : at_(first_row), row_step_(row_step) {
+    for (const Digit& digit : digits) digits_[used_++] = {digit, 0};
+    // Rows in one turn of every digit; the start, `ahead` on, taken apart once.
+    int64_t turn = 1;
+    for (int d = 0; d < used_; ++d) turn *= std::max<int64_t>(digits_[d].digit.count, 1);
+    int64_t index = start + ahead;
+    at_ += index / turn * row_step_;
+    index %= turn;
+    for (int d = 0; d < used_; ++d) {
+      const int64_t count = std::max<int64_t>(digits_[d].digit.count, 1);
+      digits_[d].value = index % count;
+      at_ += digits_[d].value * digits_[d].digit.step;
+      index /= count;
+    }
+  }
+  uintptr_t at() const { return at_; }
+  void next() {
+    for (int d = 0; d < used_; ++d) {
+      Place& place = digits_[d];
+      at_ += place.digit.step;
+      if (++place.value < place.digit.count) return;
+      at_ -= place.value * place.digit.step;
+      place.value = 0;
+    }
+    at_ += row_step_;
+  }
+
+ private:
+  struct Place {
+    Digit digit;
+    int64_t value;
+  };
+  uintptr_t at_;
+  int64_t row_step_;
+  Place digits_[3]{};
+  int used_ = 0;
 };
 
 // The squares of the row kernels' transpositions read (or write) a vector of each of
@@ -877,35 +928,25 @@ LC_VECTOR_TARGET void stage_chunk_filters(const Geometry& g, int64_t z, int64_t 
 // The grad_output of output row (z, i), channel group `group`, `samples` samples (from
 // grad_output on) that a chunk reads, staged: go_staged[(n * group_size + o) * span + jj] is
 // sample n's filter o at output column first + jj (zero outside the row). Fetched now: where
-// ahead_rows is 0, each row's part `ahead` columns on (stage_row); else, into the L2, the part
-// of the row ahead_rows rows on in the staging's order: sample after sample, the group's filters
-// in turn, on into the row's next `later` samples, then the next output row's (grad_output's
-// next row along its height, or the next plane's first) from its first sample on.
+// `rows_ahead` is null, each row's part `ahead` columns on (stage_row); else, into the L2, the
+// span of the row rows_ahead stands at, a row per staged row.
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Strides5& go_s,
                                               const Geometry& g, int64_t z, int64_t i,
                                               int64_t group, int64_t samples, int64_t first,
-                                              int64_t span, int64_t ahead, int64_t ahead_rows,
-                                              int64_t later, float* go_staged) {
+                                              int64_t span, int64_t ahead, RowsAhead* rows_ahead,
+                                              float* go_staged) {
   const int64_t group_size = g.group_out_channels();
-  const auto row_of = [&](int64_t n, int64_t o) {
-    return grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
-           i * go_s.h;
-  };
-  const bool fetch_rows = ahead_rows > 0 && go_s.w == 1;
-  // The samples from this call's first to the batch's last: past them, the next output row's.
-  const int64_t row_samples = samples + later;
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < group_size; ++o) {
-      if (fetch_rows) {
-        const int64_t o_on = o + ahead_rows, n_on = n + o_on / group_size;
-        const T* on = n_on < row_samples
-                          ? row_of(n_on, o_on % group_size)
-                          : row_of(n_on - row_samples - (g.batch - row_samples),
-                                   o_on % group_size) + go_s.h;
-        prefetch_l2(on + first, span * int64_t(sizeof(T)) + kLine);
+      if (rows_ahead != nullptr) {
+        for (int64_t line = 0; line < span * int64_t(sizeof(T)) + kLine; line += kLine)
+          fetch_into_l2(rows_ahead->at() + line);
+        rows_ahead->next();
       }
-      stage_row<V>(row_of(n, o), go_s.w, first, span, g.out_w, ahead_rows > 0 ? 0 : ahead,
+      stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
+                       i * go_s.h,
+                   go_s.w, first, span, g.out_w, rows_ahead != nullptr ? 0 : ahead,
                    go_staged + (n * group_size + o) * span);
     }
   }
@@ -1006,7 +1047,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     // grad_output's runs, the next chunk's part fetched now.
     stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
-                               span + chunk, /*ahead_rows=*/0, /*later=*/0, go_staged);
+                               span + chunk, /*rows_ahead=*/nullptr, go_staged);
     grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size,
                         grad_input, next_chunk_banks(g, weight, z, i, x0, chunk),
                         next_chunk_lines<T>(g, group, chunk));
@@ -1156,19 +1197,20 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
   // parts a few tiles on: 2.3x slower with the runs ahead).
   const int64_t ahead = kRowTilePrefetchTiles * kRowTileLocations;
   const bool runs_ahead = go_s.w == 1 && g.out_w <= ahead;
-  const auto run = [&](int64_t n, int64_t o) {
-    return grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h;
-  };
+  RowsAhead rows_ahead(
+      reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + j0),
+      {{g.out_channels, go_s.c * int64_t(sizeof(T))}, {samples, go_s.n * int64_t(sizeof(T))}},
+      kRowTileLocations * int64_t(sizeof(T)), 0, kStagedRowsAhead);
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
       if (runs_ahead) {
-        const int64_t o_on = o + kStagedRowsAhead, n_on = n + o_on / g.out_channels;
-        const T* on = n_on < samples ? run(n_on, o_on % g.out_channels) + j0
-                                     : run(n_on - samples, o_on % g.out_channels) + j0 +
-                                           kRowTileLocations;
-        prefetch_l2(on, kRowTileLocations * int64_t(sizeof(T)) + kLine);
+        for (int64_t line = 0; line < kRowTileLocations * int64_t(sizeof(T)) + kLine;
+             line += kLine)
+          fetch_into_l2(rows_ahead.at() + line);
+        rows_ahead.next();
       }
-      stage_row<V>(run(n, o), go_s.w, j0, kRowTileLocations, g.out_w, runs_ahead ? 0 : ahead,
+      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
+                   kRowTileLocations, g.out_w, runs_ahead ? 0 : ahead,
                    go_staged + (n * g.out_channels + o) * kRowTileLocations);
     }
   }
@@ -1228,11 +1270,10 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   const int64_t start = backward_row_start(g), chunk = grad_input_row_columns(g);
   // The chunk's sources from column `first` on, `lead` columns into the staged rows.
   const int64_t first = backward_row_chunk_first(g), lead = first - start;
-  const int64_t locations = g.out_d * g.out_h * g.out_w;
+  const int64_t locations = g.locations();
   float* filters_t = scratch;
   float* go_staged = filters_t + g.patch_size() * group_size * span;
-  int64_t* offsets =
-      reinterpret_cast<int64_t*>(go_staged + kBackwardRowSamples * group_size * span);
+  int64_t* offsets = reinterpret_cast<int64_t*>(scratch + backward_row_staged(g));
   int64_t* column_of = offsets + grad_weight_row_patch(g);
   grad_weight_row_offsets(g, s, z, i, offsets, column_of);
   float* row_bias = bias_sums == nullptr ? nullptr : bias_sums + (z * g.out_h + i) * g.out_w;
@@ -1241,9 +1282,17 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
+      // The rows kStagedRowsAhead on in the staging's order: the group's filters in turn, sample
+      // after sample, group after group, on into the next output row.
+      RowsAhead rows_ahead(
+          reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + start * go_s.w),
+          {{group_size, go_s.c * int64_t(sizeof(T))},
+           {g.batch, go_s.n * int64_t(sizeof(T))},
+           {g.groups, group_size * go_s.c * int64_t(sizeof(T))}},
+          go_s.h * int64_t(sizeof(T)), (group * g.batch + n0) * group_size, kStagedRowsAhead);
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
-                                 start, span, 0, kStagedRowsAhead,
-                                 g.batch - n0 - samples, go_staged);
+                                 start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
+                                 go_staged);
       grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
                           sample_size, grad_input + n0 * sample_size,
                           next_chunk_banks(g, weight, z, i, 0, chunk),
