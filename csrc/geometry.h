@@ -53,6 +53,8 @@ struct Geometry {
   int64_t spatial_dims;  // 1, 2 or 3: the dimensions the caller's tensors have
 
   int64_t locations() const { return out_d * out_h * out_w; }
+  // The elements of one sample of the input (C_in, D, H, W).
+  int64_t input_sample() const { return in_channels * in_d * in_h * in_w; }
   int64_t regions() const { return regions_d * regions_h * regions_w; }
   int64_t group_in_channels() const { return in_channels / groups; }
   int64_t group_out_channels() const { return out_channels / groups; }

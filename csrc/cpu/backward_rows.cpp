@@ -29,7 +29,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
   const cpu::Strides5 in_strides = cpu::strides5(input);
   const cpu::Strides5 go_strides = cpu::strides5(grad_output);
   if (g.batch == 0) return std::nullopt;
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const int64_t filter_size = g.out_channels * g.patch_size();
   std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> result;
 

@@ -35,7 +35,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
   const cpu::Strides5 go_strides = cpu::strides5(grad_output);
   const int64_t patch_size = g.patch_size(), out_channels = g.out_channels;
   const int64_t filter_size = out_channels * patch_size, group_size = g.group_out_channels();
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const int64_t row_count = cpu::patch_row_count(g);
   // The strides of the contiguous block the patch gradients are added into.
   const cpu::Strides5 block_strides{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w,

@@ -112,7 +112,7 @@ template <typename acc_t, typename patch_t>
 void scatter_add_patches(const patch_t* grad_patches, const PatchRow* rows, const Geometry& g,
                          int64_t samples, acc_t* grad_input) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   for (int64_t n = 0; n < samples; ++n) {
     acc_t* sample = grad_input + n * sample_size;
     const patch_t* from = grad_patches + n * g.patch_size();

@@ -145,10 +145,9 @@ constexpr int64_t kBackwardRowSamples = 16;
 // by samples and its even split of grad_weight by tiles: depthwise_32x32_c32 (grad_output the
 // size of its input) 1.13x slower, fmri_decoder_3d (a sixteenth) 1.03x.
 inline bool backward_row_fits(const Geometry& g, const Strides5& s) {
-  const int64_t output_sample = g.out_channels * g.out_d * g.out_h * g.out_w;
-  const int64_t input_sample = g.in_channels * g.in_d * g.in_h * g.in_w;
   return backward_rows_fit(g) && row_tiles_fit(g, s) && !g.shares_weights() &&
-         g.in_w <= grad_input_row_columns(g) && output_sample >= 2 * input_sample;
+         g.in_w <= grad_input_row_columns(g) &&
+         g.out_channels * g.locations() >= 2 * g.input_sample();
 }
 
 // The first output column a grad_input_row chunk of a whole input row reads (its first source).

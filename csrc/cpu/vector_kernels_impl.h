@@ -334,7 +334,7 @@ template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const int64_t patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
@@ -395,7 +395,7 @@ class FetchAhead {
 // address: rows in the order of an odometer's digits, each digit (the first turning fastest) a
 // count of rows `step` bytes apart; past its last digit the next output row's (the height's
 // stride on, which past a plane's last row of a contiguous grad_output is the next plane's
-// first). at() is the row `ahead` rows on from where the staging stands, next() moves on a row.
+// first). It starts `ahead` rows on from where the staging stands.
 class RowsAhead {
  public:
   struct Digit {
@@ -418,7 +418,13 @@ class RowsAhead {
       index /= count;
     }
   }
-  uintptr_t at() const { return at_; }
+  // Fetches `bytes` of the row it stands at into the L2 and moves on a row.
+  LC_VECTOR_TARGET void fetch_and_next(int64_t bytes) {
+    prefetch_l2(reinterpret_cast<const void*>(at_), bytes);
+    next();
+  }
+
+ private:
   void next() {
     for (int d = 0; d < used_; ++d) {
       Place& place = digits_[d];
@@ -430,7 +436,6 @@ class RowsAhead {
     at_ += row_step_;
   }
 
- private:
   struct Place {
     Digit digit;
     int64_t value;
@@ -675,9 +680,10 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   // bursts (fmri_decoder_3d's forward 0.94-0.97x, medvol_32cube_c2's 0.92, in one process;
   // genomics, depthwise and cunn232_c1 1.00). A step per block and patch row (the blocks
   // counted about: the last samples may go in smaller blocks).
-  const int64_t blocks = ceil_div(g.out_channels, filter_block) *
-                         ceil_div(samples, row_tile_samples<V>(std::min(filter_block, group_size))) *
-                         tiles * (kRowTileLocations / V::kLanes);
+  const int64_t blocks =
+      ceil_div(g.out_channels, filter_block) *
+      ceil_div(samples, row_tile_samples<V>(std::min(filter_block, group_size))) * tiles *
+      (kRowTileLocations / V::kLanes);
   FetchAhead fetch_next(
       reinterpret_cast<uintptr_t>(weight) +
           (row_first + j0 + width) * filter_size * int64_t(sizeof(T)),
@@ -939,11 +945,7 @@ LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Stride
   const int64_t group_size = g.group_out_channels();
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < group_size; ++o) {
-      if (rows_ahead != nullptr) {
-        for (int64_t line = 0; line < span * int64_t(sizeof(T)) + kLine; line += kLine)
-          fetch_into_l2(rows_ahead->at() + line);
-        rows_ahead->next();
-      }
+      if (rows_ahead != nullptr) rows_ahead->fetch_and_next(span * int64_t(sizeof(T)) + kLine);
       stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
                        i * go_s.h,
                    go_s.w, first, span, g.out_w, rows_ahead != nullptr ? 0 : ahead,
@@ -1000,7 +1002,7 @@ LC_VECTOR_TARGET void grad_input_chunk(const float* go_staged, const float* filt
 // row each adds onto, in a contiguous block of samples (-1: the row lies in the padding).
 inline void grad_input_row_destinations(const Geometry& g, int64_t z, int64_t i, int64_t group,
                                         int64_t* dest) {
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const Strides5 block{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w, g.in_w, 1};
   const int64_t group_start = group * g.group_in_channels() * block.c;
   for_each_patch_row(g, block, z, i, [&](int64_t r, int64_t start) {
@@ -1032,7 +1034,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
                                      const Geometry& g, int64_t z, int64_t i, int64_t group,
                                      int64_t samples, const T* weight, float* grad_input,
                                      float* scratch, int64_t* dest) {
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const int64_t halo = (g.kernel_w - 1) * g.dilation_w;
   const int64_t chunk = grad_input_row_columns(g), span = chunk + halo;
   float* filters_t = scratch;
@@ -1203,12 +1205,7 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
       kRowTileLocations * int64_t(sizeof(T)), 0, kStagedRowsAhead);
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
-      if (runs_ahead) {
-        for (int64_t line = 0; line < kRowTileLocations * int64_t(sizeof(T)) + kLine;
-             line += kLine)
-          fetch_into_l2(rows_ahead.at() + line);
-        rows_ahead.next();
-      }
+      if (runs_ahead) rows_ahead.fetch_and_next(kRowTileLocations * int64_t(sizeof(T)) + kLine);
       stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
                    kRowTileLocations, g.out_w, runs_ahead ? 0 : ahead,
                    go_staged + (n * g.out_channels + o) * kRowTileLocations);
@@ -1265,7 +1262,7 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
                                    const T* weight, float* grad_input,
                                    float* weight_sums, float* bias_sums, float* scratch,
                                    int64_t* dest) {
-  const int64_t sample_size = g.in_channels * g.in_d * g.in_h * g.in_w;
+  const int64_t sample_size = g.input_sample();
   const int64_t group_size = g.group_out_channels(), span = backward_row_span(g);
   const int64_t start = backward_row_start(g), chunk = grad_input_row_columns(g);
   // The chunk's sources from column `first` on, `lead` columns into the staged rows.
