@@ -177,8 +177,8 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
 # weights whose last block is partial and wider than a tile (18 > 16 locations); depthwise
 # (a channel multiplier of 2) with a period; one region over the whole output (grad_weight in
 # chunks of member rows); a long 1D patch shared in partial blocks; a 3D period with groups; a
-# long patch (108) with 2 filters, which the row tiles take 2 samples at a time (7: a last one
-# alone).
+# long patch (108) with 2 filters, which the row tiles take several samples at a time (7: 4, 2
+# and 1 on AVX-512, 2, 2, 2 and 1 on AVX2).
 # dims: n, c_in, size, c_out, kernel, stride, padding (before, after), dilation, groups, sharing
 FAMILY_PATH_GEOMETRIES = {
     "volume_padded": (5, 3, (6, 7, 9), 4, (3, 2, 3), (1, 1, 1), ((1, 1), (0, 1), (1, 0)),

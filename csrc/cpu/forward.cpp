@@ -41,7 +41,8 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     };
     const bool by_row_tiles =
         cpu::forward_by_row_tiles<scalar_t>(isa, g, in_strides) && threads * run_bytes(1) <= budget;
-    int64_t run_tiles = by_row_tiles ? cpu::forward_row_run_tiles(g, threads) : 1;
+    int64_t run_tiles =
+        by_row_tiles ? cpu::forward_row_run_tiles(g, threads, cpu::row_tile_filters(isa)) : 1;
     while (run_tiles > 1 && threads * run_bytes(run_tiles) > budget) run_tiles /= 2;
     // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
     // patches (of one group), and a tile's staged results.

@@ -73,6 +73,11 @@ bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) 
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);
 }
 
+// The most filters the forward of a row run takes at once on a vector ISA (vector_kernels.h).
+inline int64_t row_tile_filters(ProductIsa isa) {
+  return isa == ProductIsa::avx2 ? avx2::row_tile_filters() : avx512::row_tile_filters();
+}
+
 // The forward of a row run (vector_kernels.h), where forward_by_row_tiles.
 template <typename scalar_t>
 void forward_row_run(ProductIsa isa, const scalar_t* input, const Strides5& s,

@@ -68,12 +68,12 @@ constexpr int64_t kRowRunBytes = 256 << 10;
 // run before the next block starts, so that each sample's input and output go by as runs of
 // lines, not one line of each of 2 x samples streams per tile (at 32 samples, 64 streams: more
 // than the hardware prefetchers follow, and a DRAM page per line). As many as kRowRunBlockBytes
-// (a block of up to 16 filters, AVX-512's) and kRowRunBytes allow, within the row, leaving each
-// of `threads` threads about 8 runs.
-inline int64_t forward_row_run_tiles(const Geometry& g, int64_t threads) {
+// (a block of up to `filter_block` filters, the ISA's row_tile_filters) and kRowRunBytes allow,
+// within the row, leaving each of `threads` threads about 8 runs.
+inline int64_t forward_row_run_tiles(const Geometry& g, int64_t threads, int64_t filter_block) {
   constexpr int64_t float_bytes = sizeof(float);
   const int64_t row_tiles = ceil_div(g.out_w, kRowTileLocations);
-  const int64_t block_bytes = std::min<int64_t>(g.group_out_channels(), 16) * g.patch_size() *
+  const int64_t block_bytes = std::min(g.group_out_channels(), filter_block) * g.patch_size() *
                               kRowTileLocations * float_bytes;
   const int64_t by_block = kRowRunBlockBytes / block_bytes;
   const int64_t by_bytes = kRowRunBytes / (row_tile_scratch(g) * float_bytes);
@@ -202,6 +202,8 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 //                input elements (column_step == 1): each patch row is one masked load and store
 //                per vector of columns.
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
+// row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
+//                the whole run, block after block).
 // forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
 //                one output row, for `samples` samples, vectorised over the locations:
 //                out[n, o, z, i, j0 + t] = sum_k filters(t)[o][k] *
@@ -253,6 +255,7 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
                     const Geometry& g, int64_t samples, T* patches);                             \
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
+  int64_t row_tile_filters();                                                                    \
   template <typename T>                                                                          \
   void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \
                        int64_t i, int64_t j0, int64_t width, int64_t samples, const T* weight,   \

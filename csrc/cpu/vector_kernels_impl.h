@@ -536,12 +536,14 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
 
 // Samples a row tile block takes at once: with few filters, one chain of FMAs per accumulator
 // would wait on each FMA's latency; more samples give independent chains, share each filter load
-// and spread each call's loop overhead, as far as the registers allow (8 accumulators and their
-// 8 input vectors of 32 on AVX-512: fmri_decoder_3d's forward 0.95x, genomics_1d_50k's 0.90x,
-// depthwise_32x32_c32's 0.85x against 4).
+// and spread each call's loop overhead, as far as the registers allow. On AVX-512, up to 8, as
+// many as 32 registers hold beside their accumulators and input vectors and a filter vector
+// (one filter: 8 samples, fmri_decoder_3d's forward 0.95x, genomics_1d_50k's 0.90x,
+// depthwise_32x32_c32's 0.85x against 4; four filters: 6); on AVX2, 4 accumulators.
 template <typename V>
 constexpr int row_tile_samples(int filters) {
-  return std::max(1, (V::kLanes == 16 ? 8 : 4) / filters);
+  if constexpr (V::kLanes == 16) return std::min(8, 31 / (filters + 1));
+  return std::max(1, 4 / filters);
 }
 
 template <typename V, typename T>
@@ -1353,6 +1355,8 @@ void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const 
                          int64_t samples, float* grad_input) {
   generic::scatter_add_patches<LC_VECTOR_TRAITS>(grad_patches, rows, g, samples, grad_input);
 }
+
+int64_t row_tile_filters() { return LC_VECTOR_TRAITS::kRowTileFilters; }
 
 template <typename T>
 void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
