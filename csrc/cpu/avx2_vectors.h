@@ -108,6 +108,12 @@ struct Avx2 {
     }
   }
 
+  // to[t] += from[t] for the lanes t on the mask, all of them among the first 4: as a whole
+  // vector (store goes by plain stores for the first lanes).
+  LC_AVX2 static void add_half(Mask m, const float* from, float* to) {
+    store(m, to, add(load(m, to), load(m, from)));
+  }
+
   // Transposes 8 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,
   // then of pairs, then the 128-bit halves: 24 shuffles for 64 elements.
   LC_AVX2 static void transpose(Vec (&rows)[kLanes]) {
