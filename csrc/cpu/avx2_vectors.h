@@ -108,6 +108,12 @@ struct Avx2 {
     }
   }
 
+  // copy of the first 4 lanes (the masks' upper 4 off): as a whole vector (store goes by plain
+  // stores for the first lanes).
+  template <typename T>
+  LC_AVX2 static void copy_half(Mask read, Mask write, const T* from, T* to) {
+    copy(read, write, from, to);
+  }
   // to[t] += from[t] for the lanes t on the mask, all of them among the first 4: as a whole
   // vector (store goes by plain stores for the first lanes).
   LC_AVX2 static void add_half(Mask m, const float* from, float* to) {

@@ -96,6 +96,16 @@ struct Avx512 {
     }
   }
 
+  // copy of the first 8 lanes (the masks' upper 8 off), as 256-bit (float) or 128-bit masked
+  // accesses: a 512-bit masked store takes 2.3 times as long on Zen 4.
+  template <typename T>
+  LC_AVX512 static void copy_half(Mask read, Mask write, const T* from, T* to) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_mask_storeu_ps(to, __mmask8(write), _mm256_maskz_loadu_ps(__mmask8(read), from));
+    } else {
+      _mm_mask_storeu_epi16(to, __mmask8(write), _mm_maskz_loadu_epi16(__mmask8(read), from));
+    }
+  }
   // to[t] += from[t] for the lanes t on the mask, all of them among the first 8: one 256-bit
   // masked load, add and store (a 512-bit masked store takes 2.3 times as long on Zen 4).
   LC_AVX512 static void add_half(Mask m, const float* from, float* to) {

@@ -301,12 +301,15 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 // The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
 // that a row's masks are worked out once per block (they had cost more than the copy, measured
 // on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
-// from L1 where the sample stride is a power of two (cunn232_c1).
+// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most half a vector
+// (DeepFace L5 and L6, 3x3 kernels) go by copy_half, a block's samples unrolled: DeepFace L6's
+// packing 0.75x and mid_32x32_c64's 0.74x (one thread) against whole vectors.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t patch_size = g.patch_size();
+  constexpr int64_t half = V::kLanes / 2;
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
     for (int64_t r = 0; r < row_count; ++r) {
@@ -315,6 +318,20 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
       // lanes are not read.
       const T* from = input + n0 * sample_stride + row.source - row.first;
       T* to = patches + n0 * patch_size + r * kernel_w;
+      if (kernel_w <= half) {
+        // Half a vector may run on into the sample's next rows, as a whole one below.
+        const auto read = V::columns(0, row.first, row.last);
+        const auto write = V::tail(r * kernel_w + half <= patch_size ? half : kernel_w);
+        if (group == kSampleGroup) {
+#pragma GCC unroll 4
+          for (int64_t n = 0; n < kSampleGroup; ++n)
+            V::copy_half(read, write, from + n * sample_stride, to + n * patch_size);
+        } else {
+          for (int64_t n = 0; n < group; ++n)
+            V::copy_half(read, write, from + n * sample_stride, to + n * patch_size);
+        }
+        continue;
+      }
       for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
         const auto read = V::columns(q, row.first, row.last);
         // A whole vector may run on into the sample's next rows, which are packed after this
@@ -329,9 +346,8 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
   }
 }
 
-// Loops as in pack_patches. Rows of at most half a vector (DeepFace L5 and L6, 3x3 kernels) go
-// by add_half, a group's samples unrolled: DeepFace L6's scatter 0.62x and mid_32x32_c64's 0.61x
-// (one thread) against the whole vector's masked add.
+// Loops as in pack_patches, rows of at most half a vector by add_half: DeepFace L6's scatter 0.62x
+// and mid_32x32_c64's 0.61x (one thread) against the whole vector's masked add.
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
