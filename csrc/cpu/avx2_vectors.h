@@ -108,15 +108,16 @@ struct Avx2 {
     }
   }
 
-  // copy of the first 4 lanes (the masks' upper 4 off): as a whole vector (store goes by plain
-  // stores for the first lanes).
-  template <typename T>
-  LC_AVX2 static void copy_half(Mask read, Mask write, const T* from, T* to) {
+  // copy of the first Lanes lanes (4 or 2; the masks' other lanes off): as a whole vector (store
+  // goes by plain stores for the first lanes).
+  template <int Lanes, typename T>
+  LC_AVX2 static void copy_part(Mask read, Mask write, const T* from, T* to) {
     copy(read, write, from, to);
   }
-  // to[t] += from[t] for the lanes t on the mask, all of them among the first 4: as a whole
-  // vector (store goes by plain stores for the first lanes).
-  LC_AVX2 static void add_half(Mask m, const float* from, float* to) {
+  // to[t] += from[t] for the lanes t on the mask, all among the first Lanes (4 or 2): as a whole
+  // vector.
+  template <int Lanes>
+  LC_AVX2 static void add_part(Mask m, const float* from, float* to) {
     store(m, to, add(load(m, to), load(m, from)));
   }
 

@@ -301,15 +301,14 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 // The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
 // that a row's masks are worked out once per block (they had cost more than the copy, measured
 // on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
-// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most half a vector
-// (DeepFace L5 and L6, 3x3 kernels) go by copy_half, a block's samples unrolled: DeepFace L6's
-// packing 0.75x and mid_32x32_c64's 0.74x (one thread) against whole vectors.
-template <typename V, typename T>
-LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
-                                   const Geometry& g, int64_t samples, T* patches) {
+// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most Lanes < V::kLanes
+// elements each go by one copy_part<Lanes>, a block's samples unrolled (pack_patches picks the
+// narrowest Lanes the rows fit).
+template <typename V, int Lanes, typename T>
+LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
+                                const Geometry& g, int64_t samples, T* patches) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t patch_size = g.patch_size();
-  constexpr int64_t half = V::kLanes / 2;
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
     for (int64_t r = 0; r < row_count; ++r) {
@@ -318,39 +317,49 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
       // lanes are not read.
       const T* from = input + n0 * sample_stride + row.source - row.first;
       T* to = patches + n0 * patch_size + r * kernel_w;
-      if (kernel_w <= half) {
-        // Half a vector may run on into the sample's next rows, as a whole one below.
-        const auto read = V::columns(0, row.first, row.last);
-        const auto write = V::tail(r * kernel_w + half <= patch_size ? half : kernel_w);
-        if (group == kSampleGroup) {
+      for (int64_t q = 0; q < kernel_w; q += Lanes) {
+        const auto read = V::columns(q, row.first, row.last);
+        // A whole vector (or part) may run on into the sample's next rows, which are packed
+        // after this one and overwrite it (AVX2's masked stores are slow); one that would run
+        // past the sample's patch is stored under a mask.
+        const bool inside = r * kernel_w + q + Lanes <= patch_size;
+        const auto write = V::tail(inside ? Lanes : kernel_w - q);
+        if constexpr (Lanes == V::kLanes) {
+          for (int64_t n = 0; n < group; ++n)
+            V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
+        } else if (group == kSampleGroup) {
 #pragma GCC unroll 4
           for (int64_t n = 0; n < kSampleGroup; ++n)
-            V::copy_half(read, write, from + n * sample_stride, to + n * patch_size);
+            V::template copy_part<Lanes>(read, write, from + n * sample_stride,
+                                         to + n * patch_size);
         } else {
           for (int64_t n = 0; n < group; ++n)
-            V::copy_half(read, write, from + n * sample_stride, to + n * patch_size);
+            V::template copy_part<Lanes>(read, write, from + n * sample_stride,
+                                         to + n * patch_size);
         }
-        continue;
-      }
-      for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
-        const auto read = V::columns(q, row.first, row.last);
-        // A whole vector may run on into the sample's next rows, which are packed after this
-        // one and overwrite it (AVX2's masked stores are slow); one that would run past the
-        // sample's patch is stored under a mask.
-        const bool inside = r * kernel_w + q + V::kLanes <= patch_size;
-        const auto write = V::tail(inside ? V::kLanes : kernel_w - q);
-        for (int64_t n = 0; n < group; ++n)
-          V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
       }
     }
   }
 }
 
-// Loops as in pack_patches, rows of at most half a vector by add_half: DeepFace L6's scatter 0.62x
-// and mid_32x32_c64's 0.61x (one thread) against the whole vector's masked add.
-template <typename V>
-LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
-                                          const Geometry& g, int64_t samples, float* grad_input) {
+// Rows of at most half a vector by half-vector copies: DeepFace L6's packing 0.75x and
+// mid_32x32_c64's 0.74x (one thread) against whole vectors; of at most a quarter, by
+// quarter-vector ones: mid_32x32_c64's 0.85x and convnet_local3's 0.74x against halves.
+template <typename V, typename T>
+LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
+                                   const Geometry& g, int64_t samples, T* patches) {
+  if (g.kernel_w <= V::kLanes / 4)
+    return pack_rows<V, V::kLanes / 4>(input, sample_stride, rows, g, samples, patches);
+  if (g.kernel_w <= V::kLanes / 2)
+    return pack_rows<V, V::kLanes / 2>(input, sample_stride, rows, g, samples, patches);
+  pack_rows<V, V::kLanes>(input, sample_stride, rows, g, samples, patches);
+}
+
+// The adjoint of pack_rows, by the same loops: each row's masked load-add-store, rows of at most
+// Lanes < V::kLanes elements by add_part<Lanes>.
+template <typename V, int Lanes>
+LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow* rows,
+                                       const Geometry& g, int64_t samples, float* grad_input) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t sample_size = g.input_sample();
   const int64_t patch_size = g.patch_size();
@@ -361,29 +370,39 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
       if (row.first == row.last) continue;  // the row lies in the padding
       float* to = grad_input + n0 * sample_size + row.source - row.first;
       const float* from = grad_patches + n0 * patch_size + r * kernel_w;
-      if (kernel_w <= V::kLanes / 2) {
-        const auto mask = V::columns(0, row.first, row.last);
-        if (group == kSampleGroup) {
+      for (int64_t q = 0; q < kernel_w; q += Lanes) {
+        const auto mask = V::columns(q, row.first, row.last);
+        if constexpr (Lanes == V::kLanes) {
+          for (int64_t n = 0; n < group; ++n) {
+            float* target = to + n * sample_size + q;
+            const auto sum =
+                V::add(V::load(mask, target), V::load(mask, from + n * patch_size + q));
+            V::store(mask, target, sum);
+          }
+        } else if (group == kSampleGroup) {
 #pragma GCC unroll 4
           for (int64_t n = 0; n < kSampleGroup; ++n)
-            V::add_half(mask, from + n * patch_size, to + n * sample_size);
+            V::template add_part<Lanes>(mask, from + n * patch_size, to + n * sample_size);
         } else {
           for (int64_t n = 0; n < group; ++n)
-            V::add_half(mask, from + n * patch_size, to + n * sample_size);
-        }
-        continue;
-      }
-      for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
-        const auto mask = V::columns(q, row.first, row.last);
-        for (int64_t n = 0; n < group; ++n) {
-          float* target = to + n * sample_size + q;
-          const auto sum =
-              V::add(V::load(mask, target), V::load(mask, from + n * patch_size + q));
-          V::store(mask, target, sum);
+            V::template add_part<Lanes>(mask, from + n * patch_size, to + n * sample_size);
         }
       }
     }
   }
+}
+
+// Rows of at most half a vector by half-vector adds: DeepFace L6's scatter 0.62x and
+// mid_32x32_c64's 0.61x (one thread) against whole vectors; of at most a quarter, by
+// quarter-vector ones.
+template <typename V>
+LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
+                                          const Geometry& g, int64_t samples, float* grad_input) {
+  if (g.kernel_w <= V::kLanes / 4)
+    return scatter_add_rows<V, V::kLanes / 4>(grad_patches, rows, g, samples, grad_input);
+  if (g.kernel_w <= V::kLanes / 2)
+    return scatter_add_rows<V, V::kLanes / 2>(grad_patches, rows, g, samples, grad_input);
+  scatter_add_rows<V, V::kLanes>(grad_patches, rows, g, samples, grad_input);
 }
 
 // How many tiles ahead along its row a row tile block prefetches each sample's input and output.
