@@ -301,9 +301,9 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 // The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
 // that a row's masks are worked out once per block (they had cost more than the copy, measured
 // on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
-// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most Lanes < V::kLanes
-// elements each go by one copy_part<Lanes>, a block's samples unrolled (pack_patches picks the
-// narrowest Lanes the rows fit).
+// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most
+// Lanes < V::kLanes elements each go by one copy_part<Lanes>, a block's samples unrolled
+// (pack_patches picks the narrowest Lanes the rows fit).
 template <typename V, int Lanes, typename T>
 LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
                                 const Geometry& g, int64_t samples, T* patches) {
@@ -330,12 +330,12 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
         } else if (group == kSampleGroup) {
 #pragma GCC unroll 4
           for (int64_t n = 0; n < kSampleGroup; ++n)
-            V::template copy_part<Lanes>(read, write, from + n * sample_stride,
-                                         to + n * patch_size);
+            V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
+                                         to + n * patch_size + q);
         } else {
           for (int64_t n = 0; n < group; ++n)
-            V::template copy_part<Lanes>(read, write, from + n * sample_stride,
-                                         to + n * patch_size);
+            V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
+                                         to + n * patch_size + q);
         }
       }
     }
@@ -344,7 +344,8 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
 
 // Rows of at most half a vector by half-vector copies: DeepFace L6's packing 0.75x and
 // mid_32x32_c64's 0.74x (one thread) against whole vectors; of at most a quarter, by
-// quarter-vector ones: mid_32x32_c64's 0.85x and convnet_local3's 0.74x against halves.
+// quarter-vector ones: mid_32x32_c64's 0.87x and a convnet_local3-like shape's 0.78x against
+// halves.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
@@ -382,10 +383,12 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
         } else if (group == kSampleGroup) {
 #pragma GCC unroll 4
           for (int64_t n = 0; n < kSampleGroup; ++n)
-            V::template add_part<Lanes>(mask, from + n * patch_size, to + n * sample_size);
+            V::template add_part<Lanes>(mask, from + n * patch_size + q,
+                                        to + n * sample_size + q);
         } else {
           for (int64_t n = 0; n < group; ++n)
-            V::template add_part<Lanes>(mask, from + n * patch_size, to + n * sample_size);
+            V::template add_part<Lanes>(mask, from + n * patch_size + q,
+                                        to + n * sample_size + q);
         }
       }
     }
@@ -394,7 +397,7 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
 
 // Rows of at most half a vector by half-vector adds: DeepFace L6's scatter 0.62x and
 // mid_32x32_c64's 0.61x (one thread) against whole vectors; of at most a quarter, by
-// quarter-vector ones.
+// quarter-vector ones: mid_32x32_c64's and a convnet_local3-like shape's 0.88x against halves.
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
