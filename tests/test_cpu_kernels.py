@@ -53,10 +53,14 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # (K = 255, 333, odd for vdpbf16ps' pairs), more kernel columns than one vector holds (17), C_out
 # not a multiple of the forward's 4 filters nor of the row tiles' filter blocks (7, 17, 6, 5),
 # sample counts that split into uneven blocks (13, 9, 33), padding on every side, and a tiny patch
-# (K = 9, the forward by row tiles where the input is contiguous) with a power-of-two plane, and
-# more samples than vdpbf16ps' grad_filters gathers grad_output pairs for at a time (128), odd.
+# (K = 9, the forward by row tiles where the input is contiguous) with a power-of-two plane,
+# more samples than vdpbf16ps' grad_filters gathers grad_output pairs for at a time (128), odd,
+# and rows of a quarter and of half an AVX-512 vector (4 and 8 columns, strided so that they are
+# packed and scattered per location), cut by the padding at both ends.
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
+    "quarter_rows": (7, 3, (9, 20), 5, (3, 4), (1, 2), (1, 2), (1, 1)),
+    "half_rows": (6, 2, (8, 23), 6, (2, 8), (2, 2), (1, 3), (1, 1)),
     "many_samples": (131, 2, (5, 4), 3, (2, 2), (1, 1), (0, 1), (1, 1)),
     "wide_kernel": (13, 5, (7, 21), 7, (3, 17), (1, 1), (1, 2), (1, 1)),
     "long_patch": (9, 37, (6, 6), 6, (3, 3), (1, 1), (1, 1), (1, 1)),

@@ -31,6 +31,8 @@ struct Avx2 {
   static constexpr int kForwardFilters = 3, kForwardSamples = 4;
   static constexpr int kMaxBlock = 3, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 12;
+  // Short rows are packed and scattered as whole vectors (no copy_part, add_part).
+  static constexpr bool kPartAccesses = false;
 
   using Vec = __m256;
   using Mask = __m256i;
@@ -106,19 +108,6 @@ struct Avx2 {
     } else {
       store_halves(write, to, load_halves(read, from));
     }
-  }
-
-  // copy of the first Lanes lanes (4 or 2; the masks' other lanes off): as a whole vector (store
-  // goes by plain stores for the first lanes).
-  template <int Lanes, typename T>
-  LC_AVX2 static void copy_part(Mask read, Mask write, const T* from, T* to) {
-    copy(read, write, from, to);
-  }
-  // to[t] += from[t] for the lanes t on the mask, all among the first Lanes (4 or 2): as a whole
-  // vector.
-  template <int Lanes>
-  LC_AVX2 static void add_part(Mask m, const float* from, float* to) {
-    store(m, to, add(load(m, to), load(m, from)));
   }
 
   // Transposes 8 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,

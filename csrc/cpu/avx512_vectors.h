@@ -21,11 +21,15 @@ struct Avx512 {
   // Block sizes, for 32 vector registers: the forward's filters x samples of dot products
   // (4 x 6 accumulators, 4 filter vectors, a patch vector); the gradients' rows (samples or
   // filters) x vectors of K (6 x 4 accumulators, 4 operand vectors, a broadcast); the row tiles'
-  // filters (4, with up to 6 samples: 10 loads per 24 FMAs, where 16 filters of one sample took
-  // 17 per 16; cunn232_c1's forward 0.77x, medvol_32cube_c2's 0.86-0.96x).
+  // filters (4, each block of them with as many samples as the registers hold: 6 for 4 filters,
+  // 10 loads per 24 FMAs where 16 filters of one sample took 17 per 16; cunn232_c1's forward
+  // 0.77x, medvol_32cube_c2's 0.86-0.96x).
   static constexpr int kForwardFilters = 4, kForwardSamples = 6;
   static constexpr int kMaxBlock = 6, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 4;
+  // Rows of at most half or a quarter of a vector are packed and scattered by copy_part and
+  // add_part.
+  static constexpr bool kPartAccesses = true;
 
   using Vec = __m512;
   using Mask = __mmask16;

@@ -200,7 +200,8 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 //                to T (grad_filters is then only read, and only where accumulate).
 // pack_patches:  pack_patches (patches.h) where neighbouring kernel columns read neighbouring
 //                input elements (column_step == 1): each patch row is one masked load and store
-//                per vector of columns.
+//                per vector of columns (on AVX-512, of half or a quarter of a vector where the
+//                row fits one).
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
 // row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
 //                the whole run, block after block).

@@ -320,8 +320,9 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
       for (int64_t q = 0; q < kernel_w; q += Lanes) {
         const auto read = V::columns(q, row.first, row.last);
         // A whole vector (or part) may run on into the sample's next rows, which are packed
-        // after this one and overwrite it (AVX2's masked stores are slow); one that would run
-        // past the sample's patch is stored under a mask.
+        // after this one and overwrite it (AVX2's masked stores are slow, AVX-512's 512-bit
+        // ones slower than its parts); one that would run past the sample's patch is stored
+        // under a mask.
         const bool inside = r * kernel_w + q + Lanes <= patch_size;
         const auto write = V::tail(inside ? Lanes : kernel_w - q);
         if constexpr (Lanes == V::kLanes) {
@@ -342,17 +343,19 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
   }
 }
 
-// Rows of at most half a vector by half-vector copies: DeepFace L6's packing 0.75x and
-// mid_32x32_c64's 0.74x (one thread) against whole vectors; of at most a quarter, by
-// quarter-vector ones: mid_32x32_c64's 0.87x and a convnet_local3-like shape's 0.78x against
-// halves.
+// Where the ISA has part accesses (AVX-512), rows of at most half a vector by half-vector copies:
+// DeepFace L6's packing 0.75x and mid_32x32_c64's 0.74x (one thread) against whole vectors; of at
+// most a quarter, by quarter-vector ones: mid_32x32_c64's 0.87x and a convnet_local3-like shape's
+// 0.78x against halves.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
-  if (g.kernel_w <= V::kLanes / 4)
-    return pack_rows<V, V::kLanes / 4>(input, sample_stride, rows, g, samples, patches);
-  if (g.kernel_w <= V::kLanes / 2)
-    return pack_rows<V, V::kLanes / 2>(input, sample_stride, rows, g, samples, patches);
+  if constexpr (V::kPartAccesses) {
+    if (g.kernel_w <= V::kLanes / 4)
+      return pack_rows<V, V::kLanes / 4>(input, sample_stride, rows, g, samples, patches);
+    if (g.kernel_w <= V::kLanes / 2)
+      return pack_rows<V, V::kLanes / 2>(input, sample_stride, rows, g, samples, patches);
+  }
   pack_rows<V, V::kLanes>(input, sample_stride, rows, g, samples, patches);
 }
 
@@ -395,16 +398,19 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
   }
 }
 
-// Rows of at most half a vector by half-vector adds: DeepFace L6's scatter 0.62x and
-// mid_32x32_c64's 0.61x (one thread) against whole vectors; of at most a quarter, by
-// quarter-vector ones: mid_32x32_c64's and a convnet_local3-like shape's 0.88x against halves.
+// Where the ISA has part accesses (AVX-512), rows of at most half a vector by half-vector adds:
+// DeepFace L6's scatter 0.62x and mid_32x32_c64's 0.61x (one thread) against whole vectors; of
+// at most a quarter, by quarter-vector ones: mid_32x32_c64's and a convnet_local3-like shape's
+// 0.88x against halves.
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
-  if (g.kernel_w <= V::kLanes / 4)
-    return scatter_add_rows<V, V::kLanes / 4>(grad_patches, rows, g, samples, grad_input);
-  if (g.kernel_w <= V::kLanes / 2)
-    return scatter_add_rows<V, V::kLanes / 2>(grad_patches, rows, g, samples, grad_input);
+  if constexpr (V::kPartAccesses) {
+    if (g.kernel_w <= V::kLanes / 4)
+      return scatter_add_rows<V, V::kLanes / 4>(grad_patches, rows, g, samples, grad_input);
+    if (g.kernel_w <= V::kLanes / 2)
+      return scatter_add_rows<V, V::kLanes / 2>(grad_patches, rows, g, samples, grad_input);
+  }
   scatter_add_rows<V, V::kLanes>(grad_patches, rows, g, samples, grad_input);
 }
 
