@@ -31,8 +31,11 @@ struct Avx2 {
   static constexpr int kForwardFilters = 3, kForwardSamples = 4;
   static constexpr int kMaxBlock = 3, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 12;
-  // Short rows are packed and scattered as whole vectors (no copy_part, add_part).
-  static constexpr bool kPartAccesses = false;
+  // Whether rows of at most half or a quarter of a vector of T are packed and scattered by
+  // copy_part and add_part: floats, whose masked stores of the first lanes are plain stores; not
+  // 16-bit elements, which store_halves stores one by one under such a mask.
+  template <typename T>
+  static constexpr bool kPartAccesses = std::is_same_v<T, float>;
 
   using Vec = __m256;
   using Mask = __m256i;
@@ -108,6 +111,19 @@ struct Avx2 {
     } else {
       store_halves(write, to, load_halves(read, from));
     }
+  }
+
+  // copy of the first Lanes lanes (4 or 2; the masks' other lanes off), for floats: store goes
+  // by plain stores for the first lanes.
+  template <int Lanes, typename T>
+  LC_AVX2 static void copy_part(Mask read, Mask write, const T* from, T* to) {
+    static_assert(std::is_same_v<T, float>);
+    copy(read, write, from, to);
+  }
+  // to[t] += from[t] for the lanes t on the mask, all among the first Lanes (4 or 2).
+  template <int Lanes>
+  LC_AVX2 static void add_part(Mask m, const float* from, float* to) {
+    store(m, to, add(load(m, to), load(m, from)));
   }
 
   // Transposes 8 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,

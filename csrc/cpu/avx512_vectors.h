@@ -27,8 +27,9 @@ struct Avx512 {
   static constexpr int kForwardFilters = 4, kForwardSamples = 6;
   static constexpr int kMaxBlock = 6, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 4;
-  // Rows of at most half or a quarter of a vector are packed and scattered by copy_part and
-  // add_part.
+  // Rows of at most half or a quarter of a vector of T are packed and scattered by copy_part
+  // and add_part.
+  template <typename T>
   static constexpr bool kPartAccesses = true;
 
   using Vec = __m512;

@@ -343,14 +343,14 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
   }
 }
 
-// Where the ISA has part accesses (AVX-512), rows of at most half a vector by half-vector copies:
-// DeepFace L6's packing 0.75x and mid_32x32_c64's 0.74x (one thread) against whole vectors; of at
-// most a quarter, by quarter-vector ones: mid_32x32_c64's 0.87x and a convnet_local3-like shape's
-// 0.78x against halves.
+// Where the ISA has part accesses for T (AVX-512; AVX2 for float), rows of at most half a vector
+// by half-vector copies (AVX-512: DeepFace L6's packing 0.75x and mid_32x32_c64's 0.74x, one
+// thread, against whole vectors), of at most a quarter by quarter-vector ones (mid_32x32_c64's
+// 0.87x and a convnet_local3-like shape's 0.78x against halves).
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
-  if constexpr (V::kPartAccesses) {
+  if constexpr (V::template kPartAccesses<T>) {
     if (g.kernel_w <= V::kLanes / 4)
       return pack_rows<V, V::kLanes / 4>(input, sample_stride, rows, g, samples, patches);
     if (g.kernel_w <= V::kLanes / 2)
@@ -398,14 +398,13 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
   }
 }
 
-// Where the ISA has part accesses (AVX-512), rows of at most half a vector by half-vector adds:
-// DeepFace L6's scatter 0.62x and mid_32x32_c64's 0.61x (one thread) against whole vectors; of
-// at most a quarter, by quarter-vector ones: mid_32x32_c64's and a convnet_local3-like shape's
-// 0.88x against halves.
+// Rows of at most half a vector by half-vector adds (AVX-512: DeepFace L6's scatter 0.62x and
+// mid_32x32_c64's 0.61x, one thread, against whole vectors), of at most a quarter by
+// quarter-vector ones (mid_32x32_c64's and a convnet_local3-like shape's 0.88x against halves).
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
-  if constexpr (V::kPartAccesses) {
+  if constexpr (V::template kPartAccesses<float>) {
     if (g.kernel_w <= V::kLanes / 4)
       return scatter_add_rows<V, V::kLanes / 4>(grad_patches, rows, g, samples, grad_input);
     if (g.kernel_w <= V::kLanes / 2)
