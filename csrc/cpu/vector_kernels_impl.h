@@ -303,7 +303,7 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 // on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
 // from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most
 // Lanes < V::kLanes elements each go by one copy_part<Lanes>, a block's samples unrolled
-// (pack_patches picks the narrowest Lanes the rows fit).
+// (by_row_width picks the narrowest Lanes the rows fit).
 template <typename V, int Lanes, typename T>
 LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
                                 const Geometry& g, int64_t samples, T* patches) {
@@ -343,6 +343,19 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
   }
 }
 
+// Calls rows(std::integral_constant<int, Lanes>{}) with the narrowest part of a vector the patch
+// rows of g fit: a quarter or a half where the ISA has part accesses (Parts), else the whole.
+// The callers' lambdas carry LC_VECTOR_TARGET: without it packing and scatter ran 1.2-1.4x
+// slower (one thread, DeepFace L6 and mid_32x32_c64's shapes).
+template <typename V, bool Parts, typename Rows>
+LC_VECTOR_TARGET void by_row_width(const Geometry& g, Rows&& rows) {
+  if constexpr (Parts) {
+    if (g.kernel_w <= V::kLanes / 4) return rows(std::integral_constant<int, V::kLanes / 4>{});
+    if (g.kernel_w <= V::kLanes / 2) return rows(std::integral_constant<int, V::kLanes / 2>{});
+  }
+  rows(std::integral_constant<int, V::kLanes>{});
+}
+
 // Where the ISA has part accesses for T (AVX-512; AVX2 for float), rows of at most half a vector
 // by half-vector copies (AVX-512: DeepFace L6's packing 0.75x and mid_32x32_c64's 0.74x, one
 // thread, against whole vectors), of at most a quarter by quarter-vector ones (mid_32x32_c64's
@@ -350,13 +363,9 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    const Geometry& g, int64_t samples, T* patches) {
-  if constexpr (V::template kPartAccesses<T>) {
-    if (g.kernel_w <= V::kLanes / 4)
-      return pack_rows<V, V::kLanes / 4>(input, sample_stride, rows, g, samples, patches);
-    if (g.kernel_w <= V::kLanes / 2)
-      return pack_rows<V, V::kLanes / 2>(input, sample_stride, rows, g, samples, patches);
-  }
-  pack_rows<V, V::kLanes>(input, sample_stride, rows, g, samples, patches);
+  by_row_width<V, V::template kPartAccesses<T>>(g, [&](auto lanes) LC_VECTOR_TARGET {
+    pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, g, samples, patches);
+  });
 }
 
 // The adjoint of pack_rows, by the same loops: each row's masked load-add-store, rows of at most
@@ -404,13 +413,9 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
-  if constexpr (V::template kPartAccesses<float>) {
-    if (g.kernel_w <= V::kLanes / 4)
-      return scatter_add_rows<V, V::kLanes / 4>(grad_patches, rows, g, samples, grad_input);
-    if (g.kernel_w <= V::kLanes / 2)
-      return scatter_add_rows<V, V::kLanes / 2>(grad_patches, rows, g, samples, grad_input);
-  }
-  scatter_add_rows<V, V::kLanes>(grad_patches, rows, g, samples, grad_input);
+  by_row_width<V, V::template kPartAccesses<float>>(g, [&](auto lanes) LC_VECTOR_TARGET {
+    scatter_add_rows<V, decltype(lanes)::value>(grad_patches, rows, g, samples, grad_input);
+  });
 }
 
 // How many tiles ahead along its row a row tile block prefetches each sample's input and output.
