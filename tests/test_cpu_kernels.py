@@ -56,9 +56,12 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # (K = 9, the forward by row tiles where the input is contiguous) with a power-of-two plane,
 # more samples than vdpbf16ps' grad_filters gathers grad_output pairs for at a time (128), odd,
 # and rows of a quarter and of half an AVX-512 vector (4 and 8 columns, strided so that they are
-# packed and scattered per location), cut by the padding at both ends.
+# packed and scattered per location), cut by the padding at both ends; and a forward read in
+# place (C_out of 7 AVX-512 vectors: blocks of 4, 2 and 1 of them, 14 AVX2 vectors in blocks of 2;
+# 43 samples, which leave a last block of 1 or 3; dilated columns, rows cut by the padding).
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
+    "in_place": (43, 5, (9, 8), 112, (5, 3), (1, 2), (2, 1), (1, 2)),
     "quarter_rows": (7, 3, (9, 20), 5, (3, 4), (1, 2), (1, 2), (1, 1)),
     "half_rows": (6, 2, (8, 23), 6, (2, 8), (2, 2), (1, 3), (1, 1)),
     "many_samples": (131, 2, (5, 4), 3, (2, 2), (1, 1), (0, 1), (1, 1)),
@@ -219,6 +222,10 @@ FAMILY_PATH_GEOMETRIES = {
     # The same with a batch that 2 threads split by samples (8 or more each), not by phases.
     "volume_one_filter_held_samples": (17, 2, (3, 4, 20), 1, (3, 3, 3), (1, 1, 1),
                                        ((1, 1),) * 3, (1, 1, 1), 1, {}),
+    # The forward read in place with channel groups (16 filters each) and blocks of shared
+    # weights, the last partial.
+    "in_place_groups_blocks": (18, 16, (7, 9), 32, (3, 3), (1, 1), ((1, 1), (0, 1)), (1, 1), 2,
+                               {"share_block": (2, 4)}),
     # The backward in one pass (csrc/cpu/backward_rows.cpp: a grad_output at least twice the
     # input, input rows of at most 64): a batch of 17 (a block of 16 samples and one), three row
     # tiles the last partial (cunn232_c1's shape, smaller)...

@@ -44,12 +44,15 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     int64_t run_tiles =
         by_row_tiles ? cpu::forward_row_run_tiles(g, threads, cpu::row_tile_filters(isa)) : 1;
     while (run_tiles > 1 && threads * run_bytes(run_tiles) > budget) run_tiles /= 2;
+    // Per location otherwise: packed patches, or reading the input in place.
+    const bool in_place = !by_row_tiles && cpu::forward_in_place<scalar_t>(isa, g);
     // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
-    // patches (of one group), and a tile's staged results.
+    // patches (of one group) or transposed filters (in place), and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
+             (in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float))
+                       : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
     };
@@ -83,7 +86,8 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           return;
         }
         cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-        scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
+        scalar_t* patches = in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
+        float* filters_t = in_place ? slice.take<float>(patch_size * group_size) : nullptr;
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
@@ -96,13 +100,28 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           for (int64_t t = 0; t < width; ++t) tile_regions[t] = g.region_of(z, i, j0 + t);
           for (int64_t t = 0; t < width; ++t) {
             const scalar_t* filters = w + tile_regions[t] * filter_size;
+            // In place, the next location's filters are fetched meanwhile (none past the row).
+            const scalar_t* next_filters =
+                t + 1 < width           ? w + tile_regions[t + 1] * filter_size
+                : j0 + width < g.out_w ? w + g.region_of(z, i, j0 + width) * filter_size
+                                       : nullptr;
             for (int64_t group = 0; group < g.groups; ++group) {
+              const scalar_t* group_filters = filters + group * group_size * patch_size;
+              opmath_t* out_block = staged + t * staged_stride + group * samples * group_size;
               cpu::patch_rows(g, in_strides, z, i, j0 + t, group, rows);
+              if (in_place) {
+                const scalar_t* next = group + 1 < g.groups
+                                           ? group_filters + group_size * patch_size
+                                           : next_filters;
+                cpu::location_forward_in_place(isa, group_size, samples, in + n0 * in_strides.n,
+                                               in_strides, rows, g, group_filters, filters_t,
+                                               next, out_block);
+                continue;
+              }
               cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
                                  samples, patches);
-              cpu::location_forward(isa, group_size, samples, patch_size,
-                                    filters + group * group_size * patch_size, patches,
-                                    staged + t * staged_stride + group * samples * group_size);
+              cpu::location_forward(isa, group_size, samples, patch_size, group_filters, patches,
+                                    out_block);
             }
           }
           // Each (n, c) run lies a whole plane from the next, which no hardware prefetcher

@@ -68,6 +68,37 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
 
 // Whether the forward goes by row tiles (forward_row_run): a vector ISA, an element type it
 // takes, and a geometry that fits (row_tiles_fit).
+// Whether the per-location forward reads the input in place (float on the vector kernels).
+template <typename scalar_t>
+bool forward_in_place(ProductIsa isa, const Geometry& g) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (isa != ProductIsa::blas) return forward_in_place_fits(g, isa == ProductIsa::avx2 ? 8 : 16);
+  }
+  return false;
+}
+
+// vector_kernels.h's forward_in_place, where forward_in_place<scalar_t>(isa, g) (float only).
+template <typename scalar_t, typename opmath_t>
+void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
+                               const scalar_t* input, const Strides5& s, const PatchRow* rows,
+                               const Geometry& g, const scalar_t* filters, float* filters_t,
+                               const scalar_t* next, opmath_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<opmath_t, float>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::forward_in_place(out_channels, samples, input, s.n, column_step(g, s),
+                                        rows, g, filters, filters_t, next, out);
+      case ProductIsa::avx2:
+        return avx2::forward_in_place(out_channels, samples, input, s.n, column_step(g, s), rows,
+                                      g, filters, filters_t, next, out);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "the forward in place needs float and the vector kernels");
+}
+
 template <typename scalar_t>
 bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);

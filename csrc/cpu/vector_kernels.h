@@ -190,6 +190,19 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
   return ceil_div(g.out_w, kRowTileLocations) * grad_weight_row_sums(g);
 }
 
+// Whether the per-location forward of float reads the input in place (forward_in_place) instead
+// of packing patches: a group's filters fill whole vectors of `lanes` (the ISA's floats), and the
+// batch is large against a patch row, where transposing the filters once costs less than
+// packing each sample's rows. Per location, packing takes about 4 cycles a row and sample
+// (DeepFace L6's rows of 5: 0.8x the products), a transposition about 6/16 of a cycle a weight:
+// in place pays from about batch >= kernel_w x C_out / 10 (taken from / 8). Measured per location, one thread:
+// DeepFace L6 (batch 32, 5 x 16) 0.74x, L5-like (16, 7 x 16) 0.95x, convnet_local3 (128,
+// 3 x 64) 0.75x; mid_32x32_c64 (8, 3 x 64) 1.4x and L4 (8, 9 x 16) 1.01x slower.
+inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
+  return g.group_out_channels() % lanes == 0 &&
+         8 * g.batch >= g.kernel_w * g.group_out_channels();
+}
+
 // Each ISA's namespace declares the same kernels:
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
@@ -203,6 +216,13 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 //                per vector of columns (on AVX-512, of half or a quarter of a vector where the
 //                row fits one).
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
+// forward_in_place: forward's out (n < samples) for float without packing: `filters` (C_out x K)
+//                transposed into filters_t (K x C_out floats of scratch), each patch element
+//                read from `input` (sample n at input + n*sample_stride; `rows` as patch_rows
+//                leaves them, kernel columns `step` elements apart) and broadcast onto the
+//                vectors of C_out; the filters of the same size at `next` (the next location's;
+//                none where null) fetched into the L2 meanwhile. Only where
+//                forward_in_place_fits.
 // row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
 //                the whole run, block after block).
 // forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
@@ -256,6 +276,10 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
                     const Geometry& g, int64_t samples, T* patches);                             \
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
+  void forward_in_place(int64_t out_channels, int64_t samples, const float* input,              \
+                        int64_t sample_stride, int64_t step, const PatchRow* rows,                \
+                        const Geometry& g, const float* filters, float* filters_t,               \
+                        const float* next, float* out);                                          \
   int64_t row_tile_filters();                                                                    \
   template <typename T>                                                                          \
   void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \
