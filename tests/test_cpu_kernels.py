@@ -22,6 +22,9 @@ GEOMETRIES = {
     "strided_dilated_uneven": (5, 3, (9, 7), 4, (3, 2), (2, 1), (1, 2), (1, 2)),
     "padded_wide_kernel": (7, 2, (8, 11), 3, (4, 3), (1, 2), (0, 1), (2, 1)),
     "one_by_one": (3, 4, (6, 6), 5, (1, 1), (1, 1), (0, 0), (1, 1)),
+    # The forward and grad_weight read the input in place in float32 (K = 72, 16 filters, 13
+    # samples: under the small budgets grad_weight sums block after block).
+    "in_place_padded": (13, 8, (6, 7), 16, (3, 3), (1, 1), (1, 1), (1, 1)),
 }
 # The default (one block); about 4 samples per block in float32 (with a last, partial block); one
 # sample and one location at a time.
@@ -226,6 +229,9 @@ FAMILY_PATH_GEOMETRIES = {
     # weights, the last partial.
     "in_place_groups_blocks": (18, 16, (7, 9), 32, (3, 3), (1, 1), ((1, 1), (0, 1)), (1, 1), 2,
                                {"share_block": (2, 4)}),
+    # ...and without sharing in 3D (grad_weight in place too).
+    "in_place_volume_groups": (10, 8, (3, 4, 6), 32, (2, 3, 3), (1, 1, 1),
+                               ((1, 0), (1, 1), (1, 1)), (1, 1, 1), 2, {}),
     # The backward in one pass (csrc/cpu/backward_rows.cpp: a grad_output at least twice the
     # input, input rows of at most 64): a batch of 17 (a block of 16 samples and one), three row
     # tiles the last partial (cunn232_c1's shape, smaller)...

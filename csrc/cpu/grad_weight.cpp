@@ -75,10 +75,12 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // unit's), which are rounded into grad_weight once: by the last sample block's product, or
     // after the unit's last member.
     constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
+    // Without sharing, float reads the input in place where the forward does (no packing).
+    const bool reads_in_place = !shares && cpu::forward_in_place<scalar_t>(isa, g);
     // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
     // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
-    // one location's patch rows and patches, and the float sums (the tile's, or with sharing
-    // the unit's).
+    // one location's patch rows and patches (or in place, its transposed sums and the columns
+    // that read the input), and the float sums (the tile's, or with sharing the unit's).
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, tile)) {
         return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
@@ -87,7 +89,9 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             cpu::line_bytes(samples * patch_size, sizeof(scalar_t)) +
+             (reads_in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
+                                   cpu::line_bytes(2 * patch_size, sizeof(int64_t))
+                             : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
              (in_place ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
@@ -108,10 +112,11 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // t's bank summed into sums + t*sums_step (accumulated over the sample blocks, and where
     // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
     // rounded_bank(t), where not null, takes the last block's sums rounded instead.
+    // In place, `patches` is null and sums_t, columns the kernel's scratch.
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
-                                   opmath_t* sums, int64_t sums_step, bool onto,
-                                   const auto& rounded_bank) {
+                                   float* sums_t, int64_t* columns, opmath_t* sums,
+                                   int64_t sums_step, bool onto, const auto& rounded_bank) {
       for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
         const int64_t samples = std::min(block.samples, g.batch - n0);
         const bool last_block = n0 + samples >= g.batch;
@@ -122,6 +127,13 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
           for (int64_t group = 0; group < g.groups; ++group) {
             cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
+            if (patches == nullptr) {
+              cpu::location_grad_filters_in_place(
+                  isa, group_size, samples, in + n0 * in_strides.n, in_strides, rows, g,
+                  staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
+                  columns, sums + t * sums_step + group * group_filter_size);
+              continue;
+            }
             cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g, samples,
                                patches);
             cpu::location_grad_filters(
@@ -162,14 +174,18 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         cpu::ScratchSlice slice(pass);
         scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
         cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-        scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
+        scalar_t* patches =
+            reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
+        float* sums_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
+        int64_t* columns = reads_in_place ? slice.take<int64_t>(2 * patch_size) : nullptr;
         opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
           scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
           tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
-                        std::min(block.tile, g.out_w - j0), staged, rows, patches,
-                        in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums, filter_size,
+                        std::min(block.tile, g.out_w - j0), staged, rows, patches, sums_t,
+                        columns, in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        filter_size,
                         /*onto=*/false,
                         [&](int64_t t) { return in_place ? nullptr : banks + t * filter_size; });
         }
@@ -208,7 +224,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
               std::min(axes[2].members, ceil_div(g.out_w - j_first, step));
           for (int64_t m_w = 0; m_w < row_members; m_w += block.tile, started = true) {
             tile_products(z, i, j_first + m_w * step, step,
-                          std::min(block.tile, row_members - m_w), staged, rows, patches, sums,
+                          std::min(block.tile, row_members - m_w), staged, rows, patches,
+                          /*sums_t=*/nullptr, /*columns=*/nullptr, sums,
                           /*sums_step=*/0, /*onto=*/started,
                           [](int64_t) -> scalar_t* { return nullptr; });
           }

@@ -99,6 +99,32 @@ void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t sam
   TORCH_INTERNAL_ASSERT(false, "the forward in place needs float and the vector kernels");
 }
 
+// vector_kernels.h's grad_filters_in_place, where forward_in_place<scalar_t>(isa, g) (float
+// only).
+template <typename scalar_t, typename opmath_t>
+void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
+                                    const scalar_t* input, const Strides5& s,
+                                    const PatchRow* rows, const Geometry& g,
+                                    const scalar_t* grad_output, bool accumulate, float* sums_t,
+                                    int64_t* columns, opmath_t* grad_filters) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<opmath_t, float>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::grad_filters_in_place(out_channels, samples, input, s.n,
+                                             column_step(g, s), rows, g, grad_output, accumulate,
+                                             sums_t, columns, grad_filters);
+      case ProductIsa::avx2:
+        return avx2::grad_filters_in_place(out_channels, samples, input, s.n, column_step(g, s),
+                                           rows, g, grad_output, accumulate, sums_t, columns,
+                                           grad_filters);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "grad_weight in place needs float and the vector kernels");
+}
+
 template <typename scalar_t>
 bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);

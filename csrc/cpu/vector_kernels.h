@@ -195,9 +195,10 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 // batch is large against a patch row, where transposing the filters once costs less than
 // packing each sample's rows. Per location, packing takes about 4 cycles a row and sample
 // (DeepFace L6's rows of 5: 0.8x the products), a transposition about 6/16 of a cycle a weight:
-// in place pays from about batch >= kernel_w x C_out / 10 (taken from / 8). Measured per location, one thread:
-// DeepFace L6 (batch 32, 5 x 16) 0.74x, L5-like (16, 7 x 16) 0.95x, convnet_local3 (128,
-// 3 x 64) 0.75x; mid_32x32_c64 (8, 3 x 64) 1.4x and L4 (8, 9 x 16) 1.01x slower.
+// in place pays from about batch >= kernel_w x C_out / 10 (taken from / 8). Measured per
+// location, one thread: DeepFace L6 (batch 32, 5 x 16) 0.74x, L5-like (16, 7 x 16) 0.95x,
+// convnet_local3 (128, 3 x 64) 0.75x; mid_32x32_c64 (8, 3 x 64) 1.4x and L4 (8, 9 x 16) 1.01x
+// slower. grad_weight per location reads the input in place where the forward does.
 inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
   return g.group_out_channels() % lanes == 0 &&
          8 * g.batch >= g.kernel_w * g.group_out_channels();
@@ -223,6 +224,10 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
 //                vectors of C_out; the filters of the same size at `next` (the next location's;
 //                none where null) fetched into the L2 meanwhile. Only where
 //                forward_in_place_fits.
+// grad_filters_in_place: grad_filters for float without packing (accumulate as there; results
+//                the same to the bit): the input read as forward_in_place reads it, the sums
+//                kept transposed in sums_t (K x C_out floats of scratch; 2 K int64 at
+//                `columns`). Only where forward_in_place_fits.
 // row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
 //                the whole run, block after block).
 // forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
@@ -280,6 +285,10 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
                         int64_t sample_stride, int64_t step, const PatchRow* rows,                \
                         const Geometry& g, const float* filters, float* filters_t,               \
                         const float* next, float* out);                                          \
+  void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* input,         \
+                             int64_t sample_stride, int64_t step, const PatchRow* rows,           \
+                             const Geometry& g, const float* grad_output, bool accumulate,        \
+                             float* sums_t, int64_t* columns, float* grad_filters);               \
   int64_t row_tile_filters();                                                                    \
   template <typename T>                                                                          \
   void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \

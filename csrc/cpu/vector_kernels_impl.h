@@ -607,10 +607,21 @@ LC_VECTOR_TARGET void in_place_samples(int64_t count, const float* input, int64_
                            out_channels, out, ahead);
 }
 
+// Calls block(std::integral_constant<int, OB>{}, v) for the vectors [v, v + OB) of `vectors`
+// vectors of C_out: blocks of kInPlaceVectors, then 2, then 1.
+template <typename V, typename Block>
+LC_VECTOR_TARGET void for_vector_blocks(int64_t vectors, Block&& block) {
+  constexpr int kWide = kInPlaceVectors<V>;
+  int64_t v = 0;
+  for (; v + kWide <= vectors; v += kWide) block(std::integral_constant<int, kWide>{}, v);
+  for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
+  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
+}
+
 // The forward of one location and channel group in place: out[n * C_out + o] for n < samples,
-// from the group's filters transposed into filters_t (K x C_out floats of scratch). Blocks of
-// kInPlaceVectors vectors of C_out, then 2, then 1; the next filters of the same size at `next` (none where
-// null) fetched into the L2 while the blocks go by.
+// from the group's filters transposed into filters_t (K x C_out floats of scratch). The next
+// filters of the same size at `next` (none where null) fetched into the L2 while the blocks go
+// by, a share per patch row of each block.
 template <typename V>
 LC_VECTOR_TARGET void forward_in_place(int64_t out_channels, int64_t samples, const float* input,
                                        int64_t sample_stride, int64_t step, const PatchRow* rows,
@@ -618,31 +629,141 @@ LC_VECTOR_TARGET void forward_in_place(int64_t out_channels, int64_t samples, co
                                        const float* next, float* out) {
   transpose_filters<V>(filters, out_channels, g.patch_size(), filters_t);
   const int64_t row_count = patch_row_count(g), vectors = out_channels / V::kLanes;
-  const auto blocks = [&](auto ob, int64_t v0, int64_t v1, FetchAhead& ahead) LC_VECTOR_TARGET {
-    constexpr int OB = decltype(ob)::value;
-    constexpr int S = kInPlaceSamples<V, OB>;
-    for (int64_t v = v0; v + OB <= v1; v += OB) {
-      for (int64_t n0 = 0; n0 < samples; n0 += S) {
-        in_place_samples<V, OB>(std::min<int64_t>(S, samples - n0), input + n0 * sample_stride,
-                                sample_stride, step, rows, row_count, g.kernel_w,
-                                filters_t + v * V::kLanes, out_channels,
-                                out + n0 * out_channels + v * V::kLanes, ahead);
-      }
-    }
-  };
-  constexpr int kWide = kInPlaceVectors<V>;
-  const int64_t wide = vectors / kWide * kWide, twos = wide + (vectors - wide) / 2 * 2;
-  // Every block's patch rows share the fetch.
-  const int64_t block_rows =
-      row_count * (wide / kWide * ceil_div(samples, kInPlaceSamples<V, kWide>) +
-                   (twos - wide) / 2 * ceil_div(samples, kInPlaceSamples<V, 2>) +
-                   (vectors - twos) * ceil_div(samples, kInPlaceSamples<V, 1>));
+  int64_t block_rows = 0;
+  for_vector_blocks<V>(vectors, [&](auto ob, int64_t) LC_VECTOR_TARGET {
+    block_rows += row_count * ceil_div(samples, kInPlaceSamples<V, decltype(ob)::value>);
+  });
   const int64_t next_lines =
       next == nullptr ? 0 : ceil_div(out_channels * g.patch_size() * int64_t(sizeof(float)), kLine);
   FetchAhead ahead(reinterpret_cast<uintptr_t>(next), next_lines, block_rows);
-  blocks(std::integral_constant<int, kWide>{}, 0, wide, ahead);
-  blocks(std::integral_constant<int, 2>{}, wide, twos, ahead);
-  blocks(std::integral_constant<int, 1>{}, twos, vectors, ahead);
+  for_vector_blocks<V>(vectors, [&](auto ob, int64_t v) LC_VECTOR_TARGET {
+    constexpr int OB = decltype(ob)::value;
+    constexpr int S = kInPlaceSamples<V, OB>;
+    for (int64_t n0 = 0; n0 < samples; n0 += S) {
+      in_place_samples<V, OB>(std::min<int64_t>(S, samples - n0), input + n0 * sample_stride,
+                              sample_stride, step, rows, row_count, g.kernel_w,
+                              filters_t + v * V::kLanes, out_channels,
+                              out + n0 * out_channels + v * V::kLanes, ahead);
+    }
+  });
+}
+
+// ---- grad_weight in place: KB patch columns x OB vectors of C_out, summed over the samples ----
+// The adjoint of the forward in place, where it fits: each patch column's input element is
+// broadcast from the input onto the staged grad_output's vectors of C_out, the sums kept as
+// K x C_out (sums_t) and transposed into the filter bank; the patches are not packed.
+
+// sums_t[k * C_out + b * V::kLanes + lane] (+)= sum over n < samples of input element
+// sources[kb] of sample n (at input + n * sample_stride) times grad_output[n * C_out + b *
+// V::kLanes + lane], for the KB patch columns k = columns[kb], summed sample after sample onto
+// what sums_t holds where accumulate.
+template <typename V, int KB, int OB>
+LC_VECTOR_TARGET void in_place_grad_block(const float* input, int64_t sample_stride,
+                                          int64_t samples, const int64_t* sources,
+                                          const int64_t* columns, const float* grad_output,
+                                          int64_t out_channels, bool accumulate, float* sums_t) {
+  typename V::Vec acc[KB][OB];
+#pragma GCC unroll 16
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 16
+    for (int b = 0; b < OB; ++b)
+      acc[kb][b] = accumulate ? V::load(sums_t + columns[kb] * out_channels + b * V::kLanes)
+                              : V::zero();
+  for (int64_t n = 0; n < samples; ++n) {
+    typename V::Vec go[OB];
+#pragma GCC unroll 16
+    for (int b = 0; b < OB; ++b) go[b] = V::load(grad_output + n * out_channels + b * V::kLanes);
+    const float* sample = input + n * sample_stride;
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb) {
+      const auto x = V::set1(sample[sources[kb]]);
+#pragma GCC unroll 16
+      for (int b = 0; b < OB; ++b) acc[kb][b] = V::fmadd(go[b], x, acc[kb][b]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 16
+    for (int b = 0; b < OB; ++b)
+      V::store(sums_t + columns[kb] * out_channels + b * V::kLanes, acc[kb][b]);
+}
+
+// The patch columns of an in-place grad_weight block: the most its registers hold (AVX-512's
+// 32: 12 x 1, 8 x 2, 5 x 4 accumulators; AVX2's 16: 8 x 1, 5 x 2), then fewer for the last.
+template <typename V, int OB>
+constexpr int kInPlaceColumns =
+    V::kLanes == 16 ? (OB == 1 ? 12 : OB == 2 ? 8 : 5) : (OB == 1 ? 8 : 5);
+
+template <typename V, int OB, int KB = kInPlaceColumns<V, OB>>
+LC_VECTOR_TARGET void in_place_grad_columns(int64_t count, const float* input,
+                                            int64_t sample_stride, int64_t samples,
+                                            const int64_t* sources, const int64_t* columns,
+                                            const float* grad_output, int64_t out_channels,
+                                            bool accumulate, float* sums_t) {
+  if constexpr (KB > 1) {
+    if (count < KB)
+      return in_place_grad_columns<V, OB, KB - 1>(count, input, sample_stride, samples, sources,
+                                                  columns, grad_output, out_channels, accumulate,
+                                                  sums_t);
+  }
+  in_place_grad_block<V, KB, OB>(input, sample_stride, samples, sources, columns, grad_output,
+                                 out_channels, accumulate, sums_t);
+}
+
+// grad_filters (C_out x K, row o at o * K) (+)= the products of one location and channel group
+// over `samples` samples, in place: grad_output staged (row n at n * C_out), the input read as
+// forward_in_place reads it. Where accumulate, grad_filters is transposed into sums_t first and
+// every sum goes on sample after sample from there, as the packed products sum (the results are
+// theirs to the bit). Scratch: sums_t (K x C_out floats), and 2 K int64 at `columns` (the patch
+// columns that read the input, and where).
+template <typename V>
+LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t samples,
+                                            const float* input, int64_t sample_stride,
+                                            int64_t step, const PatchRow* rows,
+                                            const Geometry& g, const float* grad_output,
+                                            bool accumulate, float* sums_t, int64_t* columns,
+                                            float* grad_filters) {
+  const int64_t patch_size = g.patch_size(), row_count = patch_row_count(g);
+  if (accumulate) transpose_filters<V>(grad_filters, out_channels, patch_size, sums_t);
+  int64_t* sources = columns + patch_size;
+  int64_t count = 0;
+  for (int64_t r = 0; r < row_count; ++r) {
+    const PatchRow& row = rows[r];
+    for (int64_t q = 0; q < g.kernel_w; ++q) {
+      const int64_t k = r * g.kernel_w + q;
+      if (q >= row.first && q < row.last) {
+        columns[count] = k;
+        sources[count++] = row.source + (q - row.first) * step;
+      } else if (!accumulate) {
+        // A column in the padding reads zeros: its sums are zero.
+        for (int64_t v = 0; v < out_channels; v += V::kLanes)
+          V::store(sums_t + k * out_channels + v, V::zero());
+      }
+    }
+  }
+  for_vector_blocks<V>(out_channels / V::kLanes, [&](auto ob, int64_t v) LC_VECTOR_TARGET {
+    constexpr int OB = decltype(ob)::value;
+    constexpr int KB = kInPlaceColumns<V, OB>;
+    for (int64_t c = 0; c < count; c += KB) {
+      in_place_grad_columns<V, OB>(std::min<int64_t>(KB, count - c), input, sample_stride,
+                                   samples, sources + c, columns + c,
+                                   grad_output + v * V::kLanes, out_channels, accumulate,
+                                   sums_t + v * V::kLanes);
+    }
+  });
+  // sums_t (K x C_out) into grad_filters (C_out x K): V::kLanes columns of K x V::kLanes filters
+  // at a time.
+  for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+    const int64_t present = std::min<int64_t>(V::kLanes, patch_size - k0);
+    for (int64_t o0 = 0; o0 < out_channels; o0 += V::kLanes) {
+      typename V::Vec square[V::kLanes];
+      for (int64_t r = 0; r < V::kLanes; ++r)
+        square[r] = r < present ? V::load(sums_t + (k0 + r) * out_channels + o0) : V::zero();
+      V::transpose(square);
+      for (int64_t c = 0; c < V::kLanes; ++c)
+        V::store(V::tail(present), grad_filters + (o0 + c) * patch_size + k0, square[c]);
+    }
+  }
 }
 
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
@@ -1550,6 +1671,15 @@ void forward_in_place(int64_t out_channels, int64_t samples, const float* input,
                       const float* next, float* out) {
   generic::forward_in_place<LC_VECTOR_TRAITS>(out_channels, samples, input, sample_stride, step,
                                               rows, g, filters, filters_t, next, out);
+}
+
+void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* input,
+                           int64_t sample_stride, int64_t step, const PatchRow* rows,
+                           const Geometry& g, const float* grad_output, bool accumulate,
+                           float* sums_t, int64_t* columns, float* grad_filters) {
+  generic::grad_filters_in_place<LC_VECTOR_TRAITS>(out_channels, samples, input, sample_stride,
+                                                   step, rows, g, grad_output, accumulate,
+                                                   sums_t, columns, grad_filters);
 }
 
 template <typename T>
