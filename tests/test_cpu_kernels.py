@@ -350,9 +350,15 @@ def test_fallback_in_sample_blocks_matches_reference(budget, monkeypatch, dtype)
     check_gradients(*tensors, stride, padding, dilation)
 
 
-def forward_and_gradients(seed=0, n=9, dtype=torch.float32):
+# n, c_in, (h, w), c_out: the row tiles' (K = 27) and, in float32, the input read in place (K =
+# 72, 16 filters).
+THREAD_GEOMETRIES = {"row_tiles": (3, (12, 10), 6), "in_place": (8, (7, 6), 16)}
+
+
+def forward_and_gradients(seed=0, n=9, dtype=torch.float32, geometry="row_tiles"):
+    c_in, size, c_out = THREAD_GEOMETRIES[geometry]
     input, weight, bias = make_case(
-        n, 3, (12, 10), 6, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", dtype, "cpu", seed
+        n, c_in, size, c_out, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", dtype, "cpu", seed
     )
     leaves = [t.requires_grad_() for t in (input, weight, bias)]
     out = lc_cuda.local_conv2d(*leaves, 1, 1)
@@ -367,9 +373,10 @@ def test_deterministic_from_run_to_run(budget):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("geometry", sorted(THREAD_GEOMETRIES))
 @pytest.mark.parametrize("n", [9, 40])
 @pytest.mark.parametrize("budget", ["default", "few_samples"], indirect=True)
-def test_one_and_two_threads_agree(budget, n):
+def test_one_and_two_threads_agree(budget, n, geometry):
     """Every sum runs in an order fixed by the geometry and the sample block, and threads split
     the work without sharing sums: bitwise equal where the batch is one block at both thread
     counts. A smaller budget gives each of 2 threads half of it, so smaller sample blocks, which
@@ -378,9 +385,9 @@ def test_one_and_two_threads_agree(budget, n):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = forward_and_gradients(n=n)
+        one = forward_and_gradients(n=n, geometry=geometry)
         torch.set_num_threads(2)
-        two = forward_and_gradients(n=n)
+        two = forward_and_gradients(n=n, geometry=geometry)
     finally:
         torch.set_num_threads(threads)
     for name, a, b in zip(("output", "input", "weight", "bias"), one, two):
@@ -388,6 +395,31 @@ def test_one_and_two_threads_agree(budget, n):
             assert torch.equal(a, b), name
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_grad_weight_in_place_in_sample_blocks_is_bitwise_the_same(monkeypatch):
+    """grad_weight read in place sums sample after sample: where a budget cuts the batch into
+    sample blocks (each block's sums transposed back in and summed on), the result is the one
+    block's to the bit, and within float32 rounding of the float64 oracle."""
+    one_block = forward_and_gradients(n=40, geometry="in_place")
+    # 0.04 MiB: the transposed filters (4.5 KiB) within an eighth; each of 2 threads holds a tile
+    # of 6 locations' staged grad_output for 36 samples, so the batch goes as 36 and 4.
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", "0.04")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        in_blocks = forward_and_gradients(n=40, geometry="in_place")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_block[2], in_blocks[2])
+    c_in, size, c_out = THREAD_GEOMETRIES["in_place"]
+    case = make_case(40, c_in, size, c_out, (3, 3), (1, 1), (1, 1), (1, 1), "per_location",
+                     torch.float32, "cpu", 0)  # fmt: skip
+    leaves = [t.double().requires_grad_() for t in case]
+    out = reference_local_conv2d(*leaves, (1, 1), (1, 1, 1, 1), (1, 1))
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).double()
+    expected = torch.autograd.grad(out, leaves[1], grad_output)[0]
+    assert relative_error(in_blocks[2], expected) <= allowed_error(torch.float32)
 
 
 PEAK_SCRIPT = """

@@ -2,7 +2,9 @@
 // each reads its own part of the weight once per sample block. Per location and channel group
 // one product (location_products.h): the group's rows of the location's region's filter bank
 // (C_out/groups x K, contiguous in the weight) times the group's packed patches (samples x K),
-// the tile's results staged and written to the (N, C_out, D, H, W) output as contiguous runs.
+// or in float, where the batch is large against a patch row, times the input read in place
+// (vector_kernels.h: forward_in_place); the tile's results staged and written to the
+// (N, C_out, D, H, W) output as contiguous runs.
 // Short patches on the vector kernels go by runs of whole tiles instead (forward_row_run: one
 // vector over a tile's locations, written in place).
 #include <ATen/ATen.h>
@@ -45,13 +47,14 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         by_row_tiles ? cpu::forward_row_run_tiles(g, threads, cpu::row_tile_filters(isa)) : 1;
     while (run_tiles > 1 && threads * run_bytes(run_tiles) > budget) run_tiles /= 2;
     // Per location otherwise: packed patches, or reading the input in place.
-    const bool in_place = !by_row_tiles && cpu::forward_in_place<scalar_t>(isa, g);
+    const bool reads_in_place =
+        !by_row_tiles && cpu::reads_input_in_place<scalar_t>(isa, g, budget);
     // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
     // patches (of one group) or transposed filters (in place), and a tile's staged results.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             (in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float))
+             (reads_in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float))
                        : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
@@ -86,8 +89,9 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           return;
         }
         cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-        scalar_t* patches = in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
-        float* filters_t = in_place ? slice.take<float>(patch_size * group_size) : nullptr;
+        scalar_t* patches =
+            reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
+        float* filters_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
@@ -102,14 +106,15 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
             const scalar_t* filters = w + tile_regions[t] * filter_size;
             // In place, the next location's filters are fetched meanwhile (none past the row).
             const scalar_t* next_filters =
-                t + 1 < width           ? w + tile_regions[t + 1] * filter_size
+                !reads_in_place         ? nullptr
+                : t + 1 < width        ? w + tile_regions[t + 1] * filter_size
                 : j0 + width < g.out_w ? w + g.region_of(z, i, j0 + width) * filter_size
                                        : nullptr;
             for (int64_t group = 0; group < g.groups; ++group) {
               const scalar_t* group_filters = filters + group * group_size * patch_size;
               opmath_t* out_block = staged + t * staged_stride + group * samples * group_size;
               cpu::patch_rows(g, in_strides, z, i, j0 + t, group, rows);
-              if (in_place) {
+              if (reads_in_place) {
                 const scalar_t* next = group + 1 < g.groups
                                            ? group_filters + group_size * patch_size
                                            : next_filters;

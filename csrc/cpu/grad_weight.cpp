@@ -1,6 +1,8 @@
 // The CPU grad_weight. Per output location and channel group one product (location_products.h):
 // the transposed patches (K x samples) times the location's grad_output (samples x
-// C_out/groups), summed over the sample blocks in order.
+// C_out/groups), summed over the sample blocks in order; in float without sharing, where the
+// forward reads the input in place, the input read in place likewise (vector_kernels.h:
+// grad_filters_in_place, the same sums), and the banks, written once, streamed past the caches.
 //
 // A filter bank per location: threads take tiles of neighbouring locations of one output row and
 // write disjoint parts of grad_weight. Where the geometry fits the row tiles (few filters or a
@@ -24,6 +26,7 @@
 // at a time, the per-location product two).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <immintrin.h>
 
 #include <type_traits>
 
@@ -74,9 +77,10 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // float sums); float16 and bfloat16 into float sums (per location of the tile, or the
     // unit's), which are rounded into grad_weight once: by the last sample block's product, or
     // after the unit's last member.
-    constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
+    constexpr bool sums_in_banks = std::is_same_v<scalar_t, opmath_t>;
     // Without sharing, float reads the input in place where the forward does (no packing).
-    const bool reads_in_place = !shares && cpu::forward_in_place<scalar_t>(isa, g);
+    const bool reads_in_place =
+        !shares && cpu::reads_input_in_place<scalar_t>(isa, g, cpu::scratch_budget_bytes());
     // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
     // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
     // one location's patch rows and patches (or in place, its transposed sums and the columns
@@ -92,7 +96,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
              (reads_in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
                                    cpu::line_bytes(2 * patch_size, sizeof(int64_t))
                              : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
-             (in_place ? 0
+             (sums_in_banks ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
     // With sharing in chunks, each unit's sums, added per region at the end.
@@ -111,15 +115,18 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // The products of the `width` locations (z, i, j0 + t*step) over the whole batch, location
     // t's bank summed into sums + t*sums_step (accumulated over the sample blocks, and where
     // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
-    // rounded_bank(t), where not null, takes the last block's sums rounded instead.
-    // In place, `patches` is null and sums_t, columns the kernel's scratch.
+    // rounded_bank(t), where not null, takes the last block's sums rounded instead. Where
+    // `own_banks` (the sums are float grad_weight's own banks), the last block's are streamed
+    // past the caches (vector_kernels.h: grad_filters; the caller fences them). Where
+    // reads_in_place, sums_t and columns are the kernel's scratch (and patches null).
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
                                    float* sums_t, int64_t* columns, opmath_t* sums,
-                                   int64_t sums_step, bool onto, const auto& rounded_bank) {
+                                   int64_t sums_step, bool onto, bool own_banks,
+                                   const auto& rounded_bank) {
       for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
         const int64_t samples = std::min(block.samples, g.batch - n0);
-        const bool last_block = n0 + samples >= g.batch;
+        const bool last_block = n0 + samples >= g.batch, stream = own_banks && last_block;
         cpu::stage_grad_output(go, go_strides, g, z, i, j0, step, width, n0, samples,
                                staged_stride, staged);
         for (int64_t t = 0; t < width; ++t) {
@@ -127,11 +134,11 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
           for (int64_t group = 0; group < g.groups; ++group) {
             cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
-            if (patches == nullptr) {
+            if (reads_in_place) {
               cpu::location_grad_filters_in_place(
                   isa, group_size, samples, in + n0 * in_strides.n, in_strides, rows, g,
                   staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
-                  columns, sums + t * sums_step + group * group_filter_size);
+                  columns, sums + t * sums_step + group * group_filter_size, stream);
               continue;
             }
             cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g, samples,
@@ -140,7 +147,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                 isa, group_size, samples, patch_size, patches,
                 staged + t * staged_stride + group * samples * group_size, accumulate,
                 sums + t * sums_step + group * group_filter_size,
-                rounded == nullptr ? nullptr : rounded + group * group_filter_size);
+                rounded == nullptr ? nullptr : rounded + group * group_filter_size, stream);
           }
         }
       }
@@ -178,17 +185,20 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
             reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
         float* sums_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
         int64_t* columns = reads_in_place ? slice.take<int64_t>(2 * patch_size) : nullptr;
-        opmath_t* tile_sums = in_place ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
+        opmath_t* tile_sums =
+            sums_in_banks ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
           scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
           tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
                         std::min(block.tile, g.out_w - j0), staged, rows, patches, sums_t,
-                        columns, in_place ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
-                        filter_size,
-                        /*onto=*/false,
-                        [&](int64_t t) { return in_place ? nullptr : banks + t * filter_size; });
+                        columns, sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        filter_size, /*onto=*/false, /*own_banks=*/sums_in_banks,
+                        [&](int64_t t) {
+                          return sums_in_banks ? nullptr : banks + t * filter_size;
+                        });
         }
+        _mm_sfence();  // the streamed banks are ordered before whatever follows
       });
       return;
     }
@@ -200,7 +210,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
       scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
-      opmath_t* float_sums = in_place ? nullptr : slice.take<opmath_t>(filter_size);
+      opmath_t* float_sums = sums_in_banks ? nullptr : slice.take<opmath_t>(filter_size);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t region = unit / chunks, chunk = unit % chunks;
         const int64_t r_w = region % g.regions_w, r_h = region / g.regions_w % g.regions_h;
@@ -209,7 +219,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         // The unit's sums: its chunk's (float), or the bank itself (float, double), or float
         // sums rounded into the bank at the end.
         opmath_t* sums = chunks > 1  ? unit_results + unit * filter_size
-                         : in_place ? reinterpret_cast<opmath_t*>(bank)
+                         : sums_in_banks ? reinterpret_cast<opmath_t*>(bank)
                                     : float_sums;
         bool started = false;
         // The chunk's member rows (m_d, m_h), then along each row the members in tiles, each
@@ -226,12 +236,12 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
             tile_products(z, i, j_first + m_w * step, step,
                           std::min(block.tile, row_members - m_w), staged, rows, patches,
                           /*sums_t=*/nullptr, /*columns=*/nullptr, sums,
-                          /*sums_step=*/0, /*onto=*/started,
+                          /*sums_step=*/0, /*onto=*/started, /*own_banks=*/false,
                           [](int64_t) -> scalar_t* { return nullptr; });
           }
         }
         if (!started) std::fill(sums, sums + filter_size, opmath_t(0));
-        if (chunks == 1 && !in_place) std::copy(sums, sums + filter_size, bank);
+        if (chunks == 1 && !sums_in_banks) std::copy(sums, sums + filter_size, bank);
       }
     });
     if (chunks == 1) return;

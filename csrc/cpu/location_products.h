@@ -66,18 +66,19 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
   scatter_add_patches(grad_patches, rows, g, samples, grad_input);
 }
 
-// Whether the forward goes by row tiles (forward_row_run): a vector ISA, an element type it
-// takes, and a geometry that fits (row_tiles_fit).
-// Whether the per-location forward reads the input in place (float on the vector kernels).
+// Whether the per-location forward, and grad_weight without sharing, read the input in place
+// (vector_kernels.h: forward_in_place_fits, against the scratch budget of `budget` bytes; float
+// on the vector kernels).
 template <typename scalar_t>
-bool forward_in_place(ProductIsa isa, const Geometry& g) {
+bool reads_input_in_place(ProductIsa isa, const Geometry& g, int64_t budget) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (isa != ProductIsa::blas) return forward_in_place_fits(g, isa == ProductIsa::avx2 ? 8 : 16);
+    if (isa != ProductIsa::blas)
+      return forward_in_place_fits(g, isa == ProductIsa::avx2 ? 8 : 16, budget);
   }
   return false;
 }
 
-// vector_kernels.h's forward_in_place, where forward_in_place<scalar_t>(isa, g) (float only).
+// vector_kernels.h's forward_in_place, where reads_input_in_place<scalar_t>.
 template <typename scalar_t, typename opmath_t>
 void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
                                const scalar_t* input, const Strides5& s, const PatchRow* rows,
@@ -99,25 +100,24 @@ void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t sam
   TORCH_INTERNAL_ASSERT(false, "the forward in place needs float and the vector kernels");
 }
 
-// vector_kernels.h's grad_filters_in_place, where forward_in_place<scalar_t>(isa, g) (float
-// only).
+// vector_kernels.h's grad_filters_in_place, where reads_input_in_place<scalar_t>.
 template <typename scalar_t, typename opmath_t>
 void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
                                     const scalar_t* input, const Strides5& s,
                                     const PatchRow* rows, const Geometry& g,
                                     const scalar_t* grad_output, bool accumulate, float* sums_t,
-                                    int64_t* columns, opmath_t* grad_filters) {
+                                    int64_t* columns, opmath_t* grad_filters, bool stream) {
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<opmath_t, float>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
       case ProductIsa::avx512:
         return avx512::grad_filters_in_place(out_channels, samples, input, s.n,
                                              column_step(g, s), rows, g, grad_output, accumulate,
-                                             sums_t, columns, grad_filters);
+                                             sums_t, columns, grad_filters, stream);
       case ProductIsa::avx2:
         return avx2::grad_filters_in_place(out_channels, samples, input, s.n, column_step(g, s),
                                            rows, g, grad_output, accumulate, sums_t, columns,
-                                           grad_filters);
+                                           grad_filters, stream);
       case ProductIsa::blas:
         break;
     }
@@ -125,6 +125,8 @@ void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_
   TORCH_INTERNAL_ASSERT(false, "grad_weight in place needs float and the vector kernels");
 }
 
+// Whether the forward goes by row tiles (forward_row_run): a vector ISA, an element type it
+// takes, and a geometry that fits (row_tiles_fit).
 template <typename scalar_t>
 bool forward_by_row_tiles(ProductIsa isa, const Geometry& g, const Strides5& s) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && row_tiles_fit(g, s);
@@ -316,12 +318,13 @@ void location_grad_patches(ProductIsa isa, int64_t out_channels, int64_t samples
 
 // grad_filters (C_out x K) (+)= grad_output^T (C_out x samples) * patches (samples x K); where
 // `rounded` is given (float16 and bfloat16, the last sample block), the sums go there instead,
-// rounded to scalar_t.
+// rounded to scalar_t. `stream`: the sums are final (vector_kernels.h's grad_filters; the
+// vector kernels of float only).
 template <typename scalar_t, typename opmath_t>
 void location_grad_filters(ProductIsa isa, int64_t out_channels, int64_t samples,
                            int64_t patch_size, const scalar_t* patches,
                            const scalar_t* grad_output, bool accumulate, opmath_t* grad_filters,
-                           scalar_t* rounded) {
+                           scalar_t* rounded, bool stream) {
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
@@ -331,10 +334,10 @@ void location_grad_filters(ProductIsa isa, int64_t out_channels, int64_t samples
         [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::grad_filters(out_channels, samples, patch_size, patches, grad_output,
-                                    accumulate, grad_filters, rounded);
+                                    accumulate, grad_filters, rounded, stream);
       case ProductIsa::avx2:
         return avx2::grad_filters(out_channels, samples, patch_size, patches, grad_output,
-                                  accumulate, grad_filters, rounded);
+                                  accumulate, grad_filters, rounded, stream);
       case ProductIsa::blas:
         break;
     }

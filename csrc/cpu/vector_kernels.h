@@ -191,17 +191,21 @@ inline int64_t backward_row_weight_sums(const Geometry& g) {
 }
 
 // Whether the per-location forward of float reads the input in place (forward_in_place) instead
-// of packing patches: a group's filters fill whole vectors of `lanes` (the ISA's floats), and the
-// batch is large against a patch row, where transposing the filters once costs less than
-// packing each sample's rows. Per location, packing takes about 4 cycles a row and sample
-// (DeepFace L6's rows of 5: 0.8x the products), a transposition about 6/16 of a cycle a weight:
-// in place pays from about batch >= kernel_w x C_out / 10 (taken from / 8). Measured per
-// location, one thread: DeepFace L6 (batch 32, 5 x 16) 0.74x, L5-like (16, 7 x 16) 0.95x,
-// convnet_local3 (128, 3 x 64) 0.75x; mid_32x32_c64 (8, 3 x 64) 1.4x and L4 (8, 9 x 16) 1.01x
-// slower. grad_weight per location reads the input in place where the forward does.
-inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
-  return g.group_out_channels() % lanes == 0 &&
-         8 * g.batch >= g.kernel_w * g.group_out_channels();
+// of packing patches, and grad_weight without sharing (grad_filters_in_place): a group's filters
+// fill whole vectors of `lanes` (the ISA's floats); the batch is large against a patch row, where
+// transposing a location's filters once per sample block costs less than packing each sample's
+// rows; and the transposed filters take at most an eighth of the scratch budget (`budget`
+// bytes), which then still bounds the call (each thread holds one location's). Per location,
+// packing takes about 4 cycles a row and sample (DeepFace L6's rows of 5: 0.8x the products), a
+// transposition about 6/16 of a cycle a weight: in place pays from about batch >= kernel_w x
+// C_out / 10 (taken from / 8; the batch, not the block, so that the choice does not depend on
+// the thread count). Measured per location, one thread: DeepFace L6 (batch 32, 5 x 16) 0.74x,
+// L5-like (16, 7 x 16) 0.95x, convnet_local3 (128, 3 x 64) 0.75x; mid_32x32_c64 (8, 3 x 64)
+// 1.4x and L4 (8, 9 x 16) 1.01x slower.
+inline bool forward_in_place_fits(const Geometry& g, int64_t lanes, int64_t budget) {
+  const int64_t group_size = g.group_out_channels();
+  return group_size % lanes == 0 && 8 * g.batch >= g.kernel_w * group_size &&
+         8 * g.patch_size() * group_size * int64_t(sizeof(float)) <= budget;
 }
 
 // Each ISA's namespace declares the same kernels:
@@ -211,7 +215,10 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
 // grad_filters:  grad_filters[o*K + k] = (accumulate ? grad_filters[o*K + k] : 0)
 //                                        + sum_n grad_output[n*C_out + o] * patches[n*K + k];
 //                where `rounded` is not null, the sums go to rounded[o*K + k] instead, rounded
-//                to T (grad_filters is then only read, and only where accumulate).
+//                to T (grad_filters is then only read, and only where accumulate). Where
+//                `stream` (final sums, not read again soon), whole vectors of grad_filters are
+//                streamed past the caches: grad_weight's banks, written once, are not read
+//                first (the caller orders the streamed stores with _mm_sfence).
 // pack_patches:  pack_patches (patches.h) where neighbouring kernel columns read neighbouring
 //                input elements (column_step == 1): each patch row is one masked load and store
 //                per vector of columns (on AVX-512, of half or a quarter of a vector where the
@@ -224,10 +231,11 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
 //                vectors of C_out; the filters of the same size at `next` (the next location's;
 //                none where null) fetched into the L2 meanwhile. Only where
 //                forward_in_place_fits.
-// grad_filters_in_place: grad_filters for float without packing (accumulate as there; results
-//                the same to the bit): the input read as forward_in_place reads it, the sums
-//                kept transposed in sums_t (K x C_out floats of scratch; 2 K int64 at
-//                `columns`). Only where forward_in_place_fits.
+// grad_filters_in_place: grad_filters for float without packing (accumulate and stream as
+//                there; for finite values the same results to the bit, the columns in the
+//                padding zero): the input read as forward_in_place reads it, the sums kept
+//                transposed in sums_t (K x C_out floats of scratch; 2 K int64 at `columns`).
+//                Only where forward_in_place_fits.
 // row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
 //                the whole run, block after block).
 // forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
@@ -275,7 +283,8 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
                     const T* grad_output, float* grad_patches);                                  \
   template <typename T>                                                                          \
   void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, const T* patches, \
-                    const T* grad_output, bool accumulate, float* grad_filters, T* rounded);     \
+                    const T* grad_output, bool accumulate, float* grad_filters, T* rounded,      \
+                    bool stream);                                                                \
   template <typename T>                                                                          \
   void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,                 \
                     const Geometry& g, int64_t samples, T* patches);                             \
@@ -288,7 +297,7 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes) {
   void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* input,         \
                              int64_t sample_stride, int64_t step, const PatchRow* rows,           \
                              const Geometry& g, const float* grad_output, bool accumulate,        \
-                             float* sums_t, int64_t* columns, float* grad_filters);               \
+                             float* sums_t, int64_t* columns, float* grad_filters, bool stream);  \
   int64_t row_tile_filters();                                                                    \
   template <typename T>                                                                          \
   void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \

@@ -141,6 +141,16 @@ LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
   }
 }
 
+// A float vector at p: streamed past the caches where p lies on a vector's boundary (whose
+// lines it then writes whole), else stored.
+template <typename V>
+LC_VECTOR_TARGET inline void stream_or_store(float* p, typename V::Vec v) {
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(typename V::Vec) == 0)
+    V::stream(p, v);
+  else
+    V::store(p, v);
+}
+
 // ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
 template <typename V, typename T, int SB, int CV>
 LC_VECTOR_TARGET void grad_patches_block(int64_t out_channels, int64_t patch_size,
@@ -179,7 +189,7 @@ template <typename V, typename T, int FB, int CV>
 LC_VECTOR_TARGET void grad_filters_block(int64_t out_channels, int64_t samples,
                                          int64_t patch_size, typename V::Mask last,
                                          const T* patches, const T* grad_output, bool accumulate,
-                                         float* grad_filters, T* rounded) {
+                                         float* grad_filters, T* rounded, bool stream) {
   using Vec = typename V::Vec;
   Vec acc[FB][CV];
 #pragma GCC unroll 6
@@ -203,10 +213,16 @@ LC_VECTOR_TARGET void grad_filters_block(int64_t out_channels, int64_t samples,
   }
 #pragma GCC unroll 6
   for (int f = 0; f < FB; ++f) {
-    if (rounded != nullptr)
+    if (rounded != nullptr) {
       store_chunk<V, T, CV>(rounded + f * patch_size, last, acc[f]);
-    else
+    } else if (stream) {
+#pragma GCC unroll 4
+      for (int v = 0; v < CV - 1; ++v)
+        stream_or_store<V>(grad_filters + f * patch_size + v * V::kLanes, acc[f][v]);
+      V::store(last, grad_filters + f * patch_size + (CV - 1) * V::kLanes, acc[f][CV - 1]);
+    } else {
       store_chunk<V, float, CV>(grad_filters + f * patch_size, last, acc[f]);
+    }
   }
 }
 
@@ -216,7 +232,7 @@ struct Blocks {
   using GradPatchesFn = void (*)(int64_t, int64_t, typename V::Mask, const T*, const T*, float*,
                                  bool);
   using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, typename V::Mask, const T*, const T*,
-                                 bool, float*, T*);
+                                 bool, float*, T*, bool);
   struct Forward {
     template <int FB, int SB>
     static constexpr ForwardFn at() { return &forward_block<V, T, FB, SB>; }
@@ -284,7 +300,7 @@ LC_VECTOR_TARGET void grad_patches(int64_t out_channels, int64_t samples, int64_
 template <typename V, typename T>
 LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                                    const T* patches, const T* grad_output, bool accumulate,
-                                   float* grad_filters, T* rounded) {
+                                   float* grad_filters, T* rounded, bool stream) {
   const EvenBlocks filter_blocks(out_channels, V::kMaxBlock);
   for (int64_t b = 0; b < filter_blocks.count; ++b) {
     const int64_t o = filter_blocks.first(b);
@@ -293,7 +309,7 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
       Blocks<V, T>::grad_filters[filter_blocks.size(b) - 1][chunk.vectors - 1](
           out_channels, samples, patch_size, chunk.last, patches + k, grad_output + o,
           accumulate, grad_filters + o * patch_size + k,
-          rounded == nullptr ? nullptr : rounded + o * patch_size + k);
+          rounded == nullptr ? nullptr : rounded + o * patch_size + k, stream);
     }
   }
 }
@@ -528,34 +544,55 @@ inline FetchAhead tile_ahead(bool on, const void* base, int64_t tile, int64_t ti
 // it multiplies, for S samples at once. Packing had cost 0.8x the products on DeepFace L6 (rows
 // of 5); a transposition costs about 6 shuffles and moves per 16 weights, once for all samples.
 
-// The filters (C_out x K, row o at o * K) transposed: filters_t[k * C_out + o], C_out a multiple
-// of V::kLanes. V::kLanes filters x V::kLanes columns of K at a time, transposed in registers.
+// A rows x columns matrix (row r at from + r * columns) transposed: to[c * rows + r]. V::kLanes
+// rows x V::kLanes columns at a time, transposed in registers, either count partial. Where
+// `stream`, whole vectors of `to` are streamed past the caches (stream_or_store).
 template <typename V>
-LC_VECTOR_TARGET void transpose_filters(const float* filters, int64_t out_channels,
-                                        int64_t patch_size, float* filters_t) {
-  for (int64_t o0 = 0; o0 < out_channels; o0 += V::kLanes) {
-    for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
-      const auto columns = V::tail(patch_size - k0);
+LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns,
+                                       float* to, bool stream) {
+  for (int64_t r0 = 0; r0 < rows; r0 += V::kLanes) {
+    const int64_t present = std::min<int64_t>(V::kLanes, rows - r0);
+    for (int64_t c0 = 0; c0 < columns; c0 += V::kLanes) {
+      const auto read = V::tail(columns - c0);
       typename V::Vec square[V::kLanes];
       for (int64_t r = 0; r < V::kLanes; ++r)
-        square[r] = V::load(columns, filters + (o0 + r) * patch_size + k0);
+        square[r] = r < present ? V::load(read, from + (r0 + r) * columns + c0) : V::zero();
       V::transpose(square);
-      const int64_t count = std::min<int64_t>(V::kLanes, patch_size - k0);
-      for (int64_t c = 0; c < count; ++c)
-        V::store(filters_t + (k0 + c) * out_channels + o0, square[c]);
+      const int64_t count = std::min<int64_t>(V::kLanes, columns - c0);
+      for (int64_t c = 0; c < count; ++c) {
+        float* at = to + (c0 + c) * rows + r0;
+        if (stream && present == V::kLanes)
+          stream_or_store<V>(at, square[c]);
+        else
+          V::store(V::tail(present), at, square[c]);
+      }
     }
   }
 }
 
+// The samples of an in-place block, then fewer for the sample block's last ones. Chosen, not
+// tuned: by 1 vector of C_out, 8 (8 chains of FMAs hide their latency, 8 samples' addresses fit
+// the general registers); by 2 and 4 vectors, 6 (24 of AVX-512's 32 vector registers hold 6 x 4
+// accumulators); AVX2 by 2 vectors, 5 (10 of its 16).
+template <typename V, int OB>
+constexpr int kInPlaceSamples = OB == 1 ? 8 : V::kLanes == 16 ? 6 : 5;
+// The most vectors of C_out a block takes: on AVX2, 2 (4 x 2 samples had loaded 6 vectors per 8
+// FMAs: convnet_local3's forward 1.14x slower than packing, against 0.71x on AVX-512).
+template <typename V>
+constexpr int kInPlaceVectors = V::kLanes == 16 ? 4 : 2;
+
 // out[s * C_out + b * V::kLanes + lane] = sum over the patch of filters_t times sample s's input
 // (sample s at input + s * sample_stride; `rows` as patch_rows leaves them, kernel column q of a
 // row at row.source + (q - row.first) * step), for s < S and the OB vectors of C_out from
-// filters_t on. Each patch row takes a step of `ahead` (the next location's filters).
+// filters_t on. Each patch row takes a step of `ahead` (the next location's filters). Kernel
+// columns in the padding are skipped, not multiplied by zero (as in the row tiles): a non-finite
+// weight there does not reach the output.
 template <typename V, int OB, int S>
 LC_VECTOR_TARGET void in_place_block(const float* input, int64_t sample_stride, int64_t step,
                                      const PatchRow* rows, int64_t row_count, int64_t kernel_w,
                                      const float* filters_t, int64_t out_channels, float* out,
                                      FetchAhead& ahead) {
+  static_assert(OB <= kInPlaceVectors<V>);
   typename V::Vec acc[S][OB];
 #pragma GCC unroll 16
   for (int s = 0; s < S; ++s)
@@ -583,15 +620,6 @@ LC_VECTOR_TARGET void in_place_block(const float* input, int64_t sample_stride, 
 #pragma GCC unroll 16
     for (int b = 0; b < OB; ++b) V::store(out + s * out_channels + b * V::kLanes, acc[s][b]);
 }
-
-// The samples of an in-place block: the most its registers hold (AVX-512's 32: 8 x 1, 6 x 2 and
-// 6 x 4 accumulators; AVX2's 16: 8 x 1, 5 x 2), then fewer for the batch's last ones.
-template <typename V, int OB>
-constexpr int kInPlaceSamples = OB == 1 ? 8 : V::kLanes == 16 ? 6 : 5;
-// The most vectors of C_out a block takes: on AVX2, 2 (4 x 2 samples had loaded 6 vectors per 8
-// FMAs: convnet_local3's forward 1.14x slower than packing, against 0.71x on AVX-512).
-template <typename V>
-constexpr int kInPlaceVectors = V::kLanes == 16 ? 4 : 2;
 
 template <typename V, int OB, int S = kInPlaceSamples<V, OB>>
 LC_VECTOR_TARGET void in_place_samples(int64_t count, const float* input, int64_t sample_stride,
@@ -627,7 +655,7 @@ LC_VECTOR_TARGET void forward_in_place(int64_t out_channels, int64_t samples, co
                                        int64_t sample_stride, int64_t step, const PatchRow* rows,
                                        const Geometry& g, const float* filters, float* filters_t,
                                        const float* next, float* out) {
-  transpose_filters<V>(filters, out_channels, g.patch_size(), filters_t);
+  transpose_matrix<V>(filters, out_channels, g.patch_size(), filters_t, false);
   const int64_t row_count = patch_row_count(g), vectors = out_channels / V::kLanes;
   int64_t block_rows = 0;
   for_vector_blocks<V>(vectors, [&](auto ob, int64_t) LC_VECTOR_TARGET {
@@ -689,9 +717,9 @@ LC_VECTOR_TARGET void in_place_grad_block(const float* input, int64_t sample_str
 }
 
 // The patch columns of an in-place grad_weight block, then fewer for the last: 8 by 1 or 2
-// vectors of C_out, 5 by 4 (AVX-512's 32 vector registers; AVX2's 16 hold 5 x 2). At most 8:
-// their input offsets stay in the general registers (12 had spilled them, a reload before each
-// FMA: DeepFace L5's grad_weight 0.99x the packed products' against 0.91x with 8, L6's 0.95x
+// vectors of C_out, 5 by 4 (20 accumulators; not tuned) and AVX2's 5 by 2. At most 8: their
+// input offsets stay in the general registers (12 had spilled them, a reload before each FMA:
+// DeepFace L5's grad_weight 0.99x the packed products' against 0.91x with 8, L6's 0.95x
 // against 0.87x, in one process).
 template <typename V, int OB>
 constexpr int kInPlaceColumns = OB == 1 || (OB == 2 && V::kLanes == 16) ? 8 : 5;
@@ -715,18 +743,21 @@ LC_VECTOR_TARGET void in_place_grad_columns(int64_t count, const float* input,
 // grad_filters (C_out x K, row o at o * K) (+)= the products of one location and channel group
 // over `samples` samples, in place: grad_output staged (row n at n * C_out), the input read as
 // forward_in_place reads it. Where accumulate, grad_filters is transposed into sums_t first and
-// every sum goes on sample after sample from there, as the packed products sum (the results are
-// theirs to the bit). Scratch: sums_t (K x C_out floats), and 2 K int64 at `columns` (the patch
-// columns that read the input, and where).
+// every sum goes on sample after sample from there, as the packed products sum: for finite
+// values the results are theirs to the bit. The columns in the padding are set to zero, not
+// summed as grad_output times zero (a non-finite grad_output leaves them 0, where the packed
+// products give NaN). Scratch: sums_t (K x C_out floats), and 2 K int64 at `columns` (the patch
+// columns that read the input, and where). Where `stream`, whole vectors of grad_filters are
+// streamed past the caches.
 template <typename V>
 LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t samples,
                                             const float* input, int64_t sample_stride,
                                             int64_t step, const PatchRow* rows,
                                             const Geometry& g, const float* grad_output,
                                             bool accumulate, float* sums_t, int64_t* columns,
-                                            float* grad_filters) {
+                                            float* grad_filters, bool stream) {
   const int64_t patch_size = g.patch_size(), row_count = patch_row_count(g);
-  if (accumulate) transpose_filters<V>(grad_filters, out_channels, patch_size, sums_t);
+  if (accumulate) transpose_matrix<V>(grad_filters, out_channels, patch_size, sums_t, false);
   int64_t* sources = columns + patch_size;
   int64_t count = 0;
   for (int64_t r = 0; r < row_count; ++r) {
@@ -753,19 +784,7 @@ LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t sample
                                    sums_t + v * V::kLanes);
     }
   });
-  // sums_t (K x C_out) into grad_filters (C_out x K): V::kLanes columns of K x V::kLanes filters
-  // at a time.
-  for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
-    const int64_t present = std::min<int64_t>(V::kLanes, patch_size - k0);
-    for (int64_t o0 = 0; o0 < out_channels; o0 += V::kLanes) {
-      typename V::Vec square[V::kLanes];
-      for (int64_t r = 0; r < V::kLanes; ++r)
-        square[r] = r < present ? V::load(sums_t + (k0 + r) * out_channels + o0) : V::zero();
-      V::transpose(square);
-      for (int64_t c = 0; c < V::kLanes; ++c)
-        V::store(V::tail(present), grad_filters + (o0 + c) * patch_size + k0, square[c]);
-    }
-  }
+  transpose_matrix<V>(sums_t, patch_size, out_channels, grad_filters, stream);
 }
 
 // ---- forward by row tiles: FB filters, each a vector over V::kLanes of the tile's locations ----
@@ -1649,9 +1668,10 @@ void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, con
 
 template <typename T>
 void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, const T* patches,
-                  const T* grad_output, bool accumulate, float* grad_filters, T* rounded) {
+                  const T* grad_output, bool accumulate, float* grad_filters, T* rounded,
+                  bool stream) {
   generic::grad_filters<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, patches,
-                                          grad_output, accumulate, grad_filters, rounded);
+                                          grad_output, accumulate, grad_filters, rounded, stream);
 }
 
 template <typename T>
@@ -1678,10 +1698,10 @@ void forward_in_place(int64_t out_channels, int64_t samples, const float* input,
 void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* input,
                            int64_t sample_stride, int64_t step, const PatchRow* rows,
                            const Geometry& g, const float* grad_output, bool accumulate,
-                           float* sums_t, int64_t* columns, float* grad_filters) {
+                           float* sums_t, int64_t* columns, float* grad_filters, bool stream) {
   generic::grad_filters_in_place<LC_VECTOR_TRAITS>(out_channels, samples, input, sample_stride,
                                                    step, rows, g, grad_output, accumulate,
-                                                   sums_t, columns, grad_filters);
+                                                   sums_t, columns, grad_filters, stream);
 }
 
 template <typename T>
@@ -1727,7 +1747,7 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
   template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
   template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
   template void grad_filters<T>(int64_t, int64_t, int64_t, const T*, const T*, bool, float*,    \
-                                T*);                                                           \
+                                T*, bool);                                                     \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
                                 T*);                                                           \
   template void forward_row_run<T>(const T*, const Strides5&, const Geometry&, int64_t,        \
