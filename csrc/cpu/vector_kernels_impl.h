@@ -141,11 +141,13 @@ LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
   }
 }
 
-// A float vector at p: streamed past the caches where p lies on a vector's boundary (whose
-// lines it then writes whole), else stored.
+// A float vector at p: streamed past the caches where it is a whole cache line (AVX-512's, on a
+// line's boundary), else stored. Half lines (AVX2) are not streamed: a line whose halves are
+// streamed apart, or streamed and stored, is written to memory in parts (forced AVX2, DeepFace
+// L4's forward+backward took 7x as long).
 template <typename V>
 LC_VECTOR_TARGET inline void stream_or_store(float* p, typename V::Vec v) {
-  if (reinterpret_cast<uintptr_t>(p) % sizeof(typename V::Vec) == 0)
+  if (sizeof(typename V::Vec) == kLine && reinterpret_cast<uintptr_t>(p) % kLine == 0)
     V::stream(p, v);
   else
     V::store(p, v);
