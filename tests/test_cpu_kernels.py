@@ -355,12 +355,16 @@ def test_fallback_in_sample_blocks_matches_reference(budget, monkeypatch, dtype)
 THREAD_GEOMETRIES = {"row_tiles": (3, (12, 10), 6), "in_place": (8, (7, 6), 16)}
 
 
-def forward_and_gradients(seed=0, n=9, dtype=torch.float32, geometry="row_tiles"):
+def thread_case(n, dtype, geometry, seed=0):
+    """Input, weight and per-location bias of a THREAD_GEOMETRIES layer (3x3 kernel, padding 1)."""
     c_in, size, c_out = THREAD_GEOMETRIES[geometry]
-    input, weight, bias = make_case(
+    return make_case(
         n, c_in, size, c_out, (3, 3), (1, 1), (1, 1), (1, 1), "per_location", dtype, "cpu", seed
     )
-    leaves = [t.requires_grad_() for t in (input, weight, bias)]
+
+
+def forward_and_gradients(seed=0, n=9, dtype=torch.float32, geometry="row_tiles"):
+    leaves = [t.requires_grad_() for t in thread_case(n, dtype, geometry, seed)]
     out = lc_cuda.local_conv2d(*leaves, 1, 1)
     grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1))
     return (out.detach(), *torch.autograd.grad(out, leaves, grad_output.to(dtype)))
@@ -412,10 +416,7 @@ def test_grad_weight_in_place_in_sample_blocks_is_bitwise_the_same(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one_block[2], in_blocks[2])
-    c_in, size, c_out = THREAD_GEOMETRIES["in_place"]
-    case = make_case(40, c_in, size, c_out, (3, 3), (1, 1), (1, 1), (1, 1), "per_location",
-                     torch.float32, "cpu", 0)  # fmt: skip
-    leaves = [t.double().requires_grad_() for t in case]
+    leaves = [t.double().requires_grad_() for t in thread_case(40, torch.float32, "in_place")]
     out = reference_local_conv2d(*leaves, (1, 1), (1, 1, 1, 1), (1, 1))
     grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).double()
     expected = torch.autograd.grad(out, leaves[1], grad_output)[0]

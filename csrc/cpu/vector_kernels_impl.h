@@ -128,19 +128,6 @@ LC_VECTOR_TARGET inline void load_chunk(const T* row, typename V::Mask last,
     to[v] = v == CV - 1 ? V::load(last, row + v * V::kLanes) : V::load(row + v * V::kLanes);
 }
 
-// Stores the CV vectors of a chunk of K at `row` as T, the last one under the mask `last`.
-template <typename V, typename T, int CV>
-LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
-                                         const typename V::Vec (&from)[CV]) {
-#pragma GCC unroll 4
-  for (int v = 0; v < CV; ++v) {
-    if (v == CV - 1)
-      V::store(last, row + v * V::kLanes, from[v]);
-    else
-      V::store(row + v * V::kLanes, from[v]);
-  }
-}
-
 // A float vector at p: streamed past the caches where it is a whole cache line (AVX-512's, on a
 // line's boundary), else stored. Half lines (AVX2) are not streamed: a line whose halves are
 // streamed apart, or streamed and stored, is written to memory in parts (forced AVX2, DeepFace
@@ -151,6 +138,26 @@ LC_VECTOR_TARGET inline void stream_or_store(float* p, typename V::Vec v) {
     V::stream(p, v);
   else
     V::store(p, v);
+}
+
+// Stores the CV vectors of a chunk of K at `row` as T, the last one under the mask `last`; the
+// others, where `stream` (float only), by stream_or_store.
+template <typename V, typename T, int CV>
+LC_VECTOR_TARGET inline void store_chunk(T* row, typename V::Mask last,
+                                         const typename V::Vec (&from)[CV], bool stream = false) {
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) {
+    if (v == CV - 1) {
+      V::store(last, row + v * V::kLanes, from[v]);
+    } else if constexpr (std::is_same_v<T, float>) {
+      if (stream)
+        stream_or_store<V>(row + v * V::kLanes, from[v]);
+      else
+        V::store(row + v * V::kLanes, from[v]);
+    } else {
+      V::store(row + v * V::kLanes, from[v]);
+    }
+  }
 }
 
 // ---- grad_patches: SB samples x CV vectors of K, summed over the output channels ----
@@ -215,16 +222,10 @@ LC_VECTOR_TARGET void grad_filters_block(int64_t out_channels, int64_t samples,
   }
 #pragma GCC unroll 6
   for (int f = 0; f < FB; ++f) {
-    if (rounded != nullptr) {
+    if (rounded != nullptr)
       store_chunk<V, T, CV>(rounded + f * patch_size, last, acc[f]);
-    } else if (stream) {
-#pragma GCC unroll 4
-      for (int v = 0; v < CV - 1; ++v)
-        stream_or_store<V>(grad_filters + f * patch_size + v * V::kLanes, acc[f][v]);
-      V::store(last, grad_filters + f * patch_size + (CV - 1) * V::kLanes, acc[f][CV - 1]);
-    } else {
-      store_chunk<V, float, CV>(grad_filters + f * patch_size, last, acc[f]);
-    }
+    else
+      store_chunk<V, float, CV>(grad_filters + f * patch_size, last, acc[f], stream);
   }
 }
 
