@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "avx512_vectors.h"
+#include "fetch_ahead.h"
 #include "register_blocks.h"
 #include "vector_kernels.h"
 
@@ -251,6 +252,173 @@ constexpr auto grad_patches_blocks =
 constexpr auto grad_filters_blocks =
     make_block_table<GradFiltersFn, kMaxBlock, kChunkVectors, GradFilters>();
 
+// ---- forward in place: S samples x OB vectors of C_out, a pair of kernel columns at a time ----
+// Where the batch is large against a patch row and a row's columns are neighbours in memory
+// (forward_pairs_in_place_fits), the forward skips packing, as the float forward in place does:
+// the location's filters are transposed once into pairs of neighbouring kernel columns, and each
+// pair of input elements is broadcast from the input itself (one 32-bit broadcast) onto the OB
+// vectors of C_out, for S samples at once. A row's pairs are its columns (0, 1), (2, 3), ...;
+// where only one column of a pair is read (an odd kernel_w's last, or the other in the padding),
+// the input and the weights are both broadcast into its half alone, the other half 0: nothing
+// outside the patch is read or multiplied, and a non-finite weight in the padding does not reach
+// the output (as in the float forward in place).
+
+// The 32-bit pair of filters[o][r * kernel_w + 2p] (low half) and [... + 2p + 1] (high; 0 past
+// the row's end) of output channel o, patch row r and pair p, at pairs[(r * per_row + p) * C_out
+// + o], per_row = ceil(kernel_w / 2). 16 output channels at a time, in two passes. First their
+// filters' 32-bit words (the pairs (2m, 2m + 1) as they lie in memory) transposed into `words`
+// (ceil(K / 2) x 16), 16 x 16 words at a time in registers. Then each pair from them: a word
+// where the pair starts at an even k, else the halves of two neighbouring words (a row starts at
+// an odd k wherever kernel_w is odd; where it is even, the words are the pairs, and go there
+// directly). One pass that widened each bfloat16 to a float and stored every column into its
+// half of the pairs had cost half as much as the products (DeepFace L6); two passes with the
+// widened columns between them, still 0.4x (L5).
+LC_AVX512_BF16 void transpose_pairs(const c10::BFloat16* filters, int64_t out_channels,
+                                    int64_t patch_size, int64_t kernel_w, uint32_t* words,
+                                    uint32_t* pairs) {
+  const int64_t per_row = ceil_div(kernel_w, 2), row_count = patch_size / kernel_w;
+  const int64_t word_count = ceil_div(patch_size, 2);
+  const auto word = [&](int64_t m) LC_AVX512_BF16 {
+    return _mm512_loadu_si512(words + m * kLanes);
+  };
+  for (int64_t o0 = 0; o0 < out_channels; o0 += kLanes) {
+    // Where kernel_w is even, every row starts at an even k and its pairs are its words, which
+    // go straight into the pairs.
+    float* to_words = reinterpret_cast<float*>(kernel_w % 2 == 0 ? pairs + o0 : words);
+    const int64_t word_stride = kernel_w % 2 == 0 ? out_channels : kLanes;
+    for (int64_t m0 = 0; m0 < word_count; m0 += kLanes) {
+      const int64_t left = patch_size - 2 * m0;  // bfloat16 elements from word m0 on
+      const __mmask32 read = left >= kPairLanes ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
+      __m512 square[kLanes];
+#pragma GCC unroll 16
+      for (int o = 0; o < kLanes; ++o)
+        square[o] = _mm512_castsi512_ps(
+            _mm512_maskz_loadu_epi16(read, filters + (o0 + o) * patch_size + 2 * m0));
+      Avx512::transpose(square);
+#pragma GCC unroll 16
+      for (int m = 0; m < kLanes; ++m)
+        if (m0 + m < word_count) _mm512_storeu_ps(to_words + (m0 + m) * word_stride, square[m]);
+    }
+    if (kernel_w % 2 == 0) continue;
+    const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+    for (int64_t r = 0; r < row_count; ++r) {
+      uint32_t* to = pairs + r * per_row * out_channels + o0;
+      const int64_t m = r * kernel_w / 2, full = kernel_w / 2;  // the word of the row's start
+      if (r * kernel_w % 2 == 0) {
+        for (int64_t p = 0; p < full; ++p, to += out_channels)
+          _mm512_storeu_si512(to, word(m + p));
+        _mm512_storeu_si512(to, _mm512_and_si512(word(m + full), low_half));
+      } else {  // k's value lies in word m's high half, its partner's in the next word's low
+        for (int64_t p = 0; p < full; ++p, to += out_channels)
+          _mm512_storeu_si512(to, _mm512_or_si512(_mm512_srli_epi32(word(m + p), 16),
+                                                  _mm512_slli_epi32(word(m + p + 1), 16)));
+        _mm512_storeu_si512(to, _mm512_srli_epi32(word(m + full), 16));
+      }
+    }
+  }
+}
+
+// Which columns of a pair a step reads.
+enum class PairHalves { both, first, second };
+
+// One pair of kernel columns for S samples x OB vectors of C_out: `x` the pair's first read
+// element of sample 0, `w` the pair's weights of the block's first output channel.
+template <int OB, int S, PairHalves Halves>
+LC_AVX512_BF16 inline void pair_step(const c10::BFloat16* x, int64_t sample_stride,
+                                     const uint32_t* w, __m512 (&acc)[S][OB]) {
+  constexpr __mmask32 kHalf = Halves == PairHalves::first ? 0x55555555 : 0xAAAAAAAA;
+  __m512bh weights[OB];
+#pragma GCC unroll 4
+  for (int b = 0; b < OB; ++b) {
+    weights[b] = reinterpret_cast<__m512bh>(Halves == PairHalves::both
+                                                ? _mm512_loadu_si512(w + b * kLanes)
+                                                : _mm512_maskz_loadu_epi16(kHalf, w + b * kLanes));
+  }
+#pragma GCC unroll 8
+  for (int s = 0; s < S; ++s) {
+    const c10::BFloat16* element = x + s * sample_stride;
+    __m512i both;
+    if constexpr (Halves == PairHalves::both) {
+      uint32_t pair;
+      std::memcpy(&pair, element, sizeof(pair));
+      both = _mm512_set1_epi32(static_cast<int>(pair));
+    } else {
+      both = _mm512_maskz_set1_epi16(kHalf, static_cast<short>(element->x));
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b)
+      acc[s][b] = _mm512_dpbf16_ps(acc[s][b], weights[b], reinterpret_cast<__m512bh>(both));
+  }
+}
+
+// out[s * C_out + b * 16 + lane] = the patch of sample s (at input + s * sample_stride; `rows`
+// as patch_rows leaves them, kernel column q of a row at row.source + q - row.first) times the
+// pairs of the OB vectors of C_out from `pairs` on, for s < S. Each patch row takes a step of
+// `ahead` (the next location's filters).
+template <int OB, int S>
+LC_AVX512_BF16 void pairs_in_place_block(const c10::BFloat16* input, int64_t sample_stride,
+                                         const PatchRow* rows, int64_t row_count,
+                                         int64_t per_row, const uint32_t* pairs,
+                                         int64_t out_channels, float* out, FetchAhead& ahead) {
+  __m512 acc[S][OB];
+#pragma GCC unroll 8
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b) acc[s][b] = _mm512_setzero_ps();
+  for (int64_t r = 0; r < row_count; ++r) {
+    ahead.step();
+    const PatchRow& row = rows[r];
+    const uint32_t* weights = pairs + r * per_row * out_channels;
+    const c10::BFloat16* from = input + row.source;  // column row.first
+    int64_t q = row.first;
+    if (q < row.last && q % 2 == 1) {  // the pair's first column lies in the padding
+      pair_step<OB, S, PairHalves::second>(from, sample_stride, weights + q / 2 * out_channels,
+                                           acc);
+      ++q;
+    }
+    for (; q + 1 < row.last; q += 2)
+      pair_step<OB, S, PairHalves::both>(from + (q - row.first), sample_stride,
+                                         weights + q / 2 * out_channels, acc);
+    if (q < row.last)  // the row's last column, or its partner in the padding
+      pair_step<OB, S, PairHalves::first>(from + (q - row.first), sample_stride,
+                                          weights + q / 2 * out_channels, acc);
+  }
+#pragma GCC unroll 8
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b) _mm512_storeu_ps(out + s * out_channels + b * kLanes, acc[s][b]);
+}
+
+// The samples of a block by OB vectors of C_out, then fewer for the last ones: as the float
+// forward in place (8 accumulator chains by one vector; 6 x 4 accumulators by four).
+template <int OB>
+constexpr int kPairSamples = OB == 1 ? 8 : 6;
+
+template <int OB, int S = kPairSamples<OB>>
+LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* input,
+                                           int64_t sample_stride, const PatchRow* rows,
+                                           int64_t row_count, int64_t per_row,
+                                           const uint32_t* pairs, int64_t out_channels,
+                                           float* out, FetchAhead& ahead) {
+  if constexpr (S > 1) {
+    if (count < S)
+      return pairs_in_place_samples<OB, S - 1>(count, input, sample_stride, rows, row_count,
+                                               per_row, pairs, out_channels, out, ahead);
+  }
+  pairs_in_place_block<OB, S>(input, sample_stride, rows, row_count, per_row, pairs,
+                              out_channels, out, ahead);
+}
+
+// The output channels' vectors in blocks of 4, then 2, then 1: for_vector_blocks<OB>(vectors,
+// block) calls block(OB constant, first vector) for each.
+template <typename Block>
+LC_AVX512_BF16 void for_vector_blocks(int64_t vectors, Block&& block) {
+  int64_t v = 0;
+  for (; v + 4 <= vectors; v += 4) block(std::integral_constant<int, 4>{}, v);
+  for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
+  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
+}
+
 // The vectors of the chunk of K starting at k, and the mask of its last one.
 struct Chunk {
   int vectors;
@@ -279,6 +447,35 @@ void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
                                                           out + s * out_channels + o);
     }
   }
+}
+
+void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16* input,
+                      int64_t sample_stride, const PatchRow* rows, const Geometry& g,
+                      const c10::BFloat16* filters, uint32_t* pairs,
+                      const c10::BFloat16* next, float* out) {
+  transpose_pairs(filters, out_channels, g.patch_size(), g.kernel_w,
+                  pairs + in_place_pair_words(g), pairs);
+  const int64_t row_count = patch_row_count(g), per_row = ceil_div(g.kernel_w, 2);
+  const int64_t vectors = out_channels / kLanes;
+  int64_t block_rows = 0;
+  for_vector_blocks(vectors, [&](auto ob, int64_t) LC_AVX512_BF16 {
+    block_rows += row_count * ceil_div(samples, kPairSamples<decltype(ob)::value>);
+  });
+  const int64_t next_lines =
+      next == nullptr ? 0
+                      : ceil_div(out_channels * g.patch_size() *
+                                     int64_t(sizeof(c10::BFloat16)), kLine);
+  FetchAhead ahead(reinterpret_cast<uintptr_t>(next), next_lines, block_rows);
+  for_vector_blocks(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
+    constexpr int OB = decltype(ob)::value;
+    constexpr int S = kPairSamples<OB>;
+    for (int64_t n0 = 0; n0 < samples; n0 += S) {
+      pairs_in_place_samples<OB>(std::min<int64_t>(S, samples - n0),
+                                 input + n0 * sample_stride, sample_stride, rows, row_count,
+                                 per_row, pairs + v * kLanes, out_channels,
+                                 out + n0 * out_channels + v * kLanes, ahead);
+    }
+  });
 }
 
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,

@@ -49,7 +49,7 @@ PassScratch plan_pass(const Geometry& g,
     }
     return low;
   };
-  const int64_t tile = std::min<int64_t>(g.out_w, 16);
+  const int64_t tile = std::min<int64_t>(g.out_w, kMaxTile);
   const int64_t samples = samples_that_fit(tile);
   const Blocking block =
       samples > 0 ? Blocking{samples, tile} : Blocking{std::max<int64_t>(samples_that_fit(1), 1), 1};

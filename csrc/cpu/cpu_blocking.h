@@ -40,11 +40,15 @@ struct PassScratch {
   }
 };
 
+// The most locations of one output row a pass's tile holds.
+constexpr int64_t kMaxTile = 16;
+
 // The largest sample block (at most the batch) whose scratch fits the budget, with tiles of up to
-// 16 locations, or of 1 where even one sample does not fit 16, and that scratch. Per thread the
-// pass takes per_thread(samples, tile) bytes, and shared(samples) bytes once (none where shared
-// is empty); both must grow with their arguments. At least one sample and one location: where
-// even that exceeds the budget, the pass runs at that size (the README states the bound).
+// kMaxTile locations, or of 1 where even one sample does not fit them, and that scratch. Per
+// thread the pass takes per_thread(samples, tile) bytes, and shared(samples) bytes once (none
+// where shared is empty); both must grow with their arguments. At least one sample and one
+// location: where even that exceeds the budget, the pass runs at that size (the README states
+// the bound).
 PassScratch plan_pass(const Geometry& g,
                       const std::function<int64_t(int64_t samples, int64_t tile)>& per_thread,
                       const std::function<int64_t(int64_t samples)>& shared = {});

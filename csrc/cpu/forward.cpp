@@ -2,9 +2,10 @@
 // each reads its own part of the weight once per sample block. Per location and channel group
 // one product (location_products.h): the group's rows of the location's region's filter bank
 // (C_out/groups x K, contiguous in the weight) times the group's packed patches (samples x K),
-// or in float, where the batch is large against a patch row, times the input read in place
-// (vector_kernels.h: forward_in_place); the tile's results staged and written to the
-// (N, C_out, D, H, W) output as contiguous runs.
+// or, where the batch is large against a patch row, times the input read in place (float, and
+// bfloat16 on AVX512-BF16 by pairs of neighbouring kernel columns; vector_kernels.h:
+// forward_in_place); the tile's results staged and written to the (N, C_out, D, H, W) output as
+// contiguous runs (bfloat16 and float16 rounded by vectors, write_tile).
 // Short patches on the vector kernels go by runs of whole tiles instead (forward_row_run: one
 // vector over a tile's locations, written in place).
 #include <ATen/ATen.h>
@@ -48,13 +49,24 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     while (run_tiles > 1 && threads * run_bytes(run_tiles) > budget) run_tiles /= 2;
     // Per location otherwise: packed patches, or reading the input in place.
     const bool reads_in_place =
-        !by_row_tiles && cpu::reads_input_in_place<scalar_t>(isa, g, budget);
+        !by_row_tiles && cpu::forward_reads_input_in_place<scalar_t>(isa, g, in_strides, budget);
+    // The vector kernels round a tile's staged results of bfloat16 and float16 into the output
+    // (write_tile), the tile's bias as a row of kMaxTile per output channel: rounded one at a time
+    // they had cost 15% of DeepFace L6's forward; float's plain copies gained nothing from it
+    // (L6 1.00x, mid_32x32_c64 1.02x, convnet_local3's tiles of 6 1.13x slower).
+    const bool writes_by_vectors = cpu::kVectorType<scalar_t> &&
+                                   !std::is_same_v<scalar_t, float> && isa != ProductIsa::blas;
+    const int64_t bias_row_floats =
+        writes_by_vectors && bias_values.defined() ? out_channels * cpu::kMaxTile : 0;
     // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
-    // patches (of one group) or transposed filters (in place), and a tile's staged results.
+    // patches (of one group) or transposed filters (in place), a tile's staged results and its
+    // bias rows.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
       return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             (reads_in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float))
+             cpu::line_bytes(bias_row_floats, sizeof(float)) +
+             (reads_in_place ? cpu::line_bytes(cpu::in_place_filter_floats<scalar_t>(g),
+                                               sizeof(float))
                        : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
@@ -91,16 +103,17 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
         scalar_t* patches =
             reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
-        float* filters_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
+        float* filters_t =
+            reads_in_place ? slice.take<float>(cpu::in_place_filter_floats<scalar_t>(g)) : nullptr;
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
+        float* bias_rows = bias_row_floats > 0 ? slice.take<float>(bias_row_floats) : nullptr;
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * block.tile;
           const int64_t z = row / g.out_h, i = row % g.out_h;
           const int64_t width = std::min(block.tile, g.out_w - j0);
           const int64_t first_location = row * g.out_w + j0;
-          // Each location's weight region (itself where nothing is shared); plan_pass's tiles
-          // hold at most 16 locations.
-          int64_t tile_regions[16];
+          // Each location's weight region (itself where nothing is shared).
+          int64_t tile_regions[cpu::kMaxTile];
           for (int64_t t = 0; t < width; ++t) tile_regions[t] = g.region_of(z, i, j0 + t);
           for (int64_t t = 0; t < width; ++t) {
             const scalar_t* filters = w + tile_regions[t] * filter_size;
@@ -128,6 +141,18 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
               cpu::location_forward(isa, group_size, samples, patch_size, group_filters, patches,
                                     out_block);
             }
+          }
+          if (writes_by_vectors) {
+            if (bias_rows != nullptr) {
+              for (int64_t c = 0; c < out_channels; ++c)
+                for (int64_t t = 0; t < width; ++t)
+                  bias_rows[c * cpu::kMaxTile + t] =
+                      static_cast<float>(shared_bias ? b[c] : b[c * regions + tile_regions[t]]);
+            }
+            cpu::write_tile(isa, staged, staged_stride, width, g, samples, bias_rows,
+                            cpu::kMaxTile, o + n0 * out_channels * locations + first_location,
+                            locations);
+            continue;
           }
           // Each (n, c) run lies a whole plane from the next, which no hardware prefetcher
           // follows: the run of the row's next tile is fetched for writing now.

@@ -78,12 +78,36 @@ bool reads_input_in_place(ProductIsa isa, const Geometry& g, int64_t budget) {
   return false;
 }
 
-// vector_kernels.h's forward_in_place, where reads_input_in_place<scalar_t>.
+// Whether the per-location forward reads the input in place: float where
+// reads_input_in_place, bfloat16 by vdpbf16ps where forward_pairs_in_place_fits.
+template <typename scalar_t>
+bool forward_reads_input_in_place(ProductIsa isa, const Geometry& g, const Strides5& s,
+                                  int64_t budget) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    return isa == ProductIsa::avx512_bf16 && forward_pairs_in_place_fits(g, s, budget);
+  return reads_input_in_place<scalar_t>(isa, g, budget);
+}
+
+// The floats of scratch the forward in place transposes a channel group's filters into (its
+// float filters_t, or bfloat16's pairs of columns, a word each).
+template <typename scalar_t>
+int64_t in_place_filter_floats(const Geometry& g) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return in_place_pairs_scratch(g);
+  return g.patch_size() * g.group_out_channels();
+}
+
+// vector_kernels.h's forward_in_place, where forward_reads_input_in_place<scalar_t>; filters_t
+// holds in_place_filter_floats<scalar_t>.
 template <typename scalar_t, typename opmath_t>
 void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
                                const scalar_t* input, const Strides5& s, const PatchRow* rows,
                                const Geometry& g, const scalar_t* filters, float* filters_t,
                                const scalar_t* next, opmath_t* out) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<opmath_t, float>) {
+    if (isa == ProductIsa::avx512_bf16)
+      return avx512_bf16::forward_in_place(out_channels, samples, input, s.n, rows, g, filters,
+                                           reinterpret_cast<uint32_t*>(filters_t), next, out);
+  }
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<opmath_t, float>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
@@ -97,7 +121,9 @@ void location_forward_in_place(ProductIsa isa, int64_t out_channels, int64_t sam
         break;
     }
   }
-  TORCH_INTERNAL_ASSERT(false, "the forward in place needs float and the vector kernels");
+  TORCH_INTERNAL_ASSERT(false,
+                        "the forward in place needs float on the vector kernels, or bfloat16 on "
+                        "AVX512-BF16");
 }
 
 // vector_kernels.h's grad_filters_in_place, where reads_input_in_place<scalar_t>.
@@ -123,6 +149,27 @@ void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_
     }
   }
   TORCH_INTERNAL_ASSERT(false, "grad_weight in place needs float and the vector kernels");
+}
+
+// vector_kernels.h's write_tile, where the element type and the ISA have vector kernels.
+template <typename scalar_t, typename opmath_t>
+void write_tile(ProductIsa isa, const opmath_t* staged, int64_t staged_stride, int64_t width,
+                const Geometry& g, int64_t samples, const float* bias_rows, int64_t bias_stride,
+                scalar_t* out, int64_t locations) {
+  if constexpr (kVectorType<scalar_t> && std::is_same_v<opmath_t, float>) {
+    switch (isa) {
+      case ProductIsa::avx512_bf16:
+      case ProductIsa::avx512:
+        return avx512::write_tile(staged, staged_stride, width, g, samples, bias_rows,
+                                  bias_stride, out, locations);
+      case ProductIsa::avx2:
+        return avx2::write_tile(staged, staged_stride, width, g, samples, bias_rows, bias_stride,
+                                out, locations);
+      case ProductIsa::blas:
+        break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "write_tile needs the vector kernels");
 }
 
 // Whether the forward goes by row tiles (forward_row_run): a vector ISA, an element type it

@@ -208,6 +208,26 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes, int64_t budg
          8 * g.patch_size() * group_size * int64_t(sizeof(float)) <= budget;
 }
 
+// The 32-bit words of avx512_bf16::forward_in_place's transposed filters of one channel group: a
+// pair of kernel columns per word, ceil(kernel_w / 2) pairs a patch row.
+inline int64_t in_place_pair_words(const Geometry& g) {
+  return patch_row_count(g) * ceil_div(g.kernel_w, 2) * g.group_out_channels();
+}
+
+// The 32-bit words of scratch avx512_bf16::forward_in_place takes: the pairs, then 16 output
+// channels' filters transposed as words (ceil(K / 2) x 16) that it builds them from.
+inline int64_t in_place_pairs_scratch(const Geometry& g) {
+  return in_place_pair_words(g) + 16 * ceil_div(g.patch_size(), 2);
+}
+
+// Whether the per-location forward of bfloat16 by vdpbf16ps reads the input in place
+// (avx512_bf16::forward_in_place): as forward_in_place_fits for 16 lanes, where a patch row's
+// kernel columns are neighbouring input elements (column_step 1), so that a pair of them is one
+// 32-bit broadcast. The pairs take at most the words of the float filters_t.
+inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, int64_t budget) {
+  return column_step(g, s) == 1 && forward_in_place_fits(g, 16, budget);
+}
+
 // Each ISA's namespace declares the same kernels:
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
@@ -236,6 +256,10 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes, int64_t budg
 //                padding zero): the input read as forward_in_place reads it, the sums kept
 //                transposed in sums_t (K x C_out floats of scratch; 2 K int64 at `columns`).
 //                Only where forward_in_place_fits.
+// write_tile:    a per-location tile's staged results (location t's samples x C_out matrix at
+//                staged + t * staged_stride, staged_offset's layout) into the output (`out` at
+//                the tile's first location of sample 0, a (N, C_out, locations) tensor), rounded
+//                to T, plus bias_rows[o * bias_stride + t] where bias_rows is given.
 // row_tile_filters: the most filters forward_row_run takes at once (a block of them goes along
 //                the whole run, block after block).
 // forward_row_run: the forward of `width` neighbouring locations (z, i, j0 + t), t < width, of
@@ -298,6 +322,10 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes, int64_t budg
                              int64_t sample_stride, int64_t step, const PatchRow* rows,           \
                              const Geometry& g, const float* grad_output, bool accumulate,        \
                              float* sums_t, int64_t* columns, float* grad_filters, bool stream);  \
+  template <typename T>                                                                          \
+  void write_tile(const float* staged, int64_t staged_stride, int64_t width, const Geometry& g,  \
+                  int64_t samples, const float* bias_rows, int64_t bias_stride, T* out,          \
+                  int64_t locations);                                                            \
   int64_t row_tile_filters();                                                                    \
   template <typename T>                                                                          \
   void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z,          \
@@ -341,6 +369,15 @@ void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
 void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
                   float* grad_filters, c10::BFloat16* rounded);
+// forward_in_place: forward's out (n < samples) without packing, as the float forward_in_place
+//                reads the input (kernel columns neighbours): `filters` (C_out x K) transposed
+//                into `pairs` (in_place_pairs_scratch words of scratch), a pair of
+//                neighbouring kernel columns a word, and each pair of input elements broadcast
+//                as one onto the vectors of C_out. Only where forward_pairs_in_place_fits.
+void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16* input,
+                      int64_t sample_stride, const PatchRow* rows, const Geometry& g,
+                      const c10::BFloat16* filters, uint32_t* pairs,
+                      const c10::BFloat16* next, float* out);
 }  // namespace avx512_bf16
 
 }  // namespace cpu
