@@ -62,14 +62,15 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # packed and scattered per location), cut by the padding at both ends; and a forward read in
 # place (C_out of 7 AVX-512 vectors: blocks of 4, 2 and 1 of them, 14 AVX2 vectors in blocks of 2;
 # 43 samples, which leave a last block of 1 or 3; dilated columns, rows cut by the padding); and
-# bfloat16's forward in place by pairs of kernel columns (neighbouring columns): rows of 5 (an odd
-# last column; rows starting at odd k), cut by the padding at either end (a pair's first or
-# second column alone), C_out of 3 vectors (blocks of 2 and 1), 37 samples (last blocks of 5 and
-# 1); and rows of 4 (the pairs as the filters' words), strided, a pair's second column alone.
+# bfloat16's forward in place by pairs of kernel columns (neighbouring columns; K > 64, past the
+# row tiles): rows of 5 (an odd last column; rows starting at odd k), cut by the padding at either
+# end (a pair's first or second column alone), C_out of 3 vectors (blocks of 2 and 1), 37 samples
+# (last blocks of 5 and 1); and rows of 4 (the pairs as the filters' words), strided, a pair's
+# second column alone.
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
     "in_place": (43, 5, (9, 8), 112, (5, 3), (1, 2), (2, 1), (1, 2)),
-    "pairs_in_place": (37, 3, (9, 10), 48, (3, 5), (1, 1), (1, 2), (1, 1)),
+    "pairs_in_place": (37, 5, (9, 10), 48, (3, 5), (1, 1), (1, 2), (1, 1)),
     "pairs_in_place_even": (21, 2, (8, 11), 32, (2, 4), (2, 2), (1, 1), (1, 1)),
     "quarter_rows": (7, 3, (9, 20), 5, (3, 4), (1, 2), (1, 2), (1, 1)),
     "half_rows": (6, 2, (8, 23), 6, (2, 8), (2, 2), (1, 3), (1, 1)),

@@ -274,9 +274,9 @@ constexpr auto grad_filters_blocks =
 // half of the pairs had cost half as much as the products (DeepFace L6); two passes with the
 // widened columns between them, still 0.4x (L5).
 LC_AVX512_BF16 void transpose_pairs(const c10::BFloat16* filters, int64_t out_channels,
-                                    int64_t patch_size, int64_t kernel_w, uint32_t* words,
-                                    uint32_t* pairs) {
-  const int64_t per_row = ceil_div(kernel_w, 2), row_count = patch_size / kernel_w;
+                                    int64_t patch_size, int64_t row_count, int64_t kernel_w,
+                                    uint32_t* words, uint32_t* pairs) {
+  const int64_t per_row = ceil_div(kernel_w, 2);
   const int64_t word_count = ceil_div(patch_size, 2);
   const auto word = [&](int64_t m) LC_AVX512_BF16 {
     return _mm512_loadu_si512(words + m * kLanes);
@@ -389,10 +389,9 @@ LC_AVX512_BF16 void pairs_in_place_block(const c10::BFloat16* input, int64_t sam
     for (int b = 0; b < OB; ++b) _mm512_storeu_ps(out + s * out_channels + b * kLanes, acc[s][b]);
 }
 
-// The samples of a block by OB vectors of C_out, then fewer for the last ones: as the float
-// forward in place (8 accumulator chains by one vector; 6 x 4 accumulators by four).
+// The samples of a block by OB vectors of C_out (register_blocks.h).
 template <int OB>
-constexpr int kPairSamples = OB == 1 ? 8 : 6;
+constexpr int kPairSamples = in_place_samples(kLanes, OB);
 
 template <int OB, int S = kPairSamples<OB>>
 LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* input,
@@ -407,16 +406,6 @@ LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* i
   }
   pairs_in_place_block<OB, S>(input, sample_stride, rows, row_count, per_row, pairs,
                               out_channels, out, ahead);
-}
-
-// The output channels' vectors in blocks of 4, then 2, then 1: for_vector_blocks<OB>(vectors,
-// block) calls block(OB constant, first vector) for each.
-template <typename Block>
-LC_AVX512_BF16 void for_vector_blocks(int64_t vectors, Block&& block) {
-  int64_t v = 0;
-  for (; v + 4 <= vectors; v += 4) block(std::integral_constant<int, 4>{}, v);
-  for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
-  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
 }
 
 // The vectors of the chunk of K starting at k, and the mask of its last one.
@@ -453,12 +442,13 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                       int64_t sample_stride, const PatchRow* rows, const Geometry& g,
                       const c10::BFloat16* filters, uint32_t* pairs,
                       const c10::BFloat16* next, float* out) {
-  transpose_pairs(filters, out_channels, g.patch_size(), g.kernel_w,
-                  pairs + in_place_pair_words(g), pairs);
   const int64_t row_count = patch_row_count(g), per_row = ceil_div(g.kernel_w, 2);
+  // The words after the pairs (in_place_pairs_scratch).
+  transpose_pairs(filters, out_channels, g.patch_size(), row_count, g.kernel_w,
+                  pairs + row_count * per_row * out_channels, pairs);
   const int64_t vectors = out_channels / kLanes;
   int64_t block_rows = 0;
-  for_vector_blocks(vectors, [&](auto ob, int64_t) LC_AVX512_BF16 {
+  for_vector_blocks<4>(vectors, [&](auto ob, int64_t) LC_AVX512_BF16 {
     block_rows += row_count * ceil_div(samples, kPairSamples<decltype(ob)::value>);
   });
   const int64_t next_lines =
@@ -466,7 +456,7 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                       : ceil_div(out_channels * g.patch_size() *
                                      int64_t(sizeof(c10::BFloat16)), kLine);
   FetchAhead ahead(reinterpret_cast<uintptr_t>(next), next_lines, block_rows);
-  for_vector_blocks(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
+  for_vector_blocks<4>(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
     constexpr int OB = decltype(ob)::value;
     constexpr int S = kPairSamples<OB>;
     for (int64_t n0 = 0; n0 < samples; n0 += S) {

@@ -66,9 +66,9 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
   scatter_add_patches(grad_patches, rows, g, samples, grad_input);
 }
 
-// Whether the per-location forward, and grad_weight without sharing, read the input in place
-// (vector_kernels.h: forward_in_place_fits, against the scratch budget of `budget` bytes; float
-// on the vector kernels).
+// Whether float's per-location forward, and grad_weight without sharing, read the input in place
+// (vector_kernels.h: forward_in_place_fits, against the scratch budget of `budget` bytes; the
+// vector kernels). The forward of bfloat16: forward_reads_input_in_place.
 template <typename scalar_t>
 bool reads_input_in_place(ProductIsa isa, const Geometry& g, int64_t budget) {
   if constexpr (std::is_same_v<scalar_t, float>) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 namespace lc_cuda {
@@ -20,6 +21,26 @@ struct EvenBlocks {
   int64_t first(int64_t b) const { return b * base + std::min(b, larger); }
   int64_t size(int64_t b) const { return base + (b < larger ? 1 : 0); }
 };
+
+// The forward in place (vector_kernels_impl.h's float, avx512_bf16_kernels.cpp's pairs) blocks
+// the samples and the vectors of C_out alike.
+// The samples of a block by `vectors` vectors of C_out of `lanes` floats, then fewer for the sample
+// block's last ones. Chosen, not tuned: by 1 vector, 8 (8 chains of FMAs hide their latency, 8
+// samples' addresses fit the general registers); by 2 and 4 vectors, 6 (24 of AVX-512's 32 vector
+// registers hold 6 x 4 accumulators); AVX2 by 2 vectors, 5 (10 of its 16).
+constexpr int in_place_samples(int lanes, int vectors) {
+  return vectors == 1 ? 8 : lanes == 16 ? 6 : 5;
+}
+
+// Calls block(std::integral_constant<int, OB>{}, v) for the vectors [v, v + OB) of `vectors`
+// vectors of C_out: blocks of Wide, then 2, then 1.
+template <int Wide, typename Block>
+void for_vector_blocks(int64_t vectors, Block&& block) {
+  int64_t v = 0;
+  for (; v + Wide <= vectors; v += Wide) block(std::integral_constant<int, Wide>{}, v);
+  for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
+  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
+}
 
 template <typename Fn, int Row, typename Entry, int... C>
 constexpr std::array<Fn, sizeof...(C)> block_table_row(std::integer_sequence<int, C...>) {

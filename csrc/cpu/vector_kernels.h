@@ -223,7 +223,9 @@ inline int64_t in_place_pairs_scratch(const Geometry& g) {
 // Whether the per-location forward of bfloat16 by vdpbf16ps reads the input in place
 // (avx512_bf16::forward_in_place): as forward_in_place_fits for 16 lanes, where a patch row's
 // kernel columns are neighbouring input elements (column_step 1), so that a pair of them is one
-// 32-bit broadcast. The pairs take at most the words of the float filters_t.
+// 32-bit broadcast. Its scratch (in_place_pairs_scratch) is at most 1.5x the float filters_t
+// (kernel_w 1 and 16 filters: K pairs of one column each, and 8 K words), which the pass's
+// scratch counts.
 inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, int64_t budget) {
   return column_step(g, s) == 1 && forward_in_place_fits(g, 16, budget);
 }

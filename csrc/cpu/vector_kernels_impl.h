@@ -548,12 +548,9 @@ LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t 
   }
 }
 
-// The samples of an in-place block, then fewer for the sample block's last ones. Chosen, not
-// tuned: by 1 vector of C_out, 8 (8 chains of FMAs hide their latency, 8 samples' addresses fit
-// the general registers); by 2 and 4 vectors, 6 (24 of AVX-512's 32 vector registers hold 6 x 4
-// accumulators); AVX2 by 2 vectors, 5 (10 of its 16).
+// The samples of an in-place block (register_blocks.h).
 template <typename V, int OB>
-constexpr int kInPlaceSamples = OB == 1 ? 8 : V::kLanes == 16 ? 6 : 5;
+constexpr int kInPlaceSamples = in_place_samples(V::kLanes, OB);
 // The most vectors of C_out a block takes: on AVX2, 2 (4 x 2 samples had loaded 6 vectors per 8
 // FMAs: convnet_local3's forward 1.14x slower than packing, against 0.71x on AVX-512).
 template <typename V>
@@ -613,17 +610,11 @@ LC_VECTOR_TARGET void in_place_samples(int64_t count, const float* input, int64_
                            out_channels, out, ahead);
 }
 
-// Calls block(std::integral_constant<int, OB>{}, v) for the vectors [v, v + OB) of `vectors`
-// vectors of C_out: blocks of kInPlaceVectors, then 2, then 1.
+// register_blocks.h's for_vector_blocks, in blocks of kInPlaceVectors.
 template <typename V, typename Block>
 LC_VECTOR_TARGET void for_vector_blocks(int64_t vectors, Block&& block) {
-  constexpr int kWide = kInPlaceVectors<V>;
-  int64_t v = 0;
-  for (; v + kWide <= vectors; v += kWide) block(std::integral_constant<int, kWide>{}, v);
-  for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
-  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
+  cpu::for_vector_blocks<kInPlaceVectors<V>>(vectors, block);
 }
-
 // The forward of one location and channel group in place: out[n * C_out + o] for n < samples,
 // from the group's filters transposed into filters_t (K x C_out floats of scratch). The next
 // filters of the same size at `next` (none where null) fetched into the L2 while the blocks go
