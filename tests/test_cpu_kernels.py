@@ -430,6 +430,45 @@ def test_grad_weight_in_place_in_sample_blocks_is_bitwise_the_same(monkeypatch):
     assert relative_error(in_blocks[2], expected) <= allowed_error(torch.float32)
 
 
+def test_grad_weight_pairs_in_sample_blocks_is_bitwise_the_same(monkeypatch):
+    """bfloat16's grad_weight by pairs of samples (AVX512-BF16) sums two samples at a time,
+    paired across the whole batch: where a budget cuts the batch into sample blocks, each block
+    takes an even count (the pass's 9 cut to 8 here), so every pair stays whole and the result
+    is the one block's to the bit; and within bfloat16's error of the float64 oracle (an even
+    batch: the last pair has both samples). K = 72, past the row tiles."""
+    use_product_path(monkeypatch, "avx512_bf16")
+
+    def grad_weight(input, weight, grad_output):
+        leaf = weight.detach().requires_grad_()
+        out = lc_cuda.local_conv2d(input, leaf, None, 1, 1)
+        return torch.autograd.grad(out, leaf, grad_output)[0]
+
+    input, weight, _ = make_case(
+        60, 8, (8, 8), 64, (3, 3), (1, 1), (1, 1), (1, 1), "none", torch.bfloat16, "cpu"
+    )
+    grad_output = torch.randn(
+        (60, 64, 8, 8), generator=torch.Generator().manual_seed(1)
+    ).to(torch.bfloat16)
+    one_block = grad_weight(input, weight, grad_output)
+    # 0.4 MiB at 2 threads: the paired input (60 KiB) within a quarter; blocks of 8 samples.
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", "0.4")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        in_blocks = grad_weight(input, weight, grad_output)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_block, in_blocks)
+    leaf = weight.double().requires_grad_()
+    out = reference_local_conv2d(input.double(), leaf, None, (1, 1), (1, 1, 1, 1), (1, 1))
+    expected = torch.autograd.grad(out, leaf, grad_output.double())[0]
+    fallback_weight = weight.detach().requires_grad_()
+    fallback_out = lc_cuda.unfold_local_conv2d(input, fallback_weight, None, 1, 1)
+    fallback = torch.autograd.grad(fallback_out, fallback_weight, grad_output)
+    allowed = allowed_error(torch.bfloat16, relative_error(fallback[0], expected))
+    assert relative_error(in_blocks, expected) <= allowed
+
+
 PEAK_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {benchmarks!r})

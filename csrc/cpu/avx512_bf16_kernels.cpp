@@ -408,6 +408,96 @@ LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* i
                               out_channels, out, ahead);
 }
 
+// ---- grad_weight in place: pairs of samples, KB patch columns x OB vectors of C_out ----
+// The adjoint of the forward in place, where grad_weight_pairs_in_place_fits: grad_filters sums
+// over the samples, so its pairs are two samples (n, n + 1), as grad_filters pairs them. The
+// input is paired once per call (pair_samples: each element of samples 2p and 2p + 1 side by side
+// in one word), so that each patch column's pair is one 32-bit broadcast from memory; each
+// location's grad_output is paired once (the pairs of each output channel across a vector), and
+// the sums are kept as K x C_out (sums_t) and transposed into the filter bank, as float's.
+
+// sums_t[k * C_out + b * 16 + lane] (+)= the sum over the pairs p < pairs of the word
+// paired[p * pair_stride + sources[kb]] (two samples' input element) times the word
+// go_pairs[p * C_out + b * 16 + lane] (their grad_output), for the KB patch columns
+// k = columns[kb]; onto what sums_t holds where accumulate.
+template <int KB, int OB>
+LC_AVX512_BF16 void sample_pairs_block(const uint32_t* paired, int64_t pair_stride,
+                                       int64_t pairs, const int64_t* sources,
+                                       const int64_t* columns, const uint32_t* go_pairs,
+                                       int64_t out_channels, bool accumulate, float* sums_t) {
+  __m512 acc[KB][OB];
+#pragma GCC unroll 8
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b)
+      acc[kb][b] = accumulate ? _mm512_loadu_ps(sums_t + columns[kb] * out_channels + b * kLanes)
+                              : _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh go[OB];
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b)
+      go[b] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(go_pairs + p * out_channels + b * kLanes));
+    const uint32_t* words = paired + p * pair_stride;
+#pragma GCC unroll 8
+    for (int kb = 0; kb < KB; ++kb) {
+      const __m512bh x = broadcast_pair(words[sources[kb]]);
+#pragma GCC unroll 4
+      for (int b = 0; b < OB; ++b) acc[kb][b] = _mm512_dpbf16_ps(acc[kb][b], go[b], x);
+    }
+  }
+#pragma GCC unroll 8
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b)
+      _mm512_storeu_ps(sums_t + columns[kb] * out_channels + b * kLanes, acc[kb][b]);
+}
+
+template <int OB, int KB = in_place_columns(kLanes, OB)>
+LC_AVX512_BF16 void sample_pairs_columns(int64_t count, const uint32_t* paired,
+                                         int64_t pair_stride, int64_t pairs,
+                                         const int64_t* sources, const int64_t* columns,
+                                         const uint32_t* go_pairs, int64_t out_channels,
+                                         bool accumulate, float* sums_t) {
+  if constexpr (KB > 1) {
+    if (count < KB)
+      return sample_pairs_columns<OB, KB - 1>(count, paired, pair_stride, pairs, sources, columns,
+                                              go_pairs, out_channels, accumulate, sums_t);
+  }
+  sample_pairs_block<KB, OB>(paired, pair_stride, pairs, sources, columns, go_pairs,
+                             out_channels, accumulate, sums_t);
+}
+
+// avx512_bf16::pair_samples.
+LC_AVX512_BF16 void pair_sample_range(const c10::BFloat16* input, int64_t sample_size,
+                                      int64_t batch, int64_t first, int64_t last,
+                                      uint32_t* paired) {
+  for (int64_t p = first; p < last; ++p) {
+    const c10::BFloat16* a = input + 2 * p * sample_size;
+    const bool has_b = 2 * p + 1 < batch;
+    for (int64_t e = 0; e < sample_size; e += kLanes) {
+      const __mmask16 mask = Avx512::tail(sample_size - e);
+      _mm512_mask_storeu_epi32(paired + p * sample_size + e, mask,
+                               reinterpret_cast<__m512i>(interleave(
+                                   a + e, a + sample_size + e, mask, has_b ? mask : 0)));
+    }
+  }
+}
+
+// go_pairs[p * C_out + o] = the pair (grad_output[2p][o], grad_output[2p + 1][o]) of the staged
+// grad_output (row n at n * C_out, C_out a multiple of 16), p < ceil(samples / 2); an odd count's
+// last sample with a zero partner (whose paired input is 0 too: pair_samples past the batch).
+LC_AVX512_BF16 void pair_grad_output(const c10::BFloat16* grad_output, int64_t samples,
+                                     int64_t out_channels, uint32_t* go_pairs) {
+  for (int64_t p = 0; p < ceil_div(samples, 2); ++p) {
+    const c10::BFloat16* a = grad_output + 2 * p * out_channels;
+    const __mmask16 b_mask = 2 * p + 1 < samples ? __mmask16(0xFFFF) : __mmask16(0);
+    for (int64_t o = 0; o < out_channels; o += kLanes)
+      _mm512_storeu_si512(go_pairs + p * out_channels + o,
+                          reinterpret_cast<__m512i>(
+                              interleave(a + o, a + out_channels + o, 0xFFFF, b_mask)));
+  }
+}
+
 // The vectors of the chunk of K starting at k, and the mask of its last one.
 struct Chunk {
   int vectors;
@@ -466,6 +556,39 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                                  out + n0 * out_channels + v * kLanes, ahead);
     }
   });
+}
+
+void pair_samples(const c10::BFloat16* input, int64_t sample_size, int64_t batch, int64_t first,
+                  int64_t last, uint32_t* paired) {
+  pair_sample_range(input, sample_size, batch, first, last, paired);
+}
+
+void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t* paired,
+                           int64_t sample_stride, int64_t step, const PatchRow* rows,
+                           const Geometry& g, const c10::BFloat16* grad_output, bool accumulate,
+                           float* sums_t, int64_t* columns, uint32_t* go_pairs,
+                           float* grad_filters, c10::BFloat16* rounded) {
+  const int64_t patch_size = g.patch_size(), pairs = ceil_div(samples, 2);
+  if (accumulate) avx512::transpose_sums(grad_filters, out_channels, patch_size, sums_t);
+  int64_t* sources = columns + patch_size;
+  const int64_t count = input_columns(rows, g, step, columns, sources, [&](int64_t k) {
+    // A column in the padding reads zeros: its sums are zero.
+    if (!accumulate) std::fill_n(sums_t + k * out_channels, out_channels, 0.0f);
+  });
+  pair_grad_output(grad_output, samples, out_channels, go_pairs);
+  for_vector_blocks<4>(out_channels / kLanes, [&](auto ob, int64_t v) LC_AVX512_BF16 {
+    constexpr int OB = decltype(ob)::value;
+    constexpr int KB = in_place_columns(kLanes, OB);
+    for (int64_t c = 0; c < count; c += KB) {
+      sample_pairs_columns<OB>(std::min<int64_t>(KB, count - c), paired, sample_stride, pairs,
+                               sources + c, columns + c, go_pairs + v * kLanes, out_channels,
+                               accumulate, sums_t + v * kLanes);
+    }
+  });
+  if (rounded != nullptr)
+    avx512::transpose_sums(sums_t, patch_size, out_channels, rounded);
+  else
+    avx512::transpose_sums(sums_t, patch_size, out_channels, grad_filters);
 }
 
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,

@@ -2,7 +2,10 @@
 // the transposed patches (K x samples) times the location's grad_output (samples x
 // C_out/groups), summed over the sample blocks in order; in float without sharing, where the
 // forward reads the input in place, the input read in place likewise (vector_kernels.h:
-// grad_filters_in_place, the same sums), and the banks, written once, streamed past the caches.
+// grad_filters_in_place, the same sums), and the banks, written once, streamed past the caches;
+// in bfloat16 on AVX512-BF16 where it fits, the input read in place by pairs of samples from a
+// paired copy of it (avx512_bf16::grad_filters_in_place, the same sums as its packed products
+// where the sample blocks are even).
 //
 // A filter bank per location: threads take tiles of neighbouring locations of one output row and
 // write disjoint parts of grad_weight. Where the geometry fits the row tiles (few filters or a
@@ -19,7 +22,8 @@
 // so without sharing their result does not depend on the thread count. Exceptions, where the
 // batch is larger than one block (whose size follows from the scratch budget and the thread
 // count): with sharing, a tile's members are summed block by block; bfloat16 on AVX512-BF16 adds
-// the samples two at a time, so a block of odd size shifts the pairs and the rounding with them;
+// the samples two at a time, so where it packs, a block of odd size shifts the pairs and the
+// rounding with them (by pairs in place the blocks are even);
 // and the BLAS groups the sum over the batch by sample block. There the result depends on the
 // thread count by floating-point reassociation; and so does bfloat16 on AVX512-BF16 where a whole
 // row tile fits the budget at one thread count and not at another (the row tiles add one sample
@@ -78,13 +82,18 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // unit's), which are rounded into grad_weight once: by the last sample block's product, or
     // after the unit's last member.
     constexpr bool sums_in_banks = std::is_same_v<scalar_t, opmath_t>;
-    // Without sharing, float reads the input in place where the forward does (no packing).
-    const bool reads_in_place =
-        !shares && cpu::reads_input_in_place<scalar_t>(isa, g, cpu::scratch_budget_bytes());
+    // Without sharing, float reads the input in place where the forward does (no packing), and
+    // bfloat16 on AVX512-BF16 by pairs of samples (a paired copy of the input) where that fits.
+    const int64_t budget = cpu::scratch_budget_bytes();
+    const bool float_in_place = !shares && cpu::reads_input_in_place<scalar_t>(isa, g, budget);
+    const bool pairs_fit = cpu::grad_weight_reads_pairs_in_place<scalar_t>(
+        isa, g, in_strides, input.is_non_overlapping_and_dense(), budget);
     // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
     // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
-    // one location's patch rows and patches (or in place, its transposed sums and the columns
-    // that read the input), and the float sums (the tile's, or with sharing the unit's).
+    // one location's patch rows and patches (or in place, its transposed sums, the columns that
+    // read the input and, by pairs, grad_output's pairs: more than the patches of a sample, which
+    // they make room for where the pairs are not taken after all), and the float sums (the
+    // tile's, or with sharing the unit's).
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, tile)) {
         return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
@@ -93,22 +102,41 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             (reads_in_place ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
-                                   cpu::line_bytes(2 * patch_size, sizeof(int64_t))
-                             : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
+             (float_in_place || pairs_fit
+                  ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
+                        cpu::line_bytes(2 * patch_size, sizeof(int64_t)) +
+                        (pairs_fit ? cpu::line_bytes(ceil_div(samples, 2) * group_size,
+                                                     sizeof(uint32_t))
+                                   : 0)
+                  : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
              (sums_in_banks ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
-    // With sharing in chunks, each unit's sums, added per region at the end.
+    // With sharing in chunks, each unit's sums, added per region at the end; by pairs of
+    // samples, the paired input.
     const int64_t chunk_sums = chunks > 1 ? g.regions() * chunks * filter_size : 0;
-    const auto shared = [&](int64_t) { return cpu::line_bytes(chunk_sums, sizeof(opmath_t)); };
+    const auto shared = [&](int64_t) {
+      return cpu::line_bytes(chunk_sums, sizeof(opmath_t)) +
+             (pairs_fit ? cpu::line_bytes(cpu::paired_input_words(g), sizeof(uint32_t)) : 0);
+    };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
-    const cpu::Blocking& block = pass.block;
+    cpu::Blocking block = pass.block;
+    // Every sample block but the last starts a pair, so each takes an even count; a block of
+    // one sample packs instead.
+    bool pairs_in_place = pairs_fit;
+    if (pairs_fit && block.samples < g.batch) {
+      if (block.samples == 1)
+        pairs_in_place = false;
+      else
+        block.samples -= block.samples % 2;
+    }
+    const bool reads_in_place = float_in_place || pairs_in_place;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
 
     const scalar_t* in = input.const_data_ptr<scalar_t>();
+    uint32_t* paired = pairs_in_place ? reinterpret_cast<uint32_t*>(pass.shared()) : nullptr;
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
 
@@ -118,11 +146,12 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // rounded_bank(t), where not null, takes the last block's sums rounded instead. Where
     // `own_banks` (the sums are float grad_weight's own banks), the last block's are streamed
     // past the caches (vector_kernels.h: grad_filters; the caller fences them). Where
-    // reads_in_place, sums_t and columns are the kernel's scratch (and patches null).
+    // reads_in_place, sums_t and columns (and by pairs go_pairs) are the kernel's scratch (and
+    // patches null).
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
-                                   float* sums_t, int64_t* columns, opmath_t* sums,
-                                   int64_t sums_step, bool onto, bool own_banks,
+                                   float* sums_t, int64_t* columns, uint32_t* go_pairs,
+                                   opmath_t* sums, int64_t sums_step, bool onto, bool own_banks,
                                    const auto& rounded_bank) {
       for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
         const int64_t samples = std::min(block.samples, g.batch - n0);
@@ -134,7 +163,15 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
           for (int64_t group = 0; group < g.groups; ++group) {
             cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
-            if (reads_in_place) {
+            if (pairs_in_place) {
+              cpu::location_grad_filters_pairs_in_place(
+                  isa, group_size, samples, paired + n0 / 2 * in_strides.n, in_strides, rows, g,
+                  staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
+                  columns, go_pairs, sums + t * sums_step + group * group_filter_size,
+                  rounded == nullptr ? nullptr : rounded + group * group_filter_size);
+              continue;
+            }
+            if (float_in_place) {
               cpu::location_grad_filters_in_place(
                   isa, group_size, samples, in + n0 * in_strides.n, in_strides, rows, g,
                   staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
@@ -176,6 +213,11 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     }
 
     if (!shares) {
+      if (pairs_in_place) {
+        at::parallel_for(0, ceil_div(g.batch, 2), 1, [&](int64_t begin, int64_t end) {
+          cpu::pair_samples(in, g.input_sample(), g.batch, begin, end, paired);
+        });
+      }
       at::parallel_for(0, g.out_d * g.out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(pass);
@@ -185,6 +227,9 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
             reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
         float* sums_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
         int64_t* columns = reads_in_place ? slice.take<int64_t>(2 * patch_size) : nullptr;
+        uint32_t* go_pairs =
+            pairs_in_place ? slice.take<uint32_t>(ceil_div(block.samples, 2) * group_size)
+                           : nullptr;
         opmath_t* tile_sums =
             sums_in_banks ? nullptr : slice.take<opmath_t>(block.tile * filter_size);
         for (int64_t unit = begin; unit < end; ++unit) {
@@ -192,7 +237,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
           tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
                         std::min(block.tile, g.out_w - j0), staged, rows, patches, sums_t,
-                        columns, sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        columns, go_pairs, sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
                         filter_size, /*onto=*/false, /*own_banks=*/sums_in_banks,
                         [&](int64_t t) {
                           return sums_in_banks ? nullptr : banks + t * filter_size;
@@ -235,7 +280,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           for (int64_t m_w = 0; m_w < row_members; m_w += block.tile, started = true) {
             tile_products(z, i, j_first + m_w * step, step,
                           std::min(block.tile, row_members - m_w), staged, rows, patches,
-                          /*sums_t=*/nullptr, /*columns=*/nullptr, sums,
+                          /*sums_t=*/nullptr, /*columns=*/nullptr, /*go_pairs=*/nullptr, sums,
                           /*sums_step=*/0, /*onto=*/started, /*own_banks=*/false,
                           [](int64_t) -> scalar_t* { return nullptr; });
           }

@@ -151,6 +151,44 @@ void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_
   TORCH_INTERNAL_ASSERT(false, "grad_weight in place needs float and the vector kernels");
 }
 
+// Whether grad_weight of bfloat16 reads the input in place by pairs of samples (vdpbf16ps on
+// AVX512-BF16, where grad_weight_pairs_in_place_fits).
+template <typename scalar_t>
+bool grad_weight_reads_pairs_in_place(ProductIsa isa, const Geometry& g, const Strides5& s,
+                                      bool dense, int64_t budget) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    return isa == ProductIsa::avx512_bf16 && grad_weight_pairs_in_place_fits(g, s, dense, budget);
+  return false;
+}
+
+// avx512_bf16::pair_samples, where grad_weight_reads_pairs_in_place.
+template <typename scalar_t>
+void pair_samples(const scalar_t* input, int64_t sample_size, int64_t batch, int64_t first,
+                  int64_t last, uint32_t* paired) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    return avx512_bf16::pair_samples(input, sample_size, batch, first, last, paired);
+  TORCH_INTERNAL_ASSERT(false, "the paired input needs bfloat16 on AVX512-BF16");
+}
+
+// avx512_bf16::grad_filters_in_place, where grad_weight_reads_pairs_in_place: pair n0 / 2's
+// words at `paired` (sample block n0, even).
+template <typename scalar_t, typename opmath_t>
+void location_grad_filters_pairs_in_place(ProductIsa isa, int64_t out_channels, int64_t samples,
+                                          const uint32_t* paired, const Strides5& s,
+                                          const PatchRow* rows, const Geometry& g,
+                                          const scalar_t* grad_output, bool accumulate,
+                                          float* sums_t, int64_t* columns, uint32_t* go_pairs,
+                                          opmath_t* grad_filters, scalar_t* rounded) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<opmath_t, float>) {
+    if (isa == ProductIsa::avx512_bf16)
+      return avx512_bf16::grad_filters_in_place(out_channels, samples, paired, s.n,
+                                                column_step(g, s), rows, g, grad_output,
+                                                accumulate, sums_t, columns, go_pairs,
+                                                grad_filters, rounded);
+  }
+  TORCH_INTERNAL_ASSERT(false, "grad_weight in place by pairs needs bfloat16 on AVX512-BF16");
+}
+
 // vector_kernels.h's write_tile, where the element type and the ISA have vector kernels.
 template <typename scalar_t, typename opmath_t>
 void write_tile(ProductIsa isa, const opmath_t* staged, int64_t staged_stride, int64_t width,

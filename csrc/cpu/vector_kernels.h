@@ -208,6 +208,48 @@ inline bool forward_in_place_fits(const Geometry& g, int64_t lanes, int64_t budg
          8 * g.patch_size() * group_size * int64_t(sizeof(float)) <= budget;
 }
 
+// The patch columns of a location that read the input (grad_weight in place): for each such
+// column k, in order, columns[count] = k and sources[count] = its element's offset from a sample's
+// start (`rows` as patch_rows leaves them, kernel columns `step` elements apart); padding(k) for
+// each column in the padding. Returns count.
+template <typename Padding>
+int64_t input_columns(const PatchRow* rows, const Geometry& g, int64_t step, int64_t* columns,
+                      int64_t* sources, Padding&& padding) {
+  int64_t count = 0;
+  for (int64_t r = 0; r < patch_row_count(g); ++r) {
+    const PatchRow& row = rows[r];
+    for (int64_t q = 0; q < g.kernel_w; ++q) {
+      const int64_t k = r * g.kernel_w + q;
+      if (q >= row.first && q < row.last) {
+        columns[count] = k;
+        sources[count++] = row.source + (q - row.first) * step;
+      } else {
+        padding(k);
+      }
+    }
+  }
+  return count;
+}
+
+// The words of pair_samples' paired input: a word per element of a sample, per pair of samples
+// (the last pair of an odd batch with a zero partner).
+inline int64_t paired_input_words(const Geometry& g) {
+  return ceil_div(g.batch, 2) * g.input_sample();
+}
+
+// Whether bfloat16's grad_weight by vdpbf16ps reads the input in place by pairs of samples
+// (avx512_bf16::grad_filters_in_place): without sharing, as forward_in_place_fits for 16 lanes,
+// where each sample's elements fill [0, s.n) (`dense`: a dense input whose samples lie s.n =
+// input_sample() apart, so that the paired input keeps the input's offsets), and the paired
+// input (pair_samples: a word per element and pair of samples) takes at most a quarter of the
+// budget.
+inline bool grad_weight_pairs_in_place_fits(const Geometry& g, const Strides5& s, bool dense,
+                                            int64_t budget) {
+  return !g.shares_weights() && dense && s.n == g.input_sample() &&
+         forward_in_place_fits(g, 16, budget) &&
+         4 * paired_input_words(g) * int64_t(sizeof(uint32_t)) <= budget;
+}
+
 // The 32-bit words of avx512_bf16::forward_in_place's transposed filters of one channel group: a
 // pair of kernel columns per word, ceil(kernel_w / 2) pairs a patch row.
 inline int64_t in_place_pair_words(const Geometry& g) {
@@ -258,6 +300,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                padding zero): the input read as forward_in_place reads it, the sums kept
 //                transposed in sums_t (K x C_out floats of scratch; 2 K int64 at `columns`).
 //                Only where forward_in_place_fits.
+// transpose_sums: to[c * rows + r] = from[r * columns + c] rounded to T, a rows x columns float
+//                matrix transposed (avx512_bf16::grad_filters_in_place's sums).
 // write_tile:    a per-location tile's staged results (location t's samples x C_out matrix at
 //                staged + t * staged_stride, staged_offset's layout) into the output (`out` at
 //                the tile's first location of sample 0, a (N, C_out, locations) tensor), rounded
@@ -325,6 +369,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
                              const Geometry& g, const float* grad_output, bool accumulate,        \
                              float* sums_t, int64_t* columns, float* grad_filters, bool stream);  \
   template <typename T>                                                                          \
+  void transpose_sums(const float* from, int64_t rows, int64_t columns, T* to);                   \
+  template <typename T>                                                                          \
   void write_tile(const float* staged, int64_t staged_stride, int64_t width, const Geometry& g,  \
                   int64_t samples, const float* bias_rows, int64_t bias_stride, T* out,          \
                   int64_t locations);                                                            \
@@ -380,6 +426,26 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                       int64_t sample_stride, const PatchRow* rows, const Geometry& g,
                       const c10::BFloat16* filters, uint32_t* pairs,
                       const c10::BFloat16* next, float* out);
+// pair_samples: the paired input of pairs [first, last) of samples (paired_input_words in all):
+//                paired[p * sample_size + e] holds element e of sample 2p in its low half and of
+//                sample 2p + 1 in its high half (0 past the batch); `input` dense samples of
+//                sample_size elements.
+void pair_samples(const c10::BFloat16* input, int64_t sample_size, int64_t batch, int64_t first,
+                  int64_t last, uint32_t* paired);
+// grad_filters_in_place: grad_filters for bfloat16 without packing (accumulate and rounded as
+//                there; for finite values the same results to the bit, the columns in the
+//                padding zero), two samples at a time as grad_filters pairs them: each patch
+//                column's pair of input elements one word of the paired input (pair n at
+//                paired + n * sample_stride; `rows` as patch_rows leaves them, kernel columns
+//                `step` elements apart) broadcast onto grad_output's pairs of the vectors of
+//                C_out. Scratch: sums_t (K x C_out floats), 2 K int64 at `columns`, and
+//                ceil(samples / 2) x C_out words at go_pairs. Only where
+//                grad_weight_pairs_in_place_fits.
+void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t* paired,
+                           int64_t sample_stride, int64_t step, const PatchRow* rows,
+                           const Geometry& g, const c10::BFloat16* grad_output, bool accumulate,
+                           float* sums_t, int64_t* columns, uint32_t* go_pairs,
+                           float* grad_filters, c10::BFloat16* rounded);
 }  // namespace avx512_bf16
 
 }  // namespace cpu

@@ -522,12 +522,13 @@ inline FetchAhead tile_ahead(bool on, const void* base, int64_t tile, int64_t ti
 // it multiplies, for S samples at once. Packing had cost 0.8x the products on DeepFace L6 (rows
 // of 5); a transposition costs about 6 shuffles and moves per 16 weights, once for all samples.
 
-// A rows x columns matrix (row r at from + r * columns) transposed: to[c * rows + r]. V::kLanes
-// rows x V::kLanes columns at a time, transposed in registers, either count partial. Where
-// `stream`, whole vectors of `to` are streamed past the caches (stream_or_store).
-template <typename V>
-LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns,
-                                       float* to, bool stream) {
+// A rows x columns matrix (row r at from + r * columns) transposed: to[c * rows + r], rounded to
+// T. V::kLanes rows x V::kLanes columns at a time, transposed in registers, either count
+// partial. Where `stream` (float only), whole vectors of `to` are streamed past the caches
+// (stream_or_store).
+template <typename V, typename T>
+LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns, T* to,
+                                       bool stream) {
   for (int64_t r0 = 0; r0 < rows; r0 += V::kLanes) {
     const int64_t present = std::min<int64_t>(V::kLanes, rows - r0);
     for (int64_t c0 = 0; c0 < columns; c0 += V::kLanes) {
@@ -538,11 +539,14 @@ LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t 
       V::transpose(square);
       const int64_t count = std::min<int64_t>(V::kLanes, columns - c0);
       for (int64_t c = 0; c < count; ++c) {
-        float* at = to + (c0 + c) * rows + r0;
-        if (stream && present == V::kLanes)
-          stream_or_store<V>(at, square[c]);
-        else
-          V::store(V::tail(present), at, square[c]);
+        T* at = to + (c0 + c) * rows + r0;
+        if constexpr (std::is_same_v<T, float>) {
+          if (stream && present == V::kLanes) {
+            stream_or_store<V>(at, square[c]);
+            continue;
+          }
+        }
+        V::store(V::tail(present), at, square[c]);
       }
     }
   }
@@ -733,13 +737,9 @@ LC_VECTOR_TARGET void in_place_grad_block(const float* input, int64_t sample_str
       V::store(sums_t + columns[kb] * out_channels + b * V::kLanes, acc[kb][b]);
 }
 
-// The patch columns of an in-place grad_weight block, then fewer for the last: 8 by 1 or 2
-// vectors of C_out, 5 by 4 (20 accumulators; not tuned) and AVX2's 5 by 2. At most 8: their
-// input offsets stay in the general registers (12 had spilled them, a reload before each FMA:
-// DeepFace L5's grad_weight 0.99x the packed products' against 0.91x with 8, L6's 0.95x
-// against 0.87x, in one process).
+// The patch columns of an in-place grad_weight block (register_blocks.h).
 template <typename V, int OB>
-constexpr int kInPlaceColumns = OB == 1 || (OB == 2 && V::kLanes == 16) ? 8 : 5;
+constexpr int kInPlaceColumns = in_place_columns(V::kLanes, OB);
 
 template <typename V, int OB, int KB = kInPlaceColumns<V, OB>>
 LC_VECTOR_TARGET void in_place_grad_columns(int64_t count, const float* input,
@@ -773,24 +773,13 @@ LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t sample
                                             const Geometry& g, const float* grad_output,
                                             bool accumulate, float* sums_t, int64_t* columns,
                                             float* grad_filters, bool stream) {
-  const int64_t patch_size = g.patch_size(), row_count = patch_row_count(g);
+  const int64_t patch_size = g.patch_size();
   if (accumulate) transpose_matrix<V>(grad_filters, out_channels, patch_size, sums_t, false);
   int64_t* sources = columns + patch_size;
-  int64_t count = 0;
-  for (int64_t r = 0; r < row_count; ++r) {
-    const PatchRow& row = rows[r];
-    for (int64_t q = 0; q < g.kernel_w; ++q) {
-      const int64_t k = r * g.kernel_w + q;
-      if (q >= row.first && q < row.last) {
-        columns[count] = k;
-        sources[count++] = row.source + (q - row.first) * step;
-      } else if (!accumulate) {
-        // A column in the padding reads zeros: its sums are zero.
-        for (int64_t v = 0; v < out_channels; v += V::kLanes)
-          V::store(sums_t + k * out_channels + v, V::zero());
-      }
-    }
-  }
+  const int64_t count = input_columns(rows, g, step, columns, sources, [&](int64_t k) {
+    // A column in the padding reads zeros: its sums are zero.
+    if (!accumulate) std::fill_n(sums_t + k * out_channels, out_channels, 0.0f);
+  });
   for_vector_blocks<V>(out_channels / V::kLanes, [&](auto ob, int64_t v) LC_VECTOR_TARGET {
     constexpr int OB = decltype(ob)::value;
     constexpr int KB = kInPlaceColumns<V, OB>;
@@ -1722,6 +1711,11 @@ void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* i
 }
 
 template <typename T>
+void transpose_sums(const float* from, int64_t rows, int64_t columns, T* to) {
+  generic::transpose_matrix<LC_VECTOR_TRAITS>(from, rows, columns, to, /*stream=*/false);
+}
+
+template <typename T>
 void write_tile(const float* staged, int64_t staged_stride, int64_t width, const Geometry& g,
                 int64_t samples, const float* bias_rows, int64_t bias_stride, T* out,
                 int64_t locations) {
@@ -1773,6 +1767,7 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
   template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
   template void grad_filters<T>(int64_t, int64_t, int64_t, const T*, const T*, bool, float*,    \
                                 T*, bool);                                                     \
+  template void transpose_sums<T>(const float*, int64_t, int64_t, T*);                         \
   template void write_tile<T>(const float*, int64_t, int64_t, const Geometry&, int64_t,        \
                               const float*, int64_t, T*, int64_t);                              \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
