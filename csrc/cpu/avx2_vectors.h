@@ -101,6 +101,13 @@ struct Avx2 {
   }
   // A store that bypasses the caches: p on a 32-byte boundary.
   LC_AVX2 static void stream(float* p, Vec v) { _mm256_stream_ps(p, v); }
+  // The 64-byte line at `from` copied to `to` past the caches: both on a line.
+  LC_AVX2 static void stream_line(void* to, const void* from) {
+    const __m256i* source = static_cast<const __m256i*>(from);
+    __m256i* target = static_cast<__m256i*>(to);
+    _mm256_stream_si256(target, _mm256_load_si256(source));
+    _mm256_stream_si256(target + 1, _mm256_load_si256(source + 1));
+  }
 
   // Moves 8 elements of T unchanged (packing): lanes off `read` read nothing and store 0, lanes
   // off `write` are not stored.

@@ -263,57 +263,57 @@ constexpr auto grad_filters_blocks =
 // outside the patch is read or multiplied, and a non-finite weight in the padding does not reach
 // the output (as in the float forward in place).
 
-// The 32-bit pair of filters[o][r * kernel_w + 2p] (low half) and [... + 2p + 1] (high; 0 past
-// the row's end) of output channel o, patch row r and pair p, at pairs[(r * per_row + p) * C_out
-// + o], per_row = ceil(kernel_w / 2). 16 output channels at a time, in two passes. First their
-// filters' 32-bit words (the pairs (2m, 2m + 1) as they lie in memory) transposed into `words`
+// The 32-bit pair of rows[l][r * kernel_w + 2p] (low half) and [... + 2p + 1] (high; 0 past the
+// row's end) of 16 rows of K (a block of output channels' filters, or a row tile's locations'
+// filters of one output channel; rows l >= present read as 0), for patch row r and pair p, at
+// pairs[(r * per_row + p) * pair_stride + l], per_row = ceil(kernel_w / 2). In two passes. First
+// the rows' 32-bit words (the pairs (2m, 2m + 1) as they lie in memory) transposed into `words`
 // (ceil(K / 2) x 16), 16 x 16 words at a time in registers. Then each pair from them: a word
 // where the pair starts at an even k, else the halves of two neighbouring words (a row starts at
 // an odd k wherever kernel_w is odd; where it is even, the words are the pairs, and go there
 // directly). One pass that widened each bfloat16 to a float and stored every column into its
 // half of the pairs had cost half as much as the products (DeepFace L6); two passes with the
 // widened columns between them, still 0.4x (L5).
-LC_AVX512_BF16 void transpose_pairs(const c10::BFloat16* filters, int64_t out_channels,
+LC_AVX512_BF16 void transpose_pairs(const c10::BFloat16* const* rows, int64_t present,
                                     int64_t patch_size, int64_t row_count, int64_t kernel_w,
-                                    uint32_t* words, uint32_t* pairs) {
+                                    uint32_t* words, uint32_t* pairs, int64_t pair_stride) {
   const int64_t per_row = ceil_div(kernel_w, 2);
   const int64_t word_count = ceil_div(patch_size, 2);
   const auto word = [&](int64_t m) LC_AVX512_BF16 {
     return _mm512_loadu_si512(words + m * kLanes);
   };
-  for (int64_t o0 = 0; o0 < out_channels; o0 += kLanes) {
-    // Where kernel_w is even, every row starts at an even k and its pairs are its words, which
-    // go straight into the pairs.
-    float* to_words = reinterpret_cast<float*>(kernel_w % 2 == 0 ? pairs + o0 : words);
-    const int64_t word_stride = kernel_w % 2 == 0 ? out_channels : kLanes;
-    for (int64_t m0 = 0; m0 < word_count; m0 += kLanes) {
-      const int64_t left = patch_size - 2 * m0;  // bfloat16 elements from word m0 on
-      const __mmask32 read = left >= kPairLanes ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
-      __m512 square[kLanes];
+  // Where kernel_w is even, every row starts at an even k and its pairs are its words, which
+  // go straight into the pairs.
+  float* to_words = reinterpret_cast<float*>(kernel_w % 2 == 0 ? pairs : words);
+  const int64_t word_stride = kernel_w % 2 == 0 ? pair_stride : kLanes;
+  for (int64_t m0 = 0; m0 < word_count; m0 += kLanes) {
+    const int64_t left = patch_size - 2 * m0;  // bfloat16 elements from word m0 on
+    const __mmask32 read = left >= kPairLanes ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
+    __m512 square[kLanes];
 #pragma GCC unroll 16
-      for (int o = 0; o < kLanes; ++o)
-        square[o] = _mm512_castsi512_ps(
-            _mm512_maskz_loadu_epi16(read, filters + (o0 + o) * patch_size + 2 * m0));
-      Avx512::transpose(square);
+    for (int l = 0; l < kLanes; ++l)
+      square[l] = l < present
+                      ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(read, rows[l] + 2 * m0))
+                      : _mm512_setzero_ps();
+    Avx512::transpose(square);
 #pragma GCC unroll 16
-      for (int m = 0; m < kLanes; ++m)
-        if (m0 + m < word_count) _mm512_storeu_ps(to_words + (m0 + m) * word_stride, square[m]);
-    }
-    if (kernel_w % 2 == 0) continue;
-    const __m512i low_half = _mm512_set1_epi32(0xFFFF);
-    for (int64_t r = 0; r < row_count; ++r) {
-      uint32_t* to = pairs + r * per_row * out_channels + o0;
-      const int64_t m = r * kernel_w / 2, full = kernel_w / 2;  // the word of the row's start
-      if (r * kernel_w % 2 == 0) {
-        for (int64_t p = 0; p < full; ++p, to += out_channels)
-          _mm512_storeu_si512(to, word(m + p));
-        _mm512_storeu_si512(to, _mm512_and_si512(word(m + full), low_half));
-      } else {  // k's value lies in word m's high half, its partner's in the next word's low
-        for (int64_t p = 0; p < full; ++p, to += out_channels)
-          _mm512_storeu_si512(to, _mm512_or_si512(_mm512_srli_epi32(word(m + p), 16),
-                                                  _mm512_slli_epi32(word(m + p + 1), 16)));
-        _mm512_storeu_si512(to, _mm512_srli_epi32(word(m + full), 16));
-      }
+    for (int m = 0; m < kLanes; ++m)
+      if (m0 + m < word_count) _mm512_storeu_ps(to_words + (m0 + m) * word_stride, square[m]);
+  }
+  if (kernel_w % 2 == 0) return;
+  const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+  for (int64_t r = 0; r < row_count; ++r) {
+    uint32_t* to = pairs + r * per_row * pair_stride;
+    const int64_t m = r * kernel_w / 2, full = kernel_w / 2;  // the word of the row's start
+    if (r * kernel_w % 2 == 0) {
+      for (int64_t p = 0; p < full; ++p, to += pair_stride)
+        _mm512_storeu_si512(to, word(m + p));
+      _mm512_storeu_si512(to, _mm512_and_si512(word(m + full), low_half));
+    } else {  // k's value lies in word m's high half, its partner's in the next word's low
+      for (int64_t p = 0; p < full; ++p, to += pair_stride)
+        _mm512_storeu_si512(to, _mm512_or_si512(_mm512_srli_epi32(word(m + p), 16),
+                                                _mm512_slli_epi32(word(m + p + 1), 16)));
+      _mm512_storeu_si512(to, _mm512_srli_epi32(word(m + full), 16));
     }
   }
 }
@@ -407,6 +407,114 @@ LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* i
   pairs_in_place_block<OB, S>(input, sample_stride, rows, row_count, per_row, pairs,
                               out_channels, out, ahead);
 }
+
+// ---- forward row tiles by pairs of kernel columns: FB filters x S samples over 16 locations ----
+// The row tiles of vector_kernels_impl.h (forward_row_run) with vdpbf16ps: each lane is a
+// location of the tile, and a pair is two neighbouring kernel columns (q, q + 1) of one patch row.
+// The input pair of location t, (x[t + q], x[t + q + 1]) (dilation apart), comes from two masked
+// loads of the row interleaved by one vpermt2w; an odd kernel_w's last column pairs with zeros
+// (a zero-extended load, and its filters' zero high half). The filters are staged as pairs per
+// location (stage_pair_filters) and the sums rounded to bfloat16 by vcvtneps2bf16: the widened
+// row tiles had spent two instructions widening each input vector and about nine rounding each
+// output vector in software.
+
+// forward_row_run's row_tile_block for bfloat16 by pairs: as there (the same arguments), its
+// filters the pairs at `filters`: the pair kp = r * ceil(kernel_w / 2) + p of filter f at
+// [(kp * FB + f) * 16 + t], t the location in the tile.
+template <int FB, int S>
+LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strides5& s,
+                                        const Geometry& g, int64_t z, int64_t i, int64_t j0,
+                                        uint16_t width_mask, const uint16_t* columns,
+                                        const float* filters, const float* bias,
+                                        c10::BFloat16* out, int64_t sample_out, int64_t plane,
+                                        bool /*stream: float only*/, FetchAhead& ahead) {
+  const uint32_t* pairs = reinterpret_cast<const uint32_t*>(filters);
+  // Word t of the interleaved pair: 16-bit lane 2t from the first load's lane t, 2t + 1 from
+  // the second's (vpermt2w indices 32 and on).
+  const __m512i order = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1,
+                                         32, 0);
+  __m512 acc[S][FB];
+#pragma GCC unroll 8
+  for (int n = 0; n < S; ++n)
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) acc[n][f] = _mm512_loadu_ps(bias + f * kRowTileLocations);
+  const int64_t full = g.kernel_w / 2;
+  const auto step = [&](const __m512i (&values)[S], int64_t kp) LC_AVX512_BF16 {
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) {
+      const __m512bh weights = reinterpret_cast<__m512bh>(
+          _mm512_loadu_si512(pairs + (kp * FB + f) * kRowTileLocations));
+#pragma GCC unroll 8
+      for (int n = 0; n < S; ++n)
+        acc[n][f] = _mm512_dpbf16_ps(acc[n][f], weights, reinterpret_cast<__m512bh>(values[n]));
+    }
+  };
+  int64_t kp = 0;
+  const int64_t channels = g.group_in_channels();  // a division: not once per iteration
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p) {
+        ahead.step();
+        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
+        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
+          kp += ceil_div(g.kernel_w, 2);
+          continue;
+        }
+        const c10::BFloat16* row = sample + c * s.c + x_d * s.d + y * s.h;
+        // As in the widened row tiles: each sample's row a stream of its own.
+#pragma GCC unroll 8
+        for (int n = 0; n < S; ++n)
+          _mm_prefetch(reinterpret_cast<const char*>(
+                           row + n * s.n + j0 + kRowTilePrefetchTiles * kRowTileLocations),
+                       _MM_HINT_T0);
+        for (int64_t q = 0; q < 2 * full; q += 2, ++kp) {
+          // Location j0 + t reads input column x + t; lanes outside the row read the padding.
+          const int64_t x = j0 - g.pad_w + q * g.dilation_w;
+          __m512i values[S];
+#pragma GCC unroll 8
+          for (int n = 0; n < S; ++n) {
+            const c10::BFloat16* at = row + n * s.n + x;
+            values[n] = _mm512_permutex2var_epi16(
+                _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(columns[q], at)), order,
+                _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(columns[q + 1], at + g.dilation_w)));
+          }
+          step(values, kp);
+        }
+        if (g.kernel_w % 2 == 1) {  // the last column, paired with zeros
+          const int64_t q = g.kernel_w - 1, x = j0 - g.pad_w + q * g.dilation_w;
+          __m512i values[S];
+#pragma GCC unroll 8
+          for (int n = 0; n < S; ++n)
+            values[n] = _mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(columns[q], row + n * s.n + x));
+          step(values, kp++);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int n = 0; n < S; ++n) {
+#pragma GCC unroll 4
+    for (int f = 0; f < FB; ++f) {
+      c10::BFloat16* to = out + n * sample_out + f * plane;
+      __builtin_prefetch(to + kRowTilePrefetchTiles * kRowTileLocations, 1);
+      _mm256_mask_storeu_epi16(to, width_mask,
+                               reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[n][f])));
+    }
+  }
+}
+
+struct PairRowTile {
+  template <int FB, int S>
+  static constexpr avx512_bf16::PairRowTileBlock at() {
+    return &pair_row_tile_block<FB, S>;
+  }
+};
+constexpr auto pair_row_tile_blocks =
+    make_block_table<avx512_bf16::PairRowTileBlock, kPairRowTileFilters, kPairRowTileSamples,
+                     PairRowTile>();
 
 // ---- grad_weight in place: pairs of samples, KB patch columns x OB vectors of C_out ----
 // The adjoint of the forward in place, where grad_weight_pairs_in_place_fits: grad_filters sums
@@ -533,9 +641,14 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                       const c10::BFloat16* filters, uint32_t* pairs,
                       const c10::BFloat16* next, float* out) {
   const int64_t row_count = patch_row_count(g), per_row = ceil_div(g.kernel_w, 2);
-  // The words after the pairs (in_place_pairs_scratch).
-  transpose_pairs(filters, out_channels, g.patch_size(), row_count, g.kernel_w,
-                  pairs + row_count * per_row * out_channels, pairs);
+  // 16 output channels at a time; the words after the pairs (in_place_pairs_scratch).
+  const int64_t patch_size = g.patch_size();
+  for (int64_t o0 = 0; o0 < out_channels; o0 += kLanes) {
+    const c10::BFloat16* rows[kLanes];
+    for (int64_t o = 0; o < kLanes; ++o) rows[o] = filters + (o0 + o) * patch_size;
+    transpose_pairs(rows, kLanes, patch_size, row_count, g.kernel_w,
+                    pairs + row_count * per_row * out_channels, pairs + o0, out_channels);
+  }
   const int64_t vectors = out_channels / kLanes;
   int64_t block_rows = 0;
   for_vector_blocks<4>(vectors, [&](auto ob, int64_t) LC_AVX512_BF16 {
@@ -543,8 +656,8 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
   });
   const int64_t next_lines =
       next == nullptr ? 0
-                      : ceil_div(out_channels * g.patch_size() *
-                                     int64_t(sizeof(c10::BFloat16)), kLine);
+                      : ceil_div(out_channels * patch_size * int64_t(sizeof(c10::BFloat16)),
+                                 kLine);
   FetchAhead ahead(reinterpret_cast<uintptr_t>(next), next_lines, block_rows);
   for_vector_blocks<4>(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
     constexpr int OB = decltype(ob)::value;
@@ -556,6 +669,30 @@ void forward_in_place(int64_t out_channels, int64_t samples, const c10::BFloat16
                                  out + n0 * out_channels + v * kLanes, ahead);
     }
   });
+}
+
+PairRowTileBlock pair_row_tile_block(int filters, int samples) {
+  return pair_row_tile_blocks[filters - 1][samples - 1];
+}
+
+void stage_pair_filters(const Geometry& g, const c10::BFloat16* const* banks, int64_t width,
+                        int64_t filter_block, FetchAhead& ahead, uint32_t* pairs) {
+  const int64_t patch_size = g.patch_size(), group_size = g.group_out_channels();
+  const int64_t pair_count = pair_row_tile_pairs(g);
+  uint32_t words[kPairRowTilePatch / 2 * kLanes];
+  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
+    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
+      const int64_t block = std::min(filter_block, o0 + group_size - o);
+      for (int64_t f = 0; f < block; ++f) {
+        for (int64_t k0 = 0; k0 < patch_size; k0 += kLanes) ahead.step();
+        const c10::BFloat16* rows[kLanes];
+        for (int64_t t = 0; t < width; ++t) rows[t] = banks[t] + (o + f) * patch_size;
+        transpose_pairs(rows, width, patch_size, patch_row_count(g), g.kernel_w, words,
+                        pairs + o * pair_count * kRowTileLocations + f * kRowTileLocations,
+                        block * kRowTileLocations);
+      }
+    }
+  }
 }
 
 void pair_samples(const c10::BFloat16* input, int64_t sample_size, int64_t batch, int64_t first,

@@ -5,4 +5,6 @@
 #define LC_VECTOR_TARGET LC_AVX512
 #define LC_VECTOR_TRAITS Avx512
 #define LC_VECTOR_NAMESPACE avx512
+// bfloat16's forward row tiles by vdpbf16ps (avx512_bf16's blocks) run this ISA's driver.
+#define LC_VECTOR_PAIR_ROW_TILES
 #include "vector_kernels_impl.h"

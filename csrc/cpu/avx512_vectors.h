@@ -89,6 +89,10 @@ struct Avx512 {
   }
   // A store that bypasses the caches: p on a 64-byte line.
   LC_AVX512 static void stream(float* p, Vec v) { _mm512_stream_ps(p, v); }
+  // The 64-byte line at `from` copied to `to` past the caches: both on a line.
+  LC_AVX512 static void stream_line(void* to, const void* from) {
+    _mm512_stream_si512(static_cast<__m512i*>(to), _mm512_load_si512(from));
+  }
 
   // Moves 16 elements of T unchanged (packing): lanes off `read` read nothing and store 0, lanes
   // off `write` are not stored.

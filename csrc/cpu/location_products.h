@@ -231,6 +231,12 @@ void forward_row_run(ProductIsa isa, const scalar_t* input, const Strides5& s,
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
+        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+          if (pair_row_tiles_fit(g, s))
+            return avx512::forward_pair_row_run(input, s, g, z, i, j0, width, samples, weight,
+                                                bias, shared_bias, out, scratch);
+        }
+        [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::forward_row_run(input, s, g, z, i, j0, width, samples, weight, bias,
                                        shared_bias, out, scratch);

@@ -36,6 +36,9 @@ constexpr int64_t kRowTilePatchLimit = 64;
 // The locations of one row tile: neighbouring output columns of one output row.
 constexpr int64_t kRowTileLocations = 16;
 
+// How many tiles ahead along its row a row tile block prefetches each sample's input and output.
+constexpr int64_t kRowTilePrefetchTiles = 4;
+
 // A group's filters up to which the forward goes by row tiles whatever its patch: per location,
 // packing the patch would cost more than its few dot products (fmri_decoder_3d: 1 filter,
 // K = 432, 8 samples).
@@ -54,6 +57,24 @@ inline bool row_tiles_fit(const Geometry& g, const Strides5& s) {
 // column reads (a cache line per kernel column: room for any ISA's masks of the tile's vectors).
 inline int64_t row_tile_scratch(const Geometry& g) {
   return kRowTileLocations * (g.out_channels * (g.patch_size() + 1) + g.kernel_w);
+}
+
+// bfloat16's forward row tiles by vdpbf16ps (avx512::forward_pair_row_run): up to 4 filters
+// (as the widened tiles on AVX-512) x 8 samples a block, patches of up to kPairRowTilePatch
+// (their staging transposes a location's words on the stack).
+constexpr int kPairRowTileFilters = 4, kPairRowTileSamples = 8;
+constexpr int64_t kPairRowTilePatch = kRowTilePatchLimit;
+
+// Whether bfloat16's forward row tiles go by pairs of kernel columns on AVX512-BF16: as
+// row_tiles_fit, with a patch of at most kPairRowTilePatch.
+inline bool pair_row_tiles_fit(const Geometry& g, const Strides5& s) {
+  return row_tiles_fit(g, s) && g.patch_size() <= kPairRowTilePatch;
+}
+
+// The pairs of kernel columns of a patch: ceil(kernel_w / 2) per patch row (an odd width's last
+// column paired with zeros). Within row_tile_scratch's filters.
+inline int64_t pair_row_tile_pairs(const Geometry& g) {
+  return patch_row_count(g) * ceil_div(g.kernel_w, 2);
 }
 
 // The most bytes of a forward row run's staged filters that one block of filters reads, sample
@@ -406,9 +427,36 @@ LC_CUDA_DECLARE_VECTOR_KERNELS
 
 #undef LC_CUDA_DECLARE_VECTOR_KERNELS
 
+// forward_pair_row_run: forward_row_run for bfloat16 on AVX512-BF16, by pairs of kernel columns
+//                (avx512_bf16's pair_row_tile_block and stage_pair_filters; where
+//                pair_row_tiles_fit): the same driver, staging and scratch.
+namespace avx512 {
+void forward_pair_row_run(const c10::BFloat16* input, const Strides5& s, const Geometry& g,
+                          int64_t z, int64_t i, int64_t j0, int64_t width, int64_t samples,
+                          const c10::BFloat16* weight, const c10::BFloat16* bias,
+                          bool shared_bias, c10::BFloat16* out, float* scratch);
+}  // namespace avx512
+
+class FetchAhead;
+
 // The bfloat16 products by vdpbf16ps (AVX512-BF16): pairs of bfloat16 multiplied and summed into
 // float lanes, twice the products of a float FMA per instruction. As the products above.
 namespace avx512_bf16 {
+// A row tile block of forward_pair_row_run (the widened row_tile_block's arguments, its masks
+// as 16-bit integers; the filters as stage_pair_filters lays them out).
+using PairRowTileBlock = void (*)(const c10::BFloat16*, const Strides5&, const Geometry&, int64_t,
+                                  int64_t, int64_t, uint16_t, const uint16_t*, const float*,
+                                  const float*, c10::BFloat16*, int64_t, int64_t, bool,
+                                  FetchAhead&);
+// The block of `filters` (<= kPairRowTileFilters) x `samples` (<= kPairRowTileSamples).
+PairRowTileBlock pair_row_tile_block(int filters, int samples);
+// stage_pair_filters: a row tile's filters as pairs, for each block of filter_block filters of
+//                each group (o its first): location t's pair kp = r * ceil(kernel_w / 2) + p
+//                of filter o + f at pairs[o * pair_row_tile_pairs(g) * 16 + (kp * block + f) *
+//                16 + t], from location t's filter bank at banks[t] (t < width; 0 past it).
+//                Fetches ahead a step per 16 columns of K per filter.
+void stage_pair_filters(const Geometry& g, const c10::BFloat16* const* banks, int64_t width,
+                        int64_t filter_block, FetchAhead& ahead, uint32_t* pairs);
 void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
              const c10::BFloat16* filters, const c10::BFloat16* patches, float* out);
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,

@@ -431,9 +431,6 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
   });
 }
 
-// How many tiles ahead along its row a row tile block prefetches each sample's input and output.
-constexpr int64_t kRowTilePrefetchTiles = 4;
-
 // How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
 // whole output row's) fetches into the L2, in place of each row's next part. Few: the rows of
 // one output row lie a plane apart (cunn232_c1: 16 KB), so they share a few cache sets, which
@@ -880,6 +877,15 @@ constexpr int row_tile_samples(int filters) {
   return std::max(1, 4 / filters);
 }
 
+// The most outputs of one row tile block per location: filters x samples.
+template <typename V>
+constexpr int row_tile_block_outputs() {
+  int most = 0;
+  for (int filters = 1; filters <= V::kRowTileFilters; ++filters)
+    most = std::max(most, filters * row_tile_samples<V>(filters));
+  return most;
+}
+
 template <typename V, typename T>
 struct RowTileBlocks {
   using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
@@ -929,7 +935,8 @@ struct RowTileParts {
 // over the tile per filter (the accumulators' start); the input lanes each kernel column reads,
 // per vector of the tile (the same for every sample, filter and kernel row; working them out per
 // read cost as much as the FMAs on AVX2).
-template <typename V, typename T>
+// Where Pairs (bfloat16 by vdpbf16ps), the filters are avx512_bf16::stage_pair_filters' pairs.
+template <typename V, bool Pairs, typename T>
 LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, int64_t j0,
                                      int64_t width, const T* weight, const T* bias,
                                      bool shared_bias, FetchAhead& ahead, float* scratch) {
@@ -942,8 +949,14 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
   // Each location's weight region (the location itself where nothing is shared).
   int64_t regions[kRowTileLocations];
   for (int64_t t = 0; t < width; ++t) regions[t] = g.region_of(z, i, j0 + t);
+  if constexpr (Pairs) {
+    const T* banks[kRowTileLocations];
+    for (int64_t t = 0; t < width; ++t) banks[t] = weight + regions[t] * filter_size;
+    avx512_bf16::stage_pair_filters(g, banks, width, filter_block, ahead,
+                                    reinterpret_cast<uint32_t*>(parts.filters));
+  }
   // The filter blocks: o0 counts the groups' first channels, o the blocks inside a group.
-  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
+  for (int64_t o0 = 0; o0 < (Pairs ? 0 : g.out_channels); o0 += group_size) {
     for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
     const int64_t block = std::min(filter_block, o0 + group_size - o);
     // A square of V::kLanes locations x V::kLanes columns of K at a time, read a vector per
@@ -987,13 +1000,20 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
           V::tail(width - t), V::columns(j0 + t - g.pad_w + q * g.dilation_w, 0, g.in_w));
 }
 
-template <typename V, typename T>
+// Where Pairs (bfloat16 on AVX512-BF16, pair_row_tiles_fit), the blocks and the staging of the
+// filters are avx512_bf16's, by pairs of kernel columns.
+template <typename V, bool Pairs, typename T>
 LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const Geometry& g,
                                       int64_t z, int64_t i, int64_t j0, int64_t width,
                                       int64_t samples, const T* weight, const T* bias,
                                       bool shared_bias, T* out, float* scratch) {
   constexpr int64_t filter_block = V::kRowTileFilters;
+  static_assert(!Pairs || (V::kLanes == kRowTileLocations && filter_block <= kPairRowTileFilters &&
+                           row_tile_samples<V>(1) <= kPairRowTileSamples),
+                "the pairs' blocks take the widened blocks' sizes");
   const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
+  // The staged filters' columns per filter: K floats, or the pairs' words.
+  const int64_t staged_columns = Pairs ? pair_row_tile_pairs(g) : patch_size;
   const int64_t group_size = g.group_out_channels();
   const int64_t plane = g.locations();
   const int64_t tiles = ceil_div(width, kRowTileLocations), tile_floats = row_tile_scratch(g);
@@ -1008,8 +1028,8 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
                                   kRowTileLocations * filter_size * int64_t(sizeof(T)),
                                   g.out_channels * ceil_div(patch_size, V::kLanes) *
                                       (kRowTileLocations / V::kLanes));
-    stage_row_tile<V>(g, z, i, j0 + t0, std::min(kRowTileLocations, width - t0), weight, bias,
-                      shared_bias, ahead, scratch + tile * tile_floats);
+    stage_row_tile<V, Pairs>(g, z, i, j0 + t0, std::min(kRowTileLocations, width - t0), weight,
+                             bias, shared_bias, ahead, scratch + tile * tile_floats);
   }
   // The banks of the run's width after it (the thread's next run, as a rule), fetched into the
   // L2 spread over the blocks' patch rows, a few lines a row; the staging's fetches come in
@@ -1035,12 +1055,48 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
       while (step + 1 < Blocks::kSteps &&
              Blocks::samples_at(static_cast<int>(block), step) > samples - n)
         ++step;
-      const auto run = Blocks::table[block - 1][step];
+      const int block_samples = Blocks::samples_at(static_cast<int>(block), step);
+      const auto run = [&]() {
+        if constexpr (Pairs)
+          return avx512_bf16::pair_row_tile_block(static_cast<int>(block), block_samples);
+        else
+          return Blocks::table[block - 1][step];
+      }();
       // The block goes along the whole run before the next block starts.
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t t0 = tile * kRowTileLocations;
         const int64_t tile_width = std::min(kRowTileLocations, width - t0);
         const int64_t first = row_first + j0 + t0;
+        // 16-bit outputs of two whole tiles that start a cache line fill whole lines: the block
+        // writes both tiles into `lines` (a line per filter and sample), which go to memory
+        // past the caches, a line at a time, without first being read. Stored in place, each
+        // line had been read from memory before its two halves were written.
+        if constexpr (!std::is_same_v<T, float>) {
+          constexpr int64_t kLineLocations = kLine / int64_t(sizeof(T));
+          static_assert(kLineLocations == 2 * kRowTileLocations);
+          if (width - t0 >= kLineLocations && plane % kLineLocations == 0 &&
+              reinterpret_cast<uintptr_t>(out + first) % kLine == 0) {
+            alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineLocations];
+            for (int64_t half = 0; half < 2; ++half) {
+              const RowTileParts<V> parts(g, scratch + (tile + half) * tile_floats);
+              for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
+                run(input + n * s.n + channel_offset, s, g, z, i,
+                    j0 + t0 + half * kRowTileLocations + t, V::tail(kRowTileLocations - t),
+                    parts.columns + t / V::kLanes * g.kernel_w,
+                    parts.filters + o * staged_columns * kRowTileLocations + t,
+                    parts.bias + o * kRowTileLocations + t,
+                    lines + half * kRowTileLocations + t, block * kLineLocations,
+                    kLineLocations, false, fetch_next);
+              }
+            }
+            for (int64_t m = 0; m < block_samples; ++m)
+              for (int64_t f = 0; f < block; ++f)
+                V::stream_line(out + ((n + m) * g.out_channels + o + f) * plane + first,
+                               lines + (m * block + f) * kLineLocations);
+            ++tile;
+            continue;
+          }
+        }
         const RowTileParts<V> parts(g, scratch + tile * tile_floats);
         // Float outputs of a whole tile that starts a cache line fill whole lines.
         const bool whole_lines = std::is_same_v<T, float> && tile_width == kRowTileLocations &&
@@ -1049,13 +1105,13 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         for (int64_t t = 0; t < tile_width; t += V::kLanes) {
           run(input + n * s.n + channel_offset, s, g, z, i, j0 + t0 + t,
               V::tail(tile_width - t), parts.columns + t / V::kLanes * g.kernel_w,
-              parts.filters + o * patch_size * kRowTileLocations + t,
+              parts.filters + o * staged_columns * kRowTileLocations + t,
               parts.bias + o * kRowTileLocations + t,
               out + (n * g.out_channels + o) * plane + first + t, g.out_channels * plane, plane,
               whole_lines, fetch_next);
         }
       }
-      n += Blocks::samples_at(static_cast<int>(block), step);
+      n += block_samples;
     }
     }
   }
@@ -1727,9 +1783,19 @@ template <typename T>
 void forward_row_run(const T* input, const Strides5& s, const Geometry& g, int64_t z, int64_t i,
                      int64_t j0, int64_t width, int64_t samples, const T* weight, const T* bias,
                      bool shared_bias, T* out, float* scratch) {
-  generic::forward_row_run<LC_VECTOR_TRAITS>(input, s, g, z, i, j0, width, samples, weight,
-                                             bias, shared_bias, out, scratch);
+  generic::forward_row_run<LC_VECTOR_TRAITS, false>(input, s, g, z, i, j0, width, samples,
+                                                    weight, bias, shared_bias, out, scratch);
 }
+
+#ifdef LC_VECTOR_PAIR_ROW_TILES
+void forward_pair_row_run(const c10::BFloat16* input, const Strides5& s, const Geometry& g,
+                          int64_t z, int64_t i, int64_t j0, int64_t width, int64_t samples,
+                          const c10::BFloat16* weight, const c10::BFloat16* bias,
+                          bool shared_bias, c10::BFloat16* out, float* scratch) {
+  generic::forward_row_run<LC_VECTOR_TRAITS, true>(input, s, g, z, i, j0, width, samples,
+                                                   weight, bias, shared_bias, out, scratch);
+}
+#endif
 
 template <typename T>
 void grad_input_row(const T* grad_output, const Strides5& go_s, const Geometry& g, int64_t z,
