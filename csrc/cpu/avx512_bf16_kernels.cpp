@@ -451,24 +451,9 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
     }
   };
   int64_t kp = 0;
-  const int64_t channels = g.group_in_channels();  // a division: not once per iteration
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t a = 0; a < g.kernel_d; ++a) {
-      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
-      for (int64_t p = 0; p < g.kernel_h; ++p) {
-        ahead.step();
-        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
-          kp += ceil_div(g.kernel_w, 2);
-          continue;
-        }
-        const c10::BFloat16* row = sample + c * s.c + x_d * s.d + y * s.h;
-        // As in the widened row tiles: each sample's row a stream of its own.
-#pragma GCC unroll 8
-        for (int n = 0; n < S; ++n)
-          _mm_prefetch(reinterpret_cast<const char*>(
-                           row + n * s.n + j0 + kRowTilePrefetchTiles * kRowTileLocations),
-                       _MM_HINT_T0);
+  for_row_tile_patch_rows<S>(
+      g, s, z, i, j0, sample, ahead,
+      [&](const c10::BFloat16* row) LC_AVX512_BF16 {
         for (int64_t q = 0; q < 2 * full; q += 2, ++kp) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
           const int64_t x = j0 - g.pad_w + q * g.dilation_w;
@@ -478,7 +463,8 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
             const c10::BFloat16* at = row + n * s.n + x;
             values[n] = _mm512_permutex2var_epi16(
                 _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(columns[q], at)), order,
-                _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(columns[q + 1], at + g.dilation_w)));
+                _mm512_castsi256_si512(
+                    _mm256_maskz_loadu_epi16(columns[q + 1], at + g.dilation_w)));
           }
           step(values, kp);
         }
@@ -491,9 +477,8 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
                 _mm256_maskz_loadu_epi16(columns[q], row + n * s.n + x));
           step(values, kp++);
         }
-      }
-    }
-  }
+      },
+      [&] { kp += ceil_div(g.kernel_w, 2); });
 #pragma GCC unroll 8
   for (int n = 0; n < S; ++n) {
 #pragma GCC unroll 4

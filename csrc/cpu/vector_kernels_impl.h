@@ -812,26 +812,9 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
 #pragma GCC unroll 16
     for (int f = 0; f < FB; ++f) acc[n][f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
-  const int64_t channels = g.group_in_channels();  // a division: not once per iteration
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t a = 0; a < g.kernel_d; ++a) {
-      const int64_t x_d = z * g.stride_d - g.pad_d + a * g.dilation_d;
-      for (int64_t p = 0; p < g.kernel_h; ++p) {
-        ahead.step();
-        const int64_t y = i * g.stride_h - g.pad_h + p * g.dilation_h;
-        if (x_d < 0 || x_d >= g.in_d || y < 0 || y >= g.in_h) {
-          k += g.kernel_w;
-          continue;
-        }
-        const T* row = sample + c * s.c + x_d * s.d + y * s.h;
-        // Each sample's row is a stream of its own, a whole sample from the next, more streams
-        // than the hardware prefetchers follow (genomics_1d_50k: 32): the part a tile
-        // kRowTilePrefetchTiles on reads is fetched now.
-#pragma GCC unroll 16
-        for (int n = 0; n < S; ++n)
-          _mm_prefetch(reinterpret_cast<const char*>(
-                           row + n * s.n + j0 + kRowTilePrefetchTiles * kRowTileLocations),
-                       _MM_HINT_T0);
+  for_row_tile_patch_rows<S>(
+      g, s, z, i, j0, sample, ahead,
+      [&](const T* row) LC_VECTOR_TARGET {
         for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
           const int64_t x = j0 - g.pad_w + q * g.dilation_w;
@@ -845,9 +828,8 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
             for (int n = 0; n < S; ++n) acc[n][f] = V::fmadd(weights, values[n], acc[n][f]);
           }
         }
-      }
-    }
-  }
+      },
+      [&] { k += g.kernel_w; });
 #pragma GCC unroll 16
   for (int n = 0; n < S; ++n) {
 #pragma GCC unroll 16
