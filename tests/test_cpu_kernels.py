@@ -451,9 +451,9 @@ def test_grad_weight_pairs_in_sample_blocks_is_bitwise_the_same(monkeypatch):
     input, weight, _ = make_case(
         60, 8, (8, 8), 64, (3, 3), (1, 1), (1, 1), (1, 1), "none", torch.bfloat16, "cpu"
     )
-    grad_output = torch.randn(
-        (60, 64, 8, 8), generator=torch.Generator().manual_seed(1)
-    ).to(torch.bfloat16)
+    grad_output = torch.randn((60, 64, 8, 8), generator=torch.Generator().manual_seed(1)).to(
+        torch.bfloat16
+    )
     one_block = grad_weight(input, weight, grad_output)
     # 0.4 MiB at 2 threads: the paired input (60 KiB) within a quarter; blocks of 8 samples.
     monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", "0.4")
