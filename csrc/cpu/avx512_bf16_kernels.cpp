@@ -11,7 +11,13 @@
 //   column by column (one vpermw per vector), against a broadcast of the matching pair of
 //   grad_output values; blocks and chunks of K as the float gradients'. An odd count's last row
 //   is paired with zeros.
+// - Without packing, as the float kernels read the input in place: the forward per location by
+//   pairs of neighbouring kernel columns (forward_in_place), grad_weight by pairs of samples from
+//   a paired copy of the input (grad_filters_in_place), and the forward's row tiles by pairs of
+//   kernel columns over a tile's locations (pair_row_tile_block, run by vector_kernels_impl.h's
+//   driver).
 // Compiled for AVX512-BF16 by attribute; callers check the CPU first (product_isa.h).
+#include <c10/util/Exception.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -492,9 +498,14 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
 }
 
 struct PairRowTile {
+  // The blocks forward_row_run runs (row_tile_samples' counts and their halves; the others
+  // would need more registers than there are): null for the rest.
   template <int FB, int S>
   static constexpr avx512_bf16::PairRowTileBlock at() {
-    return &pair_row_tile_block<FB, S>;
+    if constexpr (S <= row_tile_samples(kLanes, FB))
+      return &pair_row_tile_block<FB, S>;
+    else
+      return nullptr;
   }
 };
 constexpr auto pair_row_tile_blocks =
@@ -560,7 +571,8 @@ LC_AVX512_BF16 void sample_pairs_columns(int64_t count, const uint32_t* paired,
                              out_channels, accumulate, sums_t);
 }
 
-// avx512_bf16::pair_samples.
+// avx512_bf16::pair_samples (the entry points carry no target attribute, so their bodies
+// that use the AVX512-BF16 intrinsics are functions of their own).
 LC_AVX512_BF16 void pair_sample_range(const c10::BFloat16* input, int64_t sample_size,
                                       int64_t batch, int64_t first, int64_t last,
                                       uint32_t* paired) {
@@ -662,22 +674,21 @@ PairRowTileBlock pair_row_tile_block(int filters, int samples) {
 
 void stage_pair_filters(const Geometry& g, const c10::BFloat16* const* banks, int64_t width,
                         int64_t filter_block, FetchAhead& ahead, uint32_t* pairs) {
-  const int64_t patch_size = g.patch_size(), group_size = g.group_out_channels();
-  const int64_t pair_count = pair_row_tile_pairs(g);
+  const int64_t patch_size = g.patch_size(), pair_count = pair_row_tile_pairs(g);
+  // The words of one filter of the tile's locations (pair_row_tiles_fit bounds the patch).
+  TORCH_INTERNAL_ASSERT(patch_size <= kPairRowTilePatch, "a patch of ", patch_size,
+                        " is past the pairs' row tiles");
   uint32_t words[kPairRowTilePatch / 2 * kLanes];
-  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
-    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
-      const int64_t block = std::min(filter_block, o0 + group_size - o);
-      for (int64_t f = 0; f < block; ++f) {
-        for (int64_t k0 = 0; k0 < patch_size; k0 += kLanes) ahead.step();
-        const c10::BFloat16* rows[kLanes];
-        for (int64_t t = 0; t < width; ++t) rows[t] = banks[t] + (o + f) * patch_size;
-        transpose_pairs(rows, width, patch_size, patch_row_count(g), g.kernel_w, words,
-                        pairs + o * pair_count * kRowTileLocations + f * kRowTileLocations,
-                        block * kRowTileLocations);
-      }
+  for_filter_blocks(g, filter_block, [&](int64_t, int64_t o, int64_t block) LC_AVX512_BF16 {
+    for (int64_t f = 0; f < block; ++f) {
+      for (int64_t k0 = 0; k0 < patch_size; k0 += kLanes) ahead.step();
+      const c10::BFloat16* rows[kLanes];
+      for (int64_t t = 0; t < width; ++t) rows[t] = banks[t] + (o + f) * patch_size;
+      transpose_pairs(rows, width, patch_size, patch_row_count(g), g.kernel_w, words,
+                      pairs + o * pair_count * kRowTileLocations + f * kRowTileLocations,
+                      block * kRowTileLocations);
     }
-  }
+  });
 }
 
 void pair_samples(const c10::BFloat16* input, int64_t sample_size, int64_t batch, int64_t first,

@@ -121,8 +121,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
     cpu::Blocking block = pass.block;
-    // Every sample block but the last starts a pair, so each takes an even count; a block of
-    // one sample packs instead.
+    // By pairs, every sample block starts on an even sample, so that no pair is split: each
+    // block but the last takes an even count (a block of one sample packs instead).
     bool pairs_in_place = pairs_fit;
     if (pairs_fit && block.samples < g.batch) {
       if (block.samples == 1)

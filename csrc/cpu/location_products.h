@@ -151,16 +151,6 @@ void location_grad_filters_in_place(ProductIsa isa, int64_t out_channels, int64_
   TORCH_INTERNAL_ASSERT(false, "grad_weight in place needs float and the vector kernels");
 }
 
-// Whether grad_weight of bfloat16 reads the input in place by pairs of samples (vdpbf16ps on
-// AVX512-BF16, where grad_weight_pairs_in_place_fits).
-template <typename scalar_t>
-bool grad_weight_reads_pairs_in_place(ProductIsa isa, const Geometry& g, const Strides5& s,
-                                      bool dense, int64_t budget) {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
-    return isa == ProductIsa::avx512_bf16 && grad_weight_pairs_in_place_fits(g, s, dense, budget);
-  return false;
-}
-
 // avx512_bf16::pair_samples, where grad_weight_reads_pairs_in_place.
 template <typename scalar_t>
 void pair_samples(const scalar_t* input, int64_t sample_size, int64_t batch, int64_t first,
@@ -255,6 +245,19 @@ void forward_row_run(ProductIsa isa, const scalar_t* input, const Strides5& s,
 template <typename scalar_t>
 bool backward_by_rows(ProductIsa isa, const Geometry& g) {
   return kVectorType<scalar_t> && isa != ProductIsa::blas && backward_rows_fit(g);
+}
+
+// Whether grad_weight of bfloat16 reads the input in place by pairs of samples (vdpbf16ps on
+// AVX512-BF16, where grad_weight_pairs_in_place_fits; never where it may go by row tiles).
+template <typename scalar_t>
+bool grad_weight_reads_pairs_in_place(ProductIsa isa, const Geometry& g, const Strides5& s,
+                                      bool dense, int64_t budget) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const bool row_tiles = backward_by_rows<scalar_t>(isa, g) && row_tiles_fit(g, s);
+    return isa == ProductIsa::avx512_bf16 &&
+           grad_weight_pairs_in_place_fits(g, s, dense, row_tiles, budget);
+  }
+  return false;
 }
 
 // grad_input_row (vector_kernels.h), where backward_by_rows.

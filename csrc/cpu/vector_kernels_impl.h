@@ -847,16 +847,10 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
   }
 }
 
-// Samples a row tile block takes at once: with few filters, one chain of FMAs per accumulator
-// would wait on each FMA's latency; more samples give independent chains, share each filter load
-// and spread each call's loop overhead, as far as the registers allow. On AVX-512, up to 8, as
-// many as 32 registers hold beside their accumulators and input vectors and a filter vector
-// (one filter: 8 samples, fmri_decoder_3d's forward 0.95x, genomics_1d_50k's 0.90x,
-// depthwise_32x32_c32's 0.85x against 4; four filters: 6); on AVX2, 4 accumulators.
+// Samples a row tile block takes at once (vector_kernels.h: row_tile_samples).
 template <typename V>
 constexpr int row_tile_samples(int filters) {
-  if constexpr (V::kLanes == 16) return std::min(8, 31 / (filters + 1));
-  return std::max(1, 4 / filters);
+  return cpu::row_tile_samples(V::kLanes, filters);
 }
 
 // The most outputs of one row tile block per location: filters x samples.
@@ -936,32 +930,29 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
     for (int64_t t = 0; t < width; ++t) banks[t] = weight + regions[t] * filter_size;
     avx512_bf16::stage_pair_filters(g, banks, width, filter_block, ahead,
                                     reinterpret_cast<uint32_t*>(parts.filters));
-  }
-  // The filter blocks: o0 counts the groups' first channels, o the blocks inside a group.
-  for (int64_t o0 = 0; o0 < (Pairs ? 0 : g.out_channels); o0 += group_size) {
-    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
-    const int64_t block = std::min(filter_block, o0 + group_size - o);
-    // A square of V::kLanes locations x V::kLanes columns of K at a time, read a vector per
-    // location and transposed in registers; lanes past the tile are zero.
-    float* to = parts.filters + o * patch_size * kRowTileLocations;
-    for (int64_t f = 0; f < block; ++f) {
-      for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
-        const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
-        for (int64_t t0 = 0; t0 < kRowTileLocations; t0 += V::kLanes) {
-          ahead.step();
-          typename V::Vec square[V::kLanes];
-          for (int64_t r = 0; r < V::kLanes; ++r)
-            square[r] = t0 + r < width
-                            ? V::load(V::tail(columns), weight + regions[t0 + r] * filter_size +
-                                                            (o + f) * patch_size + k0)
-                            : V::zero();
-          V::transpose(square);
-          for (int64_t c = 0; c < columns; ++c)
-            V::store(to + ((k0 + c) * block + f) * kRowTileLocations + t0, square[c]);
+  } else {
+    for_filter_blocks(g, filter_block, [&](int64_t, int64_t o, int64_t block) LC_VECTOR_TARGET {
+      // A square of V::kLanes locations x V::kLanes columns of K at a time, read a vector per
+      // location and transposed in registers; lanes past the tile are zero.
+      float* to = parts.filters + o * patch_size * kRowTileLocations;
+      for (int64_t f = 0; f < block; ++f) {
+        for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
+          const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
+          for (int64_t t0 = 0; t0 < kRowTileLocations; t0 += V::kLanes) {
+            ahead.step();
+            typename V::Vec square[V::kLanes];
+            for (int64_t r = 0; r < V::kLanes; ++r)
+              square[r] = t0 + r < width ? V::load(V::tail(columns),
+                                                   weight + regions[t0 + r] * filter_size +
+                                                       (o + f) * patch_size + k0)
+                                         : V::zero();
+            V::transpose(square);
+            for (int64_t c = 0; c < columns; ++c)
+              V::store(to + ((k0 + c) * block + f) * kRowTileLocations + t0, square[c]);
+          }
         }
       }
-    }
-    }
+    });
   }
   for (int64_t o = 0; o < g.out_channels; ++o) {
     float* to = parts.bias + o * kRowTileLocations;
@@ -1027,9 +1018,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
           (row_first + j0 + width) * filter_size * int64_t(sizeof(T)),
       g.shares_weights() ? 0 : ceil_div(width * filter_size * int64_t(sizeof(T)), kLine),
       blocks * patch_row_count(g));
-  for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size) {
-    for (int64_t o = o0; o < o0 + group_size; o += filter_block) {
-    const int64_t block = std::min(filter_block, o0 + group_size - o);
+  for_filter_blocks(g, filter_block, [&](int64_t o0, int64_t o, int64_t block) LC_VECTOR_TARGET {
     const int64_t channel_offset = o0 / group_size * g.group_in_channels() * s.c;
     using Blocks = RowTileBlocks<V, T>;
     for (int64_t n = 0; n < samples;) {
@@ -1095,8 +1084,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
       }
       n += block_samples;
     }
-    }
-  }
+  });
   _mm_sfence();  // the streamed stores are ordered before whatever follows
 }
 
