@@ -540,7 +540,8 @@ LC_AVX512_BF16 void sample_pairs_block(const uint32_t* paired, int64_t pair_stri
     __m512bh go[OB];
 #pragma GCC unroll 4
     for (int b = 0; b < OB; ++b)
-      go[b] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(go_pairs + p * out_channels + b * kLanes));
+      go[b] = reinterpret_cast<__m512bh>(
+          _mm512_loadu_si512(go_pairs + p * out_channels + b * kLanes));
     const uint32_t* words = paired + p * pair_stride;
 #pragma GCC unroll 8
     for (int kb = 0; kb < KB; ++kb) {

@@ -237,7 +237,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
           scalar_t* banks = gw + (row * g.out_w + j0) * filter_size;
           tile_products(row / g.out_h, row % g.out_h, j0, /*step=*/1,
                         std::min(block.tile, g.out_w - j0), staged, rows, patches, sums_t,
-                        columns, go_pairs, sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
+                        columns, go_pairs,
+                        sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
                         filter_size, /*onto=*/false, /*own_banks=*/sums_in_banks,
                         [&](int64_t t) {
                           return sums_in_banks ? nullptr : banks + t * filter_size;
