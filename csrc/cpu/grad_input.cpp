@@ -120,11 +120,17 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                                  count, staged_stride, staged);
           for (int64_t t = 0; t < width; ++t) {
             const scalar_t* bank = w + g.region_of(z, i, j0 + t) * filter_size;
+            // The next location's bank is fetched meanwhile (none past the row): otherwise each
+            // location's first chunks of K stall on memory.
+            const scalar_t* next_bank =
+                j0 + t + 1 < g.out_w ? w + g.region_of(z, i, j0 + t + 1) * filter_size : nullptr;
             for (int64_t group = 0; group < g.groups; ++group) {
-              cpu::location_grad_patches(isa, group_size, count, patch_size,
-                                         bank + group * group_size * patch_size,
-                                         staged + t * staged_stride + group * count * group_size,
-                                         grad_patches);
+              const scalar_t* filters = bank + group * group_size * patch_size;
+              cpu::location_grad_patches(
+                  isa, group_size, count, patch_size, filters,
+                  staged + t * staged_stride + group * count * group_size,
+                  group + 1 < g.groups ? filters + group_size * patch_size : next_bank,
+                  grad_patches);
               cpu::patch_rows(g, block_strides, z, i, j0 + t, group, rows);
               cpu::scatter_location(isa, grad_patches, rows, g, count,
                                     sums + first * sample_size);

@@ -383,24 +383,26 @@ void location_forward(ProductIsa isa, int64_t out_channels, int64_t samples, int
        patch_size, patches, patch_size, /*accumulate=*/false, out, out_channels);
 }
 
-// grad_patches (samples x K) = grad_output (samples x C_out) * filters
+// grad_patches (samples x K) = grad_output (samples x C_out) * filters; the vector kernels fetch
+// `next` (the next product's filters, or null) into the L2 meanwhile.
 template <typename scalar_t, typename opmath_t>
 void location_grad_patches(ProductIsa isa, int64_t out_channels, int64_t samples,
                            int64_t patch_size, const scalar_t* filters,
-                           const scalar_t* grad_output, opmath_t* grad_patches) {
+                           const scalar_t* grad_output, const scalar_t* next,
+                           opmath_t* grad_patches) {
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
         if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
           return avx512_bf16::grad_patches(out_channels, samples, patch_size, filters,
-                                           grad_output, grad_patches);
+                                           grad_output, next, grad_patches);
         [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::grad_patches(out_channels, samples, patch_size, filters, grad_output,
-                                    grad_patches);
+                                    next, grad_patches);
       case ProductIsa::avx2:
         return avx2::grad_patches(out_channels, samples, patch_size, filters, grad_output,
-                                  grad_patches);
+                                  next, grad_patches);
       case ProductIsa::blas:
         break;
     }

@@ -352,7 +352,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 // Each ISA's namespace declares the same kernels:
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
-// grad_patches:  grad_patches[n*K + k] = sum_o grad_output[n*C_out + o] * filters[o*K + k]
+// grad_patches:  grad_patches[n*K + k] = sum_o grad_output[n*C_out + o] * filters[o*K + k];
+//                `next` (or null): the filters of the product after this one, fetched into the
+//                L2 meanwhile, a share per chunk of K
 // grad_filters:  grad_filters[o*K + k] = (accumulate ? grad_filters[o*K + k] : 0)
 //                                        + sum_n grad_output[n*C_out + o] * patches[n*K + k];
 //                where `rounded` is not null, the sums go to rounded[o*K + k] instead, rounded
@@ -427,7 +429,7 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
                const T* patches, float* out);                                                    \
   template <typename T>                                                                          \
   void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters, \
-                    const T* grad_output, float* grad_patches);                                  \
+                    const T* grad_output, const T* next, float* grad_patches);                   \
   template <typename T>                                                                          \
   void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, const T* patches, \
                     const T* grad_output, bool accumulate, float* grad_filters, T* rounded,      \
@@ -515,7 +517,7 @@ void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
              const c10::BFloat16* filters, const c10::BFloat16* patches, float* out);
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* filters, const c10::BFloat16* grad_output,
-                  float* grad_patches);
+                  const c10::BFloat16* next, float* grad_patches);
 void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
                   float* grad_filters, c10::BFloat16* rounded);

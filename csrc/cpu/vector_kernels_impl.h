@@ -281,9 +281,14 @@ LC_VECTOR_TARGET void forward(int64_t out_channels, int64_t samples, int64_t pat
 
 template <typename V, typename T>
 LC_VECTOR_TARGET void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
-                                   const T* filters, const T* grad_output, float* grad_patches) {
+                                   const T* filters, const T* grad_output, const T* next,
+                                   float* grad_patches) {
   const EvenBlocks sample_blocks(samples, V::kMaxBlock);
-  for (int64_t k = 0; k < patch_size; k += int64_t{V::kChunkVectors} * V::kLanes) {
+  constexpr int64_t chunk_size = int64_t{V::kChunkVectors} * V::kLanes;
+  RowHeadsAhead<T> ahead(next, patch_size, out_channels, 2 * chunk_size,
+                         ceil_div(patch_size, chunk_size));
+  for (int64_t k = 0; k < patch_size; k += chunk_size) {
+    ahead.step();
     const Chunk<V> chunk = chunk_at<V>(patch_size, k);
     for (int64_t b = 0; b < sample_blocks.count; ++b) {
       const int64_t s = sample_blocks.first(b);
@@ -1693,9 +1698,9 @@ void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T*
 
 template <typename T>
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,
-                  const T* grad_output, float* grad_patches) {
+                  const T* grad_output, const T* next, float* grad_patches) {
   generic::grad_patches<LC_VECTOR_TRAITS>(out_channels, samples, patch_size, filters,
-                                          grad_output, grad_patches);
+                                          grad_output, next, grad_patches);
 }
 
 template <typename T>
@@ -1800,7 +1805,8 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
 
 #define LC_CUDA_INSTANTIATE(T)                                                                 \
   template void forward<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);             \
-  template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, float*);        \
+  template void grad_patches<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,       \
+                                float*);                                                       \
   template void grad_filters<T>(int64_t, int64_t, int64_t, const T*, const T*, bool, float*,    \
                                 T*, bool);                                                     \
   template void transpose_sums<T>(const float*, int64_t, int64_t, T*);                         \
