@@ -134,6 +134,19 @@ struct Avx512 {
     }
   }
 
+  // The first 8 lanes as a half vector: loaded under a mask (its other lanes off), added, and a
+  // sum added onto memory under a mask (one masked load, add and store that wide, as add_part):
+  // scatter_add_run's runs of patch rows that span at most 8 columns.
+  using Half = __m256;
+  LC_AVX512 static Half load_half(Mask m, const float* p) {
+    return _mm256_maskz_loadu_ps(__mmask8(m), p);
+  }
+  LC_AVX512 static Half add_half(Half a, Half b) { return _mm256_add_ps(a, b); }
+  LC_AVX512 static void add_onto_half(Mask m, float* to, Half sum) {
+    const __mmask8 k = __mmask8(m);
+    _mm256_mask_storeu_ps(to, k, _mm256_add_ps(_mm256_maskz_loadu_ps(k, to), sum));
+  }
+
   // Transposes 16 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,
   // then of pairs, then 128-bit quarters twice: 64 shuffles for 256 elements.
   LC_AVX512 static void transpose(Vec (&rows)[kLanes]) {

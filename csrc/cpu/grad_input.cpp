@@ -66,8 +66,13 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                      cpu::line_bytes(row_count, sizeof(int64_t))) +
                 shared(1) <=
             cpu::scratch_budget_bytes();
+    // Per location, the patch gradients of `run` neighbouring locations at a time, added onto
+    // the sums together (scatter_run) where the ISA's vectors span their rows: one load-add-store
+    // of grad_input per patch row and sample for the run, not one per location.
+    const int64_t run = std::is_same_v<opmath_t, float> ? cpu::scatter_run_length(isa, g) : 1;
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
-    // per location, a tile's staged grad_output, one location's patch rows and patch gradients.
+    // per location, a tile's staged grad_output, the patch rows and their destinations, and a
+    // run's patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_rows) {
         return cpu::line_bytes(cpu::grad_input_row_scratch(g, samples), sizeof(float)) +
@@ -76,7 +81,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
              cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             cpu::line_bytes(samples * patch_size, sizeof(opmath_t));
+             cpu::line_bytes(row_count, sizeof(int64_t)) +
+             cpu::line_bytes(run * samples * patch_size, sizeof(opmath_t));
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
     const cpu::Blocking& block = pass.block;
@@ -110,7 +116,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       }
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-      opmath_t* grad_patches = slice.take<opmath_t>(block.samples * patch_size);
+      int64_t* dest = slice.take<int64_t>(row_count);
+      opmath_t* grad_patches = slice.take<opmath_t>(run * block.samples * patch_size);
       for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t z = row / g.out_h, i = row % g.out_h;
         for (int64_t tile = 0; tile < row_tiles; ++tile) {
@@ -118,20 +125,41 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
           const int64_t width = std::min(block.tile, g.out_w - j0);
           cpu::stage_grad_output(go, go_strides, g, z, i, j0, /*step=*/1, width, n0 + first,
                                  count, staged_stride, staged);
-          for (int64_t t = 0; t < width; ++t) {
-            const scalar_t* bank = w + g.region_of(z, i, j0 + t) * filter_size;
-            // The next location's bank is fetched meanwhile (none past the row): otherwise each
-            // location's first chunks of K stall on memory.
-            const scalar_t* next_bank =
-                j0 + t + 1 < g.out_w ? w + g.region_of(z, i, j0 + t + 1) * filter_size : nullptr;
+          // Runs start at multiples of `run` within the tile, whose size depends on the
+          // geometry and the budget alone: every element's sum in the same order at any thread
+          // count.
+          for (int64_t t0 = 0; t0 < width; t0 += run) {
+            const int64_t locations = std::min(run, width - t0);
             for (int64_t group = 0; group < g.groups; ++group) {
-              const scalar_t* filters = bank + group * group_size * patch_size;
-              cpu::location_grad_patches(
-                  isa, group_size, count, patch_size, filters,
-                  staged + t * staged_stride + group * count * group_size,
-                  group + 1 < g.groups ? filters + group_size * patch_size : next_bank,
-                  grad_patches);
-              cpu::patch_rows(g, block_strides, z, i, j0 + t, group, rows);
+              for (int64_t u = 0; u < locations; ++u) {
+                const int64_t j = j0 + t0 + u;
+                const scalar_t* filters =
+                    w + g.region_of(z, i, j) * filter_size + group * group_size * patch_size;
+                // The next product's filters are fetched meanwhile (none past the row):
+                // otherwise each location's first chunks of K stall on memory.
+                const scalar_t* next =
+                    u + 1 < locations ? w + g.region_of(z, i, j + 1) * filter_size +
+                                            group * group_size * patch_size
+                    : group + 1 < g.groups
+                        ? w + g.region_of(z, i, j0 + t0) * filter_size +
+                              (group + 1) * group_size * patch_size
+                    : j + 1 < g.out_w ? w + g.region_of(z, i, j + 1) * filter_size
+                                      : nullptr;
+                cpu::location_grad_patches(
+                    isa, group_size, count, patch_size, filters,
+                    staged + (t0 + u) * staged_stride + group * count * group_size, next,
+                    grad_patches + u * count * patch_size);
+              }
+              if (run > 1) {
+                // (run > 1 for float sums alone: the casts name their type for double, whose
+                // dispatch compiles this branch too.)
+                cpu::grad_input_row_destinations(g, z, i, group, dest);
+                cpu::scatter_run(isa, reinterpret_cast<const float*>(grad_patches), dest, g,
+                                 j0 + t0, locations, count,
+                                 reinterpret_cast<float*>(sums + first * sample_size));
+                continue;
+              }
+              cpu::patch_rows(g, block_strides, z, i, j0 + t0, group, rows);
               cpu::scatter_location(isa, grad_patches, rows, g, count,
                                     sums + first * sample_size);
             }

@@ -66,6 +66,39 @@ void scatter_location(ProductIsa isa, const patch_t* grad_patches, const PatchRo
   scatter_add_patches(grad_patches, rows, g, samples, grad_input);
 }
 
+// The neighbouring locations whose patch gradients scatter_run adds at once on `isa`
+// (vector_kernels.h: scatter_run_locations); 1 where it does not apply (then scatter_location).
+inline int64_t scatter_run_length(ProductIsa isa, const Geometry& g) {
+  switch (isa) {
+    case ProductIsa::avx512_bf16:
+    case ProductIsa::avx512:
+      return avx512::scatter_run_length(g);
+    case ProductIsa::avx2:
+      return avx2::scatter_run_length(g);
+    case ProductIsa::blas:
+      break;
+  }
+  return 1;
+}
+
+// grad_input (a contiguous block of samples) += the patch gradients of `run` neighbouring
+// locations of output row (z, i) from column j on, where scatter_run_length > 1 (vector_kernels.h:
+// scatter_add_run; `dest`: the group's grad_input_row_destinations).
+inline void scatter_run(ProductIsa isa, const float* grad_patches, const int64_t* dest,
+                        const Geometry& g, int64_t j, int64_t run, int64_t samples,
+                        float* grad_input) {
+  switch (isa) {
+    case ProductIsa::avx512_bf16:
+    case ProductIsa::avx512:
+      return avx512::scatter_add_run(grad_patches, dest, g, j, run, samples, grad_input);
+    case ProductIsa::avx2:
+      return avx2::scatter_add_run(grad_patches, dest, g, j, run, samples, grad_input);
+    case ProductIsa::blas:
+      break;
+  }
+  TORCH_INTERNAL_ASSERT(false, "the scatter of a run of locations needs the vector kernels");
+}
+
 // Whether float's per-location forward, and grad_weight without sharing, read the input in place
 // (vector_kernels.h: forward_in_place_fits, against the scratch budget of `budget` bytes; the
 // vector kernels). The forward of bfloat16: forward_reads_input_in_place.

@@ -71,6 +71,18 @@ void for_each_patch_row(const Geometry& g, const Strides5& s, int64_t z, int64_t
   }
 }
 
+// The destinations of the patch rows of output row (z, i) and channel group `group`: the input
+// row each adds onto, in a contiguous block of samples (-1: the row lies in the padding).
+inline void grad_input_row_destinations(const Geometry& g, int64_t z, int64_t i, int64_t group,
+                                        int64_t* dest) {
+  const int64_t sample_size = g.input_sample();
+  const Strides5 block{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w, g.in_w, 1};
+  const int64_t group_start = group * g.group_in_channels() * block.c;
+  for_each_patch_row(g, block, z, i, [&](int64_t r, int64_t start) {
+    dest[r] = start < 0 ? -1 : group_start + start;
+  });
+}
+
 // The patch_row_count rows of the patch of channel group `group` at output location (z, i, j),
 // in the weight's (c, a, p) order, for an input with strides s.
 inline void patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i, int64_t j,

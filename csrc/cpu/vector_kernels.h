@@ -37,6 +37,18 @@ constexpr int64_t kRowTilePatchLimit = 64;
 // The locations of one row tile: neighbouring output columns of one output row.
 constexpr int64_t kRowTileLocations = 16;
 
+// The most neighbouring locations of an output row whose patch gradients scatter_add_run adds
+// at once.
+constexpr int64_t kScatterRun = 4;
+
+// The locations scatter_add_run takes at once on an ISA of `lanes` float lanes: as many as keep
+// the span of their patch rows, (run - 1) * stride_w + kernel_w input columns, within a vector, at
+// most kScatterRun; 1 (per location) where kernel columns are dilated or a row alone is wider.
+inline int64_t scatter_run_locations(const Geometry& g, int64_t lanes) {
+  if (g.dilation_w != 1 || g.kernel_w > lanes) return 1;
+  return std::min<int64_t>(kScatterRun, (lanes - g.kernel_w) / g.stride_w + 1);
+}
+
 // How many tiles ahead along its row a row tile block prefetches each sample's input and output.
 constexpr int64_t kRowTilePrefetchTiles = 4;
 
@@ -367,6 +379,13 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                per vector of columns (on AVX-512, of half or a quarter of a vector where the
 //                row fits one).
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
+// scatter_add_run: the same for `run` neighbouring locations of output row (z, i) from column j
+//                on (run at most scatter_run_locations), location u's patch gradients at
+//                grad_patches + u * samples * K, one channel group's (`dest`:
+//                grad_input_row_destinations): per sample and patch row, the run's rows summed
+//                in registers, each u * stride_w lanes on, then one load-add-store of the
+//                input columns they span, not one per location.
+// scatter_run_length: scatter_run_locations for the ISA's vectors of floats.
 // forward_in_place: forward's out (n < samples) for float without packing: `filters` (C_out x K)
 //                transposed into filters_t (K x C_out floats of scratch), each patch element
 //                read from `input` (sample n at input + n*sample_stride; `rows` as patch_rows
@@ -439,6 +458,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
                     const Geometry& g, int64_t samples, T* patches);                             \
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
+  void scatter_add_run(const float* grad_patches, const int64_t* dest, const Geometry& g,        \
+                       int64_t j, int64_t run, int64_t samples, float* grad_input);              \
+  int64_t scatter_run_length(const Geometry& g);                                                 \
   void forward_in_place(int64_t out_channels, int64_t samples, const float* input,              \
                         int64_t sample_stride, int64_t step, const PatchRow* rows,                \
                         const Geometry& g, const float* filters, float* filters_t,               \

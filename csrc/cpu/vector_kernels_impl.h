@@ -436,6 +436,69 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
   });
 }
 
+// scatter_add_run (vector_kernels.h): lane l of a patch row's vector is input column
+// x0 + l, x0 the column the run's first location's kernel column 0 reads; location u's kernel
+// column q is lane u * stride_w + q. Each location's row is one load under reads[u] (its
+// kernel_w lanes), from shifts[u] elements on from the first location's row (u * stride_w before
+// its own row: masked-off lanes are not read); the destination one masked load-add-store under
+// `write`, the columns inside the input, which drops the columns in the padding. Half: the run
+// spans at most half a vector, taken by half-vector accesses (AVX-512, one process: bfloat16
+// grad_input of DeepFace L6 0.89x and convnet_local3 0.90x against whole vectors).
+template <typename V, bool Half>
+LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t* dest,
+                                       const Geometry& g, int64_t x0, int64_t run,
+                                       int64_t samples, const typename V::Mask* reads,
+                                       const int64_t* shifts, typename V::Mask write,
+                                       float* grad_input) {
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
+  const int64_t sample_size = g.input_sample(), patch_size = g.patch_size();
+  for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
+    for (int64_t r = 0; r < row_count; ++r) {
+      if (dest[r] < 0) continue;  // the row lies in the padding
+      const float* from = grad_patches + n0 * patch_size + r * kernel_w;
+      float* to = grad_input + n0 * sample_size + dest[r] + x0;
+      for (int64_t n = 0; n < group; ++n) {
+        const float* row = from + n * patch_size;
+        if constexpr (Half) {
+          auto sum = V::load_half(reads[0], row);
+          for (int64_t u = 1; u < run; ++u)
+            sum = V::add_half(sum, V::load_half(reads[u], row + shifts[u]));
+          V::add_onto_half(write, to + n * sample_size, sum);
+        } else {
+          auto sum = V::load(reads[0], row);
+          for (int64_t u = 1; u < run; ++u) sum = V::add(sum, V::load(reads[u], row + shifts[u]));
+          float* target = to + n * sample_size;
+          V::store(write, target, V::add(V::load(write, target), sum));
+        }
+      }
+    }
+  }
+}
+
+template <typename V>
+LC_VECTOR_TARGET void scatter_add_run(const float* grad_patches, const int64_t* dest,
+                                      const Geometry& g, int64_t j, int64_t run, int64_t samples,
+                                      float* grad_input) {
+  const int64_t x0 = j * g.stride_w - g.pad_w;
+  const int64_t span = (run - 1) * g.stride_w + g.kernel_w;
+  typename V::Mask reads[kScatterRun];
+  int64_t shifts[kScatterRun];
+  for (int64_t u = 0; u < run; ++u) {
+    shifts[u] = u * (samples * g.patch_size() - g.stride_w);
+    reads[u] = V::columns(-u * g.stride_w, 0, g.kernel_w);
+  }
+  const auto write = V::columns(x0, std::max<int64_t>(x0, 0), std::min(x0 + span, g.in_w));
+  if constexpr (V::kLanes == 16) {
+    if (span <= V::kLanes / 2) {
+      return scatter_run_rows<V, true>(grad_patches, dest, g, x0, run, samples, reads, shifts,
+                                       write, grad_input);
+    }
+  }
+  scatter_run_rows<V, false>(grad_patches, dest, g, x0, run, samples, reads, shifts, write,
+                             grad_input);
+}
+
 // How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
 // whole output row's) fetches into the L2, in place of each row's next part. Few: the rows of
 // one output row lie a plane apart (cunn232_c1: 16 KB), so they share a few cache sets, which
@@ -1365,18 +1428,6 @@ LC_VECTOR_TARGET void grad_input_chunk(const float* go_staged, const float* filt
                                 columns, sample_size, grad_input + n * sample_size, fetch_next);
 }
 
-// The destinations of the patch rows of output row (z, i) and channel group `group`: the input
-// row each adds onto, in a contiguous block of samples (-1: the row lies in the padding).
-inline void grad_input_row_destinations(const Geometry& g, int64_t z, int64_t i, int64_t group,
-                                        int64_t* dest) {
-  const int64_t sample_size = g.input_sample();
-  const Strides5 block{sample_size, g.in_d * g.in_h * g.in_w, g.in_h * g.in_w, g.in_w, 1};
-  const int64_t group_start = group * g.group_in_channels() * block.c;
-  for_each_patch_row(g, block, z, i, [&](int64_t r, int64_t start) {
-    dest[r] = start < 0 ? -1 : group_start + start;
-  });
-}
-
 // The banks (every group's) of the `chunk` locations after (z, i, x0), the next chunk's or the
 // next row's, as grad_input_chunk fetches them into the L2 while a chunk's patch rows go by, by
 // the first group (in one process: grad_input of fmri_decoder_3d 0.91-0.96x, medvol_32cube_c2
@@ -1720,6 +1771,15 @@ void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows, c
 void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,
                          int64_t samples, float* grad_input) {
   generic::scatter_add_patches<LC_VECTOR_TRAITS>(grad_patches, rows, g, samples, grad_input);
+}
+
+void scatter_add_run(const float* grad_patches, const int64_t* dest, const Geometry& g, int64_t j,
+                     int64_t run, int64_t samples, float* grad_input) {
+  generic::scatter_add_run<LC_VECTOR_TRAITS>(grad_patches, dest, g, j, run, samples, grad_input);
+}
+
+int64_t scatter_run_length(const Geometry& g) {
+  return scatter_run_locations(g, LC_VECTOR_TRAITS::kLanes);
 }
 
 int64_t row_tile_filters() { return LC_VECTOR_TRAITS::kRowTileFilters; }
