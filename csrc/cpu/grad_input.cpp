@@ -1,6 +1,7 @@
 // The CPU grad_input. Per output location and channel group one product (location_products.h)
 // turns the location's grad_output (samples x C_out/groups) into its patch gradients
-// (samples x K), which are added onto the input positions the patch read; or, where the geometry
+// (samples x K), which are added onto the input positions the patch read (on the vector ISAs,
+// those of up to 4 neighbouring locations at once: scatter_run); or, where the geometry
 // fits the row tiles and a location's products are too small to pay for its scatter (few filters
 // or a short patch: fmri_decoder_3d, depthwise, genomics), per output row and group, vectorised
 // over the input columns it adds onto (vector_kernels.h: grad_input_row). Windows of neighbouring
