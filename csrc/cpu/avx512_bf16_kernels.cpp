@@ -109,7 +109,8 @@ constexpr auto forward_blocks = make_block_table<ForwardFn, kFilters, kSamples, 
 // ---- the gradients: pairs of rows interleaved column by column ----
 constexpr int kMaxBlock = Avx512::kMaxBlock, kChunkVectors = Avx512::kChunkVectors;
 constexpr int64_t kLanes = Avx512::kLanes, kChunk = kChunkVectors * kLanes;
-// Pairs of samples whose grad_output pairs grad_filters_block gathers at a time (on the stack).
+// Pairs of samples whose grad_output pairs grad_filters gathers at a time (on the stack), for
+// every chunk of K.
 constexpr int64_t kPairRun = 64;
 
 // (a[t], b[t]) for the 16 columns t from a and b on, a pair per float lane: columns off `mask`
@@ -206,12 +207,16 @@ LC_AVX512_BF16 void grad_patches_block(int64_t out_channels, int64_t patch_size,
   }
 }
 
-// grad_filters: FB filters x CV vectors of K, summed over the samples two at a time.
+// grad_filters: FB filters x CV vectors of K, summed over `pairs` pairs of samples (from
+// patches on), onto the sums at grad_filters where accumulate; the sums stored to grad_filters,
+// or where `rounded` is not null rounded there instead (by vcvtneps2bf16, as the row tiles').
+// go_pairs[p * kMaxBlock + f]: the pair p's grad_output pair of filter f, built once for every
+// chunk of K by the caller (per chunk, its two loads, shift and or per filter and pair had cost
+// as many instructions as the products).
 template <int FB, int CV>
-LC_AVX512_BF16 void grad_filters_block(int64_t out_channels, int64_t samples,
-                                       int64_t patch_size, __mmask16 last,
-                                       const c10::BFloat16* patches,
-                                       const c10::BFloat16* grad_output, bool accumulate,
+LC_AVX512_BF16 void grad_filters_block(int64_t samples, int64_t pairs, int64_t patch_size,
+                                       __mmask16 last, const c10::BFloat16* patches,
+                                       const uint32_t* go_pairs, bool accumulate,
                                        float* grad_filters, c10::BFloat16* rounded) {
   __m512 acc[FB][CV];
 #pragma GCC unroll 6
@@ -223,30 +228,16 @@ LC_AVX512_BF16 void grad_filters_block(int64_t out_channels, int64_t samples,
                              : _mm512_setzero_ps();
     }
   }
-  for (int64_t n0 = 0; n0 < samples; n0 += 2 * kPairRun) {
-    const int64_t pairs = std::min(kPairRun, (samples - n0 + 1) / 2);
-    // The run's (grad_output[n][o], grad_output[n + 1][o]) pairs of the block's filters.
-    uint32_t go_pairs[kPairRun][FB];
-    for (int64_t p = 0; p < pairs; ++p) {
-      const int64_t n = n0 + 2 * p;
-      const bool has_b = n + 1 < samples;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t n = 2 * p;
+    __m512bh x[CV];
+    interleave_chunk<CV>(patches + n * patch_size, patches + (n + 1) * patch_size,
+                         n + 1 < samples, last, x);
 #pragma GCC unroll 6
-      for (int f = 0; f < FB; ++f) {
-        go_pairs[p][f] = grad_output[n * out_channels + f].x;
-        if (has_b) go_pairs[p][f] |= uint32_t{grad_output[(n + 1) * out_channels + f].x} << 16;
-      }
-    }
-    for (int64_t p = 0; p < pairs; ++p) {
-      const int64_t n = n0 + 2 * p;
-      __m512bh x[CV];
-      interleave_chunk<CV>(patches + n * patch_size, patches + (n + 1) * patch_size,
-                           n + 1 < samples, last, x);
-#pragma GCC unroll 6
-      for (int f = 0; f < FB; ++f) {
-        const __m512bh g = broadcast_pair(go_pairs[p][f]);
+    for (int f = 0; f < FB; ++f) {
+      const __m512bh g = broadcast_pair(go_pairs[p * kMaxBlock + f]);
 #pragma GCC unroll 4
-        for (int v = 0; v < CV; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], x[v], g);
-      }
+      for (int v = 0; v < CV; ++v) acc[f][v] = _mm512_dpbf16_ps(acc[f][v], x[v], g);
     }
   }
 #pragma GCC unroll 6
@@ -254,10 +245,12 @@ LC_AVX512_BF16 void grad_filters_block(int64_t out_channels, int64_t samples,
 #pragma GCC unroll 4
     for (int v = 0; v < CV; ++v) {
       const __mmask16 mask = v == CV - 1 ? last : Avx512::tail(kLanes);
-      if (rounded != nullptr)
-        Avx512::store(mask, rounded + f * patch_size + v * kLanes, acc[f][v]);
-      else
+      if (rounded != nullptr) {
+        _mm256_mask_storeu_epi16(rounded + f * patch_size + v * kLanes, mask,
+                                 reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[f][v])));
+      } else {
         Avx512::store(mask, grad_filters + f * patch_size + v * kLanes, acc[f][v]);
+      }
     }
   }
 }
@@ -265,7 +258,7 @@ LC_AVX512_BF16 void grad_filters_block(int64_t out_channels, int64_t samples,
 using GradPatchesFn = void (*)(int64_t, int64_t, __mmask16, const c10::BFloat16*,
                                const c10::BFloat16*, float*, bool);
 using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, __mmask16, const c10::BFloat16*,
-                               const c10::BFloat16*, bool, float*, c10::BFloat16*);
+                               const uint32_t*, bool, float*, c10::BFloat16*);
 struct GradPatches {
   template <int SB, int CV>
   static constexpr GradPatchesFn at() {
@@ -772,14 +765,32 @@ void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
                   float* grad_filters, c10::BFloat16* rounded) {
   const EvenBlocks filter_blocks(out_channels, kMaxBlock);
+  const int64_t pairs = ceil_div(samples, 2);
+  uint32_t go_pairs[kPairRun * kMaxBlock];
   for (int64_t b = 0; b < filter_blocks.count; ++b) {
-    const int64_t o = filter_blocks.first(b);
-    for (int64_t k = 0; k < patch_size; k += kChunk) {
-      const Chunk chunk = chunk_at(patch_size, k);
-      grad_filters_blocks[filter_blocks.size(b) - 1][chunk.vectors - 1](
-          out_channels, samples, patch_size, chunk.last, patches + k, grad_output + o,
-          accumulate, grad_filters + o * patch_size + k,
-          rounded == nullptr ? nullptr : rounded + o * patch_size + k);
+    const int64_t o = filter_blocks.first(b), block = filter_blocks.size(b);
+    // Runs of up to kPairRun pairs, each over every chunk of K: the sums go through
+    // grad_filters between runs (floats, so the same sums as in registers), rounded after the
+    // last.
+    for (int64_t p0 = 0; p0 < pairs; p0 += kPairRun) {
+      const int64_t run = std::min(kPairRun, pairs - p0);
+      for (int64_t p = 0; p < run; ++p) {
+        const int64_t n = 2 * (p0 + p);
+        const bool has_b = n + 1 < samples;
+        for (int64_t f = 0; f < block; ++f) {
+          uint32_t pair = grad_output[n * out_channels + o + f].x;
+          if (has_b) pair |= uint32_t{grad_output[(n + 1) * out_channels + o + f].x} << 16;
+          go_pairs[p * kMaxBlock + f] = pair;
+        }
+      }
+      const bool last_run = p0 + run == pairs;
+      for (int64_t k = 0; k < patch_size; k += kChunk) {
+        const Chunk chunk = chunk_at(patch_size, k);
+        grad_filters_blocks[block - 1][chunk.vectors - 1](
+            samples - 2 * p0, run, patch_size, chunk.last, patches + 2 * p0 * patch_size + k,
+            go_pairs, accumulate || p0 > 0, grad_filters + o * patch_size + k,
+            rounded == nullptr || !last_run ? nullptr : rounded + o * patch_size + k);
+      }
     }
   }
 }
