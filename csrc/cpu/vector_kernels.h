@@ -29,6 +29,13 @@
 namespace lc_cuda {
 namespace cpu {
 
+// For the loop helpers here, which take the kernels' lambdas: compiled without the kernels'
+// target attribute, a helper is inlined into its caller only after GCC has declined to inline the
+// lambda into the helper (a callee compiled for more of the ISA than its caller), which leaves the
+// lambda out of line, its accumulators in memory: cunn232_c1's float32 forward by row tiles ran
+// 2x slower (a9a2681 against 7bf9e69, one thread). Inlined first, the lambda is inlined too.
+#define LC_ALWAYS_INLINE inline __attribute__((always_inline))
+
 // The largest patch (K) the forward computes by row tiles (forward_row_run) instead of per
 // location: below it a location's dot products are too short to pay for their lane reductions
 // (cunn232_c1: K = 9).
@@ -76,7 +83,7 @@ inline int64_t row_tile_scratch(const Geometry& g) {
 // (the row tiles' filter blocks, which never straddle a group): o0 the group's first output
 // channel, o the block's first, count its filters.
 template <typename Block>
-inline void for_filter_blocks(const Geometry& g, int64_t filter_block, Block&& block) {
+LC_ALWAYS_INLINE void for_filter_blocks(const Geometry& g, int64_t filter_block, Block&& block) {
   const int64_t group_size = g.group_out_channels();
   for (int64_t o0 = 0; o0 < g.out_channels; o0 += group_size)
     for (int64_t o = o0; o < o0 + group_size; o += filter_block)
@@ -90,7 +97,7 @@ inline void for_filter_blocks(const Geometry& g, int64_t filter_block, Block&& b
 // reads (each sample's row is a stream of its own, a whole sample from the next, more streams
 // than the hardware prefetchers follow: genomics_1d_50k, 32).
 template <int S, typename T, typename Row, typename Skipped>
-inline void for_row_tile_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
+LC_ALWAYS_INLINE void for_row_tile_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
                                     int64_t j0, const T* sample, FetchAhead& ahead, Row&& row,
                                     Skipped&& skipped) {
   const int64_t channels = g.group_in_channels();  // a division: not once per iteration
@@ -365,7 +372,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //
 // forward:       out[n*C_out + o] = sum_k patches[n*K + k] * filters[o*K + k]
 // grad_patches:  grad_patches[n*K + k] = sum_o grad_output[n*C_out + o] * filters[o*K + k];
-//                `next` (or null): the filters of the product after this one, fetched into the
+//                the first two chunks of each row of `next` (the filters of the product after
+//                this one, or null), which the rows' own fetches do not cover, fetched into the
 //                L2 meanwhile, a share per chunk of K
 // grad_filters:  grad_filters[o*K + k] = (accumulate ? grad_filters[o*K + k] : 0)
 //                                        + sum_n grad_output[n*C_out + o] * patches[n*K + k];
