@@ -417,7 +417,7 @@ void location_forward(ProductIsa isa, int64_t out_channels, int64_t samples, int
 }
 
 // grad_patches (samples x K) = grad_output (samples x C_out) * filters; the vector kernels fetch
-// `next` (the next product's filters, or null) into the L2 meanwhile.
+// the heads of `next`'s rows (the next product's filters, or null) into the L2 meanwhile.
 template <typename scalar_t, typename opmath_t>
 void location_grad_patches(ProductIsa isa, int64_t out_channels, int64_t samples,
                            int64_t patch_size, const scalar_t* filters,
