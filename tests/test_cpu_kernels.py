@@ -413,6 +413,47 @@ def test_one_and_two_threads_agree(budget, n, geometry):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_grad_input_by_runs_is_the_same_at_any_budget_and_thread_count(monkeypatch, isa):
+    """grad_input adds the patch gradients of runs of neighbouring locations at once (4 on
+    AVX-512, 2 on AVX2 at this stride), summed first: the runs must start at the same output
+    columns whatever the tile, which a tight budget shrinks (to one run) and which the thread
+    count changes (each thread takes its share of the budget). One sample, one block: bitwise
+    equal at 1 and 2 threads, at the default budget and at ones that shrink the tile."""
+    use_product_path(monkeypatch, isa)
+    gen = torch.Generator().manual_seed(0)
+    # K = 72 and 32 filters at stride_w 2: per location, by runs; a 3 x 19 output.
+    input = torch.randn(1, 8, 5, 40, generator=gen)
+    weight = torch.randn(3, 19, 32, 8, 3, 3, generator=gen)
+    grad_output = torch.randn(1, 32, 3, 19, generator=gen)
+
+    def grad_input():
+        leaf = input.clone().requires_grad_()
+        out = lc_cuda.local_conv2d(leaf, weight, None, stride=(1, 2))
+        return torch.autograd.grad(out, leaf, grad_output)[0]
+
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for budget in (None, "0.006", "0.003"):
+                if budget is None:
+                    monkeypatch.delenv("LC_CUDA_CPU_SCRATCH_MB", raising=False)
+                else:
+                    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", budget)
+                results[(count, budget)] = grad_input()
+    finally:
+        torch.set_num_threads(threads)
+    first = results[(1, None)]
+    for key, result in results.items():
+        assert torch.equal(result, first), key
+    leaf = input.double().requires_grad_()
+    out = reference_local_conv2d(leaf, weight.double(), None, (1, 2), (0, 0, 0, 0), (1, 1))
+    expected = torch.autograd.grad(out, leaf, grad_output.double())[0]
+    assert relative_error(first, expected) <= allowed_error(torch.float32)
+
+
 def test_grad_weight_in_place_in_sample_blocks_is_bitwise_the_same(monkeypatch):
     """grad_weight read in place sums sample after sample: where a budget cuts the batch into
     sample blocks (each block's sums transposed back in and summed on), the result is the one

@@ -30,7 +30,7 @@ int64_t scratch_budget_bytes() {
 
 PassScratch plan_pass(const Geometry& g,
                       const std::function<int64_t(int64_t, int64_t)>& per_thread,
-                      const std::function<int64_t(int64_t)>& shared) {
+                      const std::function<int64_t(int64_t)>& shared, int64_t least_tile) {
   const int64_t budget = scratch_budget_bytes();
   const int64_t threads = at::get_num_threads();
   const auto shared_bytes = [&](int64_t samples) { return shared ? shared(samples) : 0; };
@@ -50,9 +50,11 @@ PassScratch plan_pass(const Geometry& g,
     return low;
   };
   const int64_t tile = std::min<int64_t>(g.out_w, kMaxTile);
+  const int64_t least = std::min(tile, least_tile);
   const int64_t samples = samples_that_fit(tile);
-  const Blocking block =
-      samples > 0 ? Blocking{samples, tile} : Blocking{std::max<int64_t>(samples_that_fit(1), 1), 1};
+  const Blocking block = samples > 0
+                             ? Blocking{samples, tile}
+                             : Blocking{std::max<int64_t>(samples_that_fit(least), 1), least};
   const int64_t thread_bytes = per_thread(block.samples, block.tile);
   const int64_t shared_part = shared_bytes(block.samples);
   return {block, thread_bytes, shared_part,

@@ -44,14 +44,15 @@ struct PassScratch {
 constexpr int64_t kMaxTile = 16;
 
 // The largest sample block (at most the batch) whose scratch fits the budget, with tiles of up to
-// kMaxTile locations, or of 1 where even one sample does not fit them, and that scratch. Per
-// thread the pass takes per_thread(samples, tile) bytes, and shared(samples) bytes once (none
-// where shared is empty); both must grow with their arguments. At least one sample and one
-// location: where even that exceeds the budget, the pass runs at that size (the README states
-// the bound).
+// kMaxTile locations, or of `least_tile` (at most the row) where even one sample does not fit
+// them, and that scratch. Per thread the pass takes per_thread(samples, tile) bytes, and
+// shared(samples) bytes once (none where shared is empty); both must grow with their arguments.
+// At least one sample and one tile: where even that exceeds the budget, the pass runs at that
+// size (the README states the bound). least_tile divides kMaxTile.
 PassScratch plan_pass(const Geometry& g,
                       const std::function<int64_t(int64_t samples, int64_t tile)>& per_thread,
-                      const std::function<int64_t(int64_t samples)>& shared = {});
+                      const std::function<int64_t(int64_t samples)>& shared = {},
+                      int64_t least_tile = 1);
 
 // Tiles of an output row: ceil(out_w / tile).
 inline int64_t tiles_per_row(const Geometry& g, int64_t tile) { return ceil_div(g.out_w, tile); }

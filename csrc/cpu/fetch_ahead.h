@@ -40,9 +40,9 @@ class FetchAhead {
   int64_t per_step_;
 };
 
-// The heads (first `head` elements) of `rows` rows of `row_size` elements from `first` on
-// (nothing where first is null), fetched into the L2 a share at a time over `steps` calls of
-// step(): the chunks of the next product's filter rows that the rows' own fetches, a few chunks
+// The heads (first `head` elements, at most the row) of `rows` rows of `row_size` elements from
+// `first` on (nothing where first is null), fetched into the L2 a share at a time over `steps`
+// calls of step(): the chunks of the next product's filter rows that the rows' own fetches, a few chunks
 // ahead, do not cover. Only the heads: a whole bank can outgrow the L2 (YOLOv1's, 9 MB).
 template <typename T>
 class RowHeadsAhead {
@@ -51,7 +51,7 @@ class RowHeadsAhead {
       : row_(first),
         row_size_(row_size),
         left_(first == nullptr ? 0 : rows),
-        head_bytes_(head * int64_t(sizeof(T))),
+        head_bytes_(std::min(head, row_size) * int64_t(sizeof(T))),
         per_step_(ceil_div(rows, std::max<int64_t>(steps, 1))) {}
   void step() {
     for (int64_t r = 0; r < per_step_ && left_ > 0; ++r, --left_, row_ += row_size_) {

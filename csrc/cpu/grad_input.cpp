@@ -72,8 +72,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     // of grad_input per patch row and sample for the run, not one per location.
     const int64_t run = std::is_same_v<opmath_t, float> ? cpu::scatter_run_length(isa, g) : 1;
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
-    // per location, a tile's staged grad_output, the patch rows and their destinations, and a
-    // run's patch gradients.
+    // per location, a tile's staged grad_output, the patch rows (by runs, their destinations),
+    // and a run's patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_rows) {
         return cpu::line_bytes(cpu::grad_input_row_scratch(g, samples), sizeof(float)) +
@@ -81,11 +81,14 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
-             cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
-             cpu::line_bytes(row_count, sizeof(int64_t)) +
+             (run > 1 ? cpu::line_bytes(row_count, sizeof(int64_t))
+                      : cpu::line_bytes(row_count, sizeof(cpu::PatchRow))) +
              cpu::line_bytes(run * samples * patch_size, sizeof(opmath_t));
     };
-    const cpu::PassScratch pass = cpu::plan_pass(g, per_thread, shared);
+    // Where even one sample's tile of kMaxTile locations exceeds the budget, tiles of one run:
+    // runs then start where they would in whole tiles.
+    const cpu::PassScratch pass =
+        cpu::plan_pass(g, per_thread, shared, /*least_tile=*/by_rows ? 1 : run);
     const cpu::Blocking& block = pass.block;
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
@@ -116,8 +119,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
         return;
       }
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
-      cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-      int64_t* dest = slice.take<int64_t>(row_count);
+      cpu::PatchRow* rows = run > 1 ? nullptr : slice.take<cpu::PatchRow>(row_count);
+      int64_t* dest = run > 1 ? slice.take<int64_t>(row_count) : nullptr;
       opmath_t* grad_patches = slice.take<opmath_t>(run * block.samples * patch_size);
       for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t z = row / g.out_h, i = row % g.out_h;
@@ -126,9 +129,9 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
           const int64_t width = std::min(block.tile, g.out_w - j0);
           cpu::stage_grad_output(go, go_strides, g, z, i, j0, /*step=*/1, width, n0 + first,
                                  count, staged_stride, staged);
-          // Runs start at multiples of `run` within the tile, whose size depends on the
-          // geometry and the budget alone: every element's sum in the same order at any thread
-          // count.
+          // Runs start at multiples of `run` in the output row (the tile, of kMaxTile, of the
+          // whole row or of one run, starts at one): every element's sum in the same order at
+          // any thread count and budget.
           for (int64_t t0 = 0; t0 < width; t0 += run) {
             const int64_t locations = std::min(run, width - t0);
             for (int64_t group = 0; group < g.groups; ++group) {

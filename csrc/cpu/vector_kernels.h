@@ -48,12 +48,17 @@ constexpr int64_t kRowTileLocations = 16;
 // at once.
 constexpr int64_t kScatterRun = 4;
 
-// The locations scatter_add_run takes at once on an ISA of `lanes` float lanes: as many as keep
-// the span of their patch rows, (run - 1) * stride_w + kernel_w input columns, within a vector, at
-// most kScatterRun; 1 (per location) where kernel columns are dilated or a row alone is wider.
+// The locations scatter_add_run takes at once on an ISA of `lanes` float lanes: the largest power
+// of two, at most kScatterRun, that keeps the span of their patch rows, (run - 1) * stride_w +
+// kernel_w input columns, within a vector; 1 (per location) where kernel columns are dilated or a
+// row alone is wider. A power of two divides kMaxTile, so runs cut from a tile's start start at
+// multiples of it in the output row, whatever the tile.
 inline int64_t scatter_run_locations(const Geometry& g, int64_t lanes) {
   if (g.dilation_w != 1 || g.kernel_w > lanes) return 1;
-  return std::min<int64_t>(kScatterRun, (lanes - g.kernel_w) / g.stride_w + 1);
+  const int64_t fit = std::min<int64_t>(kScatterRun, (lanes - g.kernel_w) / g.stride_w + 1);
+  int64_t run = 1;
+  while (2 * run <= fit) run *= 2;
+  return run;
 }
 
 // How many tiles ahead along its row a row tile block prefetches each sample's input and output.
