@@ -42,8 +42,9 @@ class FetchAhead {
 
 // The heads (first `head` elements, at most the row) of `rows` rows of `row_size` elements from
 // `first` on (nothing where first is null), fetched into the L2 a share at a time over `steps`
-// calls of step(): the chunks of the next product's filter rows that the rows' own fetches, a few chunks
-// ahead, do not cover. Only the heads: a whole bank can outgrow the L2 (YOLOv1's, 9 MB).
+// calls of step(): the chunks of the next product's filter rows that the rows' own fetches, a
+// few chunks ahead, do not cover. Only the heads: a whole bank can outgrow the L2 (YOLOv1's,
+// 9 MB).
 template <typename T>
 class RowHeadsAhead {
  public:

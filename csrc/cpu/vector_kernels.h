@@ -102,9 +102,9 @@ LC_ALWAYS_INLINE void for_filter_blocks(const Geometry& g, int64_t filter_block,
 // reads (each sample's row is a stream of its own, a whole sample from the next, more streams
 // than the hardware prefetchers follow: genomics_1d_50k, 32).
 template <int S, typename T, typename Row, typename Skipped>
-LC_ALWAYS_INLINE void for_row_tile_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
-                                    int64_t j0, const T* sample, FetchAhead& ahead, Row&& row,
-                                    Skipped&& skipped) {
+LC_ALWAYS_INLINE void for_row_tile_patch_rows(const Geometry& g, const Strides5& s, int64_t z,
+                                              int64_t i, int64_t j0, const T* sample,
+                                              FetchAhead& ahead, Row&& row, Skipped&& skipped) {
   const int64_t channels = g.group_in_channels();  // a division: not once per iteration
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t a = 0; a < g.kernel_d; ++a) {
