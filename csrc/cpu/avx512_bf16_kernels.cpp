@@ -590,6 +590,22 @@ LC_AVX512_BF16 void sample_pairs_columns(int64_t count, const uint32_t* paired,
                              out_channels, accumulate, sums_t);
 }
 
+// grad_filters_in_place's sums transposed, to[c * rows + r] = from[r * columns + c]: floats as
+// they are, bfloat16 rounded by vcvtneps2bf16 (as the row tiles' and the packed grad_weight's
+// sums; the AVX-512 build rounds in software, about half the transposition's instructions).
+template <typename T>
+LC_AVX512_BF16 void transpose_sums(const float* from, int64_t rows, int64_t columns, T* to) {
+  for_transposed_squares<Avx512>(
+      from, rows, columns, [&](int64_t c, int64_t r0, int64_t present, __m512 v) LC_AVX512_BF16 {
+        if constexpr (std::is_same_v<T, float>) {
+          Avx512::store(Avx512::tail(present), to + c * rows + r0, v);
+        } else {
+          _mm256_mask_storeu_epi16(to + c * rows + r0, Avx512::tail(present),
+                                   reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+        }
+      });
+}
+
 // avx512_bf16::pair_samples (the entry points carry no target attribute, so their bodies
 // that use the AVX512-BF16 intrinsics are functions of their own).
 LC_AVX512_BF16 void pair_sample_range(const c10::BFloat16* input, int64_t sample_size,
@@ -721,26 +737,38 @@ void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t
                            float* sums_t, int64_t* columns, uint32_t* go_pairs,
                            float* grad_filters, c10::BFloat16* rounded) {
   const int64_t patch_size = g.patch_size(), pairs = ceil_div(samples, 2);
-  if (accumulate) avx512::transpose_sums(grad_filters, out_channels, patch_size, sums_t);
+  if (accumulate) transpose_sums(grad_filters, out_channels, patch_size, sums_t);
   int64_t* sources = columns + patch_size;
   const int64_t count = input_columns(rows, g, step, columns, sources, [&](int64_t k) {
     // A column in the padding reads zeros: its sums are zero.
     if (!accumulate) std::fill_n(sums_t + k * out_channels, out_channels, 0.0f);
   });
   pair_grad_output(grad_output, samples, out_channels, go_pairs);
-  for_vector_blocks<4>(out_channels / kLanes, [&](auto ob, int64_t v) LC_AVX512_BF16 {
+  // The bank the transposition below writes, fetched into the L2 while the first block of
+  // vectors goes by: its stores, 32 bytes into each of 16 filters' rows, had waited on one line
+  // after another (DeepFace L5's grad_weight 0.87x with this, L6's and convnet_local3's 1.00x).
+  const int64_t vectors = out_channels / kLanes;
+  const uintptr_t bank = rounded != nullptr ? reinterpret_cast<uintptr_t>(rounded)
+                                            : reinterpret_cast<uintptr_t>(grad_filters);
+  const int64_t bank_bytes = patch_size * out_channels *
+                             int64_t(rounded != nullptr ? sizeof(c10::BFloat16) : sizeof(float));
+  const int first_block = vectors >= 4 ? 4 : vectors >= 2 ? 2 : 1;
+  FetchAhead bank_ahead(bank / kLine * kLine, ceil_div(bank % kLine + bank_bytes, kLine),
+                        ceil_div(count, in_place_columns(kLanes, first_block)));
+  for_vector_blocks<4>(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
     constexpr int OB = decltype(ob)::value;
     constexpr int KB = in_place_columns(kLanes, OB);
     for (int64_t c = 0; c < count; c += KB) {
+      if (v == 0) bank_ahead.step();
       sample_pairs_columns<OB>(std::min<int64_t>(KB, count - c), paired, sample_stride, pairs,
                                sources + c, columns + c, go_pairs + v * kLanes, out_channels,
                                accumulate, sums_t + v * kLanes);
     }
   });
   if (rounded != nullptr)
-    avx512::transpose_sums(sums_t, patch_size, out_channels, rounded);
+    transpose_sums(sums_t, patch_size, out_channels, rounded);
   else
-    avx512::transpose_sums(sums_t, patch_size, out_channels, grad_filters);
+    transpose_sums(sums_t, patch_size, out_channels, grad_filters);
 }
 
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,

@@ -95,6 +95,28 @@ LC_ALWAYS_INLINE void for_filter_blocks(const Geometry& g, int64_t filter_block,
       block(o0, o, std::min(filter_block, o0 + group_size - o));
 }
 
+// The squares of a rows x columns float matrix (row r at from + r * columns), V::kLanes rows x
+// V::kLanes columns at a time, either count partial (the missing rows read as zeros), transposed
+// in registers: store(c, r0, present, vector) takes column c's rows [r0, r0 + present) as the
+// vector's first lanes. Always inline, as for_row_tile_patch_rows, so that `store` is inlined
+// into the caller's ISA.
+template <typename V, typename Store>
+LC_ALWAYS_INLINE void for_transposed_squares(const float* from, int64_t rows, int64_t columns,
+                                             Store&& store) {
+  for (int64_t r0 = 0; r0 < rows; r0 += V::kLanes) {
+    const int64_t present = std::min<int64_t>(V::kLanes, rows - r0);
+    for (int64_t c0 = 0; c0 < columns; c0 += V::kLanes) {
+      const auto read = V::tail(columns - c0);
+      typename V::Vec square[V::kLanes];
+      for (int64_t r = 0; r < V::kLanes; ++r)
+        square[r] = r < present ? V::load(read, from + (r0 + r) * columns + c0) : V::zero();
+      V::transpose(square);
+      const int64_t count = std::min<int64_t>(V::kLanes, columns - c0);
+      for (int64_t c = 0; c < count; ++c) store(c0 + c, r0, present, square[c]);
+    }
+  }
+}
+
 // The patch rows of a row tile block, in K's order (channel c of the group, kernel depth a,
 // kernel row p), for output row (z, i) of `sample` (strides s) over S samples: each takes a step
 // of `ahead`; a row in the padding calls skipped(), any other row(pointer to its input row of
@@ -411,8 +433,6 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                padding zero): the input read as forward_in_place reads it, the sums kept
 //                transposed in sums_t (K x C_out floats of scratch; 2 K int64 at `columns`).
 //                Only where forward_in_place_fits.
-// transpose_sums: to[c * rows + r] = from[r * columns + c] rounded to T, a rows x columns float
-//                matrix transposed (avx512_bf16::grad_filters_in_place's sums).
 // write_tile:    a per-location tile's staged results (location t's samples x C_out matrix at
 //                staged + t * staged_stride, staged_offset's layout) into the output (`out` at
 //                the tile's first location of sample 0, a (N, C_out, locations) tensor), rounded
@@ -482,8 +502,6 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
                              int64_t sample_stride, int64_t step, const PatchRow* rows,           \
                              const Geometry& g, const float* grad_output, bool accumulate,        \
                              float* sums_t, int64_t* columns, float* grad_filters, bool stream);  \
-  template <typename T>                                                                          \
-  void transpose_sums(const float* from, int64_t rows, int64_t columns, T* to);                   \
   template <typename T>                                                                          \
   void write_tile(const float* staged, int64_t staged_stride, int64_t width, const Geometry& g,  \
                   int64_t samples, const float* bias_rows, int64_t bias_stride, T* out,          \

@@ -588,33 +588,23 @@ inline FetchAhead tile_ahead(bool on, const void* base, int64_t tile, int64_t ti
 // of 5); a transposition costs about 6 shuffles and moves per 16 weights, once for all samples.
 
 // A rows x columns matrix (row r at from + r * columns) transposed: to[c * rows + r], rounded to
-// T. V::kLanes rows x V::kLanes columns at a time, transposed in registers, either count
-// partial. Where `stream` (float only), whole vectors of `to` are streamed past the caches
+// T. Where `stream` (float only), whole vectors of `to` are streamed past the caches
 // (stream_or_store).
 template <typename V, typename T>
 LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns, T* to,
                                        bool stream) {
-  for (int64_t r0 = 0; r0 < rows; r0 += V::kLanes) {
-    const int64_t present = std::min<int64_t>(V::kLanes, rows - r0);
-    for (int64_t c0 = 0; c0 < columns; c0 += V::kLanes) {
-      const auto read = V::tail(columns - c0);
-      typename V::Vec square[V::kLanes];
-      for (int64_t r = 0; r < V::kLanes; ++r)
-        square[r] = r < present ? V::load(read, from + (r0 + r) * columns + c0) : V::zero();
-      V::transpose(square);
-      const int64_t count = std::min<int64_t>(V::kLanes, columns - c0);
-      for (int64_t c = 0; c < count; ++c) {
-        T* at = to + (c0 + c) * rows + r0;
-        if constexpr (std::is_same_v<T, float>) {
-          if (stream && present == V::kLanes) {
-            stream_or_store<V>(at, square[c]);
-            continue;
-          }
-        }
-        V::store(V::tail(present), at, square[c]);
-      }
-    }
-  }
+  for_transposed_squares<V>(from, rows, columns,
+                            [&](int64_t c, int64_t r0, int64_t present,
+                                typename V::Vec v) LC_VECTOR_TARGET {
+                              T* at = to + c * rows + r0;
+                              if constexpr (std::is_same_v<T, float>) {
+                                if (stream && present == V::kLanes) {
+                                  stream_or_store<V>(at, v);
+                                  return;
+                                }
+                              }
+                              V::store(V::tail(present), at, v);
+                            });
 }
 
 // The samples of an in-place block (register_blocks.h).
@@ -986,7 +976,6 @@ LC_VECTOR_TARGET void stage_row_tile(const Geometry& g, int64_t z, int64_t i, in
                                      bool shared_bias, FetchAhead& ahead, float* scratch) {
   constexpr int64_t filter_block = V::kRowTileFilters;
   const int64_t patch_size = g.patch_size(), filter_size = g.out_channels * patch_size;
-  const int64_t group_size = g.group_out_channels();
   const int64_t plane = g.locations();
   const int64_t first = (z * g.out_h + i) * g.out_w + j0;
   const RowTileParts<V> parts(g, scratch);
@@ -1802,11 +1791,6 @@ void grad_filters_in_place(int64_t out_channels, int64_t samples, const float* i
 }
 
 template <typename T>
-void transpose_sums(const float* from, int64_t rows, int64_t columns, T* to) {
-  generic::transpose_matrix<LC_VECTOR_TRAITS>(from, rows, columns, to, /*stream=*/false);
-}
-
-template <typename T>
 void write_tile(const float* staged, int64_t staged_stride, int64_t width, const Geometry& g,
                 int64_t samples, const float* bias_rows, int64_t bias_stride, T* out,
                 int64_t locations) {
@@ -1869,7 +1853,6 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
                                 float*);                                                       \
   template void grad_filters<T>(int64_t, int64_t, int64_t, const T*, const T*, bool, float*,    \
                                 T*, bool);                                                     \
-  template void transpose_sums<T>(const float*, int64_t, int64_t, T*);                         \
   template void write_tile<T>(const float*, int64_t, int64_t, const Geometry&, int64_t,        \
                               const float*, int64_t, T*, int64_t);                              \
   template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
