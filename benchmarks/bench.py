@@ -23,8 +23,9 @@ lc_cuda.reference's float64 oracle. --section writes such a run as one section o
 
 Per case, dtype and direction the run measures each method's median time, its multiple of the
 roofline floor max(fewest bytes / copy bandwidth, flops / matmul rate) with both ceilings
-measured in the same run, its throughput and its peak extra memory (on the CPU: resident
-memory, benchmarks/host_memory.py; not measured for JAX and Keras). Every method's results are
+measured in the same run (each the better of a measurement at its start and one at its end),
+its throughput and its peak extra memory (on the CPU: resident memory,
+benchmarks/host_memory.py; not measured for JAX and Keras). Every method's results are
 first checked against lc_cuda's fallback; a mismatch is reported and fails the run
 (exit 1). A method that runs out of memory or fails is reported, and the run goes on.
 
@@ -59,7 +60,7 @@ from cases import (
     QUICK_CASES,
     Case,
 )
-from ceilings import PRECISIONS, measure_ceilings, precision
+from ceilings import PRECISIONS, best_ceilings, measure_ceilings, precision
 from keras_tasks import run_keras
 from methods import (
     FAMILY_METHODS,
@@ -265,10 +266,22 @@ def relative_error(results, reference) -> float:
     return worst
 
 
+def print_ceilings(when: str, ceilings: dict) -> None:
+    print(
+        f"ceilings {when}: copy {ceilings['copy_GBps']:.0f} GB/s, matmul TFLOP/s "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceilings["matmul_TFLOPs"].items()),
+        flush=True,
+    )
+
+
+def floor_of(bytes_: int, flops: int, ceilings: dict, key) -> float:
+    rate = ceilings["matmul_TFLOPs"].get(key) or ceilings["matmul_TFLOPs"]["float32"]
+    return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9))
+
+
 def floor_ms(case: Case, direction: str, batch: int, element_size: int, ceilings: dict, key):
     bytes_, flops = case.counts(direction, batch, element_size)
-    rate = ceilings["matmul_TFLOPs"].get(key) or ceilings["matmul_TFLOPs"]["float32"]
-    return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9)), bytes_, flops
+    return floor_of(bytes_, flops, ceilings, key), bytes_, flops
 
 
 def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1) -> dict:
@@ -553,12 +566,10 @@ def main(argv=None) -> int:
         flush=True,
     )
     load_at_start = os.getloadavg()
+    # The floors as the run goes use the ceilings measured at its start; at its end they are set
+    # again from the better of each at the start and at the end (ceilings.py).
     ceilings = measure_ceilings(device, dtypes)
-    print(
-        f"ceilings: copy {ceilings['copy_GBps']:.0f} GB/s, matmul TFLOP/s "
-        + ", ".join(f"{k} {v:.1f}" for k, v in ceilings["matmul_TFLOPs"].items()),
-        flush=True,
-    )
+    print_ceilings("at the start", ceilings)
 
     records = []
     plain_cases = [case for case in cases if case.plain]
@@ -657,6 +668,12 @@ def main(argv=None) -> int:
                 cached_sets.clear()
     progress.close()
     memory = None
+    ceiling_measurements = [ceilings, measure_ceilings(device, dtypes)]
+    print_ceilings("at the end", ceiling_measurements[1])
+    ceilings = best_ceilings(ceiling_measurements)
+    for record in records:
+        record["floor_ms"] = floor_of(record["bytes"], record["flops"], ceilings, record["dtype"])
+
     if not gpu and not args.quick and "lc_cuda" in methods and MEMORY_CASE[0] in names:
         print(f"extra memory of {MEMORY_CASE[0]} at N={MEMORY_CASE[1]}...", flush=True)
         memory = memory_check(*MEMORY_CASE)
@@ -671,6 +688,7 @@ def main(argv=None) -> int:
         # quoted as a shell needs it (a --section title has spaces)
         "command": shlex.join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
         "ceilings": ceilings,
+        "ceiling_measurements": ceiling_measurements,
         "rounds": rounds,
         # the 1, 5 and 15-minute load averages: another process's work shows up as noise
         "load": {"start": load_at_start, "end": os.getloadavg(), "cpus": os.cpu_count()},

@@ -1,12 +1,16 @@
 """The machine's ceilings, measured in the same run as the kernels: copy bandwidth and matmul
-rates per precision."""
+rates per precision. A ceiling is what the machine reaches at best, so each is the fastest of
+its calls, and a run measures them at its start and its end and keeps the better of each
+(best_ceilings): on a shared host a measurement taken under another process's load had read the
+copy bandwidth at 18 GB/s against 54 at a quieter hour, lowering the floors it set by as much and
+flattering every ratio to them."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from timing import median_ms
+from timing import timings_ms
 
 # Precision keys: a dtype, and for float32 whether TF32 tensor cores may be used.
 PRECISIONS = {
@@ -33,12 +37,14 @@ def precision(key: str):
 def _copy_GBps(device: torch.device, elements: int) -> float:
     source = torch.empty(elements, device=device).uniform_()
     target = torch.empty_like(source)
-    ms = median_ms(lambda i: target.copy_(source), 20 if device.type == "cuda" else 5, device)
+    calls = 20 if device.type == "cuda" else 10
+    ms = min(timings_ms(lambda i: target.copy_(source), calls, device))
     return 2 * elements * source.element_size() / ms / 1e6  # bytes read and written
 
 
 def measure_ceilings(device: torch.device, keys) -> dict:
-    """{'copy_GBps': bytes read + written per second / 1e9, 'matmul_TFLOPs': {key: rate}}."""
+    """{'copy_GBps': bytes read + written per second / 1e9, 'matmul_TFLOPs': {key: rate}}, each
+    from its fastest call."""
     gpu = device.type == "cuda"
     elements = (1 << 28) if gpu else (1 << 25)  # 1 GiB or 128 MiB of float32
     ceilings = {"copy_GBps": _copy_GBps(device, elements), "matmul_TFLOPs": {}}
@@ -49,6 +55,17 @@ def measure_ceilings(device: torch.device, keys) -> dict:
         with precision(key) as dtype:
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
-            ms = median_ms(lambda i, a=a, b=b: a @ b, 10 if gpu else 3, device)
+            ms = min(timings_ms(lambda i, a=a, b=b: a @ b, 10 if gpu else 5, device))
         ceilings["matmul_TFLOPs"][key] = 2 * n**3 / ms / 1e9
     return ceilings
+
+
+def best_ceilings(measurements: list[dict]) -> dict:
+    """The better of each ceiling over measure_ceilings' `measurements`."""
+    return {
+        "copy_GBps": max(m["copy_GBps"] for m in measurements),
+        "matmul_TFLOPs": {
+            key: max(m["matmul_TFLOPs"][key] for m in measurements)
+            for key in measurements[0]["matmul_TFLOPs"]
+        },
+    }

@@ -297,6 +297,16 @@ def write_charts(result: dict, directory: Path) -> list[Path]:
     return paths
 
 
+def ceilings_when(result: dict) -> str:
+    """How the run's ceilings were taken: runs since the best of two measurements say so, and
+    what each measured (runs before measured them once, at the start)."""
+    measurements = result.get("ceiling_measurements")
+    if not measurements:
+        return ""
+    copies = " and ".join(f"{m['copy_GBps']:.0f}" for m in measurements)
+    return f" (the better of each at its start and its end; copy {copies} GB/s)"
+
+
 def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> str:
     lines = [
         "# lc_cuda benchmark results",
@@ -308,7 +318,8 @@ def results_markdown(result: dict, charts: list[Path], markdown_path: Path) -> s
         f"- torch {result['torch_version']}, CUDA {result['cuda_version']}, "
         f"lc_cuda build: {json.dumps(result['build_info'])}",
         f"- command: `{result['command']}`",
-        f"- ceilings measured in the same run: copy {result['ceilings']['copy_GBps']:.0f} GB/s; "
+        f"- ceilings measured in the same run{ceilings_when(result)}: copy "
+        f"{result['ceilings']['copy_GBps']:.0f} GB/s; "
         + ", ".join(
             f"{k} matmul {v:.1f} TFLOP/s" for k, v in result["ceilings"]["matmul_TFLOPs"].items()
         ),

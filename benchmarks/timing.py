@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-
-
-def median_ms(run: Callable[[int], Any], repeats: int, device: torch.device, warmup: int = 3):
-    """Median time of run(i) over `repeats` calls, after `warmup` untimed ones. run(i) is told
-    the call's index, so that the caller can rotate through input sets."""
-    return statistics.median(timings_ms(run, repeats, device, warmup))
 
 
 def timings_ms(run: Callable[[int], Any], repeats: int, device: torch.device, warmup: int = 3):

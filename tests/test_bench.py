@@ -58,6 +58,18 @@ def test_charts_exist(bench_run):
     assert "chart_float32.png" in (out / "RESULTS.md").read_text()
 
 
+def test_ceilings_are_the_better_of_two_measurements(bench_run):
+    """The floors use each ceiling's better measurement, at the run's start or its end."""
+    out, _, result = bench_run
+    measured = result["ceiling_measurements"]
+    assert len(measured) == 2
+    assert result["ceilings"]["copy_GBps"] == max(m["copy_GBps"] for m in measured)
+    assert result["ceilings"]["matmul_TFLOPs"].keys() == measured[0]["matmul_TFLOPs"].keys()
+    for key, rate in result["ceilings"]["matmul_TFLOPs"].items():
+        assert rate == max(m["matmul_TFLOPs"][key] for m in measured)
+    assert "the better of each at its start and its end" in (out / "RESULTS.md").read_text()
+
+
 def test_numbers_are_finite_and_consistent(bench_run):
     _, _, result = bench_run
     records = result["records"]
