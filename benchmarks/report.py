@@ -303,6 +303,8 @@ def ceilings_when(result: dict) -> str:
     measurements = result.get("ceiling_measurements")
     if not measurements:
         return ""
+    if len(measurements) == 1:
+        return " (at its start only: the measurement at its end failed)"
     copies = " and ".join(f"{m['copy_GBps']:.0f}" for m in measurements)
     return f" (the better of each at its start and its end; copy {copies} GB/s)"
 

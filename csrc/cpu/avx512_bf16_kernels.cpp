@@ -342,6 +342,10 @@ LC_AVX512_BF16 void transpose_pairs(const c10::BFloat16* const* rows, int64_t pr
   }
 }
 
+// The most lines of a bank grad_filters_in_place fetches ahead of its transposition: a quarter
+// of a 1 MiB L2.
+constexpr int64_t kBankAheadLines = (int64_t(1) << 18) / kLine;
+
 // Which columns of a pair a step reads.
 enum class PairHalves { both, first, second };
 
@@ -744,22 +748,26 @@ void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t
     if (!accumulate) std::fill_n(sums_t + k * out_channels, out_channels, 0.0f);
   });
   pair_grad_output(grad_output, samples, out_channels, go_pairs);
-  // The bank the transposition below writes, fetched into the L2 while the first block of
-  // vectors goes by: its stores, 32 bytes into each of 16 filters' rows, had waited on one line
-  // after another (DeepFace L5's grad_weight 0.87x with this, L6's and convnet_local3's 1.00x).
+  // The bank the transposition below writes (bfloat16, or the float sums of a sample block but
+  // the last), fetched into the L2 while the last block of vectors goes by: its stores, 32 or 64
+  // bytes into each of 16 filters' rows, had waited on one line after another (DeepFace L5's
+  // grad_weight 0.87x with this, L6's and convnet_local3's 1.00x). Not a bank past a quarter of
+  // the L2, which would push out what the products read.
   const int64_t vectors = out_channels / kLanes;
   const uintptr_t bank = rounded != nullptr ? reinterpret_cast<uintptr_t>(rounded)
                                             : reinterpret_cast<uintptr_t>(grad_filters);
   const int64_t bank_bytes = patch_size * out_channels *
                              int64_t(rounded != nullptr ? sizeof(c10::BFloat16) : sizeof(float));
-  const int first_block = vectors >= 4 ? 4 : vectors >= 2 ? 2 : 1;
-  FetchAhead bank_ahead(bank / kLine * kLine, ceil_div(bank % kLine + bank_bytes, kLine),
-                        ceil_div(count, in_place_columns(kLanes, first_block)));
+  const int64_t bank_lines = ceil_div(bank % kLine + bank_bytes, kLine);
   for_vector_blocks<4>(vectors, [&](auto ob, int64_t v) LC_AVX512_BF16 {
     constexpr int OB = decltype(ob)::value;
     constexpr int KB = in_place_columns(kLanes, OB);
+    const bool last_block = v + OB == vectors;
+    FetchAhead bank_ahead(bank / kLine * kLine,
+                          last_block && bank_lines <= kBankAheadLines ? bank_lines : 0,
+                          ceil_div(count, KB));
     for (int64_t c = 0; c < count; c += KB) {
-      if (v == 0) bank_ahead.step();
+      bank_ahead.step();
       sample_pairs_columns<OB>(std::min<int64_t>(KB, count - c), paired, sample_stride, pairs,
                                sources + c, columns + c, go_pairs + v * kLanes, out_channels,
                                accumulate, sums_t + v * kLanes);

@@ -587,24 +587,20 @@ inline FetchAhead tile_ahead(bool on, const void* base, int64_t tile, int64_t ti
 // it multiplies, for S samples at once. Packing had cost 0.8x the products on DeepFace L6 (rows
 // of 5); a transposition costs about 6 shuffles and moves per 16 weights, once for all samples.
 
-// A rows x columns matrix (row r at from + r * columns) transposed: to[c * rows + r], rounded to
-// T. Where `stream` (float only), whole vectors of `to` are streamed past the caches
-// (stream_or_store).
-template <typename V, typename T>
-LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns, T* to,
-                                       bool stream) {
-  for_transposed_squares<V>(from, rows, columns,
-                            [&](int64_t c, int64_t r0, int64_t present,
-                                typename V::Vec v) LC_VECTOR_TARGET {
-                              T* at = to + c * rows + r0;
-                              if constexpr (std::is_same_v<T, float>) {
-                                if (stream && present == V::kLanes) {
-                                  stream_or_store<V>(at, v);
-                                  return;
-                                }
-                              }
-                              V::store(V::tail(present), at, v);
-                            });
+// A rows x columns float matrix (row r at from + r * columns) transposed: to[c * rows + r].
+// Where `stream`, whole vectors of `to` are streamed past the caches (stream_or_store).
+template <typename V>
+LC_VECTOR_TARGET void transpose_matrix(const float* from, int64_t rows, int64_t columns,
+                                       float* to, bool stream) {
+  for_transposed_squares<V>(
+      from, rows, columns,
+      [&](int64_t c, int64_t r0, int64_t present, typename V::Vec v) LC_VECTOR_TARGET {
+        float* at = to + c * rows + r0;
+        if (stream && present == V::kLanes)
+          stream_or_store<V>(at, v);
+        else
+          V::store(V::tail(present), at, v);
+      });
 }
 
 // The samples of an in-place block (register_blocks.h).
