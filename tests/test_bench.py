@@ -70,6 +70,27 @@ def test_ceilings_are_the_better_of_two_measurements(bench_run):
     assert "the better of each at its start and its end" in (out / "RESULTS.md").read_text()
 
 
+def test_best_ceilings_and_their_wording():
+    """best_ceilings keeps each ceiling's better measurement; RESULTS.md says how the ceilings
+    were taken: the better of two, the start's alone where the end's failed, or (runs before
+    that) nothing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+    from ceilings import best_ceilings
+
+    start = {"copy_GBps": 32.0, "matmul_TFLOPs": {"float32": 0.2, "bfloat16": 0.3}}
+    end = {"copy_GBps": 43.0, "matmul_TFLOPs": {"float32": 0.1, "bfloat16": 0.4}}
+    assert best_ceilings([start, end]) == {
+        "copy_GBps": 43.0,
+        "matmul_TFLOPs": {"float32": 0.2, "bfloat16": 0.4},
+    }
+    assert best_ceilings([start]) == start
+    assert report.ceilings_when({}) == ""
+    assert "at its start only" in report.ceilings_when({"ceiling_measurements": [start]})
+    both = report.ceilings_when({"ceiling_measurements": [start, end]})
+    assert "the better of each at its start and its end" in both and "32 and 43 GB/s" in both
+
+
 def test_numbers_are_finite_and_consistent(bench_run):
     _, _, result = bench_run
     records = result["records"]
