@@ -279,11 +279,6 @@ def floor_of(bytes_: int, flops: int, ceilings: dict, key) -> float:
     return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9))
 
 
-def floor_ms(case: Case, direction: str, batch: int, element_size: int, ceilings: dict, key):
-    bytes_, flops = case.counts(direction, batch, element_size)
-    return floor_of(bytes_, flops, ceilings, key), bytes_, flops
-
-
 def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1) -> dict:
     """{name: record} for the methods in `named` ({name: Method}): each checked against the
     reference first, then `repeats` timed calls of each, spread over `rounds` rounds that take
@@ -350,24 +345,19 @@ def measure_method(method, sets, case, direction, key, device, repeats) -> dict:
     ]
 
 
-def with_floors(records: list[dict], element_size: int, ceilings: dict, key) -> list[dict]:
+def with_counts(records: list[dict], element_size: int, key) -> list[dict]:
     """Checks records measured in another process (JAX, Keras) against the tolerance, as
-    measure_method does, and adds the roofline floor."""
+    measure_method does, and adds the bytes and flops their floors are set from."""
     for record in records:
         if "status" not in record:
             ok = record["error"] <= TOLERANCE[key]
             record["status"] = "ok" if ok else f"MISMATCH {record['error']:.2g}"
             if not ok:
                 record.pop("ms", None)
-        floor, bytes_, flops = floor_ms(
-            CASES_BY_NAME[record["case"]],
-            record["direction"],
-            record["batch"],
-            element_size,
-            ceilings,
-            key,
+        bytes_, flops = CASES_BY_NAME[record["case"]].counts(
+            record["direction"], record["batch"], element_size
         )
-        record.update(floor_ms=floor, bytes=bytes_, flops=flops)
+        record.update(bytes=bytes_, flops=flops)
     return records
 
 
@@ -566,8 +556,7 @@ def main(argv=None) -> int:
         flush=True,
     )
     load_at_start = os.getloadavg()
-    # The floors as the run goes use the ceilings measured at its start; at its end they are set
-    # again from the better of each at the start and at the end (ceilings.py).
+    # Measured again at the end: the floors are set from the better of each (ceilings.py).
     ceilings = measure_ceilings(device, dtypes)
     print_ceilings("at the start", ceilings)
 
@@ -600,9 +589,7 @@ def main(argv=None) -> int:
 
             for case in cases:
                 for direction in args.directions:
-                    floor, bytes_, flops = floor_ms(
-                        case, direction, batch_of(case), element_size, ceilings, key
-                    )
+                    bytes_, flops = case.counts(direction, batch_of(case), element_size)
                     available = methods_for(case)
                     named = {m: available[m] for m in methods if m in available}
                     # The backward-only directions' runners hold forward graphs: one at a time.
@@ -636,7 +623,6 @@ def main(argv=None) -> int:
                                 "direction": direction,
                                 "method": name,
                                 "batch": batch_of(case),
-                                "floor_ms": floor,
                                 "bytes": bytes_,
                                 "flops": flops,
                                 **record,
@@ -649,7 +635,7 @@ def main(argv=None) -> int:
                 )
                 for case in cases:
                     progress.step(f"{key} {case.name} jax")
-                records += with_floors(jax_records, element_size, ceilings, key)
+                records += with_counts(jax_records, element_size, key)
                 cached_sets.clear()
             if keras_methods and plain_cases:
                 keras_records = run_keras(
@@ -664,7 +650,7 @@ def main(argv=None) -> int:
                 )
                 for case in plain_cases:
                     progress.step(f"{key} {case.name} keras")
-                records += with_floors(keras_records, element_size, ceilings, key)
+                records += with_counts(keras_records, element_size, key)
                 cached_sets.clear()
     progress.close()
     memory = None
@@ -676,7 +662,7 @@ def main(argv=None) -> int:
         print(f"ceilings at the end not measured ({error}); the start's kept", flush=True)
     ceilings = best_ceilings(ceiling_measurements)
     print_ceilings("kept (the floors')", ceilings)
-    for record in records:
+    for record in records:  # every record's floor, set once
         record["floor_ms"] = floor_of(record["bytes"], record["flops"], ceilings, record["dtype"])
 
     if not gpu and not args.quick and "lc_cuda" in methods and MEMORY_CASE[0] in names:
