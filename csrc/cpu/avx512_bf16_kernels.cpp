@@ -627,18 +627,21 @@ LC_AVX512_BF16 void pair_sample_range(const c10::BFloat16* input, int64_t sample
   }
 }
 
-// go_pairs[p * C_out + o] = the pair (grad_output[2p][o], grad_output[2p + 1][o]) of the staged
-// grad_output (row n at n * C_out, C_out a multiple of 16), p < ceil(samples / 2); an odd count's
-// last sample with a zero partner (whose paired input is 0 too: pair_samples past the batch).
-LC_AVX512_BF16 void pair_grad_output(const c10::BFloat16* grad_output, int64_t samples,
-                                     int64_t out_channels, uint32_t* go_pairs) {
-  for (int64_t p = 0; p < ceil_div(samples, 2); ++p) {
-    const c10::BFloat16* a = grad_output + 2 * p * out_channels;
-    const __mmask16 b_mask = 2 * p + 1 < samples ? __mmask16(0xFFFF) : __mmask16(0);
-    for (int64_t o = 0; o < out_channels; o += kLanes)
-      _mm512_storeu_si512(go_pairs + p * out_channels + o,
-                          reinterpret_cast<__m512i>(
-                              interleave(a + o, a + out_channels + o, 0xFFFF, b_mask)));
+// to[p * to_stride + c] = the pair (rows[2p][c], rows[2p + 1][c]) for the `columns` columns c of
+// the first `count` rows (row n at n * row_stride), p < ceil(count / 2): grad_output paired by
+// samples, as grad_weight sums over them. An odd count's last row has a zero partner (whose paired
+// input is 0 too: pair_samples past the batch).
+LC_AVX512_BF16 void pair_rows(const c10::BFloat16* rows, int64_t count, int64_t row_stride,
+                              int64_t columns, uint32_t* to, int64_t to_stride) {
+  for (int64_t p = 0; p < ceil_div(count, 2); ++p) {
+    const c10::BFloat16* a = rows + 2 * p * row_stride;
+    const bool has_b = 2 * p + 1 < count;
+    for (int64_t c = 0; c < columns; c += kLanes) {
+      const __mmask16 mask = Avx512::tail(columns - c);
+      _mm512_mask_storeu_epi32(to + p * to_stride + c, mask,
+                               reinterpret_cast<__m512i>(interleave(
+                                   a + c, a + row_stride + c, mask, has_b ? mask : 0)));
+    }
   }
 }
 
@@ -747,7 +750,7 @@ void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t
     // A column in the padding reads zeros: its sums are zero.
     if (!accumulate) std::fill_n(sums_t + k * out_channels, out_channels, 0.0f);
   });
-  pair_grad_output(grad_output, samples, out_channels, go_pairs);
+  pair_rows(grad_output, samples, out_channels, out_channels, go_pairs, out_channels);
   // The bank the transposition below writes (bfloat16, or the float sums of a sample block but
   // the last), fetched into the L2 while the last block of vectors goes by: its stores, 32 or 64
   // bytes into each of 16 filters' rows, had waited on one line after another (DeepFace L5's
@@ -810,15 +813,8 @@ void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
     // last.
     for (int64_t p0 = 0; p0 < pairs; p0 += kPairRun) {
       const int64_t run = std::min(kPairRun, pairs - p0);
-      for (int64_t p = 0; p < run; ++p) {
-        const int64_t n = 2 * (p0 + p);
-        const bool has_b = n + 1 < samples;
-        for (int64_t f = 0; f < block; ++f) {
-          uint32_t pair = grad_output[n * out_channels + o + f].x;
-          if (has_b) pair |= uint32_t{grad_output[(n + 1) * out_channels + o + f].x} << 16;
-          go_pairs[p * kMaxBlock + f] = pair;
-        }
-      }
+      pair_rows(grad_output + 2 * p0 * out_channels + o, std::min(2 * run, samples - 2 * p0),
+                out_channels, block, go_pairs, kMaxBlock);
       const bool last_run = p0 + run == pairs;
       for (int64_t k = 0; k < patch_size; k += kChunk) {
         const Chunk chunk = chunk_at(patch_size, k);

@@ -72,8 +72,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
     // of grad_input per patch row and sample for the run, not one per location.
     const int64_t run = std::is_same_v<opmath_t, float> ? cpu::scatter_run_length(isa, g) : 1;
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
-    // per location, a tile's staged grad_output, the patch rows (by runs, their destinations),
-    // and a run's patch gradients.
+    // per location, a tile's staged grad_output, the patch rows (by runs, every group's
+    // destinations) and a run's patch gradients.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_rows) {
         return cpu::line_bytes(cpu::grad_input_row_scratch(g, samples), sizeof(float)) +
@@ -81,7 +81,7 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
-             (run > 1 ? cpu::line_bytes(row_count, sizeof(int64_t))
+             (run > 1 ? cpu::line_bytes(g.groups * row_count, sizeof(int64_t))
                       : cpu::line_bytes(row_count, sizeof(cpu::PatchRow))) +
              cpu::line_bytes(run * samples * patch_size, sizeof(opmath_t));
     };
@@ -120,10 +120,15 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
       }
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
       cpu::PatchRow* rows = run > 1 ? nullptr : slice.take<cpu::PatchRow>(row_count);
-      int64_t* dest = run > 1 ? slice.take<int64_t>(row_count) : nullptr;
+      // By runs, every group's patch-row destinations, once per output row.
+      int64_t* dest = run > 1 ? slice.take<int64_t>(g.groups * row_count) : nullptr;
       opmath_t* grad_patches = slice.take<opmath_t>(run * block.samples * patch_size);
       for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t z = row / g.out_h, i = row % g.out_h;
+        if (run > 1) {
+          for (int64_t group = 0; group < g.groups; ++group)
+            cpu::grad_input_row_destinations(g, z, i, group, dest + group * row_count);
+        }
         for (int64_t tile = 0; tile < row_tiles; ++tile) {
           const int64_t j0 = tile * block.tile;
           const int64_t width = std::min(block.tile, g.out_w - j0);
@@ -157,9 +162,8 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
               if (run > 1) {
                 // (run > 1 for float sums alone: the casts name their type for double, whose
                 // dispatch compiles this branch too.)
-                cpu::grad_input_row_destinations(g, z, i, group, dest);
-                cpu::scatter_run(isa, reinterpret_cast<const float*>(grad_patches), dest, g,
-                                 j0 + t0, locations, count,
+                cpu::scatter_run(isa, reinterpret_cast<const float*>(grad_patches),
+                                 dest + group * row_count, g, j0 + t0, locations, count,
                                  reinterpret_cast<float*>(sums + first * sample_size));
                 continue;
               }
