@@ -127,10 +127,20 @@ struct Avx2 {
     static_assert(std::is_same_v<T, float>);
     copy(read, write, from, to);
   }
-  // to[t] += from[t] for the lanes t on the mask, all among the first Lanes (4 or 2).
+  // Avx512's narrower accesses (load_part, add_onto, add_part) take whole vectors here.
+  template <int Lanes>
+  using Part = Vec;
+  template <int Lanes>
+  LC_AVX2 static Vec load_part(Mask m, const float* p) {
+    return load(m, p);
+  }
+  template <int Lanes>
+  LC_AVX2 static void add_onto(Mask m, float* to, Vec sum) {
+    store(m, to, add(load(m, to), sum));
+  }
   template <int Lanes>
   LC_AVX2 static void add_part(Mask m, const float* from, float* to) {
-    store(m, to, add(load(m, to), load(m, from)));
+    add_onto<Lanes>(m, to, load(m, from));
   }
 
   // Transposes 8 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,

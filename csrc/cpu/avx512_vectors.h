@@ -120,31 +120,40 @@ struct Avx512 {
       _mm_mask_storeu_ps(to, w, _mm_maskz_loadu_ps(r, from));
     }
   }
-  // to[t] += from[t] for the lanes t on the mask, all among the first Lanes (8 or 4): one
-  // masked load, add and store that wide.
+  // The first Lanes lanes (16, 8 or 4) of floats as a vector that wide (the masks' other lanes
+  // off): loaded under a mask, added, and a sum added onto memory by one masked load, add and
+  // store that wide (add_onto), as copy_part; to[t] += from[t] (add_part). scatter_add_rows' rows
+  // and scatter_add_run's runs of patch rows take the narrowest that spans them.
   template <int Lanes>
-  LC_AVX512 static void add_part(Mask m, const float* from, float* to) {
-    static_assert(Lanes == 8 || Lanes == 4);
-    const __mmask8 k = __mmask8(m);
-    if constexpr (Lanes == 8) {
-      _mm256_mask_storeu_ps(to, k, _mm256_add_ps(_mm256_maskz_loadu_ps(k, to),
-                                                 _mm256_maskz_loadu_ps(k, from)));
+  using Part =
+      std::conditional_t<Lanes == 16, __m512, std::conditional_t<Lanes == 8, __m256, __m128>>;
+  template <int Lanes>
+  LC_AVX512 static Part<Lanes> load_part(Mask m, const float* p) {
+    static_assert(Lanes == 16 || Lanes == 8 || Lanes == 4);
+    if constexpr (Lanes == 16) {
+      return _mm512_maskz_loadu_ps(m, p);
+    } else if constexpr (Lanes == 8) {
+      return _mm256_maskz_loadu_ps(__mmask8(m), p);
     } else {
-      _mm_mask_storeu_ps(to, k, _mm_add_ps(_mm_maskz_loadu_ps(k, to), _mm_maskz_loadu_ps(k, from)));
+      return _mm_maskz_loadu_ps(__mmask8(m), p);
     }
   }
-
-  // The first 8 lanes as a half vector: loaded under a mask (its other lanes off), added, and a
-  // sum added onto memory under a mask (one masked load, add and store that wide, as add_part):
-  // scatter_add_run's runs of patch rows that span at most 8 columns.
-  using Half = __m256;
-  LC_AVX512 static Half load_half(Mask m, const float* p) {
-    return _mm256_maskz_loadu_ps(__mmask8(m), p);
+  LC_AVX512 static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  LC_AVX512 static __m128 add(__m128 a, __m128 b) { return _mm_add_ps(a, b); }
+  template <int Lanes>
+  LC_AVX512 static void add_onto(Mask m, float* to, Part<Lanes> sum) {
+    const Part<Lanes> sums = add(load_part<Lanes>(m, to), sum);
+    if constexpr (Lanes == 16) {
+      _mm512_mask_storeu_ps(to, m, sums);
+    } else if constexpr (Lanes == 8) {
+      _mm256_mask_storeu_ps(to, __mmask8(m), sums);
+    } else {
+      _mm_mask_storeu_ps(to, __mmask8(m), sums);
+    }
   }
-  LC_AVX512 static Half add_half(Half a, Half b) { return _mm256_add_ps(a, b); }
-  LC_AVX512 static void add_onto_half(Mask m, float* to, Half sum) {
-    const __mmask8 k = __mmask8(m);
-    _mm256_mask_storeu_ps(to, k, _mm256_add_ps(_mm256_maskz_loadu_ps(k, to), sum));
+  template <int Lanes>
+  LC_AVX512 static void add_part(Mask m, const float* from, float* to) {
+    add_onto<Lanes>(m, to, load_part<Lanes>(m, from));
   }
 
   // Transposes 16 vectors in place: lane j of rows[i] goes to lane i of rows[j]. Pairs of lanes,

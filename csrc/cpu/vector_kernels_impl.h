@@ -441,10 +441,11 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // column q is lane u * stride_w + q. Each location's row is one load under reads[u] (its
 // kernel_w lanes), from shifts[u] elements on from the first location's row (u * stride_w before
 // its own row: masked-off lanes are not read); the destination one masked load-add-store under
-// `write`, the columns inside the input, which drops the columns in the padding. Half: the run
-// spans at most half a vector, taken by half-vector accesses (AVX-512, one process: bfloat16
-// grad_input of DeepFace L6 0.89x and convnet_local3 0.90x against whole vectors).
-template <typename V, bool Half>
+// `write`, the columns inside the input, which drops the columns in the padding. Accesses of the
+// first Lanes lanes: a run that spans at most half a vector goes by half-vector accesses
+// (AVX-512, one process: bfloat16 grad_input of DeepFace L6 0.89x and convnet_local3 0.90x
+// against whole vectors).
+template <typename V, int Lanes>
 LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t* dest,
                                        const Geometry& g, int64_t x0, int64_t run,
                                        int64_t samples, const typename V::Mask* reads,
@@ -460,17 +461,10 @@ LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t*
       float* to = grad_input + n0 * sample_size + dest[r] + x0;
       for (int64_t n = 0; n < group; ++n) {
         const float* row = from + n * patch_size;
-        if constexpr (Half) {
-          auto sum = V::load_half(reads[0], row);
-          for (int64_t u = 1; u < run; ++u)
-            sum = V::add_half(sum, V::load_half(reads[u], row + shifts[u]));
-          V::add_onto_half(write, to + n * sample_size, sum);
-        } else {
-          auto sum = V::load(reads[0], row);
-          for (int64_t u = 1; u < run; ++u) sum = V::add(sum, V::load(reads[u], row + shifts[u]));
-          float* target = to + n * sample_size;
-          V::store(write, target, V::add(V::load(write, target), sum));
-        }
+        auto sum = V::template load_part<Lanes>(reads[0], row);
+        for (int64_t u = 1; u < run; ++u)
+          sum = V::add(sum, V::template load_part<Lanes>(reads[u], row + shifts[u]));
+        V::template add_onto<Lanes>(write, to + n * sample_size, sum);
       }
     }
   }
@@ -491,12 +485,12 @@ LC_VECTOR_TARGET void scatter_add_run(const float* grad_patches, const int64_t* 
   const auto write = V::columns(x0, std::max<int64_t>(x0, 0), std::min(x0 + span, g.in_w));
   if constexpr (V::kLanes == 16) {
     if (span <= V::kLanes / 2) {
-      return scatter_run_rows<V, true>(grad_patches, dest, g, x0, run, samples, reads, shifts,
-                                       write, grad_input);
+      return scatter_run_rows<V, V::kLanes / 2>(grad_patches, dest, g, x0, run, samples, reads,
+                                                shifts, write, grad_input);
     }
   }
-  scatter_run_rows<V, false>(grad_patches, dest, g, x0, run, samples, reads, shifts, write,
-                             grad_input);
+  scatter_run_rows<V, V::kLanes>(grad_patches, dest, g, x0, run, samples, reads, shifts, write,
+                                 grad_input);
 }
 
 // How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
