@@ -12,7 +12,8 @@ namespace cpu {
 
 int64_t megabytes_setting(const char* name, double default_megabytes, bool zero_allowed) {
   const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return static_cast<int64_t>(default_megabytes * (1 << 20));
+  if (value == nullptr || *value == '\0')
+    return static_cast<int64_t>(default_megabytes * (1 << 20));
   char* end = nullptr;
   const double megabytes = std::strtod(value, &end);
   TORCH_CHECK(end != value && *end == '\0' && std::isfinite(megabytes) &&

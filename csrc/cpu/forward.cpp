@@ -61,13 +61,15 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
     // patches (of one group) or transposed filters (in place), a tile's staged results and its
     // bias rows.
+    // Packed, kPackLocations neighbouring locations at a time (location_products.h).
+    const int64_t pack_run = reads_in_place ? 1 : cpu::kPackLocations;
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
-      return cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
+      return cpu::line_bytes(pack_run * row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(bias_row_floats, sizeof(float)) +
              (reads_in_place ? cpu::line_bytes(cpu::in_place_filter_floats<scalar_t>(g),
                                                sizeof(float))
-                       : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
+                       : cpu::line_bytes(pack_run * samples * patch_size, sizeof(scalar_t))) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
     };
@@ -100,9 +102,10 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           }
           return;
         }
-        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-        scalar_t* patches =
-            reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
+        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(pack_run * row_count);
+        scalar_t* patches = reads_in_place
+                                ? nullptr
+                                : slice.take<scalar_t>(pack_run * block.samples * patch_size);
         float* filters_t =
             reads_in_place ? slice.take<float>(cpu::in_place_filter_floats<scalar_t>(g)) : nullptr;
         opmath_t* staged = slice.take<opmath_t>(block.tile * staged_stride);
@@ -115,31 +118,35 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
           // Each location's weight region (itself where nothing is shared).
           int64_t tile_regions[cpu::kMaxTile];
           for (int64_t t = 0; t < width; ++t) tile_regions[t] = g.region_of(z, i, j0 + t);
-          for (int64_t t = 0; t < width; ++t) {
-            const scalar_t* filters = w + tile_regions[t] * filter_size;
-            // In place, the next location's filters are fetched meanwhile (none past the row).
-            const scalar_t* next_filters =
-                !reads_in_place         ? nullptr
-                : t + 1 < width        ? w + tile_regions[t + 1] * filter_size
-                : j0 + width < g.out_w ? w + g.region_of(z, i, j0 + width) * filter_size
-                                       : nullptr;
+          for (int64_t t0 = 0; t0 < width; t0 += pack_run) {
+            const int64_t count = std::min(pack_run, width - t0);
             for (int64_t group = 0; group < g.groups; ++group) {
-              const scalar_t* group_filters = filters + group * group_size * patch_size;
-              opmath_t* out_block = staged + t * staged_stride + group * samples * group_size;
-              cpu::patch_rows(g, in_strides, z, i, j0 + t, group, rows);
-              if (reads_in_place) {
-                const scalar_t* next = group + 1 < g.groups
-                                           ? group_filters + group_size * patch_size
-                                           : next_filters;
-                cpu::location_forward_in_place(isa, group_size, samples, in + n0 * in_strides.n,
-                                               in_strides, rows, g, group_filters, filters_t,
-                                               next, out_block);
+              const int64_t group_offset = group * group_size * patch_size;
+              for (int64_t u = 0; u < count; ++u)
+                cpu::patch_rows(g, in_strides, z, i, j0 + t0 + u, group, rows + u * row_count);
+              if (reads_in_place) {  // one location at a time
+                const scalar_t* group_filters = w + tile_regions[t0] * filter_size + group_offset;
+                // The next product's filters are fetched meanwhile (none past the row).
+                const scalar_t* next =
+                    group + 1 < g.groups   ? group_filters + group_size * patch_size
+                    : t0 + 1 < width       ? w + tile_regions[t0 + 1] * filter_size
+                    : j0 + width < g.out_w ? w + g.region_of(z, i, j0 + width) * filter_size
+                                           : nullptr;
+                cpu::location_forward_in_place(
+                    isa, group_size, samples, in + n0 * in_strides.n, in_strides, rows, g,
+                    group_filters, filters_t, next,
+                    staged + t0 * staged_stride + group * samples * group_size);
                 continue;
               }
-              cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g,
-                                 samples, patches);
-              cpu::location_forward(isa, group_size, samples, patch_size, group_filters, patches,
-                                    out_block);
+              cpu::pack_locations(isa, in + n0 * in_strides.n, in_strides, rows, count, g,
+                                  samples, patches);
+              for (int64_t u = 0; u < count; ++u) {
+                cpu::location_forward(
+                    isa, group_size, samples, patch_size,
+                    w + tile_regions[t0 + u] * filter_size + group_offset,
+                    patches + u * samples * patch_size,
+                    staged + (t0 + u) * staged_stride + group * samples * group_size);
+              }
             }
           }
           if (writes_by_vectors) {
@@ -169,7 +176,8 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
               } else {
                 const scalar_t* offsets = b + c * regions;
                 for (int64_t t = 0; t < width; ++t)
-                  run[t] = from[t * staged_stride] + static_cast<opmath_t>(offsets[tile_regions[t]]);
+                  run[t] = from[t * staged_stride] +
+                           static_cast<opmath_t>(offsets[tile_regions[t]]);
               }
             }
           }

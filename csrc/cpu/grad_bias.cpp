@@ -36,7 +36,8 @@ at::Tensor cpu_grad_bias(const at::Tensor& grad_output, const Geometry& g, bool 
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grads.const_data_ptr<scalar_t>();
     const int64_t stride_n = grads.stride(0), stride_c = grads.stride(1);
-    const int64_t stride_d = grads.stride(2), stride_h = grads.stride(3), stride_w = grads.stride(4);
+    const int64_t stride_d = grads.stride(2), stride_h = grads.stride(3);
+    const int64_t stride_w = grads.stride(4);
     opmath_t* s = sums.mutable_data_ptr<opmath_t>();
     // Pieces of work: up to kBiasColumns consecutive locations of one channel, within its
     // whole plane where the plane is dense (each sample's part one contiguous read), else

@@ -94,6 +94,9 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // read the input and, by pairs, grad_output's pairs: more than the patches of a sample, which
     // they make room for where the pairs are not taken after all), and the float sums (the
     // tile's, or with sharing the unit's).
+    // Packed, kPackLocations neighbouring locations at a time (location_products.h); in place,
+    // one.
+    const int64_t pack_run = float_in_place || pairs_fit ? 1 : cpu::kPackLocations;
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, tile)) {
         return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
@@ -101,14 +104,14 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
-             cpu::line_bytes(row_count, sizeof(cpu::PatchRow)) +
+             cpu::line_bytes(pack_run * row_count, sizeof(cpu::PatchRow)) +
              (float_in_place || pairs_fit
                   ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
                         cpu::line_bytes(2 * patch_size, sizeof(int64_t)) +
                         (pairs_fit ? cpu::line_bytes(ceil_div(samples, 2) * group_size,
                                                      sizeof(uint32_t))
                                    : 0)
-                  : cpu::line_bytes(samples * patch_size, sizeof(scalar_t))) +
+                  : cpu::line_bytes(pack_run * samples * patch_size, sizeof(scalar_t))) +
              (sums_in_banks ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
@@ -158,33 +161,41 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         const bool last_block = n0 + samples >= g.batch, stream = own_banks && last_block;
         cpu::stage_grad_output(go, go_strides, g, z, i, j0, step, width, n0, samples,
                                staged_stride, staged);
-        for (int64_t t = 0; t < width; ++t) {
-          scalar_t* rounded = last_block ? rounded_bank(t) : nullptr;
-          const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
+        for (int64_t t0 = 0; t0 < width; t0 += pack_run) {
+          const int64_t count = std::min(pack_run, width - t0);
           for (int64_t group = 0; group < g.groups; ++group) {
-            cpu::patch_rows(g, in_strides, z, i, j0 + t * step, group, rows);
-            if (pairs_in_place) {
-              cpu::location_grad_filters_pairs_in_place(
-                  isa, group_size, samples, paired + n0 / 2 * in_strides.n, in_strides, rows, g,
-                  staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
-                  columns, go_pairs, sums + t * sums_step + group * group_filter_size,
-                  rounded == nullptr ? nullptr : rounded + group * group_filter_size);
-              continue;
+            for (int64_t u = 0; u < count; ++u) {
+              cpu::patch_rows(g, in_strides, z, i, j0 + (t0 + u) * step, group,
+                              rows + u * row_count);
             }
-            if (float_in_place) {
-              cpu::location_grad_filters_in_place(
-                  isa, group_size, samples, in + n0 * in_strides.n, in_strides, rows, g,
-                  staged + t * staged_stride + group * samples * group_size, accumulate, sums_t,
-                  columns, sums + t * sums_step + group * group_filter_size, stream);
-              continue;
+            if (!reads_in_place) {
+              cpu::pack_locations(isa, in + n0 * in_strides.n, in_strides, rows, count, g,
+                                  samples, patches);
             }
-            cpu::pack_location(isa, in + n0 * in_strides.n, in_strides, rows, g, samples,
-                               patches);
-            cpu::location_grad_filters(
-                isa, group_size, samples, patch_size, patches,
-                staged + t * staged_stride + group * samples * group_size, accumulate,
-                sums + t * sums_step + group * group_filter_size,
-                rounded == nullptr ? nullptr : rounded + group * group_filter_size, stream);
+            for (int64_t u = 0; u < count; ++u) {
+              const int64_t t = t0 + u;
+              scalar_t* rounded = last_block ? rounded_bank(t) : nullptr;
+              scalar_t* group_rounded =
+                  rounded == nullptr ? nullptr : rounded + group * group_filter_size;
+              const bool accumulate = onto || n0 > 0 || (sums_step == 0 && t > 0);
+              const scalar_t* group_go = staged + t * staged_stride + group * samples * group_size;
+              opmath_t* group_sums = sums + t * sums_step + group * group_filter_size;
+              if (pairs_in_place) {  // one location at a time
+                cpu::location_grad_filters_pairs_in_place(
+                    isa, group_size, samples, paired + n0 / 2 * in_strides.n, in_strides, rows,
+                    g, group_go, accumulate, sums_t, columns, go_pairs, group_sums,
+                    group_rounded);
+              } else if (float_in_place) {  // one location at a time
+                cpu::location_grad_filters_in_place(isa, group_size, samples,
+                                                    in + n0 * in_strides.n, in_strides, rows, g,
+                                                    group_go, accumulate, sums_t, columns,
+                                                    group_sums, stream);
+              } else {
+                cpu::location_grad_filters(isa, group_size, samples, patch_size,
+                                           patches + u * samples * patch_size, group_go,
+                                           accumulate, group_sums, group_rounded, stream);
+              }
+            }
           }
         }
       }
@@ -222,9 +233,10 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(pass);
         scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
-        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-        scalar_t* patches =
-            reads_in_place ? nullptr : slice.take<scalar_t>(block.samples * patch_size);
+        cpu::PatchRow* rows = slice.take<cpu::PatchRow>(pack_run * row_count);
+        scalar_t* patches = reads_in_place
+                                ? nullptr
+                                : slice.take<scalar_t>(pack_run * block.samples * patch_size);
         float* sums_t = reads_in_place ? slice.take<float>(patch_size * group_size) : nullptr;
         int64_t* columns = reads_in_place ? slice.take<int64_t>(2 * patch_size) : nullptr;
         uint32_t* go_pairs =
@@ -254,8 +266,8 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       const cpu::SingleThreadedBlas one_thread;
       cpu::ScratchSlice slice(pass);
       scalar_t* staged = slice.take<scalar_t>(block.tile * staged_stride);
-      cpu::PatchRow* rows = slice.take<cpu::PatchRow>(row_count);
-      scalar_t* patches = slice.take<scalar_t>(block.samples * patch_size);
+      cpu::PatchRow* rows = slice.take<cpu::PatchRow>(pack_run * row_count);
+      scalar_t* patches = slice.take<scalar_t>(pack_run * block.samples * patch_size);
       opmath_t* float_sums = sums_in_banks ? nullptr : slice.take<opmath_t>(filter_size);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t region = unit / chunks, chunk = unit % chunks;

@@ -100,15 +100,19 @@ inline int64_t column_step(const Geometry& g, const Strides5& s) { return g.dila
 
 // patches[n][(c, a, p, q)] = padded input[n, c, z*sd + a*dd, i*sh + p*dh, j*sw + q*dw] for
 // n < samples: sample n starts at input + n*sample_stride, `rows` are the location's patch_rows.
+// For `locations` locations at once: location u's patch_rows at rows + u * patch_row_count, its
+// patches at patches + u * samples * K.
 template <typename scalar_t>
 void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
-                  const PatchRow* rows, const Geometry& g, int64_t samples, scalar_t* patches) {
+                  const PatchRow* rows, int64_t locations, const Geometry& g, int64_t samples,
+                  scalar_t* patches) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
-  for (int64_t n = 0; n < samples; ++n) {
-    const scalar_t* sample = input + n * sample_stride;
+  for (int64_t n = 0; n < samples * locations; ++n) {
+    const int64_t u = n / samples;
+    const scalar_t* sample = input + (n % samples) * sample_stride;
     scalar_t* to = patches + n * g.patch_size();
     for (int64_t r = 0; r < row_count; ++r, to += kernel_w) {
-      const PatchRow& row = rows[r];
+      const PatchRow& row = rows[u * row_count + r];
       std::fill(to, to + row.first, scalar_t(0));
       const scalar_t* from = sample + row.source;
       for (int64_t q = row.first; q < row.last; ++q, from += step) to[q] = *from;

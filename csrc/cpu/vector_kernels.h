@@ -410,9 +410,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                streamed past the caches: grad_weight's banks, written once, are not read
 //                first (the caller orders the streamed stores with _mm_sfence).
 // pack_patches:  pack_patches (patches.h) where neighbouring kernel columns read neighbouring
-//                input elements (column_step == 1): each patch row is one masked load and store
-//                per vector of columns (on AVX-512, of half or a quarter of a vector where the
-//                row fits one).
+//                input elements (column_step == 1), for `locations` locations at once: each patch
+//                row is one masked load and store per vector of columns (on AVX-512, of half or
+//                a quarter of a vector where the row fits one).
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
 // scatter_add_run: the same for `run` neighbouring locations of output row (z, i) from column j
 //                on (run at most scatter_run_locations), location u's patch gradients at
@@ -488,7 +488,7 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
                     bool stream);                                                                \
   template <typename T>                                                                          \
   void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,                 \
-                    const Geometry& g, int64_t samples, T* patches);                             \
+                    int64_t locations, const Geometry& g, int64_t samples, T* patches);          \
   void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,    \
                            int64_t samples, float* grad_input);                                  \
   void scatter_add_run(const float* grad_patches, const int64_t* dest, const Geometry& g,        \

@@ -316,45 +316,49 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
   }
 }
 
-// The loops run over blocks of kSampleGroup samples, the rows, then the samples of the block, so
-// that a row's masks are worked out once per block (they had cost more than the copy, measured
-// on DeepFace L6), while the samples in flight at once stay few enough not to evict each other
-// from L1 where the sample stride is a power of two (cunn232_c1). Rows of at most
-// Lanes < V::kLanes elements each go by one copy_part<Lanes>, a block's samples unrolled
-// (by_row_width picks the narrowest Lanes the rows fit).
+// The loops run over blocks of kSampleGroup samples, the rows, the locations (pack_patches'),
+// then the samples of the block, so that a row's masks are worked out once per block (they had
+// cost more than the copy, measured on DeepFace L6), while the samples in flight at once stay
+// few enough not to evict each other from L1 where the sample stride is a power of two
+// (cunn232_c1); the locations' copies of one row read the same input lines one after another.
+// Rows of at most Lanes < V::kLanes elements each go by one copy_part<Lanes>, a block's samples
+// unrolled (by_row_width picks the narrowest Lanes the rows fit).
 template <typename V, int Lanes, typename T>
 LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
-                                const Geometry& g, int64_t samples, T* patches) {
+                                int64_t locations, const Geometry& g, int64_t samples,
+                                T* patches) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
     const int64_t group = std::min<int64_t>(kSampleGroup, samples - n0);
     for (int64_t r = 0; r < row_count; ++r) {
-      const PatchRow& row = rows[r];
-      // Column q of the row reads input[row.source + q - row.first] of each sample; masked-off
-      // lanes are not read.
-      const T* from = input + n0 * sample_stride + row.source - row.first;
-      T* to = patches + n0 * patch_size + r * kernel_w;
-      for (int64_t q = 0; q < kernel_w; q += Lanes) {
-        const auto read = V::columns(q, row.first, row.last);
-        // A whole vector (or part) may run on into the sample's next rows, which are packed
-        // after this one and overwrite it (AVX2's masked stores are slow, AVX-512's 512-bit
-        // ones slower than its parts); one that would run past the sample's patch is stored
-        // under a mask.
-        const bool inside = r * kernel_w + q + Lanes <= patch_size;
-        const auto write = V::tail(inside ? Lanes : kernel_w - q);
-        if constexpr (Lanes == V::kLanes) {
-          for (int64_t n = 0; n < group; ++n)
-            V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
-        } else if (group == kSampleGroup) {
+      for (int64_t u = 0; u < locations; ++u) {
+        const PatchRow& row = rows[u * row_count + r];
+        // Column q of the row reads input[row.source + q - row.first] of each sample; masked-off
+        // lanes are not read.
+        const T* from = input + n0 * sample_stride + row.source - row.first;
+        T* to = patches + (u * samples + n0) * patch_size + r * kernel_w;
+        for (int64_t q = 0; q < kernel_w; q += Lanes) {
+          const auto read = V::columns(q, row.first, row.last);
+          // A whole vector (or part) may run on into the sample's next rows, which are packed
+          // after this one and overwrite it (AVX2's masked stores are slow, AVX-512's 512-bit
+          // ones slower than its parts); one that would run past the sample's patch is stored
+          // under a mask.
+          const bool inside = r * kernel_w + q + Lanes <= patch_size;
+          const auto write = V::tail(inside ? Lanes : kernel_w - q);
+          if constexpr (Lanes == V::kLanes) {
+            for (int64_t n = 0; n < group; ++n)
+              V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
+          } else if (group == kSampleGroup) {
 #pragma GCC unroll 4
-          for (int64_t n = 0; n < kSampleGroup; ++n)
-            V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
-                                         to + n * patch_size + q);
-        } else {
-          for (int64_t n = 0; n < group; ++n)
-            V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
-                                         to + n * patch_size + q);
+            for (int64_t n = 0; n < kSampleGroup; ++n)
+              V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
+                                           to + n * patch_size + q);
+          } else {
+            for (int64_t n = 0; n < group; ++n)
+              V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
+                                           to + n * patch_size + q);
+          }
         }
       }
     }
@@ -380,9 +384,11 @@ LC_VECTOR_TARGET void by_row_width(const Geometry& g, Rows&& rows) {
 // 0.87x and a convnet_local3-like shape's 0.78x against halves).
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
-                                   const Geometry& g, int64_t samples, T* patches) {
+                                   int64_t locations, const Geometry& g, int64_t samples,
+                                   T* patches) {
   by_row_width<V, V::template kPartAccesses<T>>(g, [&](auto lanes) LC_VECTOR_TARGET {
-    pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, g, samples, patches);
+    pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, locations, g, samples,
+                                         patches);
   });
 }
 
@@ -1742,9 +1748,10 @@ void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size, con
 }
 
 template <typename T>
-void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows, const Geometry& g,
-                  int64_t samples, T* patches) {
-  generic::pack_patches<LC_VECTOR_TRAITS>(input, sample_stride, rows, g, samples, patches);
+void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows, int64_t locations,
+                  const Geometry& g, int64_t samples, T* patches) {
+  generic::pack_patches<LC_VECTOR_TRAITS>(input, sample_stride, rows, locations, g, samples,
+                                          patches);
 }
 
 void scatter_add_patches(const float* grad_patches, const PatchRow* rows, const Geometry& g,
@@ -1845,8 +1852,8 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
                                 T*, bool);                                                     \
   template void write_tile<T>(const float*, int64_t, int64_t, const Geometry&, int64_t,        \
                               const float*, int64_t, T*, int64_t);                              \
-  template void pack_patches<T>(const T*, int64_t, const PatchRow*, const Geometry&, int64_t,  \
-                                T*);                                                           \
+  template void pack_patches<T>(const T*, int64_t, const PatchRow*, int64_t, const Geometry&,  \
+                                int64_t, T*);                                                  \
   template void forward_row_run<T>(const T*, const Strides5&, const Geometry&, int64_t,        \
                                    int64_t, int64_t, int64_t, int64_t, const T*, const T*,     \
                                    bool, T*, float*);                                         \
