@@ -546,6 +546,44 @@ def peak_extra_bytes(method, budget_mb):
     return int(run.stdout.split()[-1])
 
 
+def test_packed_scratch_stays_within_a_one_location_budget(monkeypatch):
+    """The forward and grad_weight pack up to kPackLocations neighbouring locations at once;
+    under a budget that holds one sample at one location on each of 2 threads, the scratch they
+    take stays within it (packing one location at a time), as LC_CUDA_CPU_SCRATCH_MB promises.
+    float32, K = 72 (past the row tiles), 4 filters (too few to read the input in place): the
+    packed path. Every allocation of the call but its output (or gradient) is the scratch."""
+    input, weight, _ = make_case(
+        5, 8, (10, 10), 4, (3, 3), (1, 1), (0, 0), (1, 1), "none", torch.float32, "cpu"
+    )
+    budget_mb = 0.003  # 3145 bytes; one sample at one location takes 1024 a thread
+    monkeypatch.setenv("LC_CUDA_CPU_SCRATCH_MB", str(budget_mb))
+
+    def allocations(call):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+            result = call()
+        sizes = {e.cpu_memory_usage for e in profile.events() if e.name == "aten::empty"}
+        return result, {size for size in sizes if size > 0}
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            out, forward_sizes = allocations(lambda: lc_cuda.local_conv2d(input, weight, None))
+        leaf = weight.detach().requires_grad_()
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grad, backward_sizes = allocations(
+            lambda: torch.autograd.grad(lc_cuda.local_conv2d(input, leaf, None), leaf, grad_output)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    budget = int(budget_mb * 2**20)
+    results = {out.numel() * 4, grad[0].numel() * 4}
+    assert forward_sizes - results and backward_sizes - results  # the scratch was seen
+    assert max(forward_sizes - results) <= budget, sorted(forward_sizes)
+    assert max(backward_sizes - results) <= budget, sorted(backward_sizes)
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_extra_memory_stays_within_the_budget():
     """Forward + backward of a DeepFace L6 layer at N=64: with a budget larger than the layer

@@ -129,8 +129,6 @@ struct Avx2 {
   }
   // Avx512's narrower accesses (load_part, add_onto, add_part) take whole vectors here.
   template <int Lanes>
-  using Part = Vec;
-  template <int Lanes>
   LC_AVX2 static Vec load_part(Mask m, const float* p) {
     return load(m, p);
   }

@@ -610,27 +610,12 @@ LC_AVX512_BF16 void transpose_sums(const float* from, int64_t rows, int64_t colu
       });
 }
 
-// avx512_bf16::pair_samples (the entry points carry no target attribute, so their bodies
-// that use the AVX512-BF16 intrinsics are functions of their own).
-LC_AVX512_BF16 void pair_sample_range(const c10::BFloat16* input, int64_t sample_size,
-                                      int64_t batch, int64_t first, int64_t last,
-                                      uint32_t* paired) {
-  for (int64_t p = first; p < last; ++p) {
-    const c10::BFloat16* a = input + 2 * p * sample_size;
-    const bool has_b = 2 * p + 1 < batch;
-    for (int64_t e = 0; e < sample_size; e += kLanes) {
-      const __mmask16 mask = Avx512::tail(sample_size - e);
-      _mm512_mask_storeu_epi32(paired + p * sample_size + e, mask,
-                               reinterpret_cast<__m512i>(interleave(
-                                   a + e, a + sample_size + e, mask, has_b ? mask : 0)));
-    }
-  }
-}
-
 // to[p * to_stride + c] = the pair (rows[2p][c], rows[2p + 1][c]) for the `columns` columns c of
-// the first `count` rows (row n at n * row_stride), p < ceil(count / 2): grad_output paired by
-// samples, as grad_weight sums over them. An odd count's last row has a zero partner (whose paired
-// input is 0 too: pair_samples past the batch).
+// the first `count` rows (row n at n * row_stride), p < ceil(count / 2): the input and
+// grad_output paired by samples, as grad_weight sums over them. An odd count's last row has a
+// zero partner (as has the input's past the batch, so that the missing sample adds 0). (The entry
+// points carry no target attribute: their bodies that use the AVX512-BF16 intrinsics are
+// functions of their own, as this one.)
 LC_AVX512_BF16 void pair_rows(const c10::BFloat16* rows, int64_t count, int64_t row_stride,
                               int64_t columns, uint32_t* to, int64_t to_stride) {
   for (int64_t p = 0; p < ceil_div(count, 2); ++p) {
@@ -735,7 +720,8 @@ void stage_pair_filters(const Geometry& g, const c10::BFloat16* const* banks, in
 
 void pair_samples(const c10::BFloat16* input, int64_t sample_size, int64_t batch, int64_t first,
                   int64_t last, uint32_t* paired) {
-  pair_sample_range(input, sample_size, batch, first, last, paired);
+  pair_rows(input + 2 * first * sample_size, std::min(batch - 2 * first, 2 * (last - first)),
+            sample_size, sample_size, paired + first * sample_size, sample_size);
 }
 
 void grad_filters_in_place(int64_t out_channels, int64_t samples, const uint32_t* paired,

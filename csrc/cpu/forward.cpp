@@ -58,23 +58,28 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                                    !std::is_same_v<scalar_t, float> && isa != ProductIsa::blas;
     const int64_t bias_row_floats =
         writes_by_vectors && bias_values.defined() ? out_channels * cpu::kMaxTile : 0;
-    // Per thread: a run's staged filters (by row tiles); otherwise one location's patch rows and
-    // patches (of one group) or transposed filters (in place), a tile's staged results and its
-    // bias rows.
-    // Packed, kPackLocations neighbouring locations at a time (location_products.h).
-    const int64_t pack_run = reads_in_place ? 1 : cpu::kPackLocations;
+    // The locations packed at once: up to kPackLocations of the tile (location_products.h); in
+    // place, one.
+    const auto pack_run_of = [&](int64_t tile) {
+      return reads_in_place ? int64_t(1) : std::min(cpu::kPackLocations, tile);
+    };
+    // Per thread: a run's staged filters (by row tiles); otherwise the patch rows of the
+    // locations packed at once and their patches (of one group) or one location's transposed
+    // filters (in place), a tile's staged results and its bias rows.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
-      return cpu::line_bytes(pack_run * row_count, sizeof(cpu::PatchRow)) +
+      const int64_t locations = pack_run_of(tile);
+      return cpu::line_bytes(locations * row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(bias_row_floats, sizeof(float)) +
              (reads_in_place ? cpu::line_bytes(cpu::in_place_filter_floats<scalar_t>(g),
                                                sizeof(float))
-                       : cpu::line_bytes(pack_run * samples * patch_size, sizeof(scalar_t))) +
+                       : cpu::line_bytes(locations * samples * patch_size, sizeof(scalar_t))) +
              cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(opmath_t)),
                              sizeof(opmath_t));
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
     const cpu::Blocking& block = pass.block;
+    const int64_t pack_run = pack_run_of(block.tile);
     // A unit of work: a run of row tiles, or a tile of the per-location path.
     const int64_t unit_width = by_row_tiles ? run_tiles * cpu::kRowTileLocations : block.tile;
     const int64_t row_tiles = cpu::tiles_per_row(g, unit_width);

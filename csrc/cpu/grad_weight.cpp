@@ -88,15 +88,17 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     const bool float_in_place = !shares && cpu::reads_input_in_place<scalar_t>(isa, g, budget);
     const bool pairs_fit = cpu::grad_weight_reads_pairs_in_place<scalar_t>(
         isa, g, in_strides, input.is_non_overlapping_and_dense(), budget);
+    // The locations packed at once: up to kPackLocations of the tile (location_products.h); one
+    // where the input may be read in place (and so where the pairs are not taken after all).
+    const auto pack_run_of = [&](int64_t tile) {
+      return float_in_place || pairs_fit ? int64_t(1) : std::min(cpu::kPackLocations, tile);
+    };
     // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
     // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
-    // one location's patch rows and patches (or in place, its transposed sums, the columns that
-    // read the input and, by pairs, grad_output's pairs: more than the patches of a sample, which
-    // they make room for where the pairs are not taken after all), and the float sums (the
-    // tile's, or with sharing the unit's).
-    // Packed, kPackLocations neighbouring locations at a time (location_products.h); in place,
-    // one.
-    const int64_t pack_run = float_in_place || pairs_fit ? 1 : cpu::kPackLocations;
+    // the patch rows of the locations packed at once and their patches (or in place, one
+    // location's transposed sums, the columns that read the input and, by pairs, grad_output's
+    // pairs: more than the patches of a sample, which they make room for where the pairs are not
+    // taken after all), and the float sums (the tile's, or with sharing the unit's).
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (cpu::grad_weight_by_row_tiles<scalar_t>(isa, g, in_strides, tile)) {
         return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
@@ -104,14 +106,14 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
       }
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
-             cpu::line_bytes(pack_run * row_count, sizeof(cpu::PatchRow)) +
+             cpu::line_bytes(pack_run_of(tile) * row_count, sizeof(cpu::PatchRow)) +
              (float_in_place || pairs_fit
                   ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
                         cpu::line_bytes(2 * patch_size, sizeof(int64_t)) +
                         (pairs_fit ? cpu::line_bytes(ceil_div(samples, 2) * group_size,
                                                      sizeof(uint32_t))
                                    : 0)
-                  : cpu::line_bytes(pack_run * samples * patch_size, sizeof(scalar_t))) +
+                  : cpu::line_bytes(pack_run_of(tile) * samples * patch_size, sizeof(scalar_t))) +
              (sums_in_banks ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
@@ -134,6 +136,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         block.samples -= block.samples % 2;
     }
     const bool reads_in_place = float_in_place || pairs_in_place;
+    const int64_t pack_run = pack_run_of(block.tile);
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));
@@ -148,9 +151,10 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
     // rounded_bank(t), where not null, takes the last block's sums rounded instead. Where
     // `own_banks` (the sums are float grad_weight's own banks), the last block's are streamed
-    // past the caches (vector_kernels.h: grad_filters; the caller fences them). Where
-    // reads_in_place, sums_t and columns (and by pairs go_pairs) are the kernel's scratch (and
-    // patches null).
+    // past the caches (vector_kernels.h: grad_filters; the caller fences them). `rows` holds
+    // pack_run locations' patch rows and `patches` their patches (pack_run at a time, in order);
+    // where reads_in_place, sums_t and columns (and by pairs go_pairs) are the kernel's scratch
+    // (and patches null).
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
                                    float* sums_t, int64_t* columns, uint32_t* go_pairs,

@@ -107,16 +107,19 @@ void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
                   const PatchRow* rows, int64_t locations, const Geometry& g, int64_t samples,
                   scalar_t* patches) {
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
-  for (int64_t n = 0; n < samples * locations; ++n) {
-    const int64_t u = n / samples;
-    const scalar_t* sample = input + (n % samples) * sample_stride;
-    scalar_t* to = patches + n * g.patch_size();
-    for (int64_t r = 0; r < row_count; ++r, to += kernel_w) {
-      const PatchRow& row = rows[u * row_count + r];
-      std::fill(to, to + row.first, scalar_t(0));
-      const scalar_t* from = sample + row.source;
-      for (int64_t q = row.first; q < row.last; ++q, from += step) to[q] = *from;
-      std::fill(to + row.last, to + kernel_w, scalar_t(0));
+  const int64_t patch_size = g.patch_size();
+  for (int64_t n = 0; n < samples; ++n) {
+    const scalar_t* sample = input + n * sample_stride;
+    for (int64_t r = 0; r < row_count; ++r) {
+      // The locations' copies of one row one after another, as the vector kernels' pack_rows.
+      for (int64_t u = 0; u < locations; ++u) {
+        const PatchRow& row = rows[u * row_count + r];
+        scalar_t* to = patches + (u * samples + n) * patch_size + r * kernel_w;
+        std::fill(to, to + row.first, scalar_t(0));
+        const scalar_t* from = sample + row.source;
+        for (int64_t q = row.first; q < row.last; ++q, from += step) to[q] = *from;
+        std::fill(to + row.last, to + kernel_w, scalar_t(0));
+      }
     }
   }
 }

@@ -392,8 +392,9 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
   });
 }
 
-// The adjoint of pack_rows, by the same loops: each row's masked load-add-store, rows of at most
-// Lanes < V::kLanes elements by add_part<Lanes>.
+// The adjoint of one location's pack_rows, by the same loops: each row's masked load-add-store
+// (add_part<Lanes>: rows of at most Lanes < V::kLanes elements by accesses that wide), a block's
+// samples unrolled where the rows are narrow.
 template <typename V, int Lanes>
 LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow* rows,
                                        const Geometry& g, int64_t samples, float* grad_input) {
@@ -409,14 +410,7 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
       const float* from = grad_patches + n0 * patch_size + r * kernel_w;
       for (int64_t q = 0; q < kernel_w; q += Lanes) {
         const auto mask = V::columns(q, row.first, row.last);
-        if constexpr (Lanes == V::kLanes) {
-          for (int64_t n = 0; n < group; ++n) {
-            float* target = to + n * sample_size + q;
-            const auto sum =
-                V::add(V::load(mask, target), V::load(mask, from + n * patch_size + q));
-            V::store(mask, target, sum);
-          }
-        } else if (group == kSampleGroup) {
+        if (Lanes < V::kLanes && group == kSampleGroup) {
 #pragma GCC unroll 4
           for (int64_t n = 0; n < kSampleGroup; ++n)
             V::template add_part<Lanes>(mask, from + n * patch_size + q,
