@@ -58,17 +58,12 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                                    !std::is_same_v<scalar_t, float> && isa != ProductIsa::blas;
     const int64_t bias_row_floats =
         writes_by_vectors && bias_values.defined() ? out_channels * cpu::kMaxTile : 0;
-    // The locations packed at once: up to kPackLocations of the tile (location_products.h); in
-    // place, one.
-    const auto pack_run_of = [&](int64_t tile) {
-      return reads_in_place ? int64_t(1) : std::min(cpu::kPackLocations, tile);
-    };
     // Per thread: a run's staged filters (by row tiles); otherwise the patch rows of the
     // locations packed at once and their patches (of one group) or one location's transposed
     // filters (in place), a tile's staged results and its bias rows.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
-      const int64_t locations = pack_run_of(tile);
+      const int64_t locations = cpu::packed_locations(!reads_in_place, tile);
       return cpu::line_bytes(locations * row_count, sizeof(cpu::PatchRow)) +
              cpu::line_bytes(bias_row_floats, sizeof(float)) +
              (reads_in_place ? cpu::line_bytes(cpu::in_place_filter_floats<scalar_t>(g),
@@ -79,7 +74,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     };
     const cpu::PassScratch pass = cpu::plan_pass(g, per_thread);
     const cpu::Blocking& block = pass.block;
-    const int64_t pack_run = pack_run_of(block.tile);
+    const int64_t pack_run = cpu::packed_locations(!reads_in_place, block.tile);
     // A unit of work: a run of row tiles, or a tile of the per-location path.
     const int64_t unit_width = by_row_tiles ? run_tiles * cpu::kRowTileLocations : block.tile;
     const int64_t row_tiles = cpu::tiles_per_row(g, unit_width);

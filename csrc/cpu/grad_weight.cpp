@@ -88,11 +88,9 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     const bool float_in_place = !shares && cpu::reads_input_in_place<scalar_t>(isa, g, budget);
     const bool pairs_fit = cpu::grad_weight_reads_pairs_in_place<scalar_t>(
         isa, g, in_strides, input.is_non_overlapping_and_dense(), budget);
-    // The locations packed at once: up to kPackLocations of the tile (location_products.h); one
-    // where the input may be read in place (and so where the pairs are not taken after all).
-    const auto pack_run_of = [&](int64_t tile) {
-      return float_in_place || pairs_fit ? int64_t(1) : std::min(cpu::kPackLocations, tile);
-    };
+    // Where the input may be read in place, one location at a time (location_products.h:
+    // packed_locations), also where the pairs are not taken after all.
+    const bool packs = !float_in_place && !pairs_fit;
     // Per thread: by row tiles (without sharing, vector_kernels.h: grad_weight_row_tile), the
     // tile's float sums and the kernel's scratch; per location, a tile's staged grad_output,
     // the patch rows of the locations packed at once and their patches (or in place, one
@@ -104,16 +102,17 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         return cpu::line_bytes(cpu::grad_weight_row_sums(g), sizeof(float)) +
                cpu::line_bytes(cpu::grad_weight_row_scratch(g, samples), sizeof(float));
       }
+      const int64_t locations = cpu::packed_locations(packs, tile);
       return cpu::line_bytes(tile * cpu::staged_stride(samples, out_channels, sizeof(scalar_t)),
                              sizeof(scalar_t)) +
-             cpu::line_bytes(pack_run_of(tile) * row_count, sizeof(cpu::PatchRow)) +
-             (float_in_place || pairs_fit
+             cpu::line_bytes(locations * row_count, sizeof(cpu::PatchRow)) +
+             (!packs
                   ? cpu::line_bytes(patch_size * group_size, sizeof(float)) +
                         cpu::line_bytes(2 * patch_size, sizeof(int64_t)) +
                         (pairs_fit ? cpu::line_bytes(ceil_div(samples, 2) * group_size,
                                                      sizeof(uint32_t))
                                    : 0)
-                  : cpu::line_bytes(pack_run_of(tile) * samples * patch_size, sizeof(scalar_t))) +
+                  : cpu::line_bytes(locations * samples * patch_size, sizeof(scalar_t))) +
              (sums_in_banks ? 0
                        : cpu::line_bytes((shares ? 1 : tile) * filter_size, sizeof(opmath_t)));
     };
@@ -136,7 +135,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
         block.samples -= block.samples % 2;
     }
     const bool reads_in_place = float_in_place || pairs_in_place;
-    const int64_t pack_run = pack_run_of(block.tile);
+    const int64_t pack_run = cpu::packed_locations(packs, block.tile);
     const int64_t row_tiles = cpu::tiles_per_row(g, block.tile);
     const int64_t staged_stride =
         cpu::staged_stride(block.samples, out_channels, sizeof(scalar_t));

@@ -29,10 +29,17 @@ constexpr bool kVectorType = std::is_same_v<scalar_t, float> ||
 // patch row's input lines, which a location's patches touch more of than the L1 holds (DeepFace
 // L4: about 1700 lines, 8 samples x 144 rows), then serve the next locations from the L1 instead
 // of coming from the L2 again for each. One process, a switch, 2 threads, against one at a time:
-// forward DeepFace L4 0.93-0.95x (bfloat16 0.88-0.92x), mid_32x32_c64 0.95-1.00x (bfloat16
-// 0.94-0.95x), YOLOv1 0.99x; grad_weight L4 0.83-0.98x (bfloat16 0.93x), mid 0.98-1.11x
+// forward DeepFace L4 0.93-0.95x (bfloat16 0.88-0.96x), mid_32x32_c64 0.95-1.00x (bfloat16
+// 0.91-0.95x), YOLOv1 0.99x; grad_weight L4 0.83-0.98x (bfloat16 0.93x), mid 0.98-1.11x
 // (bfloat16 0.95x). Two: L4's forward 0.93x; eight: no better than four.
 constexpr int64_t kPackLocations = 4;
+
+// The locations a pass packs at once in tiles of `tile`: kPackLocations, never more than the
+// tile (the scratch budget may leave room for one location's patches alone); one where it reads
+// the input in place instead of packing.
+inline int64_t packed_locations(bool packs, int64_t tile) {
+  return packs ? std::min(kPackLocations, tile) : 1;
+}
 
 // patches (samples x K) of `locations` locations of one group, location u's patch_rows at
 // rows + u * patch_row_count and its patches at patches + u * samples * K, samples from `input`
