@@ -69,7 +69,11 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # second column alone; and row tiles whose 16-bit outputs go as whole cache lines (runs of two
 # tiles or more at up to 8 threads, 32-location lines over a plane of 2048; C_out of 5 and 7
 # samples, partial filter and sample blocks), bfloat16's row tiles by pairs of an odd kernel
-# width (the last column with zeros) and of an even one.
+# width (the last column with zeros) and of an even one; and grad_input's sums by sources (16
+# filters): an input row of two chunks (the second of 6 columns), dilated kernel columns whose
+# first sources fall on the padding and last past the output row, K in blocks of 6 and of 3
+# (AVX2) and samples left over after blocks of 4; and the same through the one-pass backward (an
+# input row of one chunk, K = 27 in uneven blocks, no padding: sources before the output row).
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
     "whole_lines": (7, 2, (32, 64), 5, (3, 3), (1, 1), (1, 1), (1, 1)),
@@ -84,6 +88,8 @@ VECTOR_PATH_GEOMETRIES = {
     "long_patch": (9, 37, (6, 6), 6, (3, 3), (1, 1), (1, 1), (1, 1)),
     "tiny_patch": (33, 1, (16, 16), 17, (3, 3), (1, 1), (1, 1), (1, 1)),
     "strided_dilated": (6, 4, (11, 10), 5, (3, 3), (2, 1), (2, 1), (2, 2)),
+    "source_sums_chunks": (10, 2, (5, 70), 16, (2, 3), (1, 1), (0, 2), (1, 2)),
+    "source_sums_dilated": (9, 3, (6, 21), 16, (3, 3), (1, 1), (1, 0), (1, 2)),
 }
 # (LC_CUDA_CPU_ISA, dtype): every product path of the CPU kernels. float32 on AVX-512 and AVX2;
 # bfloat16 by vdpbf16ps (avx512_bf16) and widened to float (avx512, avx2); float16 widened to

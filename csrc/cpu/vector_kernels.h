@@ -229,10 +229,43 @@ inline int64_t grad_input_row_filters(const Geometry& g) {
   return g.patch_size() * g.group_out_channels() * grad_input_row_span(g);
 }
 
+// A group's filters from which a chunk's patch gradients are summed by sources
+// (vector_kernels_impl.h: grad_input_chunk_by_sources), each source's sums over the filters
+// first, rather than by destinations: with fewer, a source's sums are too short to pay for
+// storing them and reading them back (medvol_32cube_c2's 8 filters, K = 54: its
+// forward+backward 1.07x slower by sources, forward+grad_input 1.10x).
+constexpr int64_t kSourceSumsFilters = 16;
+// The samples grad_input_chunk_by_sources sums at once, on every ISA.
+constexpr int64_t kSourceSamples = 4;
+
+inline bool grad_input_by_sources(const Geometry& g) {
+  return g.group_out_channels() >= kSourceSumsFilters && g.patch_size() <= kRowTilePatchLimit;
+}
+
+// The stride of grad_input_chunk_by_sources' sums of one sample and patch column: the chunk's span in
+// whole cache lines of floats.
+inline int64_t source_sums_stride(const Geometry& g) {
+  return ceil_div(grad_input_row_span(g), 16) * 16;
+}
+
+// The floats of grad_input_chunk_by_sources' sums (kSourceSamples x K rows), where it applies.
+inline int64_t grad_input_source_sums(const Geometry& g) {
+  return grad_input_by_sources(g) ? kSourceSamples * g.patch_size() * source_sums_stride(g) : 0;
+}
+
+// The floats of grad_input_row's staged filters and grad_output for `samples` samples, in whole
+// cache lines of floats (the source sums follow).
+inline int64_t grad_input_row_staged(const Geometry& g, int64_t samples) {
+  return ceil_div(grad_input_row_filters(g) +
+                      samples * g.group_out_channels() * grad_input_row_span(g),
+                  16) *
+         16;
+}
+
 // The floats of scratch grad_input_row takes for `samples` samples: the staged filters and
-// grad_output.
+// grad_output, and the source sums.
 inline int64_t grad_input_row_scratch(const Geometry& g, int64_t samples) {
-  return grad_input_row_filters(g) + samples * g.group_out_channels() * grad_input_row_span(g);
+  return grad_input_row_staged(g, samples) + grad_input_source_sums(g);
 }
 
 // grad_weight_row_tile's patch columns per product block on every ISA; its sums pad K to a
@@ -302,10 +335,10 @@ inline int64_t backward_row_staged(const Geometry& g) {
          16;
 }
 
-// The floats of scratch backward_row takes: the staged filters and grad_output, and grad_weight's
-// offsets (as grad_weight_row_scratch).
+// The floats of scratch backward_row takes: the staged filters and grad_output, grad_weight's
+// offsets (as grad_weight_row_scratch), and grad_input's source sums.
 inline int64_t backward_row_scratch(const Geometry& g) {
-  return backward_row_staged(g) + 4 * grad_weight_row_patch(g);
+  return backward_row_staged(g) + 4 * grad_weight_row_patch(g) + grad_input_source_sums(g);
 }
 
 // The floats of backward_row's grad_weight sums: grad_weight_row_sums per row tile.
@@ -453,7 +486,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                location, for `samples` samples, added onto grad_input (a contiguous float
 //                block (samples, C_in, D, H, W)). Vectorised over input columns: chunks of
 //                grad_input_row_columns destinations, each summing its sources' (kernel
-//                column, filter) terms in registers, then one load-add-store; `grad_output`
+//                column, filter) terms in registers, then one load-add-store (or where
+//                grad_input_by_sources, each source's sums over the filters first); `grad_output`
 //                (any strides) starts at the first sample. `scratch` holds
 //                grad_input_row_scratch(g, samples) floats, `dest` patch_row_count(g) elements.
 //                Only where backward_rows_fit.

@@ -561,6 +561,23 @@ class RowsAhead {
   int used_ = 0;
 };
 
+// The runs of a staging of whole output rows of grad_output (grad_input_row's chunk of a whole
+// input row, backward_row's), kStagedRowsAhead on from run `start` in its order: the group's
+// filters in turn, `samples` samples one after another (from grad_output on), group after group,
+// on into the next output row; each run from output column `column`.
+template <typename T>
+RowsAhead output_row_runs_ahead(const T* grad_output, const Strides5& go_s, const Geometry& g,
+                                int64_t z, int64_t i, int64_t column, int64_t samples,
+                                int64_t start) {
+  const int64_t group_size = g.group_out_channels(), element = sizeof(T);
+  return RowsAhead(
+      reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + column * go_s.w),
+      {{group_size, go_s.c * element},
+       {samples, go_s.n * element},
+       {g.groups, group_size * go_s.c * element}},
+      go_s.h * element, start, kStagedRowsAhead);
+}
+
 // The squares of the row kernels' transpositions read (or write) a vector of each of
 // V::kLanes locations' filters side by side, a pattern the hardware prefetchers do not follow: a
 // standalone benchmark of fmri_decoder_3d's tiles transposed them at 12 GB/s from the L3 against
@@ -1297,6 +1314,169 @@ LC_VECTOR_TARGET void grad_input_chunk_held(const float* go_staged, const float*
   if (n < samples) block(std::integral_constant<int, 1>{}, n);
 }
 
+// ---- grad_input by output rows, by sources: each source's sums over the filters first ----
+// grad_input_rows_block sums a destination vector's kernel columns and filters at once, reading
+// for each FMA a staged grad_output vector and a filter vector, both shifted by the kernel
+// column (most straddling two cache lines): 1.25 loads per FMA at 4 samples. Where a group has
+// many filters (grad_input_by_sources), each source vector (V::kLanes output columns of the
+// span) of SB samples sums over the filters first, for KB patch columns at once: the SB
+// grad_output vectors are loaded once per filter for all KB columns, (SB + KB) unshifted loads
+// per SB x KB FMAs (10 per 24 on AVX-512). The sums go to `sums` (sample s's patch column k at
+// (s * K + k) * stride, stride source_sums_stride), and add_source_sums adds each destination
+// vector's kernel columns from there. Masked: the last source vector, under `lanes`.
+
+// sums for patch columns [k0, k0 + KB) of SB samples at source vector jj0.
+template <typename V, int SB, int KB, bool Masked>
+LC_VECTOR_TARGET void source_sums_block(const float* go_staged, const float* filters_t,
+                                        int64_t group_size, int64_t span, int64_t jj0,
+                                        typename V::Mask lanes, int64_t k0, int64_t patch_size,
+                                        int64_t stride, float* sums) {
+  typename V::Vec acc[SB][KB];
+#pragma GCC unroll 16
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb) acc[s][kb] = V::zero();
+  const int64_t column_step = group_size * span;
+  for (int64_t o = 0; o < group_size; ++o) {
+    typename V::Vec go[SB];
+#pragma GCC unroll 16
+    for (int s = 0; s < SB; ++s) {
+      const float* from = go_staged + (s * group_size + o) * span + jj0;
+      go[s] = Masked ? V::load(lanes, from) : V::load(from);
+    }
+    const float* weights = filters_t + (k0 * group_size + o) * span + jj0;
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb) {
+      const float* from = weights + kb * column_step;
+      const auto w = Masked ? V::load(lanes, from) : V::load(from);
+#pragma GCC unroll 16
+      for (int s = 0; s < SB; ++s) acc[s][kb] = V::fmadd(go[s], w, acc[s][kb]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int s = 0; s < SB; ++s)
+#pragma GCC unroll 16
+    for (int kb = 0; kb < KB; ++kb) {
+      float* to = sums + (s * patch_size + k0 + kb) * stride + jj0;
+      if constexpr (Masked) {
+        V::store(lanes, to, acc[s][kb]);
+      } else {
+        V::store(to, acc[s][kb]);
+      }
+    }
+}
+
+// The blocks of source_sums_block for SB samples by their patch columns, 1 to kSourceColumns.
+template <typename V, int SB, bool Masked>
+struct SourceSumsBlocks {
+  using Block = void (*)(const float*, const float*, int64_t, int64_t, int64_t,
+                         typename V::Mask, int64_t, int64_t, int64_t, float*);
+  template <int... KB>
+  static constexpr std::array<Block, sizeof...(KB)> make(std::integer_sequence<int, KB...>) {
+    return {&source_sums_block<V, SB, KB + 1, Masked>...};
+  }
+  static constexpr auto table = make(std::make_integer_sequence<int, V::kSourceColumns>{});
+};
+
+// The SB samples' sums over the source columns [begin, end) of the chunk's into `sums`, K in
+// even blocks of at most V::kSourceColumns; each block takes a step of `ahead`.
+template <typename V, int SB>
+LC_VECTOR_TARGET void source_sums(const float* go_staged, const float* filters_t,
+                                  const Geometry& g, int64_t span, int64_t begin, int64_t end,
+                                  float* sums, FetchAhead& ahead) {
+  const int64_t group_size = g.group_out_channels(), patch_size = g.patch_size();
+  const int64_t stride = source_sums_stride(g);
+  const int64_t blocks = ceil_div(patch_size, V::kSourceColumns);
+  for (int64_t jj0 = begin; jj0 < end; jj0 += V::kLanes) {
+    const bool masked = end - jj0 < V::kLanes;
+    const auto lanes = V::tail(end - jj0);
+    for (int64_t b = 0, k0 = 0; b < blocks; ++b) {
+      // Even blocks: K = 10 as 5 + 5, not 9 + 1 (whose one column reloads the SB vectors).
+      const int64_t columns = ceil_div(patch_size - k0, blocks - b);
+      ahead.step();
+      (masked ? SourceSumsBlocks<V, SB, true>::table
+              : SourceSumsBlocks<V, SB, false>::table)[columns - 1](
+          go_staged, filters_t, group_size, span, jj0, lanes, k0, patch_size, stride, sums);
+      k0 += columns;
+    }
+  }
+}
+
+// Adds SB samples' patch gradients from their source sums onto grad_input (as
+// grad_input_rows_block: `dest`, x0, columns): per destination vector and patch row, the sum over
+// kernel columns q of the sums of column (r, q) read shifted by (kernel_w - 1 - q) * dilation_w,
+// then one load-add-store per sample. Every sample's load before any store (as
+// grad_input_rows_held: their rows may lie a multiple of 4 KB apart).
+template <typename V, int SB>
+LC_VECTOR_TARGET void add_source_sums(const float* sums, const int64_t* dest, const Geometry& g,
+                                      int64_t x0, int64_t columns, int64_t sample_size,
+                                      float* grad_input) {
+  const int64_t rows = patch_row_count(g), patch_size = g.patch_size();
+  const int64_t stride = source_sums_stride(g);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (dest[r] < 0) continue;
+    float* to = grad_input + dest[r] + x0;
+    for (int64_t v = 0; v < columns; v += V::kLanes) {
+      const auto lanes = V::tail(columns - v);
+      typename V::Vec total[SB];
+#pragma GCC unroll 16
+      for (int s = 0; s < SB; ++s) total[s] = V::zero();
+      for (int64_t q = 0; q < g.kernel_w; ++q) {
+        const float* column = sums + (r * g.kernel_w + q) * stride + v +
+                              (g.kernel_w - 1 - q) * g.dilation_w;
+#pragma GCC unroll 16
+        for (int s = 0; s < SB; ++s)
+          total[s] = V::add(total[s], V::load(column + s * patch_size * stride));
+      }
+      typename V::Vec before[SB];
+#pragma GCC unroll 16
+      for (int s = 0; s < SB; ++s) before[s] = V::load(lanes, to + s * sample_size + v);
+#pragma GCC unroll 16
+      for (int s = 0; s < SB; ++s)
+        V::store(lanes, to + s * sample_size + v, V::add(before[s], total[s]));
+    }
+  }
+}
+
+// grad_input_chunk by sources: kSourceSamples samples at a time, then one at a time.
+template <typename V>
+LC_VECTOR_TARGET void grad_input_chunk_by_sources(const float* go_staged, const float* filters_t,
+                                                  const int64_t* dest, const Geometry& g,
+                                                  int64_t span, int64_t x0, int64_t first,
+                                                  int64_t columns,
+                                                  int64_t samples, int64_t sample_size,
+                                                  float* grad_input, float* sums,
+                                                  uintptr_t next_banks, int64_t next_lines) {
+  constexpr int SB = kSourceSamples;
+  const int64_t group_size = g.group_out_channels(), stride = source_sums_stride(g);
+  // The sources the destinations read: through the last whole vector of columns and the
+  // kernel's span less one; of them, those in the output row (from `first`, the chunk's first
+  // source, on). The rest are staged zeros, whose sums are zeros: set once here, not summed
+  // (cunn232_c1: 64 of 66 sources, 4 vectors, not 5).
+  const int64_t sources =
+      ceil_div(columns, V::kLanes) * V::kLanes + (g.kernel_w - 1) * g.dilation_w;
+  const int64_t begin = std::clamp<int64_t>(-first, 0, sources);
+  const int64_t end = std::clamp<int64_t>(g.out_w - first, begin, sources);
+  for (int64_t row = 0; row < SB * g.patch_size(); ++row) {
+    std::fill(sums + row * stride, sums + row * stride + begin, 0.0f);
+    std::fill(sums + row * stride + end, sums + row * stride + sources, 0.0f);
+  }
+  FetchAhead fetch_next(next_banks, next_lines,
+                        (samples / SB + samples % SB) * ceil_div(end - begin, V::kLanes) *
+                            ceil_div(g.patch_size(), V::kSourceColumns));
+  int64_t n = 0;
+  for (; n + SB <= samples; n += SB) {
+    source_sums<V, SB>(go_staged + n * group_size * span, filters_t, g, span, begin, end, sums,
+                       fetch_next);
+    add_source_sums<V, SB>(sums, dest, g, x0, columns, sample_size, grad_input + n * sample_size);
+  }
+  for (; n < samples; ++n) {
+    source_sums<V, 1>(go_staged + n * group_size * span, filters_t, g, span, begin, end, sums,
+                      fetch_next);
+    add_source_sums<V, 1>(sums, dest, g, x0, columns, sample_size, grad_input + n * sample_size);
+  }
+}
+
 // The filters of output row (z, i) and channel group `group` that a grad_input_row chunk reads,
 // transposed: filters_t[((k * group_size + o) * span + jj] is filter o's weight k at source jj,
 // output column first + jj (zero outside the output row). V::kLanes sources x V::kLanes columns of
@@ -1370,9 +1550,15 @@ template <typename V>
 LC_VECTOR_TARGET void grad_input_chunk(const float* go_staged, const float* filters_t,
                                        const int64_t* dest, const Geometry& g, int64_t span,
                                        int64_t x0, int64_t columns, int64_t samples,
-                                       int64_t sample_size, float* grad_input,
+                                       int64_t sample_size, float* grad_input, float* sums,
                                        uintptr_t next_banks, int64_t next_lines) {
   const int64_t group_size = g.group_out_channels();
+  if (grad_input_by_sources(g)) {
+    return grad_input_chunk_by_sources<V>(go_staged, filters_t, dest, g, span, x0,
+                                          x0 + g.pad_w - (g.kernel_w - 1) * g.dilation_w,
+                                          columns, samples, sample_size, grad_input, sums,
+                                          next_banks, next_lines);
+  }
   if constexpr (V::kLanes == 16) {
     if (group_size == 1 && g.kernel_w <= kHeldKernelColumns &&
         patch_row_count(g) >= kHeldMinRows) {
@@ -1436,6 +1622,7 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
   const int64_t chunk = grad_input_row_columns(g), span = chunk + halo;
   float* filters_t = scratch;
   float* go_staged = scratch + grad_input_row_filters(g);
+  float* sums = scratch + grad_input_row_staged(g, samples);
   grad_input_row_destinations(g, z, i, group, dest);
   for (int64_t x0 = 0; x0 < g.in_w; x0 += chunk) {
     const int64_t columns = std::min(chunk, g.in_w - x0);
@@ -1444,11 +1631,16 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     // outside the output row.
     const int64_t first = x0 + g.pad_w - halo;
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
-    // grad_output's runs, the next chunk's part fetched now.
+    // grad_output's runs, the next chunk's part fetched now; where the chunk is the whole row,
+    // the runs kStagedRowsAhead on in the staging's order (as backward_row's: the next chunk's
+    // part would lie in the plane's row after next, which this thread does not take next).
+    RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, first, samples,
+                                                 group * samples * g.group_out_channels());
+    const bool whole_row = columns == g.in_w && go_s.w == 1;
     stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
-                               span + chunk, /*rows_ahead=*/nullptr, go_staged);
+                               span + chunk, whole_row ? &rows_ahead : nullptr, go_staged);
     grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size,
-                        grad_input, next_chunk_banks(g, weight, z, i, x0, chunk),
+                        grad_input, sums, next_chunk_banks(g, weight, z, i, x0, chunk),
                         next_chunk_lines<T>(g, group, chunk));
   }
 }
@@ -1669,6 +1861,7 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   float* go_staged = filters_t + g.patch_size() * group_size * span;
   int64_t* offsets = reinterpret_cast<int64_t*>(scratch + backward_row_staged(g));
   int64_t* column_of = offsets + grad_weight_row_patch(g);
+  float* sums = scratch + backward_row_staged(g) + 4 * grad_weight_row_patch(g);
   grad_weight_row_offsets(g, s, z, i, offsets, column_of);
   float* row_bias = bias_sums == nullptr ? nullptr : bias_sums + (z * g.out_h + i) * g.out_w;
   for (int64_t group = 0; group < g.groups; ++group) {
@@ -1676,19 +1869,13 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
-      // The rows kStagedRowsAhead on in the staging's order: the group's filters in turn, sample
-      // after sample, group after group, on into the next output row.
-      RowsAhead rows_ahead(
-          reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + start * go_s.w),
-          {{group_size, go_s.c * int64_t(sizeof(T))},
-           {g.batch, go_s.n * int64_t(sizeof(T))},
-           {g.groups, group_size * go_s.c * int64_t(sizeof(T))}},
-          go_s.h * int64_t(sizeof(T)), (group * g.batch + n0) * group_size, kStagedRowsAhead);
+      RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, start, g.batch,
+                                                   (group * g.batch + n0) * group_size);
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
                                  start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
                                  go_staged);
       grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
-                          sample_size, grad_input + n0 * sample_size,
+                          sample_size, grad_input + n0 * sample_size, sums,
                           next_chunk_banks(g, weight, z, i, 0, chunk),
                           n0 == 0 ? next_chunk_lines<T>(g, group, chunk) : 0);
       for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
