@@ -242,8 +242,8 @@ inline bool grad_input_by_sources(const Geometry& g) {
   return g.group_out_channels() >= kSourceSumsFilters && g.patch_size() <= kRowTilePatchLimit;
 }
 
-// The stride of grad_input_chunk_by_sources' sums of one sample and patch column: the chunk's span in
-// whole cache lines of floats.
+// The stride of grad_input_chunk_by_sources' sums of one sample and patch column: the chunk's
+// span in whole cache lines of floats.
 inline int64_t source_sums_stride(const Geometry& g) {
   return ceil_div(grad_input_row_span(g), 16) * 16;
 }
