@@ -207,9 +207,37 @@ LC_AVX512_BF16 void grad_patches_block(int64_t out_channels, int64_t patch_size,
   }
 }
 
+// The CV float vectors of a chunk of K rounded to bfloat16 at `to`, the last under `last`.
+// Where `stream` (final banks, written once; the caller fences), each two whole vectors that fill
+// a cache line on its boundary are streamed past the caches, a line at a time: a bank's stores
+// had first read each line from memory (mid_32x32_c64's bfloat16 grad_weight writes 75 MB of
+// banks). Lines not whole or off a boundary are stored.
+template <int CV>
+LC_AVX512_BF16 inline void store_rounded(const __m512 (&sums)[CV], __mmask16 last, bool stream,
+                                         c10::BFloat16* to) {
+  __m256i rounded[CV];
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) rounded[v] = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(sums[v]));
+#pragma GCC unroll 4
+  for (int v = 0; v < CV; ++v) {
+    c10::BFloat16* at = to + v * kLanes;
+    const bool whole_pair = v + 1 < CV - 1 || (v + 1 == CV - 1 && last == 0xFFFF);
+    if (stream && whole_pair && reinterpret_cast<uintptr_t>(at) % kLine == 0) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(at),
+                          _mm512_inserti64x4(_mm512_castsi256_si512(rounded[v]),
+                                             rounded[v + 1], 1));
+      ++v;
+      continue;
+    }
+    _mm256_mask_storeu_epi16(at, v == CV - 1 ? last : __mmask16(0xFFFF), rounded[v]);
+  }
+}
+
 // grad_filters: FB filters x CV vectors of K, summed over `pairs` pairs of samples (from
 // patches on), onto the sums at grad_filters where accumulate; the sums stored to grad_filters,
-// or where `rounded` is not null rounded there instead (by vcvtneps2bf16, as the row tiles').
+// or where `rounded` is not null rounded there instead (by vcvtneps2bf16, as the row tiles'):
+// where `stream`, two whole rounded vectors that fill a cache line streamed past the caches
+// (store_rounded).
 // go_pairs[p * kMaxBlock + f]: the pair p's grad_output pair of filter f, built once for every
 // chunk of K by the caller (per chunk, its two loads, shift and or per filter and pair had cost
 // as many instructions as the products).
@@ -217,7 +245,7 @@ template <int FB, int CV>
 LC_AVX512_BF16 void grad_filters_block(int64_t samples, int64_t pairs, int64_t patch_size,
                                        __mmask16 last, const c10::BFloat16* patches,
                                        const uint32_t* go_pairs, bool accumulate,
-                                       float* grad_filters, c10::BFloat16* rounded) {
+                                       float* grad_filters, c10::BFloat16* rounded, bool stream) {
   __m512 acc[FB][CV];
 #pragma GCC unroll 6
   for (int f = 0; f < FB; ++f) {
@@ -242,15 +270,14 @@ LC_AVX512_BF16 void grad_filters_block(int64_t samples, int64_t pairs, int64_t p
   }
 #pragma GCC unroll 6
   for (int f = 0; f < FB; ++f) {
+    if (rounded != nullptr) {
+      store_rounded<CV>(acc[f], last, stream, rounded + f * patch_size);
+      continue;
+    }
 #pragma GCC unroll 4
     for (int v = 0; v < CV; ++v) {
       const __mmask16 mask = v == CV - 1 ? last : Avx512::tail(kLanes);
-      if (rounded != nullptr) {
-        _mm256_mask_storeu_epi16(rounded + f * patch_size + v * kLanes, mask,
-                                 reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[f][v])));
-      } else {
-        Avx512::store(mask, grad_filters + f * patch_size + v * kLanes, acc[f][v]);
-      }
+      Avx512::store(mask, grad_filters + f * patch_size + v * kLanes, acc[f][v]);
     }
   }
 }
@@ -258,7 +285,7 @@ LC_AVX512_BF16 void grad_filters_block(int64_t samples, int64_t pairs, int64_t p
 using GradPatchesFn = void (*)(int64_t, int64_t, __mmask16, const c10::BFloat16*,
                                const c10::BFloat16*, float*, bool);
 using GradFiltersFn = void (*)(int64_t, int64_t, int64_t, __mmask16, const c10::BFloat16*,
-                               const uint32_t*, bool, float*, c10::BFloat16*);
+                               const uint32_t*, bool, float*, c10::BFloat16*, bool);
 struct GradPatches {
   template <int SB, int CV>
   static constexpr GradPatchesFn at() {
@@ -788,7 +815,7 @@ void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
 
 void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
-                  float* grad_filters, c10::BFloat16* rounded) {
+                  float* grad_filters, c10::BFloat16* rounded, bool stream) {
   const EvenBlocks filter_blocks(out_channels, kMaxBlock);
   const int64_t pairs = ceil_div(samples, 2);
   uint32_t go_pairs[kPairRun * kMaxBlock];
@@ -807,7 +834,7 @@ void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
         grad_filters_blocks[block - 1][chunk.vectors - 1](
             samples - 2 * p0, run, patch_size, chunk.last, patches + 2 * p0 * patch_size + k,
             go_pairs, accumulate || p0 > 0, grad_filters + o * patch_size + k,
-            rounded == nullptr || !last_run ? nullptr : rounded + o * patch_size + k);
+            rounded == nullptr || !last_run ? nullptr : rounded + o * patch_size + k, stream);
       }
     }
   }

@@ -149,19 +149,20 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // t's bank summed into sums + t*sums_step (accumulated over the sample blocks, and where
     // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
     // rounded_bank(t), where not null, takes the last block's sums rounded instead. Where
-    // `own_banks` (the sums are float grad_weight's own banks), the last block's are streamed
-    // past the caches (vector_kernels.h: grad_filters; the caller fences them). `rows` holds
+    // `stream_banks` (each location's bank written once here, and the caller fences them), the
+    // last block's final sums, float banks or rounded ones, are streamed past the caches
+    // (vector_kernels.h: grad_filters). `rows` holds
     // pack_run locations' patch rows and `patches` their patches (pack_run at a time, in order);
     // where reads_in_place, sums_t and columns (and by pairs go_pairs) are the kernel's scratch
     // (and patches null).
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
                                    float* sums_t, int64_t* columns, uint32_t* go_pairs,
-                                   opmath_t* sums, int64_t sums_step, bool onto, bool own_banks,
+                                   opmath_t* sums, int64_t sums_step, bool onto, bool stream_banks,
                                    const auto& rounded_bank) {
       for (int64_t n0 = 0; n0 < g.batch; n0 += block.samples) {
         const int64_t samples = std::min(block.samples, g.batch - n0);
-        const bool last_block = n0 + samples >= g.batch, stream = own_banks && last_block;
+        const bool last_block = n0 + samples >= g.batch, stream = stream_banks && last_block;
         cpu::stage_grad_output(go, go_strides, g, z, i, j0, step, width, n0, samples,
                                staged_stride, staged);
         for (int64_t t0 = 0; t0 < width; t0 += pack_run) {
@@ -254,7 +255,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                         std::min(block.tile, g.out_w - j0), staged, rows, patches, sums_t,
                         columns, go_pairs,
                         sums_in_banks ? reinterpret_cast<opmath_t*>(banks) : tile_sums,
-                        filter_size, /*onto=*/false, /*own_banks=*/sums_in_banks,
+                        filter_size, /*onto=*/false, /*stream_banks=*/true,
                         [&](int64_t t) {
                           return sums_in_banks ? nullptr : banks + t * filter_size;
                         });
@@ -297,7 +298,7 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
             tile_products(z, i, j_first + m_w * step, step,
                           std::min(block.tile, row_members - m_w), staged, rows, patches,
                           /*sums_t=*/nullptr, /*columns=*/nullptr, /*go_pairs=*/nullptr, sums,
-                          /*sums_step=*/0, /*onto=*/started, /*own_banks=*/false,
+                          /*sums_step=*/0, /*onto=*/started, /*stream_banks=*/false,
                           [](int64_t) -> scalar_t* { return nullptr; });
           }
         }

@@ -477,7 +477,8 @@ void location_grad_filters(ProductIsa isa, int64_t out_channels, int64_t samples
       case ProductIsa::avx512_bf16:
         if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
           return avx512_bf16::grad_filters(out_channels, samples, patch_size, patches,
-                                           grad_output, accumulate, grad_filters, rounded);
+                                           grad_output, accumulate, grad_filters, rounded,
+                                           stream);
         [[fallthrough]];
       case ProductIsa::avx512:
         return avx512::grad_filters(out_channels, samples, patch_size, patches, grad_output,

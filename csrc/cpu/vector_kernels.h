@@ -605,9 +605,11 @@ void forward(int64_t out_channels, int64_t samples, int64_t patch_size,
 void grad_patches(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* filters, const c10::BFloat16* grad_output,
                   const c10::BFloat16* next, float* grad_patches);
+// grad_filters: as the vector kernels' (stream: where `rounded`, the rounded sums of whole
+//                cache lines are streamed past the caches, two vectors to a line).
 void grad_filters(int64_t out_channels, int64_t samples, int64_t patch_size,
                   const c10::BFloat16* patches, const c10::BFloat16* grad_output, bool accumulate,
-                  float* grad_filters, c10::BFloat16* rounded);
+                  float* grad_filters, c10::BFloat16* rounded, bool stream);
 // forward_in_place: forward's out (n < samples) without packing, as the float forward_in_place
 //                reads the input (kernel columns neighbours): `filters` (C_out x K) transposed
 //                into `pairs` (in_place_pairs_scratch words of scratch), a pair of
