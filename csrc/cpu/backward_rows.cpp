@@ -84,8 +84,12 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
         int64_t* dest = slice.take<int64_t>(cpu::patch_row_count(g));
         for (int64_t index = 2 * begin + phase; index < 2 * end + phase; index += 2) {
           for (int64_t row = row_blocks.begin(index); row < row_blocks.end(index); ++row) {
+            // The block's next row, where it is the next of the same plane.
+            const bool next_row_too =
+                row + 1 < row_blocks.end(index) && (row + 1) % g.out_h != 0;
             cpu::backward_row(isa, go, go_strides, in, in_strides, g, row / g.out_h,
-                              row % g.out_h, w, sums, weight_sums, bias, scratch, dest);
+                              row % g.out_h, next_row_too, w, sums, weight_sums, bias, scratch,
+                              dest);
             for (int64_t j0 = 0; j0 < g.out_w; j0 += cpu::kRowTileLocations) {
               cpu::grad_weight_row_banks(
                   isa, weight_sums + j0 / cpu::kRowTileLocations * cpu::grad_weight_row_sums(g),

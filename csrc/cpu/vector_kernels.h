@@ -508,7 +508,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                them (not accumulated); and where bias_sums is not null, each location's sum
 //                of grad_output over the batch at bias_sums[o * locations + location], in sample
 //                order. `scratch` holds backward_row_scratch(g) floats, `dest`
-//                patch_row_count(g) elements. Only where backward_row_fits.
+//                patch_row_count(g) elements; `next_row_too`: the caller's next output row is
+//                (z, i + 1) (its grad_output is fetched with this row's). Only where
+//                backward_row_fits.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -558,9 +560,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
   void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, T* banks);    \
   template <typename T>                                                                          \
   void backward_row(const T* grad_output, const Strides5& go_s, const T* input,                 \
-                    const Strides5& s, const Geometry& g, int64_t z, int64_t i, const T* weight, \
-                    float* grad_input, float* weight_sums, float* bias_sums, float* scratch,     \
-                    int64_t* dest);
+                    const Strides5& s, const Geometry& g, int64_t z, int64_t i,                  \
+                    bool next_row_too, const T* weight, float* grad_input, float* weight_sums,   \
+                    float* bias_sums, float* scratch, int64_t* dest);
 
 namespace avx2 {
 LC_CUDA_DECLARE_VECTOR_KERNELS
