@@ -259,9 +259,13 @@ FAMILY_PATH_GEOMETRIES = {
     # ...channel groups, dilated kernel columns, 3D...
     "one_pass_groups_dilated_3d": (3, 2, (3, 4, 21), 8, (2, 2, 3), (1, 1, 1),
                                    ((1, 0), (1, 1), (2, 2)), (1, 1, 2), 2, {}),
-    # ...and one filter with 18 patch rows (grad_input holds grad_output in registers).
+    # ...and one filter with 18 patch rows (grad_input holds grad_output in registers)...
     "one_pass_held": (5, 2, (2, 2, 10), 1, (3, 3, 3), (1, 1, 1), ((2, 2), (2, 2), (1, 1)),
                       (1, 1, 1), 1, {}),
+    # ...and grad_input's sums by sources (16 filters a group) with two groups in 3D, padding
+    # wider than the kernel's span before the row, and samples left after a block of 4.
+    "one_pass_sources_groups_3d": (6, 2, (3, 4, 21), 32, (2, 2, 3), (1, 1, 1),
+                                   ((1, 0), (1, 1), (4, 3)), (1, 1, 1), 2, {}),
 }  # fmt: skip
 ONE_PASS = [name for name in FAMILY_PATH_GEOMETRIES if name.startswith("one_pass")]
 

@@ -31,7 +31,7 @@ struct Avx2 {
   static constexpr int kForwardFilters = 3, kForwardSamples = 4;
   static constexpr int kMaxBlock = 3, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 12;
-  // grad_input_by_sources' patch columns per block: with its kSourceSamples (4) samples, 12
+  // grad_input_chunk_by_sources' patch columns per block: with its kSourceSamples (4) samples, 12
   // accumulators; the 4 grad_output vectors may be read from memory by the FMAs (cunn232_c1's
   // forward+grad_input 0.98x against 2 columns' 1.03x, both against grad_input_rows_block).
   static constexpr int kSourceColumns = 3;

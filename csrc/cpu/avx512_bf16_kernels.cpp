@@ -218,18 +218,18 @@ LC_AVX512_BF16 inline void store_rounded(const __m512 (&sums)[CV], __mmask16 las
   __m256i rounded[CV];
 #pragma GCC unroll 4
   for (int v = 0; v < CV; ++v) rounded[v] = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(sums[v]));
-#pragma GCC unroll 4
-  for (int v = 0; v < CV; ++v) {
+  for (int v = 0; v < CV;) {
     c10::BFloat16* at = to + v * kLanes;
-    const bool whole_pair = v + 1 < CV - 1 || (v + 1 == CV - 1 && last == 0xFFFF);
+    const bool whole_pair = v + 2 < CV || (v + 2 == CV && last == 0xFFFF);
     if (stream && whole_pair && reinterpret_cast<uintptr_t>(at) % kLine == 0) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(at),
-                          _mm512_inserti64x4(_mm512_castsi256_si512(rounded[v]),
-                                             rounded[v + 1], 1));
-      ++v;
-      continue;
+      const __m512i line = _mm512_inserti64x4(_mm512_castsi256_si512(rounded[v]),
+                                              rounded[std::min(v + 1, CV - 1)], 1);
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(at), line);
+      v += 2;
+    } else {
+      _mm256_mask_storeu_epi16(at, v == CV - 1 ? last : __mmask16(0xFFFF), rounded[v]);
+      v += 1;
     }
-    _mm256_mask_storeu_epi16(at, v == CV - 1 ? last : __mmask16(0xFFFF), rounded[v]);
   }
 }
 

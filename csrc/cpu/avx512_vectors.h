@@ -27,9 +27,10 @@ struct Avx512 {
   static constexpr int kForwardFilters = 4, kForwardSamples = 6;
   static constexpr int kMaxBlock = 6, kChunkVectors = 4;
   static constexpr int kRowTileFilters = 4;
-  // grad_input_by_sources' patch columns per block: with its kSourceSamples (4) samples, 24
-  // accumulators, 4 grad_output vectors and a filter vector (cunn232_c1's backward, K = 9 in two
-  // blocks: 0.94x against grad_input_rows_block; 3 samples x 9 columns 1.07x, 8 x 2 1.03x).
+  // grad_input_chunk_by_sources' patch columns per block: with its kSourceSamples (4) samples,
+  // 24 accumulators, 4 grad_output vectors and a filter vector (cunn232_c1, K = 9 in two blocks,
+  // against grad_input_rows_block: forward+grad_input 0.94x, forward+backward 0.95x; 3 samples
+  // x 9 columns 1.07x slower, 8 x 2 1.03x).
   static constexpr int kSourceColumns = 6;
   // Rows of at most half or a quarter of a vector of T are packed and scattered by copy_part
   // and add_part.

@@ -2,7 +2,8 @@
 // the transposed patches (K x samples) times the location's grad_output (samples x
 // C_out/groups), summed over the sample blocks in order; in float without sharing, where the
 // forward reads the input in place, the input read in place likewise (vector_kernels.h:
-// grad_filters_in_place, the same sums), and the banks, written once, streamed past the caches;
+// grad_filters_in_place, the same sums), and the banks, written once, streamed past the caches
+// (in bfloat16 by vdpbf16ps, the packed products' rounded banks too);
 // in bfloat16 on AVX512-BF16 where it fits, the input read in place by pairs of samples from a
 // paired copy of it (avx512_bf16::grad_filters_in_place, the same sums as its packed products
 // where the sample blocks are even).
@@ -150,11 +151,11 @@ at::Tensor cpu_grad_weight(const at::Tensor& grad_output, const at::Tensor& inpu
     // sums_step is 0, over the tile's locations, onto what sums held already if `onto`);
     // rounded_bank(t), where not null, takes the last block's sums rounded instead. Where
     // `stream_banks` (each location's bank written once here, and the caller fences them), the
-    // last block's final sums, float banks or rounded ones, are streamed past the caches
-    // (vector_kernels.h: grad_filters). `rows` holds
-    // pack_run locations' patch rows and `patches` their patches (pack_run at a time, in order);
-    // where reads_in_place, sums_t and columns (and by pairs go_pairs) are the kernel's scratch
-    // (and patches null).
+    // kernels that can stream the last block's final sums past the caches do (float banks, and
+    // the packed vdpbf16ps products' rounded ones; location_products.h: location_grad_filters).
+    // `rows` holds pack_run locations' patch rows and `patches` their patches (pack_run at a
+    // time, in order); where reads_in_place, sums_t and columns (and by pairs go_pairs) are the
+    // kernel's scratch (and patches null).
     const auto tile_products = [&](int64_t z, int64_t i, int64_t j0, int64_t step, int64_t width,
                                    scalar_t* staged, cpu::PatchRow* rows, scalar_t* patches,
                                    float* sums_t, int64_t* columns, uint32_t* go_pairs,

@@ -465,8 +465,8 @@ void location_grad_patches(ProductIsa isa, int64_t out_channels, int64_t samples
 
 // grad_filters (C_out x K) (+)= grad_output^T (C_out x samples) * patches (samples x K); where
 // `rounded` is given (float16 and bfloat16, the last sample block), the sums go there instead,
-// rounded to scalar_t. `stream`: the sums are final (vector_kernels.h's grad_filters; the
-// vector kernels of float only).
+// rounded to scalar_t. `stream`: the sums are final (vector_kernels.h's grad_filters: the float
+// banks of the vector kernels, the rounded ones of avx512_bf16's).
 template <typename scalar_t, typename opmath_t>
 void location_grad_filters(ProductIsa isa, int64_t out_channels, int64_t samples,
                            int64_t patch_size, const scalar_t* patches,

@@ -570,8 +570,10 @@ RowsAhead output_row_runs_ahead(const T* grad_output, const Strides5& go_s, cons
                                 int64_t z, int64_t i, int64_t column, int64_t samples,
                                 int64_t start) {
   const int64_t group_size = g.group_out_channels(), element = sizeof(T);
+  // By address: `column` may lie before the row (in the padding), before grad_output itself.
   return RowsAhead(
-      reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + column * go_s.w),
+      reinterpret_cast<uintptr_t>(grad_output) +
+          (z * go_s.d + i * go_s.h + column * go_s.w) * element,
       {{group_size, go_s.c * element},
        {samples, go_s.n * element},
        {g.groups, group_size * go_s.c * element}},
@@ -1391,7 +1393,7 @@ LC_VECTOR_TARGET void source_sums(const float* go_staged, const float* filters_t
     const bool masked = end - jj0 < V::kLanes;
     const auto lanes = V::tail(end - jj0);
     for (int64_t b = 0, k0 = 0; b < blocks; ++b) {
-      // Even blocks: K = 10 as 5 + 5, not 9 + 1 (whose one column reloads the SB vectors).
+      // Even blocks: K = 7 as 4 + 3, not 6 + 1 (whose one column reloads the SB vectors).
       const int64_t columns = ceil_div(patch_size - k0, blocks - b);
       ahead.step();
       (masked ? SourceSumsBlocks<V, SB, true>::table
@@ -1543,19 +1545,20 @@ LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Stride
   }
 }
 
-// A chunk's patch gradients, from its staged filters and grad_output, added onto the `samples`
-// samples of grad_input (`dest`: the patch rows' destination rows). `next_banks`, `next_lines`:
-// the lines fetched into the L2 while the patch rows go by (nothing where next_lines is 0).
+// A chunk's patch gradients, from its staged filters and grad_output (source jj at output column
+// first + jj), added onto the `samples` samples of grad_input (`dest`: the patch rows'
+// destination rows). `sums`: grad_input_source_sums(g) floats, where grad_input_by_sources.
+// `next_banks`, `next_lines`: the lines fetched into the L2 while the patch rows go by (nothing
+// where next_lines is 0).
 template <typename V>
 LC_VECTOR_TARGET void grad_input_chunk(const float* go_staged, const float* filters_t,
                                        const int64_t* dest, const Geometry& g, int64_t span,
-                                       int64_t x0, int64_t columns, int64_t samples,
-                                       int64_t sample_size, float* grad_input, float* sums,
-                                       uintptr_t next_banks, int64_t next_lines) {
+                                       int64_t x0, int64_t first, int64_t columns,
+                                       int64_t samples, int64_t sample_size, float* grad_input,
+                                       float* sums, uintptr_t next_banks, int64_t next_lines) {
   const int64_t group_size = g.group_out_channels();
   if (grad_input_by_sources(g)) {
-    return grad_input_chunk_by_sources<V>(go_staged, filters_t, dest, g, span, x0,
-                                          x0 + g.pad_w - (g.kernel_w - 1) * g.dilation_w,
+    return grad_input_chunk_by_sources<V>(go_staged, filters_t, dest, g, span, x0, first,
                                           columns, samples, sample_size, grad_input, sums,
                                           next_banks, next_lines);
   }
@@ -1640,8 +1643,8 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
                                span + chunk, whole_row ? &rows_ahead : nullptr,
                                span * int64_t(sizeof(T)) + kLine, go_staged);
-    grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, columns, samples, sample_size,
-                        grad_input, sums, next_chunk_banks(g, weight, z, i, x0, chunk),
+    grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, first, columns, samples,
+                        sample_size, grad_input, sums, next_chunk_banks(g, weight, z, i, x0, chunk),
                         next_chunk_lines<T>(g, group, chunk));
   }
 }
@@ -1869,7 +1872,11 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   // two rows' lines of a plane lie together, one stream of them rather than two of one row each
   // (cunn232_c1's backward, one process: float32 0.96-1.00x over six runs, 0.98x their mean;
   // bfloat16 0.97x and 1.00x).
-  const int64_t fetch_bytes = (span + (next_row_too ? go_s.h : 0)) * int64_t(sizeof(T)) + kLine;
+  // Only where the next row starts within a line of this one's run (a grad_output permuted
+  // from another layout can hold whole planes between its rows).
+  const bool next_row_near =
+      next_row_too && (go_s.h - span) * int64_t(sizeof(T)) <= kLine;
+  const int64_t fetch_bytes = (span + (next_row_near ? go_s.h : 0)) * int64_t(sizeof(T)) + kLine;
   for (int64_t group = 0; group < g.groups; ++group) {
     grad_input_row_destinations(g, z, i, group, dest);
     stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
@@ -1880,8 +1887,8 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
                                  start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
                                  fetch_bytes, go_staged);
-      grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, g.in_w, samples,
-                          sample_size, grad_input + n0 * sample_size, sums,
+      grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, first, g.in_w,
+                          samples, sample_size, grad_input + n0 * sample_size, sums,
                           next_chunk_banks(g, weight, z, i, 0, chunk),
                           n0 == 0 ? next_chunk_lines<T>(g, group, chunk) : 0);
       for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
