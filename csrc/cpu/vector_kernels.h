@@ -229,6 +229,13 @@ inline int64_t grad_input_row_filters(const Geometry& g) {
   return g.patch_size() * g.group_out_channels() * grad_input_row_span(g);
 }
 
+// `count` floats rounded up to whole cache lines, so that what follows them in a scratch starts
+// on a line of its own.
+inline int64_t whole_lines_of_floats(int64_t count) {
+  constexpr int64_t kLineFloats = kLine / int64_t(sizeof(float));
+  return ceil_div(count, kLineFloats) * kLineFloats;
+}
+
 // A group's filters from which a chunk's patch gradients are summed by sources
 // (vector_kernels_impl.h: grad_input_chunk_by_sources), each source's sums over the filters
 // first, rather than by destinations: with fewer, a source's sums are too short to pay for
@@ -245,7 +252,7 @@ inline bool grad_input_by_sources(const Geometry& g) {
 // The stride of grad_input_chunk_by_sources' sums of one sample and patch column: the chunk's
 // span in whole cache lines of floats.
 inline int64_t source_sums_stride(const Geometry& g) {
-  return ceil_div(grad_input_row_span(g), 16) * 16;
+  return whole_lines_of_floats(grad_input_row_span(g));
 }
 
 // The floats of grad_input_chunk_by_sources' sums (kSourceSamples x K rows), where it applies.
@@ -256,10 +263,8 @@ inline int64_t grad_input_source_sums(const Geometry& g) {
 // The floats of grad_input_row's staged filters and grad_output for `samples` samples, in whole
 // cache lines of floats (the source sums follow).
 inline int64_t grad_input_row_staged(const Geometry& g, int64_t samples) {
-  return ceil_div(grad_input_row_filters(g) +
-                      samples * g.group_out_channels() * grad_input_row_span(g),
-                  16) *
-         16;
+  return whole_lines_of_floats(grad_input_row_filters(g) +
+                               samples * g.group_out_channels() * grad_input_row_span(g));
 }
 
 // The floats of scratch grad_input_row takes for `samples` samples: the staged filters and
@@ -329,10 +334,8 @@ inline int64_t backward_row_span(const Geometry& g) {
 // The floats of backward_row's staged filters (one group's) and grad_output, rounded up to whole
 // cache lines (grad_weight's offsets, int64, follow them).
 inline int64_t backward_row_staged(const Geometry& g) {
-  return ceil_div((g.patch_size() + kBackwardRowSamples) * g.group_out_channels() *
-                      backward_row_span(g),
-                  16) *
-         16;
+  return whole_lines_of_floats((g.patch_size() + kBackwardRowSamples) * g.group_out_channels() *
+                               backward_row_span(g));
 }
 
 // The floats of scratch backward_row takes: the staged filters and grad_output, grad_weight's

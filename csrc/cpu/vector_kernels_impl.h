@@ -1868,12 +1868,11 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   float* sums = scratch + backward_row_staged(g) + 4 * grad_weight_row_patch(g);
   grad_weight_row_offsets(g, s, z, i, offsets, column_of);
   float* row_bias = bias_sums == nullptr ? nullptr : bias_sums + (z * g.out_h + i) * g.out_w;
-  // Each staged run fetched with the next output row's where the thread stages that next: the
-  // two rows' lines of a plane lie together, one stream of them rather than two of one row each
-  // (cunn232_c1's backward, one process: float32 0.96-1.00x over six runs, 0.98x their mean;
-  // bfloat16 0.97x and 1.00x).
-  // Only where the next row starts within a line of this one's run (a grad_output permuted
-  // from another layout can hold whole planes between its rows).
+  // Each staged run fetched with the next output row's where the thread stages that next and
+  // that row starts within a line of this run's end (a grad_output permuted from another layout
+  // can hold whole planes between its rows): the two rows' lines of a plane lie together, one
+  // stream of them rather than two of one row each (cunn232_c1's backward, one process: float32
+  // 0.96-1.00x over six runs, 0.98x their mean; bfloat16 0.97x and 1.00x).
   const bool next_row_near =
       next_row_too && (go_s.h - span) * int64_t(sizeof(T)) <= kLine;
   const int64_t fetch_bytes = (span + (next_row_near ? go_s.h : 0)) * int64_t(sizeof(T)) + kLine;
