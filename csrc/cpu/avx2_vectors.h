@@ -40,6 +40,7 @@ struct Avx2 {
   // 16-bit elements, which store_halves stores one by one under such a mask.
   template <typename T>
   static constexpr bool kPartAccesses = std::is_same_v<T, float>;
+  static constexpr bool kPacksByLines = false;  // pack_rows a row at a time
 
   using Vec = __m256;
   using Mask = __m256i;

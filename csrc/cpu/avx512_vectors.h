@@ -32,8 +32,8 @@ struct Avx512 {
   // against grad_input_rows_block: forward+grad_input 0.94x, forward+backward 0.95x; 3 samples
   // x 9 columns 1.07x slower, 8 x 2 1.03x).
   static constexpr int kSourceColumns = 6;
-  // Rows of at most half or a quarter of a vector of T are packed and scattered by copy_part
-  // and add_part.
+  // Rows of at most half or a quarter of a vector of floats are scattered by add_part (packing
+  // goes by whole lines: kPacksByLines).
   template <typename T>
   static constexpr bool kPartAccesses = true;
 
@@ -99,36 +99,52 @@ struct Avx512 {
     _mm512_stream_si512(static_cast<__m512i*>(to), _mm512_load_si512(from));
   }
 
-  // Moves 16 elements of T unchanged (packing): lanes off `read` read nothing and store 0, lanes
-  // off `write` are not stored.
+  // Whole 64-byte lines of a 32- or 16-bit T (16 or 32 lanes), for packing patches a line at a
+  // time (pack_lines): each row's lanes loaded under a mask, the rows of a line or'ed together
+  // and the line stored whole, where packing a row at a time took a masked store per row.
+  static constexpr bool kPacksByLines = true;
+  using Line = __m512i;
   template <typename T>
-  LC_AVX512 static void copy(Mask read, Mask write, const T* from, T* to) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_mask_storeu_ps(to, write, _mm512_maskz_loadu_ps(read, from));
+  static constexpr int kLineLanes = 64 / int(sizeof(T));
+  template <typename T>
+  using LineMask = std::conditional_t<sizeof(T) == 4, __mmask16, __mmask32>;
+  // The lanes of columns [first, last) of the kLineLanes<T> columns starting at `start`.
+  template <typename T>
+  LC_AVX512 static LineMask<T> line_columns(int64_t start, int64_t first, int64_t last) {
+    const int64_t from = first - start > 0 ? first - start : 0;
+    const int64_t to = last - start < kLineLanes<T> ? last - start : kLineLanes<T>;
+    return to > from ? LineMask<T>(((uint64_t{1} << to) - 1) & ~((uint64_t{1} << from) - 1))
+                     : LineMask<T>(0);
+  }
+  LC_AVX512 static Line zero_line() { return _mm512_setzero_si512(); }
+  // The lanes on m of the line at p (others 0; lanes off the mask read nothing), or'ed onto `to`.
+  template <typename T>
+  LC_AVX512 static Line or_line(Line to, LineMask<T> m, const T* p) {
+    if constexpr (sizeof(T) == 4) {
+      return _mm512_or_si512(to, _mm512_maskz_loadu_epi32(m, p));
     } else {
-      _mm256_mask_storeu_epi16(to, write, _mm256_maskz_loadu_epi16(read, from));
+      return _mm512_or_si512(to, _mm512_maskz_loadu_epi16(m, p));
+    }
+  }
+  template <typename T>
+  LC_AVX512 static void store_line(T* p, Line v) {
+    _mm512_storeu_si512(p, v);
+  }
+  template <typename T>
+  LC_AVX512 static void store_line(LineMask<T> m, T* p, Line v) {
+    if constexpr (sizeof(T) == 4) {
+      _mm512_mask_storeu_epi32(p, m, v);
+    } else {
+      _mm512_mask_storeu_epi16(p, m, v);
     }
   }
 
-  // copy of the first Lanes lanes (8 or 4; the masks' other lanes off) as one narrower masked
-  // load and store: on Zen 4 a 512-bit masked store takes 2.3 times as long as a 256-bit one,
-  // which takes 1.4 times a 128-bit one.
-  template <int Lanes, typename T>
-  LC_AVX512 static void copy_part(Mask read, Mask write, const T* from, T* to) {
-    static_assert(Lanes == 8 || Lanes == 4);
-    const __mmask8 r = __mmask8(read), w = __mmask8(write);
-    if constexpr (!std::is_same_v<T, float>) {
-      _mm_mask_storeu_epi16(to, w, _mm_maskz_loadu_epi16(r, from));
-    } else if constexpr (Lanes == 8) {
-      _mm256_mask_storeu_ps(to, w, _mm256_maskz_loadu_ps(r, from));
-    } else {
-      _mm_mask_storeu_ps(to, w, _mm_maskz_loadu_ps(r, from));
-    }
-  }
   // The first Lanes lanes (16, 8 or 4) of floats as a vector that wide (the masks' other lanes
   // off): loaded under a mask, added, and a sum added onto memory by one masked load, add and
-  // store that wide (add_onto), as copy_part; to[t] += from[t] (add_part). scatter_add_rows' rows
-  // and scatter_add_run's runs of patch rows take the narrowest that spans them.
+  // store that wide (add_onto: on Zen 4 a 512-bit masked store takes 2.3 times as long as a
+  // 256-bit one, which takes 1.4 times a 128-bit one); to[t] += from[t] (add_part).
+  // scatter_add_rows' rows and scatter_add_run's runs of patch rows take the narrowest that spans
+  // them.
   template <int Lanes>
   using Part =
       std::conditional_t<Lanes == 16, __m512, std::conditional_t<Lanes == 8, __m256, __m128>>;

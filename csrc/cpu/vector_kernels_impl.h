@@ -378,18 +378,116 @@ LC_VECTOR_TARGET void by_row_width(const Geometry& g, Rows&& rows) {
   rows(std::integral_constant<int, V::kLanes>{});
 }
 
-// Where the ISA has part accesses for T (AVX-512; AVX2 for float), rows of at most half a vector
-// by half-vector copies (AVX-512: DeepFace L6's packing 0.75x and mid_32x32_c64's 0.74x, one
-// thread, against whole vectors), of at most a quarter by quarter-vector ones (mid_32x32_c64's
-// 0.87x and a convnet_local3-like shape's 0.78x against halves).
+// pack_rows a whole cache line of patches at a time, on ISAs with V::kPacksByLines (AVX-512):
+// each patch row's lanes of a line (one load under V::line_columns, the lanes of the row's
+// columns inside the input; columns in the padding stay 0) or'ed into the line, the line stored
+// whole once its last row is in, a sample's last partial line under a mask. U neighbouring
+// locations (location u's rows at rows + u * patch_row_count, its patches at
+// to + u * location_stride) and G samples from `from` on, a row of each location in turn, so that
+// the locations' loads of one row meet the same input lines in the L1 (as pack_rows).
+template <typename V, typename T, int U, int G>
+LC_VECTOR_TARGET void pack_lines_block(const T* from, int64_t sample_stride,
+                                       const PatchRow* rows, const Geometry& g, T* to,
+                                       int64_t location_stride) {
+  constexpr int64_t lanes = V::template kLineLanes<T>;
+  const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
+  const int64_t patch_size = g.patch_size();
+  typename V::Line line[U][G];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+    for (int n = 0; n < G; ++n) line[u][n] = V::zero_line();
+  int64_t start = 0;  // the patch column of the line's first lane
+  for (int64_t r = 0; r < row_count; ++r) {
+    const int64_t end = (r + 1) * kernel_w;
+    while (true) {
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {
+        const PatchRow& row = rows[u * row_count + r];
+        // The row's columns inside the input, as patch columns [inside, outside); column k of
+        // them reads element k of `base`.
+        const int64_t inside = r * kernel_w + row.first, outside = r * kernel_w + row.last;
+        const auto mask = V::template line_columns<T>(start, inside, outside);
+        const T* base = from + row.source - inside + start;
+#pragma GCC unroll 4
+        for (int n = 0; n < G; ++n)
+          line[u][n] = V::or_line(line[u][n], mask, base + n * sample_stride);
+      }
+      if (end < start + lanes) break;  // the line goes on into the next row
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+        for (int n = 0; n < G; ++n) {
+          V::store_line(to + u * location_stride + n * patch_size + start, line[u][n]);
+          line[u][n] = V::zero_line();
+        }
+      start += lanes;
+      if (end == start) break;
+    }
+  }
+  if (start < patch_size) {
+    const auto tail = V::template line_columns<T>(start, start, patch_size);
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+      for (int n = 0; n < G; ++n)
+        V::store_line(tail, to + u * location_stride + n * patch_size + start, line[u][n]);
+  }
+}
+
+// pack_lines_block for U locations: blocks of kSampleGroup samples, then one at a time.
+template <typename V, typename T, int U>
+LC_VECTOR_TARGET void pack_lines_of(const T* input, int64_t sample_stride, const PatchRow* rows,
+                                    const Geometry& g, int64_t samples, T* patches) {
+  const int64_t patch_size = g.patch_size();
+  int64_t n = 0;
+  for (; n + kSampleGroup <= samples; n += kSampleGroup)
+    pack_lines_block<V, T, U, kSampleGroup>(input + n * sample_stride, sample_stride, rows, g,
+                                            patches + n * patch_size, samples * patch_size);
+  for (; n < samples; ++n)
+    pack_lines_block<V, T, U, 1>(input + n * sample_stride, sample_stride, rows, g,
+                                 patches + n * patch_size, samples * patch_size);
+}
+
+// pack_rows' arguments, by pack_lines_block over blocks of up to kLineBlockLocations locations
+// (4: with 4 samples, 16 lines in registers).
+constexpr int64_t kLineBlockLocations = 4;
+template <typename V, typename T>
+LC_VECTOR_TARGET void pack_lines(const T* input, int64_t sample_stride, const PatchRow* rows,
+                                 int64_t locations, const Geometry& g, int64_t samples,
+                                 T* patches) {
+  const int64_t row_count = patch_row_count(g), patch_size = g.patch_size();
+  for (int64_t u = 0; u < locations; u += kLineBlockLocations) {
+    const PatchRow* at = rows + u * row_count;
+    T* to = patches + u * samples * patch_size;
+    switch (std::min(kLineBlockLocations, locations - u)) {
+      case 4: pack_lines_of<V, T, 4>(input, sample_stride, at, g, samples, to); break;
+      case 3: pack_lines_of<V, T, 3>(input, sample_stride, at, g, samples, to); break;
+      case 2: pack_lines_of<V, T, 2>(input, sample_stride, at, g, samples, to); break;
+      default: pack_lines_of<V, T, 1>(input, sample_stride, at, g, samples, to); break;
+    }
+  }
+}
+
+// On AVX-512 a line at a time (pack_lines; one process, a switch, 2 threads, against pack_rows:
+// forward of DeepFace L4 bfloat16 0.91x, float32 0.98x; mid_32x32_c64 0.94x, 1.01x; YOLOv1 0.96x,
+// 0.97x). Elsewhere a row at a time: where the ISA has part accesses for T (AVX2 for float), rows
+// of at most half a vector by half-vector copies (measured on AVX-512 before pack_lines: DeepFace
+// L6's packing 0.75x and mid_32x32_c64's 0.74x, one thread, against whole vectors), of at most a
+// quarter by quarter-vector ones (mid_32x32_c64's 0.87x and a convnet_local3-like shape's 0.78x
+// against halves).
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    int64_t locations, const Geometry& g, int64_t samples,
                                    T* patches) {
-  by_row_width<V, V::template kPartAccesses<T>>(g, [&](auto lanes) LC_VECTOR_TARGET {
-    pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, locations, g, samples,
-                                         patches);
-  });
+  if constexpr (V::kPacksByLines) {
+    pack_lines<V>(input, sample_stride, rows, locations, g, samples, patches);
+  } else {
+    by_row_width<V, V::template kPartAccesses<T>>(g, [&](auto lanes) LC_VECTOR_TARGET {
+      pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, locations, g, samples,
+                                           patches);
+    });
+  }
 }
 
 // The adjoint of one location's pack_rows, by the same loops: each row's masked load-add-store
