@@ -35,12 +35,11 @@ struct Avx2 {
   // accumulators; the 4 grad_output vectors may be read from memory by the FMAs (cunn232_c1's
   // forward+grad_input 0.98x against 2 columns' 1.03x, both against grad_input_rows_block).
   static constexpr int kSourceColumns = 3;
-  // Whether rows of at most half or a quarter of a vector of T are packed and scattered by
-  // copy_part and add_part: floats, whose masked stores of the first lanes are plain stores; not
-  // 16-bit elements, which store_halves stores one by one under such a mask.
+  // Whether rows of at most half or a quarter of a vector of T are scattered by add_part:
+  // floats, whose masked stores of the first lanes are plain stores; not 16-bit elements, which
+  // store_halves stores one by one under such a mask.
   template <typename T>
   static constexpr bool kPartAccesses = std::is_same_v<T, float>;
-  static constexpr bool kPacksByLines = false;  // pack_rows a row at a time
 
   using Vec = __m256;
   using Mask = __m256i;
@@ -114,24 +113,36 @@ struct Avx2 {
     _mm256_stream_si256(target + 1, _mm256_load_si256(source + 1));
   }
 
-  // Moves 8 elements of T unchanged (packing): lanes off `read` read nothing and store 0, lanes
-  // off `write` are not stored.
+  // Packing a vector of floats at a time, as Avx512's lines (pack_lines; 16-bit elements, which
+  // these masks load and store one at a time, go a row at a time by copy), at most 2 locations
+  // at once: their 8 vectors for 4 samples, the mask and a loaded vector within 16 registers.
+  template <typename T>
+  static constexpr bool kPacksByLines = std::is_same_v<T, float>;
+  static constexpr int kLineLocations = 2;
+  using Line = __m256;
+  template <typename T>
+  static constexpr int kLineLanes = kLanes;
+  template <typename T>
+  using LineMask = Mask;
+  template <typename T>
+  LC_AVX2 static Mask line_columns(int64_t start, int64_t first, int64_t last) {
+    return columns(start, first, last);
+  }
+  LC_AVX2 static Line zero_line() { return _mm256_setzero_ps(); }
+  LC_AVX2 static Line or_line(Line to, Mask m, const float* p) {
+    return _mm256_or_ps(to, _mm256_maskload_ps(p, m));
+  }
+  LC_AVX2 static void store_line(float* p, Line v) { _mm256_storeu_ps(p, v); }
+  LC_AVX2 static void store_line(Mask m, float* p, Line v) { store(m, p, v); }
+
+  // Moves 8 elements of T unchanged (pack_rows, 16-bit elements): lanes off `read` read nothing
+  // and store 0, lanes off `write` are not stored.
   template <typename T>
   LC_AVX2 static void copy(Mask read, Mask write, const T* from, T* to) {
-    if constexpr (std::is_same_v<T, float>) {
-      store(write, to, _mm256_maskload_ps(from, read));
-    } else {
-      store_halves(write, to, load_halves(read, from));
-    }
+    static_assert(sizeof(T) == 2);
+    store_halves(write, to, load_halves(read, from));
   }
 
-  // copy of the first Lanes lanes (4 or 2; the masks' other lanes off), for floats: store goes
-  // by plain stores for the first lanes.
-  template <int Lanes, typename T>
-  LC_AVX2 static void copy_part(Mask read, Mask write, const T* from, T* to) {
-    static_assert(std::is_same_v<T, float>);
-    copy(read, write, from, to);
-  }
   // Avx512's narrower accesses (load_part, add_onto, add_part) take whole vectors here.
   template <int Lanes>
   LC_AVX2 static Vec load_part(Mask m, const float* p) {

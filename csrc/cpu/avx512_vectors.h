@@ -102,7 +102,9 @@ struct Avx512 {
   // Whole 64-byte lines of a 32- or 16-bit T (16 or 32 lanes), for packing patches a line at a
   // time (pack_lines): each row's lanes loaded under a mask, the rows of a line or'ed together
   // and the line stored whole, where packing a row at a time took a masked store per row.
+  template <typename T>
   static constexpr bool kPacksByLines = true;
+  static constexpr int kLineLocations = 4;  // 16 lines for 4 samples
   using Line = __m512i;
   template <typename T>
   static constexpr int kLineLanes = 64 / int(sizeof(T));

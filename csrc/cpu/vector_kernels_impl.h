@@ -316,14 +316,14 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
   }
 }
 
-// The loops run over blocks of kSampleGroup samples, the rows, the locations (pack_patches'),
-// then the samples of the block, so that a row's masks are worked out once per block (they had
-// cost more than the copy, measured on DeepFace L6), while the samples in flight at once stay
-// few enough not to evict each other from L1 where the sample stride is a power of two
-// (cunn232_c1); the locations' copies of one row read the same input lines one after another.
-// Rows of at most Lanes < V::kLanes elements each go by one copy_part<Lanes>, a block's samples
-// unrolled (by_row_width picks the narrowest Lanes the rows fit).
-template <typename V, int Lanes, typename T>
+// Patches a row at a time, on ISAs without V::kPacksByLines<T> (AVX2's 16-bit elements): one
+// masked load and store per vector of a row's columns. The loops run over blocks of kSampleGroup
+// samples, the rows, the locations (pack_patches'), then the samples of the block, so that a
+// row's masks are worked out once per block (they had cost more than the copy, measured on
+// DeepFace L6), while the samples in flight at once stay few enough not to evict each other from
+// L1 where the sample stride is a power of two (cunn232_c1); the locations' copies of one row
+// read the same input lines one after another.
+template <typename V, typename T>
 LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
                                 int64_t locations, const Geometry& g, int64_t samples,
                                 T* patches) {
@@ -338,27 +338,15 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
         // lanes are not read.
         const T* from = input + n0 * sample_stride + row.source - row.first;
         T* to = patches + (u * samples + n0) * patch_size + r * kernel_w;
-        for (int64_t q = 0; q < kernel_w; q += Lanes) {
+        for (int64_t q = 0; q < kernel_w; q += V::kLanes) {
           const auto read = V::columns(q, row.first, row.last);
-          // A whole vector (or part) may run on into the sample's next rows, which are packed
-          // after this one and overwrite it (AVX2's masked stores are slow, AVX-512's 512-bit
-          // ones slower than its parts); one that would run past the sample's patch is stored
-          // under a mask.
-          const bool inside = r * kernel_w + q + Lanes <= patch_size;
-          const auto write = V::tail(inside ? Lanes : kernel_w - q);
-          if constexpr (Lanes == V::kLanes) {
-            for (int64_t n = 0; n < group; ++n)
-              V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
-          } else if (group == kSampleGroup) {
-#pragma GCC unroll 4
-            for (int64_t n = 0; n < kSampleGroup; ++n)
-              V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
-                                           to + n * patch_size + q);
-          } else {
-            for (int64_t n = 0; n < group; ++n)
-              V::template copy_part<Lanes>(read, write, from + n * sample_stride + q,
-                                           to + n * patch_size + q);
-          }
+          // A whole vector may run on into the sample's next rows, which are packed after this
+          // one and overwrite it (masked stores are slow); one that would run past the sample's
+          // patch is stored under a mask.
+          const bool inside = r * kernel_w + q + V::kLanes <= patch_size;
+          const auto write = V::tail(inside ? V::kLanes : kernel_w - q);
+          for (int64_t n = 0; n < group; ++n)
+            V::copy(read, write, from + n * sample_stride + q, to + n * patch_size + q);
         }
       }
     }
@@ -378,11 +366,11 @@ LC_VECTOR_TARGET void by_row_width(const Geometry& g, Rows&& rows) {
   rows(std::integral_constant<int, V::kLanes>{});
 }
 
-// pack_rows a whole cache line of patches at a time, on ISAs with V::kPacksByLines (AVX-512):
-// each patch row's lanes of a line (one load under V::line_columns, the lanes of the row's
-// columns inside the input; columns in the padding stay 0) or'ed into the line, the line stored
-// whole once its last row is in, a sample's last partial line under a mask. U neighbouring
-// locations (location u's rows at rows + u * patch_row_count, its patches at
+// Patches a line at a time where V::kPacksByLines<T> (a cache line on AVX-512; a vector of 8
+// floats on AVX2): each patch row's lanes of a line (one load under V::line_columns, the lanes of
+// the row's columns inside the input; columns in the padding stay 0) or'ed into the line, the
+// line stored whole once its last row is in, a sample's last partial line under a mask. U
+// neighbouring locations (location u's rows at rows + u * patch_row_count, its patches at
 // to + u * location_stride) and G samples from `from` on, a row of each location in turn, so that
 // the locations' loads of one row meet the same input lines in the L1 (as pack_rows).
 template <typename V, typename T, int U, int G>
@@ -449,44 +437,48 @@ LC_VECTOR_TARGET void pack_lines_of(const T* input, int64_t sample_stride, const
                                  patches + n * patch_size, samples * patch_size);
 }
 
-// pack_rows' arguments, by pack_lines_block over blocks of up to kLineBlockLocations locations
-// (4: with 4 samples, 16 lines in registers).
-constexpr int64_t kLineBlockLocations = 4;
+// pack_rows' arguments, by pack_lines_block over blocks of up to V::kLineLocations locations.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_lines(const T* input, int64_t sample_stride, const PatchRow* rows,
                                  int64_t locations, const Geometry& g, int64_t samples,
                                  T* patches) {
+  static_assert(V::kLineLocations == 4 || V::kLineLocations == 2);
   const int64_t row_count = patch_row_count(g), patch_size = g.patch_size();
-  for (int64_t u = 0; u < locations; u += kLineBlockLocations) {
+  for (int64_t u = 0; u < locations; u += V::kLineLocations) {
     const PatchRow* at = rows + u * row_count;
     T* to = patches + u * samples * patch_size;
-    switch (std::min(kLineBlockLocations, locations - u)) {
-      case 4: pack_lines_of<V, T, 4>(input, sample_stride, at, g, samples, to); break;
-      case 3: pack_lines_of<V, T, 3>(input, sample_stride, at, g, samples, to); break;
-      case 2: pack_lines_of<V, T, 2>(input, sample_stride, at, g, samples, to); break;
-      default: pack_lines_of<V, T, 1>(input, sample_stride, at, g, samples, to); break;
+    switch (std::min<int64_t>(V::kLineLocations, locations - u)) {
+      case 4:
+        if constexpr (V::kLineLocations == 4)
+          pack_lines_of<V, T, 4>(input, sample_stride, at, g, samples, to);
+        break;
+      case 3:
+        if constexpr (V::kLineLocations == 4)
+          pack_lines_of<V, T, 3>(input, sample_stride, at, g, samples, to);
+        break;
+      case 2:
+        pack_lines_of<V, T, 2>(input, sample_stride, at, g, samples, to);
+        break;
+      default:
+        pack_lines_of<V, T, 1>(input, sample_stride, at, g, samples, to);
+        break;
     }
   }
 }
 
-// On AVX-512 a line at a time (pack_lines; one process, a switch, 2 threads, against pack_rows:
-// forward of DeepFace L4 bfloat16 0.91x, float32 0.98x; mid_32x32_c64 0.94x, 1.01x; YOLOv1 0.96x,
-// 0.97x). Elsewhere a row at a time: where the ISA has part accesses for T (AVX2 for float), rows
-// of at most half a vector by half-vector copies (measured on AVX-512 before pack_lines: DeepFace
-// L6's packing 0.75x and mid_32x32_c64's 0.74x, one thread, against whole vectors), of at most a
-// quarter by quarter-vector ones (mid_32x32_c64's 0.87x and a convnet_local3-like shape's 0.78x
-// against halves).
+// By lines where V::kPacksByLines<T> (pack_lines; one process, a switch, 2 threads, against
+// pack_rows with half- and quarter-vector copies of short rows: AVX-512's forward of DeepFace L4
+// bfloat16 0.91x, float32 0.98x, mid_32x32_c64 0.94x, 1.01x, YOLOv1 0.96x, 0.97x; forced AVX2's
+// float32 forward of DeepFace L4 0.74x, mid_32x32_c64 0.96x, YOLOv1 0.96x, forward+backward of
+// L4 0.86x), else a row at a time (pack_rows).
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const PatchRow* rows,
                                    int64_t locations, const Geometry& g, int64_t samples,
                                    T* patches) {
-  if constexpr (V::kPacksByLines) {
+  if constexpr (V::template kPacksByLines<T>) {
     pack_lines<V>(input, sample_stride, rows, locations, g, samples, patches);
   } else {
-    by_row_width<V, V::template kPartAccesses<T>>(g, [&](auto lanes) LC_VECTOR_TARGET {
-      pack_rows<V, decltype(lanes)::value>(input, sample_stride, rows, locations, g, samples,
-                                           patches);
-    });
+    pack_rows<V>(input, sample_stride, rows, locations, g, samples, patches);
   }
 }
 
