@@ -74,8 +74,9 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # first sources fall on the padding and last past the output row, K in blocks of 6 and of 3
 # (AVX2) and samples left over after blocks of 4; and the same through the one-pass backward (an
 # input row of one chunk, K = 27 in uneven blocks, no padding: sources before the output row);
-# and patch rows longer than a 16-bit line (35 columns: AVX-512 packs each over two lines and part
-# of a third, cut by the padding at the right), packed per location (K > 64, 6 filters, 3 samples).
+# and patch rows longer than a 16-bit line (67 columns, over three lines of 32 16-bit elements or
+# five of 16 floats, cut by the padding at either end) and rows cut at both ends (a kernel wider
+# than the input), packed per location (K > 64, 6 filters, 7 and 3 samples: blocks of 4 and 3).
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
     "whole_lines": (7, 2, (32, 64), 5, (3, 3), (1, 1), (1, 1), (1, 1)),
@@ -92,7 +93,8 @@ VECTOR_PATH_GEOMETRIES = {
     "strided_dilated": (6, 4, (11, 10), 5, (3, 3), (2, 1), (2, 1), (2, 2)),
     "source_sums_chunks": (10, 2, (5, 70), 16, (2, 3), (1, 1), (0, 2), (1, 2)),
     "source_sums_dilated": (9, 3, (6, 21), 16, (3, 3), (1, 1), (1, 0), (1, 2)),
-    "rows_over_lines": (3, 2, (3, 40), 6, (2, 35), (1, 1), (0, 1), (1, 1)),
+    "rows_over_lines": (7, 2, (3, 70), 6, (2, 67), (1, 1), (0, 1), (1, 1)),
+    "rows_cut_both_ends": (3, 5, (4, 5), 6, (2, 7), (1, 1), (0, 3), (1, 1)),
 }
 # (LC_CUDA_CPU_ISA, dtype): every product path of the CPU kernels. float32 on AVX-512 and AVX2;
 # bfloat16 by vdpbf16ps (avx512_bf16) and widened to float (avx512, avx2); float16 widened to

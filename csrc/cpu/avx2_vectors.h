@@ -35,12 +35,6 @@ struct Avx2 {
   // accumulators; the 4 grad_output vectors may be read from memory by the FMAs (cunn232_c1's
   // forward+grad_input 0.98x against 2 columns' 1.03x, both against grad_input_rows_block).
   static constexpr int kSourceColumns = 3;
-  // Whether rows of at most half or a quarter of a vector of T are scattered by add_part:
-  // floats, whose masked stores of the first lanes are plain stores; not 16-bit elements, which
-  // store_halves stores one by one under such a mask.
-  template <typename T>
-  static constexpr bool kPartAccesses = std::is_same_v<T, float>;
-
   using Vec = __m256;
   using Mask = __m256i;
 

@@ -32,11 +32,6 @@ struct Avx512 {
   // against grad_input_rows_block: forward+grad_input 0.94x, forward+backward 0.95x; 3 samples
   // x 9 columns 1.07x slower, 8 x 2 1.03x).
   static constexpr int kSourceColumns = 6;
-  // Rows of at most half or a quarter of a vector of floats are scattered by add_part (packing
-  // goes by whole lines: kPacksByLines).
-  template <typename T>
-  static constexpr bool kPartAccesses = true;
-
   using Vec = __m512;
   using Mask = __mmask16;
 

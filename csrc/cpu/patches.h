@@ -111,7 +111,7 @@ void pack_patches(const scalar_t* input, int64_t sample_stride, int64_t step,
   for (int64_t n = 0; n < samples; ++n) {
     const scalar_t* sample = input + n * sample_stride;
     for (int64_t r = 0; r < row_count; ++r) {
-      // The locations' copies of one row one after another, as the vector kernels' pack_rows.
+      // The locations' copies of one row one after another, as the vector kernels pack them.
       for (int64_t u = 0; u < locations; ++u) {
         const PatchRow& row = rows[u * row_count + r];
         scalar_t* to = patches + (u * samples + n) * patch_size + r * kernel_w;

@@ -446,11 +446,10 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                streamed past the caches: grad_weight's banks, written once, are not read
 //                first (the caller orders the streamed stores with _mm_sfence).
 // pack_patches:  pack_patches (patches.h) where neighbouring kernel columns read neighbouring
-//                input elements (column_step == 1), for `locations` locations at once. AVX-512
-//                packs a cache line of patches at a time: each patch row's part of the line one
-//                masked load, the line stored whole. AVX2 packs a row at a time: one masked load
-//                and store per vector of columns (for float, of half or a quarter of a vector
-//                where the row fits one).
+//                input elements (column_step == 1), for `locations` locations at once: 64 bytes
+//                of a sample's patch at a time on AVX-512 (8 floats on AVX2), each patch row's
+//                part one masked load, the whole stored by one plain store; AVX2's 16-bit
+//                elements a row at a time, one masked load and store per vector of columns.
 // scatter_add_patches: scatter_add_patches (patches.h) where dilation_w == 1.
 // scatter_add_run: the same for `run` neighbouring locations of output row (z, i) from column j
 //                on (run at most scatter_run_locations), location u's patch gradients at

@@ -354,22 +354,22 @@ LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const Pat
 }
 
 // Calls rows(std::integral_constant<int, Lanes>{}) with the narrowest part of a vector the patch
-// rows of g fit: a quarter or a half where the ISA has part accesses (Parts), else the whole.
-// The callers' lambdas carry LC_VECTOR_TARGET: without it packing and scatter ran 1.2-1.4x
-// slower (one thread, DeepFace L6 and mid_32x32_c64's shapes).
-template <typename V, bool Parts, typename Rows>
+// rows of g fit: a quarter, a half or the whole (scatter_add_patches). The callers' lambdas carry
+// LC_VECTOR_TARGET: without it the scatter ran 1.2-1.4x slower (one thread, DeepFace L6 and
+// mid_32x32_c64's shapes).
+template <typename V, typename Rows>
 LC_VECTOR_TARGET void by_row_width(const Geometry& g, Rows&& rows) {
-  if constexpr (Parts) {
-    if (g.kernel_w <= V::kLanes / 4) return rows(std::integral_constant<int, V::kLanes / 4>{});
-    if (g.kernel_w <= V::kLanes / 2) return rows(std::integral_constant<int, V::kLanes / 2>{});
-  }
+  if (g.kernel_w <= V::kLanes / 4) return rows(std::integral_constant<int, V::kLanes / 4>{});
+  if (g.kernel_w <= V::kLanes / 2) return rows(std::integral_constant<int, V::kLanes / 2>{});
   rows(std::integral_constant<int, V::kLanes>{});
 }
 
-// Patches a line at a time where V::kPacksByLines<T> (a cache line on AVX-512; a vector of 8
-// floats on AVX2): each patch row's lanes of a line (one load under V::line_columns, the lanes of
-// the row's columns inside the input; columns in the padding stay 0) or'ed into the line, the
-// line stored whole once its last row is in, a sample's last partial line under a mask. U
+// Patches a line at a time where V::kPacksByLines<T> (64 bytes on AVX-512, a cache line where
+// the sample's patch starts on one; a vector of 8 floats on AVX2): each patch row's lanes of a
+// line (one load under V::line_columns, the lanes of the row's columns inside the input, from an
+// address up to a line before the row's first column: lanes off the mask are not read; columns
+// in the padding stay 0) or'ed into the line, the line stored whole once its last row is in, a
+// sample's last partial line under a mask. U
 // neighbouring locations (location u's rows at rows + u * patch_row_count, its patches at
 // to + u * location_stride) and G samples from `from` on, a row of each location in turn, so that
 // the locations' loads of one row meet the same input lines in the L1 (as pack_rows).
@@ -423,45 +423,56 @@ LC_VECTOR_TARGET void pack_lines_block(const T* from, int64_t sample_stride,
   }
 }
 
-// pack_lines_block for U locations: blocks of kSampleGroup samples, then one at a time.
+// pack_lines_block for U locations and the G samples of one block.
 template <typename V, typename T, int U>
-LC_VECTOR_TARGET void pack_lines_of(const T* input, int64_t sample_stride, const PatchRow* rows,
-                                    const Geometry& g, int64_t samples, T* patches) {
-  const int64_t patch_size = g.patch_size();
-  int64_t n = 0;
-  for (; n + kSampleGroup <= samples; n += kSampleGroup)
-    pack_lines_block<V, T, U, kSampleGroup>(input + n * sample_stride, sample_stride, rows, g,
-                                            patches + n * patch_size, samples * patch_size);
-  for (; n < samples; ++n)
-    pack_lines_block<V, T, U, 1>(input + n * sample_stride, sample_stride, rows, g,
-                                 patches + n * patch_size, samples * patch_size);
+LC_VECTOR_TARGET void pack_lines_of(int64_t group, const T* from, int64_t sample_stride,
+                                    const PatchRow* rows, const Geometry& g, T* to,
+                                    int64_t location_stride) {
+  switch (group) {
+    case 4:
+      return pack_lines_block<V, T, U, 4>(from, sample_stride, rows, g, to, location_stride);
+    case 3:
+      return pack_lines_block<V, T, U, 3>(from, sample_stride, rows, g, to, location_stride);
+    case 2:
+      return pack_lines_block<V, T, U, 2>(from, sample_stride, rows, g, to, location_stride);
+    default:
+      return pack_lines_block<V, T, U, 1>(from, sample_stride, rows, g, to, location_stride);
+  }
 }
 
-// pack_rows' arguments, by pack_lines_block over blocks of up to V::kLineLocations locations.
+// pack_rows' arguments, by pack_lines_block: blocks of kSampleGroup samples (the last one
+// shorter), each over the locations V::kLineLocations at a time, so that a block's rows of
+// every location meet the same input lines in the L1 one after another.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_lines(const T* input, int64_t sample_stride, const PatchRow* rows,
                                  int64_t locations, const Geometry& g, int64_t samples,
                                  T* patches) {
+  static_assert(kSampleGroup == 4);
   static_assert(V::kLineLocations == 4 || V::kLineLocations == 2);
   const int64_t row_count = patch_row_count(g), patch_size = g.patch_size();
-  for (int64_t u = 0; u < locations; u += V::kLineLocations) {
-    const PatchRow* at = rows + u * row_count;
-    T* to = patches + u * samples * patch_size;
-    switch (std::min<int64_t>(V::kLineLocations, locations - u)) {
-      case 4:
-        if constexpr (V::kLineLocations == 4)
-          pack_lines_of<V, T, 4>(input, sample_stride, at, g, samples, to);
-        break;
-      case 3:
-        if constexpr (V::kLineLocations == 4)
-          pack_lines_of<V, T, 3>(input, sample_stride, at, g, samples, to);
-        break;
-      case 2:
-        pack_lines_of<V, T, 2>(input, sample_stride, at, g, samples, to);
-        break;
-      default:
-        pack_lines_of<V, T, 1>(input, sample_stride, at, g, samples, to);
-        break;
+  const int64_t location_stride = samples * patch_size;
+  for (int64_t n = 0; n < samples; n += kSampleGroup) {
+    const int64_t group = std::min<int64_t>(kSampleGroup, samples - n);
+    const T* from = input + n * sample_stride;
+    for (int64_t u = 0; u < locations; u += V::kLineLocations) {
+      const PatchRow* at = rows + u * row_count;
+      T* to = patches + u * location_stride + n * patch_size;
+      switch (std::min<int64_t>(V::kLineLocations, locations - u)) {
+        case 4:
+          if constexpr (V::kLineLocations == 4)
+            pack_lines_of<V, T, 4>(group, from, sample_stride, at, g, to, location_stride);
+          break;
+        case 3:
+          if constexpr (V::kLineLocations == 4)
+            pack_lines_of<V, T, 3>(group, from, sample_stride, at, g, to, location_stride);
+          break;
+        case 2:
+          pack_lines_of<V, T, 2>(group, from, sample_stride, at, g, to, location_stride);
+          break;
+        default:
+          pack_lines_of<V, T, 1>(group, from, sample_stride, at, g, to, location_stride);
+          break;
+      }
     }
   }
 }
@@ -482,7 +493,7 @@ LC_VECTOR_TARGET void pack_patches(const T* input, int64_t sample_stride, const 
   }
 }
 
-// The adjoint of one location's pack_rows, by the same loops: each row's masked load-add-store
+// The adjoint of one location's packing, by pack_rows' loops: each row's masked load-add-store
 // (add_part<Lanes>: rows of at most Lanes < V::kLanes elements by accesses that wide), a block's
 // samples unrolled where the rows are narrow.
 template <typename V, int Lanes>
@@ -521,7 +532,7 @@ LC_VECTOR_TARGET void scatter_add_rows(const float* grad_patches, const PatchRow
 template <typename V>
 LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const PatchRow* rows,
                                           const Geometry& g, int64_t samples, float* grad_input) {
-  by_row_width<V, V::template kPartAccesses<float>>(g, [&](auto lanes) LC_VECTOR_TARGET {
+  by_row_width<V>(g, [&](auto lanes) LC_VECTOR_TARGET {
     scatter_add_rows<V, decltype(lanes)::value>(grad_patches, rows, g, samples, grad_input);
   });
 }
@@ -1199,11 +1210,11 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         // past the caches, a line at a time, without first being read. Stored in place, each
         // line had been read from memory before its two halves were written.
         if constexpr (!std::is_same_v<T, float>) {
-          constexpr int64_t kLineLocations = kLine / int64_t(sizeof(T));
-          static_assert(kLineLocations == 2 * kRowTileLocations);
-          if (width - t0 >= kLineLocations && plane % kLineLocations == 0 &&
+          constexpr int64_t kLineOutputs = kLine / int64_t(sizeof(T));
+          static_assert(kLineOutputs == 2 * kRowTileLocations);
+          if (width - t0 >= kLineOutputs && plane % kLineOutputs == 0 &&
               reinterpret_cast<uintptr_t>(out + first) % kLine == 0) {
-            alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineLocations];
+            alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineOutputs];
             for (int64_t half = 0; half < 2; ++half) {
               const RowTileParts<V> parts(g, scratch + (tile + half) * tile_floats);
               for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
@@ -1212,14 +1223,14 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
                     parts.columns + t / V::kLanes * g.kernel_w,
                     parts.filters + o * staged_columns * kRowTileLocations + t,
                     parts.bias + o * kRowTileLocations + t,
-                    lines + half * kRowTileLocations + t, block * kLineLocations,
-                    kLineLocations, false, fetch_next);
+                    lines + half * kRowTileLocations + t, block * kLineOutputs,
+                    kLineOutputs, false, fetch_next);
               }
             }
             for (int64_t m = 0; m < block_samples; ++m)
               for (int64_t f = 0; f < block; ++f)
                 V::stream_line(out + ((n + m) * g.out_channels + o + f) * plane + first,
-                               lines + (m * block + f) * kLineLocations);
+                               lines + (m * block + f) * kLineOutputs);
             ++tile;
             continue;
           }
