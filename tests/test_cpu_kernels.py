@@ -66,9 +66,10 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # row tiles): rows of 5 (an odd last column; rows starting at odd k), cut by the padding at either
 # end (a pair's first or second column alone), C_out of 3 vectors (blocks of 2 and 1), 37 samples
 # (last blocks of 5 and 1); and rows of 4 (the pairs as the filters' words), strided, a pair's
-# second column alone; and row tiles whose 16-bit outputs go as whole cache lines (runs of two
-# tiles or more at up to 8 threads, 32-location lines over a plane of 2048; C_out of 5 and 7
-# samples, partial filter and sample blocks), bfloat16's row tiles by pairs of an odd kernel
+# second column alone; and row tiles whose outputs go as whole cache lines (16-bit outputs and
+# AVX2's floats: runs of two tiles or more at up to 8 threads, 32-location lines over a plane of
+# 2048; C_out of 14 and 7 samples: partial filter blocks, of 2 filters on AVX2 with 2 samples at
+# once, and partial sample blocks), bfloat16's row tiles by pairs of an odd kernel
 # width (the last column with zeros) and of an even one; and grad_input's sums by sources (16
 # filters): an input row of two chunks (the second of 6 columns), dilated kernel columns whose
 # first sources fall on the padding and last past the output row, K in blocks of 6 and of 3
@@ -79,7 +80,7 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # than the input), packed per location (K > 64, 6 filters, 7 and 3 samples: blocks of 4 and 3).
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
-    "whole_lines": (7, 2, (32, 64), 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "whole_lines": (7, 2, (32, 64), 14, (3, 3), (1, 1), (1, 1), (1, 1)),
     "even_row_tiles": (5, 3, (6, 40), 6, (2, 4), (1, 1), (1, 1), (1, 1)),
     "in_place": (43, 5, (9, 8), 112, (5, 3), (1, 2), (2, 1), (1, 2)),
     "pairs_in_place": (37, 5, (9, 10), 48, (3, 5), (1, 1), (1, 2), (1, 1)),

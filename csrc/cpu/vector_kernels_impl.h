@@ -1205,39 +1205,43 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         const int64_t t0 = tile * kRowTileLocations;
         const int64_t tile_width = std::min(kRowTileLocations, width - t0);
         const int64_t first = row_first + j0 + t0;
-        // 16-bit outputs of two whole tiles that start a cache line fill whole lines: the block
-        // writes both tiles into `lines` (a line per filter and sample), which go to memory
-        // past the caches, a line at a time, without first being read. Stored in place, each
-        // line had been read from memory before its two halves were written.
-        if constexpr (!std::is_same_v<T, float>) {
-          constexpr int64_t kLineOutputs = kLine / int64_t(sizeof(T));
-          static_assert(kLineOutputs == 2 * kRowTileLocations);
-          if (width - t0 >= kLineOutputs && plane % kLineOutputs == 0 &&
-              reinterpret_cast<uintptr_t>(out + first) % kLine == 0) {
-            alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineOutputs];
-            for (int64_t half = 0; half < 2; ++half) {
-              const RowTileParts<V> parts(g, scratch + (tile + half) * tile_floats);
-              for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
-                run(input + n * s.n + channel_offset, s, g, z, i,
-                    j0 + t0 + half * kRowTileLocations + t, V::tail(kRowTileLocations - t),
-                    parts.columns + t / V::kLanes * g.kernel_w,
-                    parts.filters + o * staged_columns * kRowTileLocations + t,
-                    parts.bias + o * kRowTileLocations + t,
-                    lines + half * kRowTileLocations + t, block * kLineOutputs,
-                    kLineOutputs, false, fetch_next);
-              }
+        // Outputs of whole tiles that start a cache line fill whole lines. Where a vector is
+        // less than a line (16-bit outputs: two tiles to a line; AVX2's floats: two vectors to
+        // a tile), the block writes the line's tiles into `lines` (a line per filter and
+        // sample), which go to memory past the caches a line at a time, without first being
+        // read. Stored in place, each line had been read from memory before its halves were
+        // written; streamed as halves in turn, the halves of a line left the write-combining
+        // buffers apart, each a partial write (forced AVX2 on a Zen 3: cunn232_c1's forward
+        // twice as slow as by lines).
+        constexpr int64_t kLineOutputs = kLine / int64_t(sizeof(T));
+        constexpr int64_t kLineTiles = kLineOutputs / kRowTileLocations;
+        static_assert(kLineTiles * kRowTileLocations == kLineOutputs);
+        constexpr bool kVectorIsLine = V::kLanes * int64_t(sizeof(T)) == kLine;
+        if (!kVectorIsLine && width - t0 >= kLineOutputs && plane % kLineOutputs == 0 &&
+            reinterpret_cast<uintptr_t>(out + first) % kLine == 0) {
+          alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineOutputs];
+          for (int64_t part = 0; part < kLineTiles; ++part) {
+            const RowTileParts<V> parts(g, scratch + (tile + part) * tile_floats);
+            for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
+              run(input + n * s.n + channel_offset, s, g, z, i,
+                  j0 + t0 + part * kRowTileLocations + t, V::tail(kRowTileLocations - t),
+                  parts.columns + t / V::kLanes * g.kernel_w,
+                  parts.filters + o * staged_columns * kRowTileLocations + t,
+                  parts.bias + o * kRowTileLocations + t,
+                  lines + part * kRowTileLocations + t, block * kLineOutputs, kLineOutputs,
+                  false, fetch_next);
             }
-            for (int64_t m = 0; m < block_samples; ++m)
-              for (int64_t f = 0; f < block; ++f)
-                V::stream_line(out + ((n + m) * g.out_channels + o + f) * plane + first,
-                               lines + (m * block + f) * kLineOutputs);
-            ++tile;
-            continue;
           }
+          for (int64_t m = 0; m < block_samples; ++m)
+            for (int64_t f = 0; f < block; ++f)
+              V::stream_line(out + ((n + m) * g.out_channels + o + f) * plane + first,
+                             lines + (m * block + f) * kLineOutputs);
+          tile += kLineTiles - 1;
+          continue;
         }
         const RowTileParts<V> parts(g, scratch + tile * tile_floats);
-        // Float outputs of a whole tile that starts a cache line fill whole lines.
-        const bool whole_lines = std::is_same_v<T, float> && tile_width == kRowTileLocations &&
+        // AVX-512's float vectors of a whole tile that starts a cache line are whole lines.
+        const bool whole_lines = kVectorIsLine && tile_width == kRowTileLocations &&
                                  plane % kRowTileLocations == 0 &&
                                  reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
         for (int64_t t = 0; t < tile_width; t += V::kLanes) {
