@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -184,15 +185,24 @@ struct Avx2 {
  private:
   LC_AVX2 static __m256i iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 
-  // 8 16-bit elements, those off the mask 0 and not read.
+  // 8 16-bit elements, those off the mask 0 and not read. Each lane on the mask is inserted
+  // into the vector: gathered on the stack element by element and loaded as one vector, they
+  // had waited for the stores to reach the cache (a store-forwarding stall: 38% of DeepFace L4's
+  // bfloat16 packing on a Zen 3; the forward 0.90x without it).
   template <typename T>
   LC_AVX2 static __m128i load_halves(Mask m, const T* p) {
     if (all(m)) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    alignas(16) uint16_t lanes[kLanes] = {};
-    const int on = _mm256_movemask_ps(_mm256_castsi256_ps(m));
-    for (int t = 0; t < kLanes; ++t)
-      if (on >> t & 1) lanes[t] = reinterpret_cast<const uint16_t*>(p)[t];
-    return _mm_load_si128(reinterpret_cast<const __m128i*>(lanes));
+    return insert_lanes(_mm256_movemask_ps(_mm256_castsi256_ps(m)),
+                        reinterpret_cast<const uint16_t*>(p),
+                        std::make_integer_sequence<int, kLanes>{});
+  }
+  // The elements e[L] of the lanes L on `on`, others 0 (the lanes as immediates).
+  template <int... L>
+  LC_AVX2 static __m128i insert_lanes(int on, const uint16_t* e,
+                                      std::integer_sequence<int, L...>) {
+    __m128i v = _mm_setzero_si128();
+    ((v = on >> L & 1 ? _mm_insert_epi16(v, e[L], L) : v), ...);
+    return v;
   }
   // Stores the 16-bit elements on the mask.
   template <typename T>
