@@ -60,7 +60,7 @@ from cases import (
     QUICK_CASES,
     Case,
 )
-from ceilings import PRECISIONS, best_ceilings, measure_ceilings, precision
+from ceilings import PRECISIONS, best_ceilings, floor_of, measure_ceilings, precision
 from keras_tasks import run_keras
 from methods import (
     FAMILY_METHODS,
@@ -272,11 +272,6 @@ def print_ceilings(when: str, ceilings: dict) -> None:
         + ", ".join(f"{k} {v:.1f}" for k, v in ceilings["matmul_TFLOPs"].items()),
         flush=True,
     )
-
-
-def floor_of(bytes_: int, flops: int, ceilings: dict, key) -> float:
-    rate = ceilings["matmul_TFLOPs"].get(key) or ceilings["matmul_TFLOPs"]["float32"]
-    return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9))
 
 
 def measure_methods(named, sets, case, direction, key, device, repeats, rounds=1) -> dict:

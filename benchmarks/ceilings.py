@@ -69,3 +69,13 @@ def best_ceilings(measurements: list[dict]) -> dict:
             for key in measurements[0]["matmul_TFLOPs"]
         },
     }
+
+
+def floor_of(bytes_: int, flops: int, ceilings: dict, key) -> float:
+    """The roofline floor in ms. A 16-bit precision's products can always be computed by
+    widening to float32, so its rate is at least float32's: on a CPU without bfloat16
+    arithmetic (a Zen 3) torch's bfloat16 matmul read 0.001 TFLOP/s against float32's 0.14,
+    which would have set floors that kernels widening to float beat."""
+    rates = ceilings["matmul_TFLOPs"]
+    rate = max(rates.get(key) or 0.0, rates["float32"])
+    return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9))

@@ -91,6 +91,23 @@ def test_best_ceilings_and_their_wording():
     assert "the better of each at its start and its end" in both and "32 and 43 GB/s" in both
 
 
+def test_floor_takes_float32s_rate_where_16_bit_is_slower():
+    """A CPU without bfloat16 arithmetic multiplies bfloat16 slower than float32 in torch; the
+    floor of a 16-bit case takes float32's rate there (kernels that widen to float reach it),
+    and its own where that is faster."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ceilings import floor_of
+
+    slow_16 = {"copy_GBps": 40.0, "matmul_TFLOPs": {"float32": 0.1, "bfloat16": 0.02}}
+    fast_16 = {"copy_GBps": 40.0, "matmul_TFLOPs": {"float32": 0.2, "bfloat16": 0.4}}
+    flops, tiny = 10**9, 4  # compute-bound: 1 GFLOP against 4 bytes
+    assert math.isclose(floor_of(tiny, flops, slow_16, "bfloat16"), 10.0)  # 1e9 / 0.1e12 s
+    assert math.isclose(floor_of(tiny, flops, fast_16, "bfloat16"), 2.5)
+    assert math.isclose(floor_of(tiny, flops, fast_16, "float32"), 5.0)
+    # Bandwidth-bound: 4 GB at 40 GB/s, whatever the rates.
+    assert math.isclose(floor_of(4 * 10**9, 1, slow_16, "bfloat16"), 100.0)
+
+
 def test_numbers_are_finite_and_consistent(bench_run):
     _, _, result = bench_run
     records = result["records"]
@@ -116,7 +133,8 @@ def test_numbers_are_finite_and_consistent(bench_run):
         naive_ms = naive[(r["case"], r["dtype"], r["direction"])]
         assert math.isclose(r["speedup_vs_naive"], naive_ms / r["ms"], rel_tol=1e-9)
         ceilings = result["ceilings"]
-        rate = ceilings["matmul_TFLOPs"][r["dtype"]]
+        # A 16-bit precision's rate is at least float32's (ceilings.floor_of).
+        rate = max(ceilings["matmul_TFLOPs"][r["dtype"]], ceilings["matmul_TFLOPs"]["float32"])
         floor = max(r["bytes"] / ceilings["copy_GBps"] / 1e6, r["flops"] / rate / 1e9)
         assert math.isclose(r["floor_ms"], floor, rel_tol=1e-9)
     for row in result["summary"]:

@@ -346,14 +346,14 @@ inline void copy_overlapping(const T* from, T* to, int64_t count) {
 }
 
 // Patches a row at a time, on ISAs without V::kPacksByLines<T> (AVX2's 16-bit elements): a row
-// wholly inside the input by copy_overlapping (its 9 columns on DeepFace L4 had been a vector
-// and a one-lane masked vector: bfloat16's forward 0.52x on a Zen 3, mid_32x32_c64's 0.74x,
-// L5's 0.67x); others by one masked load and store per vector of the row's columns. The loops run over blocks of kSampleGroup
-// samples, the rows, the locations (pack_patches'), then the samples of the block, so that a
-// row's masks are worked out once per block (they had cost more than the copy, measured on
-// DeepFace L6), while the samples in flight at once stay few enough not to evict each other from
-// L1 where the sample stride is a power of two (cunn232_c1); the locations' copies of one row
-// read the same input lines one after another.
+// wholly inside the input by copy_overlapping (DeepFace L4's 9 columns had been a vector and a
+// one-lane masked vector: its bfloat16 forward 0.52x on a Zen 3, mid_32x32_c64's 0.74x, L5's
+// 0.67x), others by one masked load and store per vector of the row's columns. The loops run
+// over blocks of kSampleGroup samples, the rows, the locations (pack_patches'), then the
+// samples of the block, so that a row's masks are worked out once per block (they had cost more
+// than the copy, measured on DeepFace L6), while the samples in flight at once stay few enough
+// not to evict each other from L1 where the sample stride is a power of two (cunn232_c1); the
+// locations' copies of one row read the same input lines one after another.
 template <typename V, typename T>
 LC_VECTOR_TARGET void pack_rows(const T* input, int64_t sample_stride, const PatchRow* rows,
                                 int64_t locations, const Geometry& g, int64_t samples,
