@@ -77,5 +77,6 @@ def floor_of(bytes_: int, flops: int, ceilings: dict, key) -> float:
     arithmetic (a Zen 3) torch's bfloat16 matmul read 0.001 TFLOP/s against float32's 0.14,
     which would have set floors that kernels widening to float beat."""
     rates = ceilings["matmul_TFLOPs"]
-    rate = max(rates.get(key) or 0.0, rates["float32"])
+    # float32's where the run measured it (a run of 16-bit dtypes alone may not have).
+    rate = max(rates.get(key) or 0.0, rates.get("float32") or 0.0)
     return max(bytes_ / (ceilings["copy_GBps"] * 1e6), flops / (rate * 1e9))

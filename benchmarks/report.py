@@ -3,8 +3,10 @@ CSV, a PNG chart per dtype and RESULTS.md.
 
     python benchmarks/report.py results.json --results-md benchmarks/RESULTS.md
 
-regenerates the charts and RESULTS.md from a results file; with --section TITLE the run becomes
-(or replaces) the section TITLE of RESULTS.md, and the rest of the file is kept.
+regenerates the charts and RESULTS.md from a results file, each floor recomputed from the
+record's bytes and flops and the run's ceilings (ceilings.floor_of), and writes results.json and
+results.csv again beside it; with --section TITLE the run becomes (or replaces) the section TITLE
+of RESULTS.md, and the rest of the file is kept.
 """
 
 from __future__ import annotations
@@ -483,7 +485,9 @@ def write_all(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Regenerate charts and RESULTS.md")
+    parser = argparse.ArgumentParser(
+        description="Regenerate the floors, results.json and .csv, charts and RESULTS.md"
+    )
     parser.add_argument("results_json", type=Path)
     parser.add_argument("--results-md", type=Path, default=None)
     parser.add_argument("--section", help="write the run as this section of --results-md")

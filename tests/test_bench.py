@@ -106,6 +106,9 @@ def test_floor_takes_float32s_rate_where_16_bit_is_slower():
     assert math.isclose(floor_of(tiny, flops, fast_16, "float32"), 5.0)
     # Bandwidth-bound: 4 GB at 40 GB/s, whatever the rates.
     assert math.isclose(floor_of(4 * 10**9, 1, slow_16, "bfloat16"), 100.0)
+    # A run of 16-bit dtypes alone measured no float32 rate: the precision's own.
+    alone = {"copy_GBps": 40.0, "matmul_TFLOPs": {"bfloat16": 0.4}}
+    assert math.isclose(floor_of(tiny, flops, alone, "bfloat16"), 2.5)
 
 
 def test_numbers_are_finite_and_consistent(bench_run):

@@ -98,8 +98,6 @@ struct Avx2 {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow<T>(v));
     }
   }
-  // A store that bypasses the caches: p on a 32-byte boundary.
-  LC_AVX2 static void stream(float* p, Vec v) { _mm256_stream_ps(p, v); }
   // The 64-byte line at `from` copied to `to` past the caches: both on a line.
   LC_AVX2 static void stream_line(void* to, const void* from) {
     const __m256i* source = static_cast<const __m256i*>(from);

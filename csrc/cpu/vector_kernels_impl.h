@@ -129,10 +129,10 @@ LC_VECTOR_TARGET inline void load_chunk(const T* row, typename V::Mask last,
 // L4's forward+backward took 7x as long).
 template <typename V>
 LC_VECTOR_TARGET inline void stream_or_store(float* p, typename V::Vec v) {
-  if (sizeof(typename V::Vec) == kLine && reinterpret_cast<uintptr_t>(p) % kLine == 0)
-    V::stream(p, v);
-  else
-    V::store(p, v);
+  if constexpr (sizeof(typename V::Vec) == kLine) {
+    if (reinterpret_cast<uintptr_t>(p) % kLine == 0) return V::stream(p, v);
+  }
+  V::store(p, v);
 }
 
 // Stores the CV vectors of a chunk of K at `row` as T, the last one under the mask `last`; the
@@ -319,7 +319,7 @@ LC_VECTOR_TARGET void grad_filters(int64_t out_channels, int64_t samples, int64_
 
 // Copies `Bytes` bytes: one load and one store of that width.
 template <int Bytes>
-inline void move_bytes(const void* from, void* to) {
+LC_VECTOR_TARGET inline void move_bytes(const void* from, void* to) {
   char bytes[Bytes];
   std::memcpy(bytes, from, Bytes);
   std::memcpy(to, bytes, Bytes);
@@ -329,7 +329,7 @@ inline void move_bytes(const void* from, void* to) {
 // widest width that fits, the last one overlapping the one before; nothing outside the
 // `count` elements is read or written, and no mask is needed.
 template <typename T>
-inline void copy_overlapping(const T* from, T* to, int64_t count) {
+LC_VECTOR_TARGET inline void copy_overlapping(const T* from, T* to, int64_t count) {
   static_assert(sizeof(T) == 2);
   if (count >= 8) {
     for (int64_t q = 0; q + 8 < count; q += 8) move_bytes<16>(from + q, to + q);
@@ -1040,7 +1040,8 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
     for (int f = 0; f < FB; ++f) {
       T* to = out + n * sample_out + f * plane;
       if (!stream) __builtin_prefetch(to + kRowTilePrefetchTiles * kRowTileLocations, 1);
-      if constexpr (std::is_same_v<T, float>) {
+      // Only a float vector that is a whole line is streamed (AVX-512's; forward_row_run).
+      if constexpr (std::is_same_v<T, float> && sizeof(typename V::Vec) == kLine) {
         if (stream) {
           V::stream(to, acc[n][f]);
           continue;
