@@ -1254,8 +1254,9 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         constexpr int64_t kLineTiles = kLineOutputs / kRowTileLocations;
         static_assert(kLineTiles * kRowTileLocations == kLineOutputs);
         constexpr bool kVectorIsLine = V::kLanes * int64_t(sizeof(T)) == kLine;
-        if (!kVectorIsLine && width - t0 >= kLineOutputs && plane % kLineOutputs == 0 &&
-            reinterpret_cast<uintptr_t>(out + first) % kLine == 0) {
+        const bool fills_lines = width - t0 >= kLineOutputs && plane % kLineOutputs == 0 &&
+                                 reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
+        if (!kVectorIsLine && fills_lines) {
           alignas(kLine) T lines[row_tile_block_outputs<V>() * kLineOutputs];
           for (int64_t part = 0; part < kLineTiles; ++part) {
             const RowTileParts<V> parts(g, scratch + (tile + part) * tile_floats);
@@ -1277,10 +1278,8 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
           continue;
         }
         const RowTileParts<V> parts(g, scratch + tile * tile_floats);
-        // AVX-512's float vectors of a whole tile that starts a cache line are whole lines.
-        const bool whole_lines = kVectorIsLine && tile_width == kRowTileLocations &&
-                                 plane % kRowTileLocations == 0 &&
-                                 reinterpret_cast<uintptr_t>(out + first) % kLine == 0;
+        // AVX-512's float vectors of such a tile are whole lines, streamed as they are.
+        const bool whole_lines = kVectorIsLine && fills_lines;
         for (int64_t t = 0; t < tile_width; t += V::kLanes) {
           run(input + n * s.n + channel_offset, s, g, z, i, j0 + t0 + t,
               V::tail(tile_width - t), parts.columns + t / V::kLanes * g.kernel_w,
