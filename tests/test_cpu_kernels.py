@@ -68,8 +68,8 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # (last blocks of 5 and 1); and rows of 4 (the pairs as the filters' words), strided, a pair's
 # second column alone; and row tiles whose outputs go as whole cache lines (16-bit outputs and
 # AVX2's floats: runs of two tiles or more at up to 8 threads, 32-location lines over a plane of
-# 2048; C_out of 14 and 7 samples: partial filter blocks, of 2 filters on AVX2 with 2 samples at
-# once, and partial sample blocks), bfloat16's row tiles by pairs of an odd kernel
+# 2048; C_out of 14 and 7 samples: a partial filter block of 2 filters, its samples in partial
+# blocks, 5 and 2 on AVX2, 4, 2 and 1 on AVX-512), bfloat16's row tiles by pairs of an odd kernel
 # width (the last column with zeros) and of an even one; and grad_input's sums by sources (16
 # filters): an input row of two chunks (the second of 6 columns), dilated kernel columns whose
 # first sources fall on the padding and last past the output row, K in blocks of 6 and of 3
@@ -212,7 +212,7 @@ def test_product_paths_match_reference(monkeypatch, isa, dtype, layout, name):
 # (a channel multiplier of 2) with a period; one region over the whole output (grad_weight in
 # chunks of member rows); a long 1D patch shared in partial blocks; a 3D period with groups; a
 # long patch (108) with 2 filters, which the row tiles take several samples at a time (7: 4, 2
-# and 1 on AVX-512, 2, 2, 2 and 1 on AVX2).
+# and 1 on AVX-512, 5 and 2 on AVX2).
 # dims: n, c_in, size, c_out, kernel, stride, padding (before, after), dilation, groups, sharing
 FAMILY_PATH_GEOMETRIES = {
     "volume_padded": (5, 3, (6, 7, 9), 4, (3, 2, 3), (1, 1, 1), ((1, 1), (0, 1), (1, 0)),

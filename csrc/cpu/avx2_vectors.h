@@ -27,11 +27,12 @@ struct Avx2 {
   // Block sizes, for 16 vector registers: the forward's filters x samples of dot products
   // (3 x 4 accumulators, 3 filter vectors, a patch vector: 7 loads per 12 FMAs, where 4 x 2
   // took 6 per 8); the gradients' rows (samples or filters) x vectors of K (3 x 4
-  // accumulators, the broadcasts or one operand vector at a time); the row tiles' filters
-  // (12 accumulators, the input vector, a filter vector).
+  // accumulators, the broadcasts or one operand vector at a time); the row tiles' filters, as
+  // on AVX-512 (4 filters x 3 samples: 12 accumulators, 3 input vectors, a filter vector; see
+  // row_tile_samples).
   static constexpr int kForwardFilters = 3, kForwardSamples = 4;
   static constexpr int kMaxBlock = 3, kChunkVectors = 4;
-  static constexpr int kRowTileFilters = 12;
+  static constexpr int kRowTileFilters = 4;
   // grad_input_chunk_by_sources' patch columns per block: with its kSourceSamples (4) samples, 12
   // accumulators; the 4 grad_output vectors may be read from memory by the FMAs (cunn232_c1's
   // forward+grad_input 0.98x against 2 columns' 1.03x, both against grad_input_rows_block).

@@ -152,13 +152,18 @@ LC_ALWAYS_INLINE void for_row_tile_patch_rows(const Geometry& g, const Strides5&
 
 // Samples a row tile block takes at once: with few filters, one chain of FMAs per accumulator
 // would wait on each FMA's latency; more samples give independent chains, share each filter load
-// and spread each call's loop overhead, as far as the registers allow. On AVX-512 (16 lanes), up
-// to 8, as many as 32 registers hold beside their accumulators and input vectors and a filter
-// vector (one filter: 8 samples, fmri_decoder_3d's forward 0.95x, genomics_1d_50k's 0.90x,
-// depthwise_32x32_c32's 0.85x against 4; four filters: 6); on AVX2, 4 accumulators. bfloat16's
-// blocks by pairs take the same counts.
+// and spread each call's loop overhead, as far as the registers allow: up to 8, as many as the
+// registers (32 on AVX-512, 16 lanes; 16 on AVX2) hold beside their accumulators and input
+// vectors and a filter vector. AVX-512, one filter: 8 samples (fmri_decoder_3d's forward 0.95x,
+// genomics_1d_50k's 0.90x, depthwise_32x32_c32's 0.85x against 4); four filters: 6. AVX2: 7, 5,
+// 3 and 3 for 1 to 4 filters, against blocks of up to 12 filters of one sample (4 samples of
+// one filter) before: on a Zen 3, one process, the forward of cunn232_c1 (16 filters: 12 and 4
+// of one sample, then four blocks of 4 x 3) 0.89-0.93x, genomics_1d_50k 0.77x,
+// fmri_decoder_3d 0.93x, medvol_32cube_c2 0.93x, depthwise_32x32_c32 1.01x. bfloat16's blocks
+// by pairs take the same counts.
 constexpr int row_tile_samples(int lanes, int filters) {
-  return lanes == 16 ? std::min(8, 31 / (filters + 1)) : std::max(1, 4 / filters);
+  const int registers = 2 * lanes;
+  return std::min(8, (registers - 1) / (filters + 1));
 }
 
 // bfloat16's forward row tiles by vdpbf16ps (avx512::forward_pair_row_run): up to 4 filters
