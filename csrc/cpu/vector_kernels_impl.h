@@ -1016,15 +1016,18 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
 #pragma GCC unroll 16
     for (int f = 0; f < FB; ++f) acc[n][f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
+  // In locals, as for_row_tile_patch_rows' own.
+  const int64_t kernel_w = g.kernel_w, first_x = j0 - g.pad_w, dilation_w = g.dilation_w;
+  const int64_t step_n = s.n;
   for_row_tile_patch_rows<S>(
       g, s, z, i, j0, sample, ahead,
       [&](const T* row) LC_VECTOR_TARGET {
-        for (int64_t q = 0; q < g.kernel_w; ++q, ++k) {
+        for (int64_t q = 0; q < kernel_w; ++q, ++k) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
-          const int64_t x = j0 - g.pad_w + q * g.dilation_w;
+          const int64_t x = first_x + q * dilation_w;
           typename V::Vec values[S];
 #pragma GCC unroll 16
-          for (int n = 0; n < S; ++n) values[n] = V::load(columns[q], row + n * s.n + x);
+          for (int n = 0; n < S; ++n) values[n] = V::load(columns[q], row + n * step_n + x);
 #pragma GCC unroll 16
           for (int f = 0; f < FB; ++f) {
             const auto weights = V::load(filters_t + (k * FB + f) * kRowTileLocations);
@@ -1033,7 +1036,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
           }
         }
       },
-      [&] { k += g.kernel_w; });
+      [&] { k += kernel_w; });
 #pragma GCC unroll 16
   for (int n = 0; n < S; ++n) {
 #pragma GCC unroll 16
