@@ -293,7 +293,7 @@ def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, n
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows_apart"])
 @pytest.mark.parametrize("name", ONE_PASS)
 @pytest.mark.parametrize(
     "isa, dtype",
@@ -304,8 +304,10 @@ def test_backward_in_one_pass_matches_the_separate_passes(
     monkeypatch, isa, dtype, name, layout, threads
 ):
     """The three gradients in one pass over grad_output equal, to the bit, each gradient asked
-    for alone (its own pass), shared and per-location bias alike; grad_output contiguous or
-    channels-last (staged element by element)."""
+    for alone (its own pass), shared and per-location bias alike; grad_output contiguous (two
+    rows of a plane staged together), channels-last (staged element by element), or with its
+    channels between its rows (each row's runs a row of every channel apart: a row at a
+    time)."""
     use_product_path(monkeypatch, isa)
     tensors, *_ = family_case(FAMILY_PATH_GEOMETRIES[name], dtype, "cpu", 4)
     n, _, size, c_out, _, stride, pairs, dilation, groups, _ = FAMILY_PATH_GEOMETRIES[name]
@@ -315,6 +317,8 @@ def test_backward_in_one_pass_matches_the_separate_passes(
     grad_output = torch.randn((n, c_out, *weight.shape[:dims]), generator=generator).to(dtype)
     if layout == "channels_last":
         grad_output = grad_output.movedim(1, -1).contiguous().movedim(-1, 1)
+    elif layout == "rows_apart":  # (N, ..., H, C_out, W) in memory
+        grad_output = grad_output.movedim(1, -2).contiguous().movedim(-2, 1)
     padding = [side for pair in pairs for side in pair]
     args = (stride, padding, dilation, groups, [1] * dims, "block")
     previous = torch.get_num_threads()

@@ -1,10 +1,11 @@
 // The CPU backward in one pass over grad_output, where the geometry fits both row paths (the
 // patch gradients by output rows, grad_weight by row tiles), one chunk covers an input row and
 // grad_output is at least twice the input (vector_kernels.h: backward_row_fits): cunn232_c1,
-// medvol_32cube_c2. Each output row's grad_output is staged once, a block of samples at a time,
-// and serves its patch gradients, its grad_weight sums and its bias sums (vector_kernels.h:
-// backward_row); the separate passes read it once each, as streams of a few lines per sample
-// and filter (cunn232_c1: 16.8 MB three times, at about a third of the copy bandwidth).
+// medvol_32cube_c2. Each output row's grad_output is staged once, a block of samples at a time
+// (two rows of a plane together, vector_kernels.h: backward_row_rows), and serves its patch
+// gradients, its grad_weight sums and its bias sums (vector_kernels.h: backward_row); the
+// separate passes read it once each, as streams of a few lines per sample and filter
+// (cunn232_c1: 16.8 MB three times, at about a third of the copy bandwidth).
 //
 // Threads take blocks of output rows in two phases (cpu_blocking.h: RowBlocks), each row whole:
 // its grad_weight banks and bias sums are the thread's alone, and the patch gradients of rows in
@@ -39,10 +40,11 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     // float sums straight into grad_input; float16 and bfloat16 into a float block of the
     // scratch (the whole batch), rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, float>;
+    // Room for the two rows backward_row may take at once.
     const auto per_thread = [&](int64_t, int64_t) {
-      return cpu::line_bytes(cpu::backward_row_scratch(g), sizeof(float)) +
-             cpu::line_bytes(cpu::backward_row_weight_sums(g), sizeof(float)) +
-             cpu::line_bytes(cpu::patch_row_count(g), sizeof(int64_t));
+      return cpu::line_bytes(2 * cpu::backward_row_scratch(g), sizeof(float)) +
+             cpu::line_bytes(2 * cpu::backward_row_weight_sums(g), sizeof(float)) +
+             cpu::line_bytes(2 * cpu::patch_row_count(g), sizeof(int64_t));
     };
     const auto shared = [&](int64_t samples) {
       return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(float));
@@ -79,22 +81,26 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     for (int64_t phase = 0; phase < 2; ++phase) {
       at::parallel_for(0, row_blocks.in_phase(phase), 1, [&](int64_t begin, int64_t end) {
         cpu::ScratchSlice slice(pass);
-        float* scratch = slice.take<float>(cpu::backward_row_scratch(g));
-        float* weight_sums = slice.take<float>(cpu::backward_row_weight_sums(g));
-        int64_t* dest = slice.take<int64_t>(cpu::patch_row_count(g));
+        float* scratch = slice.take<float>(2 * cpu::backward_row_scratch(g));
+        float* weight_sums = slice.take<float>(2 * cpu::backward_row_weight_sums(g));
+        int64_t* dest = slice.take<int64_t>(2 * cpu::patch_row_count(g));
         for (int64_t index = 2 * begin + phase; index < 2 * end + phase; index += 2) {
-          for (int64_t row = row_blocks.begin(index); row < row_blocks.end(index); ++row) {
-            // The block's next row, where it is the next of the same plane.
-            const bool next_row_too =
-                row + 1 < row_blocks.end(index) && (row + 1) % g.out_h != 0;
+          for (int64_t row = row_blocks.begin(index); row < row_blocks.end(index);) {
+            // The block's next row too, where it is the next of the same plane.
+            const int64_t rows = cpu::backward_row_rows(
+                g, go_strides.h, sizeof(scalar_t),
+                row + 1 < row_blocks.end(index) && (row + 1) % g.out_h != 0);
             cpu::backward_row(isa, go, go_strides, in, in_strides, g, row / g.out_h,
-                              row % g.out_h, next_row_too, w, sums, weight_sums, bias, scratch,
-                              dest);
-            for (int64_t j0 = 0; j0 < g.out_w; j0 += cpu::kRowTileLocations) {
-              cpu::grad_weight_row_banks(
-                  isa, weight_sums + j0 / cpu::kRowTileLocations * cpu::grad_weight_row_sums(g),
-                  g, std::min(cpu::kRowTileLocations, g.out_w - j0),
-                  gw + (row * g.out_w + j0) * filter_size);
+                              row % g.out_h, rows, w, sums, weight_sums, bias, scratch, dest);
+            for (int64_t r = 0; r < rows; ++r, ++row) {
+              for (int64_t j0 = 0; j0 < g.out_w; j0 += cpu::kRowTileLocations) {
+                cpu::grad_weight_row_banks(
+                    isa,
+                    weight_sums + r * cpu::backward_row_weight_sums(g) +
+                        j0 / cpu::kRowTileLocations * cpu::grad_weight_row_sums(g),
+                    g, std::min(cpu::kRowTileLocations, g.out_w - j0),
+                    gw + (row * g.out_w + j0) * filter_size);
+              }
             }
           }
         }

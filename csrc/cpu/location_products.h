@@ -393,16 +393,16 @@ bool backward_by_one_row(ProductIsa isa, const Geometry& g, const Strides5& s) {
 template <typename scalar_t>
 void backward_row(ProductIsa isa, const scalar_t* grad_output, const Strides5& go_s,
                   const scalar_t* input, const Strides5& s, const Geometry& g, int64_t z,
-                  int64_t i, bool next_row_too, const scalar_t* weight, float* grad_input,
+                  int64_t i, int64_t rows, const scalar_t* weight, float* grad_input,
                   float* weight_sums, float* bias_sums, float* scratch, int64_t* dest) {
   if constexpr (kVectorType<scalar_t>) {
     switch (isa) {
       case ProductIsa::avx512_bf16:
       case ProductIsa::avx512:
-        return avx512::backward_row(grad_output, go_s, input, s, g, z, i, next_row_too, weight,
+        return avx512::backward_row(grad_output, go_s, input, s, g, z, i, rows, weight,
                                     grad_input, weight_sums, bias_sums, scratch, dest);
       case ProductIsa::avx2:
-        return avx2::backward_row(grad_output, go_s, input, s, g, z, i, next_row_too, weight,
+        return avx2::backward_row(grad_output, go_s, input, s, g, z, i, rows, weight,
                                   grad_input, weight_sums, bias_sums, scratch, dest);
       case ProductIsa::blas:
         break;

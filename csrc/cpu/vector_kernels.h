@@ -360,6 +360,16 @@ inline int64_t backward_row_scratch(const Geometry& g) {
   return backward_row_staged(g) + 4 * grad_weight_row_patch(g) + grad_input_source_sums(g);
 }
 
+// How many output rows from (z, i) backward_row takes at once, where `next_row_too`: the caller's
+// next row is (z, i + 1). Both, where each sample's and filter's runs of grad_output in the two
+// rows lie within a line of each other (rows `row_step` elements of `element_size` bytes apart;
+// a grad_output permuted from another layout can hold whole planes between them), so that one
+// fetch brings both; else one.
+inline int64_t backward_row_rows(const Geometry& g, int64_t row_step, int64_t element_size,
+                                 bool next_row_too) {
+  return next_row_too && (row_step - backward_row_span(g)) * element_size <= kLine ? 2 : 1;
+}
+
 // The floats of backward_row's grad_weight sums: grad_weight_row_sums per row tile.
 inline int64_t backward_row_weight_sums(const Geometry& g) {
   return ceil_div(g.out_w, kRowTileLocations) * grad_weight_row_sums(g);
@@ -520,17 +530,17 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                backward_rows_fit and row_tiles_fit.
 // grad_weight_row_banks: grad_weight_row_tile's sums of a tile of `width` locations into their
 //                banks (location t's at banks + t * C_out * K), rounded to T.
-// backward_row:  the three gradients of output row (z, i), every group and sample, from one
-//                staging of its grad_output (kBackwardRowSamples samples at a time): its patch
-//                gradients added onto grad_input (a contiguous float block of the batch), as
-//                grad_input_row adds them; its grad_weight sums, tile after tile of
-//                grad_weight_row_sums(g) floats at weight_sums, as grad_weight_row_tile sums
-//                them (not accumulated); and where bias_sums is not null, each location's sum
-//                of grad_output over the batch at bias_sums[o * locations + location], in sample
-//                order. `scratch` holds backward_row_scratch(g) floats, `dest`
-//                patch_row_count(g) elements; `next_row_too`: the caller's next output row is
-//                (z, i + 1) (its grad_output is fetched with this row's). Only where
-//                backward_row_fits.
+// backward_row:  the three gradients of output rows (z, i) to (z, i + rows - 1) (`rows` as
+//                backward_row_rows gives), every group and sample, from one staging of their
+//                grad_output (kBackwardRowSamples samples at a time): their patch gradients
+//                added onto grad_input (a contiguous float block of the batch), as
+//                grad_input_row adds them; each row's grad_weight sums, tile after tile of
+//                grad_weight_row_sums(g) floats from weight_sums + r *
+//                backward_row_weight_sums(g), as grad_weight_row_tile sums them (not
+//                accumulated); and where bias_sums is not null, each location's sum of
+//                grad_output over the batch at bias_sums[o * locations + location], in sample
+//                order. `scratch` holds rows x backward_row_scratch(g) floats, `dest` rows x
+//                patch_row_count(g) elements. Only where backward_row_fits.
 #define LC_CUDA_DECLARE_VECTOR_KERNELS                                                           \
   template <typename T>                                                                          \
   void forward(int64_t out_channels, int64_t samples, int64_t patch_size, const T* filters,      \
@@ -581,7 +591,7 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
   template <typename T>                                                                          \
   void backward_row(const T* grad_output, const Strides5& go_s, const T* input,                 \
                     const Strides5& s, const Geometry& g, int64_t z, int64_t i,                  \
-                    bool next_row_too, const T* weight, float* grad_input, float* weight_sums,   \
+                    int64_t rows, const T* weight, float* grad_input, float* weight_sums,        \
                     float* bias_sums, float* scratch, int64_t* dest);
 
 namespace avx2 {

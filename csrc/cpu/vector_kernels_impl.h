@@ -1666,25 +1666,31 @@ LC_VECTOR_TARGET void stage_chunk_filters(const Geometry& g, int64_t z, int64_t 
   }
 }
 
-// The grad_output of output row (z, i), channel group `group`, `samples` samples (from
-// grad_output on) that a chunk reads, staged: go_staged[(n * group_size + o) * span + jj] is
-// sample n's filter o at output column first + jj (zero outside the row). Fetched now: where
-// `rows_ahead` is null, each row's part `ahead` columns on (stage_row); else, into the L2,
-// `fetch_bytes` from the run rows_ahead stands at, a run per staged row.
+// The grad_output of output rows (z, i) to (z, i + rows - 1), channel group `group`, `samples`
+// samples (from grad_output on) that a chunk reads, staged: row r's at go_staged + r *
+// staged_step, where [(n * group_size + o) * span + jj] is sample n's filter o at output column
+// first + jj (zero outside the row). Each sample's and filter's rows in turn, so that the lines
+// a fetch brings serve every row at once. Fetched now: where `rows_ahead` is null, each row's
+// part `ahead` columns on (stage_row); else, into the L2, `fetch_bytes` from the run rows_ahead
+// stands at, a run per sample and filter (the rows' lines, where they lie together).
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Strides5& go_s,
                                               const Geometry& g, int64_t z, int64_t i,
-                                              int64_t group, int64_t samples, int64_t first,
-                                              int64_t span, int64_t ahead, RowsAhead* rows_ahead,
-                                              int64_t fetch_bytes, float* go_staged) {
+                                              int64_t rows, int64_t group, int64_t samples,
+                                              int64_t first, int64_t span, int64_t ahead,
+                                              RowsAhead* rows_ahead, int64_t fetch_bytes,
+                                              float* go_staged, int64_t staged_step) {
   const int64_t group_size = g.group_out_channels();
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < group_size; ++o) {
       if (rows_ahead != nullptr) rows_ahead->fetch_and_next(fetch_bytes);
-      stage_row<V>(grad_output + n * go_s.n + (group * group_size + o) * go_s.c + z * go_s.d +
-                       i * go_s.h,
-                   go_s.w, first, span, g.out_w, rows_ahead != nullptr ? 0 : ahead,
-                   go_staged + (n * group_size + o) * span);
+      const T* row = grad_output + n * go_s.n + (group * group_size + o) * go_s.c +
+                     z * go_s.d + i * go_s.h;
+      for (int64_t r = 0; r < rows; ++r) {
+        stage_row<V>(row + r * go_s.h, go_s.w, first, span, g.out_w,
+                     rows_ahead != nullptr ? 0 : ahead,
+                     go_staged + r * staged_step + (n * group_size + o) * span);
+      }
     }
   }
 }
@@ -1784,9 +1790,9 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, first, samples,
                                                  group * samples * g.group_out_channels());
     const bool whole_row = columns == g.in_w && go_s.w == 1;
-    stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, group, samples, first, span,
-                               span + chunk, whole_row ? &rows_ahead : nullptr,
-                               span * int64_t(sizeof(T)) + kLine, go_staged);
+    stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, /*rows=*/1, group, samples, first,
+                               span, span + chunk, whole_row ? &rows_ahead : nullptr,
+                               span * int64_t(sizeof(T)) + kLine, go_staged, 0);
     grad_input_chunk<V>(go_staged, filters_t, dest, g, span, x0, first, columns, samples,
                         sample_size, grad_input, sums, next_chunk_banks(g, weight, z, i, x0, chunk),
                         next_chunk_lines<T>(g, group, chunk));
@@ -1987,16 +1993,22 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
   }
 }
 
-// ---- the backward of one output row from one staging of its grad_output ----
+// ---- the backward of one or two output rows from one staging of their grad_output ----
 
 // Where a row's grad_input is one chunk (backward_row_fits), the staged grad_output that
 // grad_input_chunk reads also serves grad_weight_row_products (each tile a part of the staged
 // span) and the bias sums: grad_output is read from memory once, not once per gradient
 // (cunn232_c1's 16.8 MB had been read three times, each time as 1024 streams of a few lines).
+// Two rows of a plane at once (backward_row_rows): each sample's and filter's runs of both rows
+// are staged together, from the lines one fetch brought; staged a row at a time, the second
+// row's half of those lines was read again a whole row later, by then evicted from the L2 (the
+// runs lie a plane apart, in a few of its sets). Against a row at a time (with the same joint
+// fetch), the backward in one process on the Zen 3: cunn232_c1 float32 0.97x, 0.94x; bfloat16
+// 1.00x; medvol_32cube_c2 0.98x.
 template <typename V, typename T>
 LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, const T* input,
                                    const Strides5& s, const Geometry& g, int64_t z, int64_t i,
-                                   bool next_row_too, const T* weight, float* grad_input,
+                                   int64_t rows, const T* weight, float* grad_input,
                                    float* weight_sums, float* bias_sums, float* scratch,
                                    int64_t* dest) {
   const int64_t sample_size = g.input_sample();
@@ -2004,54 +2016,64 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   const int64_t start = backward_row_start(g), chunk = grad_input_row_columns(g);
   // The chunk's sources from column `first` on, `lead` columns into the staged rows.
   const int64_t first = backward_row_chunk_first(g), lead = first - start;
-  const int64_t locations = g.locations();
-  float* filters_t = scratch;
-  float* go_staged = filters_t + g.patch_size() * group_size * span;
-  int64_t* offsets = reinterpret_cast<int64_t*>(scratch + backward_row_staged(g));
-  int64_t* column_of = offsets + grad_weight_row_patch(g);
-  float* sums = scratch + backward_row_staged(g) + 4 * grad_weight_row_patch(g);
-  grad_weight_row_offsets(g, s, z, i, offsets, column_of);
-  float* row_bias = bias_sums == nullptr ? nullptr : bias_sums + (z * g.out_h + i) * g.out_w;
-  // Each staged run fetched with the next output row's where the thread stages that next and
-  // that row starts within a line of this run's end (a grad_output permuted from another layout
-  // can hold whole planes between its rows): the two rows' lines of a plane lie together, one
-  // stream of them rather than two of one row each (cunn232_c1's backward, one process: float32
-  // 0.96-1.00x over six runs, 0.98x their mean; bfloat16 0.97x and 1.00x).
-  const bool next_row_near =
-      next_row_too && (go_s.h - span) * int64_t(sizeof(T)) <= kLine;
-  const int64_t fetch_bytes = (span + (next_row_near ? go_s.h : 0)) * int64_t(sizeof(T)) + kLine;
+  const int64_t locations = g.locations(), padded = grad_weight_row_patch(g);
+  // Row r's parts: its scratch (staged filters and grad_output, grad_weight's offsets and the
+  // source sums), its grad_weight sums and its destinations, one after another.
+  const int64_t scratch_step = backward_row_scratch(g);
+  const int64_t sums_step = backward_row_weight_sums(g), dest_step = patch_row_count(g);
+  const int64_t filters_floats = g.patch_size() * group_size * span;
+  const auto offsets_of = [&](int64_t r) {
+    return reinterpret_cast<int64_t*>(scratch + r * scratch_step + backward_row_staged(g));
+  };
+  for (int64_t r = 0; r < rows; ++r)
+    grad_weight_row_offsets(g, s, z, i + r, offsets_of(r), offsets_of(r) + padded);
+  // The runs of both rows in one fetch (backward_row_rows pairs rows whose runs lie within a
+  // line of each other): the two rows' lines of a plane lie together, one stream of them rather
+  // than two of one row each.
+  const int64_t fetch_bytes = (span + (rows - 1) * go_s.h) * int64_t(sizeof(T)) + kLine;
   for (int64_t group = 0; group < g.groups; ++group) {
-    grad_input_row_destinations(g, z, i, group, dest);
-    stage_chunk_filters<V>(g, z, i, group, first, span, weight, filters_t);
+    for (int64_t r = 0; r < rows; ++r) {
+      grad_input_row_destinations(g, z, i + r, group, dest + r * dest_step);
+      stage_chunk_filters<V>(g, z, i + r, group, first, span, weight, scratch + r * scratch_step);
+    }
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
       RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, start, g.batch,
                                                    (group * g.batch + n0) * group_size);
-      stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, group, samples,
+      stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, rows, group, samples,
                                  start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
-                                 fetch_bytes, go_staged);
-      grad_input_chunk<V>(go_staged + lead, filters_t, dest, g, span, /*x0=*/0, first, g.in_w,
-                          samples, sample_size, grad_input + n0 * sample_size, sums,
-                          next_chunk_banks(g, weight, z, i, 0, chunk),
-                          n0 == 0 ? next_chunk_lines<T>(g, group, chunk) : 0);
-      for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
-        grad_weight_row_products<V>(input + n0 * s.n, s, go_staged + j0 - start,
-                                    group_size * span, span, g, j0,
-                                    std::min(kRowTileLocations, g.out_w - j0), group, samples,
-                                    offsets, column_of, n0 > 0,
-                                    weight_sums + j0 / kRowTileLocations *
-                                                      grad_weight_row_sums(g));
-      }
-      if (row_bias == nullptr) continue;
-      // Each location's sum over the samples in sample order, as cpu_grad_bias adds them.
-      for (int64_t o = 0; o < group_size; ++o) {
-        float* to = row_bias + (group * group_size + o) * locations;
-        for (int64_t j = 0; j < g.out_w; j += V::kLanes) {
-          const auto lanes = V::tail(g.out_w - j);
-          auto sum = n0 > 0 ? V::load(lanes, to + j) : V::zero();
-          for (int64_t n = 0; n < samples; ++n)
-            sum = V::add(sum, V::load(go_staged + (n * group_size + o) * span + j - start));
-          V::store(lanes, to + j, sum);
+                                 fetch_bytes, scratch + filters_floats, scratch_step);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* filters_t = scratch + r * scratch_step;
+        const float* go_staged = filters_t + filters_floats;
+        int64_t* offsets = offsets_of(r);
+        // The banks of the row after the last, fetched while the first sample block goes by.
+        grad_input_chunk<V>(go_staged + lead, filters_t, dest + r * dest_step, g, span,
+                            /*x0=*/0, first, g.in_w, samples, sample_size,
+                            grad_input + n0 * sample_size,
+                            reinterpret_cast<float*>(offsets + 2 * padded),
+                            next_chunk_banks(g, weight, z, i + r, 0, chunk),
+                            n0 == 0 && r == rows - 1 ? next_chunk_lines<T>(g, group, chunk) : 0);
+        for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
+          grad_weight_row_products<V>(input + n0 * s.n, s, go_staged + j0 - start,
+                                      group_size * span, span, g, j0,
+                                      std::min(kRowTileLocations, g.out_w - j0), group, samples,
+                                      offsets, offsets + padded, n0 > 0,
+                                      weight_sums + r * sums_step +
+                                          j0 / kRowTileLocations * grad_weight_row_sums(g));
+        }
+        if (bias_sums == nullptr) continue;
+        // Each location's sum over the samples in sample order, as cpu_grad_bias adds them.
+        float* row_bias = bias_sums + (z * g.out_h + i + r) * g.out_w;
+        for (int64_t o = 0; o < group_size; ++o) {
+          float* to = row_bias + (group * group_size + o) * locations;
+          for (int64_t j = 0; j < g.out_w; j += V::kLanes) {
+            const auto lanes = V::tail(g.out_w - j);
+            auto sum = n0 > 0 ? V::load(lanes, to + j) : V::zero();
+            for (int64_t n = 0; n < samples; ++n)
+              sum = V::add(sum, V::load(go_staged + (n * group_size + o) * span + j - start));
+            V::store(lanes, to + j, sum);
+          }
         }
       }
     }
@@ -2174,10 +2196,10 @@ void grad_weight_row_banks(const float* sums, const Geometry& g, int64_t width, 
 
 template <typename T>
 void backward_row(const T* grad_output, const Strides5& go_s, const T* input, const Strides5& s,
-                  const Geometry& g, int64_t z, int64_t i, bool next_row_too, const T* weight,
+                  const Geometry& g, int64_t z, int64_t i, int64_t rows, const T* weight,
                   float* grad_input, float* weight_sums, float* bias_sums, float* scratch,
                   int64_t* dest) {
-  generic::backward_row<LC_VECTOR_TRAITS>(grad_output, go_s, input, s, g, z, i, next_row_too,
+  generic::backward_row<LC_VECTOR_TRAITS>(grad_output, go_s, input, s, g, z, i, rows,
                                           weight, grad_input, weight_sums, bias_sums, scratch,
                                           dest);
 }
@@ -2202,7 +2224,7 @@ void backward_row(const T* grad_output, const Strides5& go_s, const T* input, co
                                         int64_t, bool, float*, float*);                   \
   template void grad_weight_row_banks<T>(const float*, const Geometry&, int64_t, T*);   \
   template void backward_row<T>(const T*, const Strides5&, const T*, const Strides5&,          \
-                                const Geometry&, int64_t, int64_t, bool, const T*, float*,     \
+                                const Geometry&, int64_t, int64_t, int64_t, const T*, float*,  \
                                 float*, float*, float*, int64_t*);
 LC_CUDA_INSTANTIATE(float)
 LC_CUDA_INSTANTIATE(c10::BFloat16)
