@@ -265,8 +265,10 @@ FAMILY_PATH_GEOMETRIES = {
     # ...channel groups, dilated kernel columns, 3D...
     "one_pass_groups_dilated_3d": (3, 2, (3, 4, 21), 8, (2, 2, 3), (1, 1, 1),
                                    ((1, 0), (1, 1), (2, 2)), (1, 1, 2), 2, {}),
-    # ...and one filter with 18 patch rows (grad_input holds grad_output in registers)...
-    "one_pass_held": (5, 2, (2, 2, 10), 1, (3, 3, 3), (1, 1, 1), ((2, 2), (2, 2), (1, 1)),
+    # ...and one filter with 18 patch rows (grad_input holds grad_output in registers), planes
+    # of 5 rows in blocks of two planes (a plane's last row never paired with the next plane's
+    # first)...
+    "one_pass_held": (5, 2, (1, 3, 10), 1, (3, 3, 3), (1, 1, 1), ((2, 2), (2, 2), (1, 1)),
                       (1, 1, 1), 1, {}),
     # ...and grad_input's sums by sources (16 filters a group) with two groups in 3D, padding
     # wider than the kernel's span before the row, and samples left after a block of 4.
@@ -293,7 +295,9 @@ def test_family_product_paths_match_reference(monkeypatch, isa, dtype, layout, n
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows_apart"])
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "channels_last", "rows_apart", "nan_between_rows"]
+)
 @pytest.mark.parametrize("name", ONE_PASS)
 @pytest.mark.parametrize(
     "isa, dtype",
@@ -305,9 +309,10 @@ def test_backward_in_one_pass_matches_the_separate_passes(
 ):
     """The three gradients in one pass over grad_output equal, to the bit, each gradient asked
     for alone (its own pass), shared and per-location bias alike; grad_output contiguous (two
-    rows of a plane staged together), channels-last (staged element by element), or with its
-    channels between its rows (each row's runs a row of every channel apart: a row at a
-    time)."""
+    rows of a plane staged together), channels-last (staged element by element), with its
+    channels between its rows (where there are several, each row's runs a row of every channel
+    apart: a row at a time), or with a NaN before and after each row (a read outside a row, even
+    one multiplied by a zero filter, makes a NaN that no result may hold)."""
     use_product_path(monkeypatch, isa)
     tensors, *_ = family_case(FAMILY_PATH_GEOMETRIES[name], dtype, "cpu", 4)
     n, _, size, c_out, _, stride, pairs, dilation, groups, _ = FAMILY_PATH_GEOMETRIES[name]
@@ -319,6 +324,11 @@ def test_backward_in_one_pass_matches_the_separate_passes(
         grad_output = grad_output.movedim(1, -1).contiguous().movedim(-1, 1)
     elif layout == "rows_apart":  # (N, ..., H, C_out, W) in memory
         grad_output = grad_output.movedim(1, -2).contiguous().movedim(-2, 1)
+    elif layout == "nan_between_rows":
+        padded = torch.full((*grad_output.shape[:-1], grad_output.shape[-1] + 2), float("nan"))
+        padded = padded.to(dtype)
+        padded[..., 1:-1] = grad_output
+        grad_output = padded[..., 1:-1]
     padding = [side for pair in pairs for side in pair]
     args = (stride, padding, dilation, groups, [1] * dims, "block")
     previous = torch.get_num_threads()

@@ -310,8 +310,10 @@ inline int64_t grad_weight_row_scratch(const Geometry& g, int64_t samples) {
 }
 
 // The samples backward_row stages at once, read by grad_input, grad_weight and the bias sums in
-// turn: cunn232_c1's 16 x 16 filters x 66 columns, 66 KB, within the L2 (its backward in one
-// process against 16: 8 samples 1.00-1.02, 32 1.00, 64 1.02; medvol_32cube_c2's 2 1.21).
+// turn: cunn232_c1's 16 x 16 filters x 66 columns, 66 KB a row, within the L2 (its backward in
+// one process against 16: 8 samples 1.00-1.02, 32 1.00, 64 1.02; medvol_32cube_c2's 2 1.21).
+// With two rows at once (backward_row_rows) their state is about 338 KB; 8 samples then took
+// 1.05x as long.
 constexpr int64_t kBackwardRowSamples = 16;
 
 // Whether backward_row applies: the geometries of both grad_input_row and grad_weight_row_tile,
@@ -362,9 +364,10 @@ inline int64_t backward_row_scratch(const Geometry& g) {
 
 // How many output rows from (z, i) backward_row takes at once, where `next_row_too`: the caller's
 // next row is (z, i + 1). Both, where each sample's and filter's runs of grad_output in the two
-// rows lie within a line of each other (rows `row_step` elements of `element_size` bytes apart;
-// a grad_output permuted from another layout can hold whole planes between them), so that one
-// fetch brings both; else one.
+// rows lie within a line of each other (rows `row_step` elements of `element_size` bytes apart,
+// a run span elements; a grad_output permuted from another layout can hold whole planes between
+// them), so that one fetch brings both; else one. (Where columns are not contiguous the runs are
+// staged element by element without fetches, and pairing them changes only the order.)
 inline int64_t backward_row_rows(const Geometry& g, int64_t row_step, int64_t element_size,
                                  bool next_row_too) {
   return next_row_too && (row_step - backward_row_span(g)) * element_size <= kLine ? 2 : 1;

@@ -699,13 +699,14 @@ class RowsAhead {
 };
 
 // The runs of a staging of whole output rows of grad_output (grad_input_row's chunk of a whole
-// input row, backward_row's), kStagedRowsAhead on from run `start` in its order: the group's
-// filters in turn, `samples` samples one after another (from grad_output on), group after group,
-// on into the next output row; each run from output column `column`.
+// input row, backward_row's `rows` rows at once), kStagedRowsAhead on from run `start` in its
+// order: the group's filters in turn, `samples` samples one after another (from grad_output on),
+// group after group, on into the output row after the `rows` staged together; each run from
+// output column `column` of row i.
 template <typename T>
 RowsAhead output_row_runs_ahead(const T* grad_output, const Strides5& go_s, const Geometry& g,
-                                int64_t z, int64_t i, int64_t column, int64_t samples,
-                                int64_t start) {
+                                int64_t z, int64_t i, int64_t rows, int64_t column,
+                                int64_t samples, int64_t start) {
   const int64_t group_size = g.group_out_channels(), element = sizeof(T);
   // By address: `column` may lie before the row (in the padding), before grad_output itself.
   return RowsAhead(
@@ -714,7 +715,7 @@ RowsAhead output_row_runs_ahead(const T* grad_output, const Strides5& go_s, cons
       {{group_size, go_s.c * element},
        {samples, go_s.n * element},
        {g.groups, group_size * go_s.c * element}},
-      go_s.h * element, start, kStagedRowsAhead);
+      rows * go_s.h * element, start, kStagedRowsAhead);
 }
 
 // The squares of the row kernels' transpositions read (or write) a vector of each of
@@ -1304,8 +1305,9 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
 // (every line of them; none where ahead is 0): each sample's row is a stream of its own, as in
 // row_tile_block. Only the vectors that reach past the part or the row take masks: built for
 // every vector, they had cost about 45 instructions each (callgrind, cunn232_c1's backward at
-// batch 16: the staging 16.3M instructions, now 4.9M; in one process on the Zen 3, backward
-// 0.75-0.80x, depthwise_32x32_c32 0.82x, genomics_1d_50k 0.75x, fmri_decoder_3d 0.93x).
+// batch 16: the staging 16.3M instructions, now 4.9M; in one process on the Zen 3, backward:
+// cunn232_c1 float32 0.75-0.80x, bfloat16 0.91x, depthwise_32x32_c32 0.82x, genomics_1d_50k
+// 0.75x, fmri_decoder_3d 0.93x).
 template <typename V, typename T>
 LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
                                 int64_t length, int64_t ahead, float* to) {
@@ -1799,8 +1801,9 @@ LC_VECTOR_TARGET void grad_input_row(const T* grad_output, const Strides5& go_s,
     // grad_output's runs, the next chunk's part fetched now; where the chunk is the whole row,
     // the runs kStagedRowsAhead on in the staging's order (as backward_row's: the next chunk's
     // part would lie in the plane's row after next, which this thread does not take next).
-    RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, first, samples,
-                                                 group * samples * g.group_out_channels());
+    RowsAhead rows_ahead =
+        output_row_runs_ahead(grad_output, go_s, g, z, i, /*rows=*/1, first, samples,
+                              group * samples * g.group_out_channels());
     const bool whole_row = columns == g.in_w && go_s.w == 1;
     stage_chunk_grad_output<V>(grad_output, go_s, g, z, i, /*rows=*/1, group, samples, first,
                                span, span + chunk, whole_row ? &rows_ahead : nullptr,
@@ -2050,7 +2053,7 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     }
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
-      RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, start, g.batch,
+      RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, rows, start, g.batch,
                                                    (group * g.batch + n0) * group_size);
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, rows, group, samples,
                                  start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
