@@ -40,11 +40,12 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     // float sums straight into grad_input; float16 and bfloat16 into a float block of the
     // scratch (the whole batch), rounded once at the end.
     constexpr bool in_place = std::is_same_v<scalar_t, float>;
-    // Room for the two rows backward_row may take at once.
+    // Room for the rows backward_row may take at once.
+    constexpr int64_t rows_at_once = cpu::kBackwardRowsAtOnce;
     const auto per_thread = [&](int64_t, int64_t) {
-      return cpu::line_bytes(2 * cpu::backward_row_scratch(g), sizeof(float)) +
-             cpu::line_bytes(2 * cpu::backward_row_weight_sums(g), sizeof(float)) +
-             cpu::line_bytes(2 * cpu::patch_row_count(g), sizeof(int64_t));
+      return cpu::line_bytes(rows_at_once * cpu::backward_row_scratch(g), sizeof(float)) +
+             cpu::line_bytes(rows_at_once * cpu::backward_row_weight_sums(g), sizeof(float)) +
+             cpu::line_bytes(rows_at_once * cpu::patch_row_count(g), sizeof(int64_t));
     };
     const auto shared = [&](int64_t samples) {
       return in_place ? 0 : cpu::line_bytes(samples * sample_size, sizeof(float));
@@ -81,9 +82,9 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> cpu_backward_by_ro
     for (int64_t phase = 0; phase < 2; ++phase) {
       at::parallel_for(0, row_blocks.in_phase(phase), 1, [&](int64_t begin, int64_t end) {
         cpu::ScratchSlice slice(pass);
-        float* scratch = slice.take<float>(2 * cpu::backward_row_scratch(g));
-        float* weight_sums = slice.take<float>(2 * cpu::backward_row_weight_sums(g));
-        int64_t* dest = slice.take<int64_t>(2 * cpu::patch_row_count(g));
+        float* scratch = slice.take<float>(rows_at_once * cpu::backward_row_scratch(g));
+        float* weight_sums = slice.take<float>(rows_at_once * cpu::backward_row_weight_sums(g));
+        int64_t* dest = slice.take<int64_t>(rows_at_once * cpu::patch_row_count(g));
         for (int64_t index = 2 * begin + phase; index < 2 * end + phase; index += 2) {
           for (int64_t row = row_blocks.begin(index); row < row_blocks.end(index);) {
             // The block's next row too, where it is the next of the same plane.

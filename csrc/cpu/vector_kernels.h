@@ -362,6 +362,9 @@ inline int64_t backward_row_scratch(const Geometry& g) {
   return backward_row_staged(g) + 4 * grad_weight_row_patch(g) + grad_input_source_sums(g);
 }
 
+// The most output rows backward_row takes at once (its callers' scratch holds that many rows').
+constexpr int64_t kBackwardRowsAtOnce = 2;
+
 // How many output rows from (z, i) backward_row takes at once, where `next_row_too`: the caller's
 // next row is (z, i + 1). Both, where each sample's and filter's runs of grad_output in the two
 // rows lie within a line of each other (rows `row_step` elements of `element_size` bytes apart,
@@ -370,7 +373,9 @@ inline int64_t backward_row_scratch(const Geometry& g) {
 // staged element by element without fetches, and pairing them changes only the order.)
 inline int64_t backward_row_rows(const Geometry& g, int64_t row_step, int64_t element_size,
                                  bool next_row_too) {
-  return next_row_too && (row_step - backward_row_span(g)) * element_size <= kLine ? 2 : 1;
+  return next_row_too && (row_step - backward_row_span(g)) * element_size <= kLine
+             ? kBackwardRowsAtOnce
+             : 1;
 }
 
 // The floats of backward_row's grad_weight sums: grad_weight_row_sums per row tile.

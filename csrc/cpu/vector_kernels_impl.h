@@ -2040,6 +2040,9 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
   const auto offsets_of = [&](int64_t r) {
     return reinterpret_cast<int64_t*>(scratch + r * scratch_step + backward_row_staged(g));
   };
+  const auto source_sums_of = [&](int64_t r) {
+    return scratch + r * scratch_step + backward_row_staged(g) + 4 * padded;
+  };
   for (int64_t r = 0; r < rows; ++r)
     grad_weight_row_offsets(g, s, z, i + r, offsets_of(r), offsets_of(r) + padded);
   // The runs of both rows in one fetch (backward_row_rows pairs rows whose runs lie within a
@@ -2053,20 +2056,19 @@ LC_VECTOR_TARGET void backward_row(const T* grad_output, const Strides5& go_s, c
     }
     for (int64_t n0 = 0; n0 < g.batch; n0 += kBackwardRowSamples) {
       const int64_t samples = std::min(kBackwardRowSamples, g.batch - n0);
-      RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, rows, start, g.batch,
-                                                   (group * g.batch + n0) * group_size);
+      RowsAhead rows_ahead = output_row_runs_ahead(grad_output, go_s, g, z, i, rows, start,
+                                                   g.batch, (group * g.batch + n0) * group_size);
       stage_chunk_grad_output<V>(grad_output + n0 * go_s.n, go_s, g, z, i, rows, group, samples,
                                  start, span, 0, go_s.w == 1 ? &rows_ahead : nullptr,
                                  fetch_bytes, scratch + filters_floats, scratch_step);
       for (int64_t r = 0; r < rows; ++r) {
         const float* filters_t = scratch + r * scratch_step;
         const float* go_staged = filters_t + filters_floats;
-        int64_t* offsets = offsets_of(r);
+        const int64_t* offsets = offsets_of(r);
         // The banks of the row after the last, fetched while the first sample block goes by.
         grad_input_chunk<V>(go_staged + lead, filters_t, dest + r * dest_step, g, span,
                             /*x0=*/0, first, g.in_w, samples, sample_size,
-                            grad_input + n0 * sample_size,
-                            reinterpret_cast<float*>(offsets + 2 * padded),
+                            grad_input + n0 * sample_size, source_sums_of(r),
                             next_chunk_banks(g, weight, z, i + r, 0, chunk),
                             n0 == 0 && r == rows - 1 ? next_chunk_lines<T>(g, group, chunk) : 0);
         for (int64_t j0 = 0; j0 < g.out_w; j0 += kRowTileLocations) {
