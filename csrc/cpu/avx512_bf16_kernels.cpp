@@ -478,7 +478,7 @@ LC_AVX512_BF16 void pairs_in_place_samples(int64_t count, const c10::BFloat16* i
 // [(kp * FB + f) * 16 + t], t the location in the tile.
 template <int FB, int S>
 LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strides5& s,
-                                        const Geometry& g, int64_t z, int64_t i, int64_t j0,
+                                        const Geometry& g, const int64_t* rows, int64_t j0,
                                         uint16_t width_mask, const uint16_t* columns,
                                         const float* filters, const float* bias,
                                         c10::BFloat16* out, int64_t sample_out, int64_t plane,
@@ -507,7 +507,7 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
   };
   int64_t kp = 0;
   for_row_tile_patch_rows<S>(
-      g, s, z, i, j0, sample, ahead,
+      rows, g.group_in_channels() * g.kernel_d * g.kernel_h, s.n, j0, sample, ahead,
       [&](const c10::BFloat16* row) LC_AVX512_BF16 {
         for (int64_t q = 0; q < 2 * full; q += 2, ++kp) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.

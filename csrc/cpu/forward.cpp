@@ -40,7 +40,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
     // budget.
     const int64_t threads = at::get_num_threads(), budget = cpu::scratch_budget_bytes();
     const auto run_bytes = [&](int64_t tiles) {
-      return cpu::line_bytes(tiles * cpu::row_tile_scratch(g), sizeof(float));
+      return cpu::line_bytes(cpu::row_run_scratch(g, tiles), sizeof(float));
     };
     const bool by_row_tiles =
         cpu::forward_by_row_tiles<scalar_t>(isa, g, in_strides) && threads * run_bytes(1) <= budget;
@@ -92,7 +92,7 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
         const cpu::SingleThreadedBlas one_thread;
         cpu::ScratchSlice slice(pass);
         if (by_row_tiles) {
-          float* run_scratch = slice.take<float>(run_tiles * cpu::row_tile_scratch(g));
+          float* run_scratch = slice.take<float>(cpu::row_run_scratch(g, run_tiles));
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t row = unit / row_tiles, j0 = (unit % row_tiles) * unit_width;
             cpu::forward_row_run(isa, in + n0 * in_strides.n, in_strides, g, row / g.out_h,

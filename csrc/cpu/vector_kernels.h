@@ -84,6 +84,18 @@ inline int64_t row_tile_scratch(const Geometry& g) {
   return kRowTileLocations * (g.out_channels * (g.patch_size() + 1) + g.kernel_w);
 }
 
+// The floats of scratch a forward row run of `tiles` tiles takes: its patch rows
+// (run_patch_rows, 64-bit offsets), rounded up to whole lines so that the tiles' masks stay
+// aligned, then row_tile_scratch for each tile.
+inline int64_t row_run_rows_floats(const Geometry& g) {
+  return ceil_div(patch_row_count(g) * int64_t(sizeof(int64_t) / sizeof(float)),
+                  kRowTileLocations) *
+         kRowTileLocations;
+}
+inline int64_t row_run_scratch(const Geometry& g, int64_t tiles) {
+  return row_run_rows_floats(g) + tiles * row_tile_scratch(g);
+}
+
 // Calls block(o0, o, count) for each block of up to `filter_block` filters of each channel group
 // (the row tiles' filter blocks, which never straddle a group): o0 the group's first output
 // channel, o the block's first, count its filters.
@@ -131,46 +143,52 @@ LC_ALWAYS_INLINE void for_transposed_squares(const float* from, int64_t rows, in
   }
 }
 
-// The patch rows of a row tile block, in K's order (channel c of the group, kernel depth a,
-// kernel row p), for output row (z, i) of `sample` (strides s) over S samples: each takes a step
-// of `ahead`; a row in the padding calls skipped(), any other row(pointer to its input row of
-// sample 0) after fetching the part of each sample's row that a tile kRowTilePrefetchTiles on
-// reads (each sample's row is a stream of its own, a whole sample from the next, more streams
-// than the hardware prefetchers follow: genomics_1d_50k, 32).
-// The geometry's scalars are read into locals once, and `ahead` is stepped as a local copy:
-// the fetcher's stores might alias a field of `g` or `s` as far as the compiler knows, so each
-// patch row (and each kernel column of `row`) had read them again (callgrind, cunn232_c1's
-// AVX2 forward: 602 instructions a block of 4 filters x 3 samples, 108 of them FMAs, against
-// 638).
-template <int S, typename T, typename Row, typename Skipped>
-LC_ALWAYS_INLINE void for_row_tile_patch_rows(const Geometry& g, const Strides5& s, int64_t z,
-                                              int64_t i, int64_t j0, const T* sample,
-                                              FetchAhead& ahead, Row&& row, Skipped&& skipped) {
-  const int64_t channels = g.group_in_channels();  // a division: not once per iteration
-  const int64_t kernel_d = g.kernel_d, kernel_h = g.kernel_h, in_d = g.in_d, in_h = g.in_h;
-  const int64_t dilation_d = g.dilation_d, dilation_h = g.dilation_h;
+// The patch rows of output row (z, i) of a forward row run, in K's order (channel c of a group,
+// kernel depth a, kernel row p): rows[r] the offset of row r's input row from its sample's
+// group's first channel (c * s.c + x_d * s.d + y * s.h; never negative, as no torch stride is),
+// or -1 where the row lies in the padding. Worked out once per run, so that the blocks read a list: working them out per block
+// (three loops and a bounds test a row) took a quarter of a block's instructions where the
+// patch is short (callgrind, cunn232_c1's AVX2 forward, 9 taps a block).
+inline void run_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
+                           int64_t* rows) {
   const int64_t first_d = z * g.stride_d - g.pad_d, first_h = i * g.stride_h - g.pad_h;
-  const int64_t step_c = s.c, step_d = s.d, step_h = s.h, step_n = s.n;
-  FetchAhead fetch = ahead;
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t a = 0; a < kernel_d; ++a) {
-      const int64_t x_d = first_d + a * dilation_d;
-      for (int64_t p = 0; p < kernel_h; ++p) {
-        fetch.step();
-        const int64_t y = first_h + p * dilation_h;
-        if (x_d < 0 || x_d >= in_d || y < 0 || y >= in_h) {
-          skipped();
-          continue;
-        }
-        const T* from = sample + c * step_c + x_d * step_d + y * step_h;
-#pragma GCC unroll 16
-        for (int n = 0; n < S; ++n)
-          _mm_prefetch(reinterpret_cast<const char*>(
-                           from + n * step_n + j0 + kRowTilePrefetchTiles * kRowTileLocations),
-                       _MM_HINT_T0);
-        row(from);
+  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
+    for (int64_t a = 0; a < g.kernel_d; ++a) {
+      const int64_t x_d = first_d + a * g.dilation_d;
+      for (int64_t p = 0; p < g.kernel_h; ++p) {
+        const int64_t y = first_h + p * g.dilation_h;
+        const bool inside = x_d >= 0 && x_d < g.in_d && y >= 0 && y < g.in_h;
+        *rows++ = inside ? c * s.c + x_d * s.d + y * s.h : -1;
       }
     }
+  }
+}
+
+// The row_count patch rows of a row tile block (run_patch_rows' `rows`) of `sample` over S
+// samples, samples step_n apart: each takes a step of `ahead`; a row in the padding calls
+// skipped(), any other row(pointer to its input row of sample 0) after fetching the part of each
+// sample's row that a tile kRowTilePrefetchTiles on reads (each sample's row is a stream of its
+// own, a whole sample from the next, more streams than the hardware prefetchers follow:
+// genomics_1d_50k, 32). `ahead` is stepped as a local copy: the fetcher's stores might alias
+// what the loop reads as far as the compiler knows.
+template <int S, typename T, typename Row, typename Skipped>
+LC_ALWAYS_INLINE void for_row_tile_patch_rows(const int64_t* rows, int64_t row_count,
+                                              int64_t step_n, int64_t j0, const T* sample,
+                                              FetchAhead& ahead, Row&& row, Skipped&& skipped) {
+  FetchAhead fetch = ahead;
+  for (int64_t r = 0; r < row_count; ++r) {
+    fetch.step();
+    if (rows[r] < 0) {
+      skipped();
+      continue;
+    }
+    const T* from = sample + rows[r];
+#pragma GCC unroll 16
+    for (int n = 0; n < S; ++n)
+      _mm_prefetch(reinterpret_cast<const char*>(
+                       from + n * step_n + j0 + kRowTilePrefetchTiles * kRowTileLocations),
+                   _MM_HINT_T0);
+    row(from);
   }
   ahead = fetch;
 }
@@ -533,7 +551,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                location's region's bank), `input` and `out` start at the run's first sample,
 //                `out` is contiguous (N, C_out, D, H, W); bias as the op takes it (null,
 //                (C_out,) when shared_bias, else (C_out, *regions)). `scratch` holds
-//                row_tile_scratch(g) floats per tile of the run. Only where row_tiles_fit.
+//                row_run_scratch(g, tiles) floats for the run's tiles. Only where
+//                row_tiles_fit.
 // grad_input_row: the patch gradients of output row (z, i) and channel group `group`, every
 //                location, for `samples` samples, added onto grad_input (a contiguous float
 //                block (samples, C_in, D, H, W)). Vectorised over input columns: chunks of
@@ -641,10 +660,10 @@ void forward_pair_row_run(const c10::BFloat16* input, const Strides5& s, const G
 namespace avx512_bf16 {
 // A row tile block of forward_pair_row_run (the widened row_tile_block's arguments, its masks
 // as 16-bit integers; the filters as stage_pair_filters lays them out).
-using PairRowTileBlock = void (*)(const c10::BFloat16*, const Strides5&, const Geometry&, int64_t,
-                                  int64_t, int64_t, uint16_t, const uint16_t*, const float*,
-                                  const float*, c10::BFloat16*, int64_t, int64_t, bool,
-                                  FetchAhead&);
+using PairRowTileBlock = void (*)(const c10::BFloat16*, const Strides5&, const Geometry&,
+                                  const int64_t*, int64_t, uint16_t, const uint16_t*,
+                                  const float*, const float*, c10::BFloat16*, int64_t, int64_t,
+                                  bool, FetchAhead&);
 // The block of `filters` (<= kPairRowTileFilters) x `samples` (<= kPairRowTileSamples).
 PairRowTileBlock pair_row_tile_block(int filters, int samples);
 // stage_pair_filters: a row tile's filters as pairs, for each block of filter_block filters of

@@ -1001,12 +1001,13 @@ LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t sample
 // bias[f*kRowTileLocations + t] likewise. S samples at once, sample s at sample + s*s.n, its
 // outputs at out + s*sample_out; `sample` starts at the filters' channel group. The input row of
 // (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes inside the
-// tile and the input row. `stream`: each output vector fills whole cache lines that nothing reads
-// back here, so it goes to memory without first reading them. Each patch row takes a step of
-// `ahead` (forward_row_run's next banks).
+// tile and the input row; `rows` the output row's patch rows (run_patch_rows). `stream`: each
+// output vector fills whole cache lines that nothing reads back here, so it goes to memory
+// without first reading them. Each patch row takes a step of `ahead` (forward_row_run's next
+// banks).
 template <typename V, typename T, int FB, int S>
 LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const Geometry& g,
-                                     int64_t z, int64_t i, int64_t j0,
+                                     const int64_t* rows, int64_t j0,
                                      typename V::Mask width_mask,
                                      const typename V::Mask* columns, const float* filters_t,
                                      const float* bias, T* out, int64_t sample_out,
@@ -1021,7 +1022,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
   const int64_t kernel_w = g.kernel_w, first_x = j0 - g.pad_w, dilation_w = g.dilation_w;
   const int64_t step_n = s.n;
   for_row_tile_patch_rows<S>(
-      g, s, z, i, j0, sample, ahead,
+      rows, g.group_in_channels() * g.kernel_d * g.kernel_h, step_n, j0, sample, ahead,
       [&](const T* row) LC_VECTOR_TARGET {
         for (int64_t q = 0; q < kernel_w; ++q, ++k) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
@@ -1073,7 +1074,7 @@ constexpr int row_tile_block_outputs() {
 
 template <typename V, typename T>
 struct RowTileBlocks {
-  using Fn = void (*)(const T*, const Strides5&, const Geometry&, int64_t, int64_t, int64_t,
+  using Fn = void (*)(const T*, const Strides5&, const Geometry&, const int64_t*, int64_t,
                       typename V::Mask, const typename V::Mask*, const float*, const float*, T*,
                       int64_t, int64_t, bool, FetchAhead&);
   // The sample counts a block of FB filters runs: row_tile_samples(FB), then halved down to one
@@ -1199,6 +1200,10 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   const int64_t plane = g.locations();
   const int64_t tiles = ceil_div(width, kRowTileLocations), tile_floats = row_tile_scratch(g);
   const int64_t row_first = (z * g.out_h + i) * g.out_w;
+  // The run's patch rows, then its tiles (row_run_scratch).
+  int64_t* rows = reinterpret_cast<int64_t*>(scratch);
+  run_patch_rows(g, s, z, i, rows);
+  scratch += row_run_rows_floats(g);
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t t0 = tile * kRowTileLocations;
     // Each tile's squares fetch the unshared filters kRowTileAheadTiles tiles on, from where
@@ -1265,7 +1270,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
           for (int64_t part = 0; part < kLineTiles; ++part) {
             const RowTileParts<V> parts(g, scratch + (tile + part) * tile_floats);
             for (int64_t t = 0; t < kRowTileLocations; t += V::kLanes) {
-              run(input + n * s.n + channel_offset, s, g, z, i,
+              run(input + n * s.n + channel_offset, s, g, rows,
                   j0 + t0 + part * kRowTileLocations + t, V::tail(kRowTileLocations - t),
                   parts.columns + t / V::kLanes * g.kernel_w,
                   parts.filters + o * staged_columns * kRowTileLocations + t,
@@ -1285,7 +1290,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
         // AVX-512's float vectors of such a tile are whole lines, streamed as they are.
         const bool whole_lines = kVectorIsLine && fills_lines;
         for (int64_t t = 0; t < tile_width; t += V::kLanes) {
-          run(input + n * s.n + channel_offset, s, g, z, i, j0 + t0 + t,
+          run(input + n * s.n + channel_offset, s, g, rows, j0 + t0 + t,
               V::tail(tile_width - t), parts.columns + t / V::kLanes * g.kernel_w,
               parts.filters + o * staged_columns * kRowTileLocations + t,
               parts.bias + o * kRowTileLocations + t,
