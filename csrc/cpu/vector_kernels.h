@@ -146,9 +146,10 @@ LC_ALWAYS_INLINE void for_transposed_squares(const float* from, int64_t rows, in
 // The patch rows of output row (z, i) of a forward row run, in K's order (channel c of a group,
 // kernel depth a, kernel row p): rows[r] the offset of row r's input row from its sample's
 // group's first channel (c * s.c + x_d * s.d + y * s.h; never negative, as no torch stride is),
-// or -1 where the row lies in the padding. Worked out once per run, so that the blocks read a list: working them out per block
-// (three loops and a bounds test a row) took a quarter of a block's instructions where the
-// patch is short (callgrind, cunn232_c1's AVX2 forward, 9 taps a block).
+// or -1 where the row lies in the padding. Worked out once per run, so that the blocks read a
+// list: working them out per block (three loops and a bounds test a row) took a quarter of a
+// block's instructions where the patch is short (callgrind, cunn232_c1's AVX2 forward, 9 taps
+// a block).
 inline void run_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
                            int64_t* rows) {
   const int64_t first_d = z * g.stride_d - g.pad_d, first_h = i * g.stride_h - g.pad_h;

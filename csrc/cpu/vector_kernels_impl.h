@@ -1304,43 +1304,77 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   _mm_sfence();  // the streamed stores are ordered before whatever follows
 }
 
-// Stages `count` elements of one output row of grad_output (`row`: its column 0, columns `step`
-// apart) as floats: to[jj] = row[(first + jj) * step] where 0 <= first + jj < length, else 0.
-// Contiguous rows go a vector at a time, the `count` elements `ahead` columns on fetched now
-// (every line of them; none where ahead is 0): each sample's row is a stream of its own, as in
-// row_tile_block. Only the vectors that reach past the part or the row take masks: built for
-// every vector, they had cost about 45 instructions each (callgrind, cunn232_c1's backward at
-// batch 16: the staging 16.3M instructions, now 4.9M; in one process on the Zen 3, backward:
-// cunn232_c1 float32 0.75-0.80x, bfloat16 0.91x, depthwise_32x32_c32 0.82x, genomics_1d_50k
-// 0.75x, fmri_decoder_3d 0.93x).
+// The part [first, first + count) of output rows `length` long that stage_row stages, worked out
+// once for all the rows a caller stages alike: the vectors wholly inside both the part and the
+// row, [body, body_end), and the lanes of the others (at most kHeld of them; more, as a part
+// reaching far into the padding, are worked out per row). Worked out per row, each masked
+// vector's lanes had cost about 35 instructions, two of them a row (callgrind, cunn232_c1's
+// backward at batch 64: 19M of its 60M instructions a call).
+template <typename V>
+struct StagedRowPart {
+  static constexpr int kHeld = 4;
+  int64_t first, count, length, body, body_end;
+  bool held;                                        // whether loads and stores hold every one
+  typename V::Mask loads[kHeld], stores[kHeld];     // in order: the head's, then the tail's
+
+  LC_VECTOR_TARGET StagedRowPart(int64_t first, int64_t count, int64_t length)
+      : first(first), count(count), length(length) {
+    body = std::min(count, ceil_div(std::max<int64_t>(0, -first), V::kLanes) * V::kLanes);
+    const int64_t inside = std::min(count, length - first);
+    body_end = body + std::max<int64_t>(0, inside - body) / V::kLanes * V::kLanes;
+    held = ceil_div(body, V::kLanes) + ceil_div(count - body_end, V::kLanes) <= kHeld;
+    int m = 0;
+    const auto hold = [&](int64_t jj) LC_VECTOR_TARGET {
+      loads[m] = load_lanes(jj);
+      stores[m++] = V::tail(count - jj);
+    };
+    for (int64_t jj = 0; held && jj < body; jj += V::kLanes) hold(jj);
+    for (int64_t jj = body_end; held && jj < count; jj += V::kLanes) hold(jj);
+  }
+  // The lanes of the vector at jj inside both the part and the row.
+  LC_VECTOR_TARGET typename V::Mask load_lanes(int64_t jj) const {
+    return V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
+  }
+};
+
+// Stages `part.count` elements of one output row of grad_output (`row`: its column 0, columns
+// `step` apart) as floats: to[jj] = row[(part.first + jj) * step] where 0 <= part.first + jj <
+// part.length, else 0. Contiguous rows go a vector at a time, the elements `ahead` columns on
+// fetched now (every line of them; none where ahead is 0): each sample's row is a stream of its
+// own, as in row_tile_block. Only the vectors that reach past the part or the row take masks:
+// built for every vector, they had cost about 45 instructions each (callgrind, cunn232_c1's
+// backward at batch 16: the staging 16.3M instructions, then 4.9M; in one process on the Zen 3,
+// backward: cunn232_c1 float32 0.75-0.80x, bfloat16 0.91x, depthwise_32x32_c32 0.82x,
+// genomics_1d_50k 0.75x, fmri_decoder_3d 0.93x).
 template <typename V, typename T>
-LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, int64_t first, int64_t count,
-                                int64_t length, int64_t ahead, float* to) {
+LC_VECTOR_TARGET void stage_row(const T* row, int64_t step, const StagedRowPart<V>& part,
+                                int64_t ahead, float* to) {
+  const int64_t first = part.first, count = part.count;
   if (step == 1) {
     // By address (the part may lie past the row's ends: a prefetch never faults), from the line
     // of its first element through that of its last.
-    const uintptr_t part = reinterpret_cast<uintptr_t>(row) + (first + ahead) * sizeof(T);
-    for (uintptr_t at = part / kLine * kLine; ahead != 0 && at < part + count * sizeof(T);
+    const uintptr_t at_ahead = reinterpret_cast<uintptr_t>(row) + (first + ahead) * sizeof(T);
+    for (uintptr_t at = at_ahead / kLine * kLine; ahead != 0 && at < at_ahead + count * sizeof(T);
          at += kLine)
       _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+    int m = 0;  // the masked vector's place in part's masks
     const auto masked = [&](int64_t jj) {
-      const auto lanes = V::both(V::tail(count - jj), V::columns(first + jj, 0, length));
-      V::store(V::tail(count - jj), to + jj, V::load(lanes, row + first + jj));
+      if (part.held) {
+        V::store(part.stores[m], to + jj, V::load(part.loads[m], row + first + jj));
+        ++m;
+        return;
+      }
+      V::store(V::tail(count - jj), to + jj, V::load(part.load_lanes(jj), row + first + jj));
     };
-    // The vectors wholly inside both the part and the row: [body, body_end).
-    const int64_t body =
-        std::min(count, ceil_div(std::max<int64_t>(0, -first), V::kLanes) * V::kLanes);
-    const int64_t inside = std::min(count, length - first);
-    const int64_t body_end = body + std::max<int64_t>(0, inside - body) / V::kLanes * V::kLanes;
     int64_t jj = 0;
-    for (; jj < body; jj += V::kLanes) masked(jj);
-    for (; jj < body_end; jj += V::kLanes) V::store(to + jj, V::load(row + first + jj));
+    for (; jj < part.body; jj += V::kLanes) masked(jj);
+    for (; jj < part.body_end; jj += V::kLanes) V::store(to + jj, V::load(row + first + jj));
     for (; jj < count; jj += V::kLanes) masked(jj);
     return;
   }
   for (int64_t jj = 0; jj < count; ++jj) {
     const int64_t j = first + jj;
-    to[jj] = j >= 0 && j < length ? to_float(row[j * step]) : 0.0f;
+    to[jj] = j >= 0 && j < part.length ? to_float(row[j * step]) : 0.0f;
   }
 }
 
@@ -1700,14 +1734,14 @@ LC_VECTOR_TARGET void stage_chunk_grad_output(const T* grad_output, const Stride
                                               RowsAhead* rows_ahead, int64_t fetch_bytes,
                                               float* go_staged, int64_t staged_step) {
   const int64_t group_size = g.group_out_channels();
+  const StagedRowPart<V> part(first, span, g.out_w);
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < group_size; ++o) {
       if (rows_ahead != nullptr) rows_ahead->fetch_and_next(fetch_bytes);
       const T* row = grad_output + n * go_s.n + (group * group_size + o) * go_s.c +
                      z * go_s.d + i * go_s.h;
       for (int64_t r = 0; r < rows; ++r) {
-        stage_row<V>(row + r * go_s.h, go_s.w, first, span, g.out_w,
-                     rows_ahead != nullptr ? 0 : ahead,
+        stage_row<V>(row + r * go_s.h, go_s.w, part, rows_ahead != nullptr ? 0 : ahead,
                      go_staged + r * staged_step + (n * group_size + o) * span);
       }
     }
@@ -1966,11 +2000,12 @@ LC_VECTOR_TARGET void grad_weight_row_tile(const T* input, const Strides5& s,
       reinterpret_cast<uintptr_t>(grad_output + z * go_s.d + i * go_s.h + j0),
       {{g.out_channels, go_s.c * int64_t(sizeof(T))}, {samples, go_s.n * int64_t(sizeof(T))}},
       kRowTileLocations * int64_t(sizeof(T)), 0, kStagedRowsAhead);
+  const StagedRowPart<V> part(j0, kRowTileLocations, g.out_w);
   for (int64_t n = 0; n < samples; ++n) {
     for (int64_t o = 0; o < g.out_channels; ++o) {
       if (runs_ahead) rows_ahead.fetch_and_next(kRowTileLocations * int64_t(sizeof(T)) + kLine);
-      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w, j0,
-                   kRowTileLocations, g.out_w, runs_ahead ? 0 : ahead,
+      stage_row<V>(grad_output + n * go_s.n + o * go_s.c + z * go_s.d + i * go_s.h, go_s.w,
+                   part, runs_ahead ? 0 : ahead,
                    go_staged + (n * g.out_channels + o) * kRowTileLocations);
     }
   }
