@@ -1701,19 +1701,33 @@ LC_VECTOR_TARGET void stage_chunk_filters(const Geometry& g, int64_t z, int64_t 
                      ? weight + g.region_of(z, i, j) * filter_size + group * group_size * patch_size
                      : nullptr;
     }
+    // Every index into the square a constant, so that it stays in registers (the compiler had
+    // kept it on the stack); plain loads and stores where the square is whole.
+    const auto sources = V::tail(present);
     for (int64_t o = 0; o < group_size; ++o) {
       for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
         const int64_t columns = std::min<int64_t>(V::kLanes, patch_size - k0);
+        const auto read = V::tail(columns);
         ahead.step();
         typename V::Vec square[V::kLanes];
-        for (int64_t r = 0; r < V::kLanes; ++r)
-          square[r] = banks[r] != nullptr
-                          ? V::load(V::tail(columns), banks[r] + o * patch_size + k0)
-                          : V::zero();
+#pragma GCC unroll 16
+        for (int r = 0; r < V::kLanes; ++r) {
+          if (banks[r] == nullptr) {
+            square[r] = V::zero();
+            continue;
+          }
+          const T* from = banks[r] + o * patch_size + k0;
+          square[r] = columns == V::kLanes ? V::load(from) : V::load(read, from);
+        }
         V::transpose(square);
-        for (int64_t c = 0; c < columns; ++c)
-          V::store(V::tail(present), filters_t + ((k0 + c) * group_size + o) * span + jj0,
-                   square[c]);
+#pragma GCC unroll 16
+        for (int c = 0; c < V::kLanes; ++c) {
+          float* to = filters_t + ((k0 + c) * group_size + o) * span + jj0;
+          if (present == V::kLanes && c < columns)
+            V::store(to, square[c]);
+          else if (c < columns)
+            V::store(sources, to, square[c]);
+        }
       }
     }
   }
@@ -2035,14 +2049,23 @@ LC_VECTOR_TARGET void grad_weight_row_banks(const float* sums, const Geometry& g
   for (int64_t o = 0; o < g.out_channels; ++o) {
     for (int64_t k0 = 0; k0 < patch_size; k0 += V::kLanes) {
       const auto columns = V::tail(patch_size - k0);
+      const bool whole = patch_size - k0 >= V::kLanes;
       for (int64_t t0 = 0; t0 < width; t0 += V::kLanes) {
         ahead.step();
         typename V::Vec square[V::kLanes];
-        for (int64_t c = 0; c < V::kLanes; ++c)
+#pragma GCC unroll 16
+        for (int c = 0; c < V::kLanes; ++c)
           square[c] = V::load(sums + ((o * padded + k0 + c) * kRowTileLocations + t0));
         V::transpose(square);
-        for (int64_t t = t0; t < std::min<int64_t>(width, t0 + V::kLanes); ++t)
-          V::store(columns, banks + t * filter_size + o * patch_size + k0, square[t - t0]);
+        // Constant indices into the square, as in stage_chunk_filters.
+#pragma GCC unroll 16
+        for (int t = 0; t < V::kLanes; ++t) {
+          T* to = banks + (t0 + t) * filter_size + o * patch_size + k0;
+          if (t0 + t < width && whole)
+            V::store(to, square[t]);
+          else if (t0 + t < width)
+            V::store(columns, to, square[t]);
+        }
       }
     }
   }
