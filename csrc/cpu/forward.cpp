@@ -58,9 +58,9 @@ at::Tensor cpu_forward(const at::Tensor& input, const at::Tensor& weight,
                                    !std::is_same_v<scalar_t, float> && isa != ProductIsa::blas;
     const int64_t bias_row_floats =
         writes_by_vectors && bias_values.defined() ? out_channels * cpu::kMaxTile : 0;
-    // Per thread: a run's staged filters (by row tiles); otherwise the patch rows of the
-    // locations packed at once and their patches (of one group) or one location's transposed
-    // filters (in place), a tile's staged results and its bias rows.
+    // Per thread: a run's patch rows and staged filters (by row tiles); otherwise the patch rows
+    // of the locations packed at once and their patches (of one group) or one location's
+    // transposed filters (in place), a tile's staged results and its bias rows.
     const auto per_thread = [&](int64_t samples, int64_t tile) {
       if (by_row_tiles) return run_bytes(run_tiles);
       const int64_t locations = cpu::packed_locations(!reads_in_place, tile);

@@ -84,9 +84,10 @@ inline int64_t row_tile_scratch(const Geometry& g) {
   return kRowTileLocations * (g.out_channels * (g.patch_size() + 1) + g.kernel_w);
 }
 
-// The floats of scratch a forward row run of `tiles` tiles takes: its patch rows
-// (run_patch_rows, 64-bit offsets), rounded up to whole lines so that the tiles' masks stay
-// aligned, then row_tile_scratch for each tile.
+// The floats of scratch a forward row run of `tiles` tiles takes: its patch rows (64-bit starts,
+// for_row_tile_patch_rows), rounded up to whole lines so that the tiles' masks stay aligned,
+// then row_tile_scratch for each tile.
+static_assert(kRowTileLocations * sizeof(float) == kLine, "a tile's row of floats is a line");
 inline int64_t row_run_rows_floats(const Geometry& g) {
   return ceil_div(patch_row_count(g) * int64_t(sizeof(int64_t) / sizeof(float)),
                   kRowTileLocations) *
@@ -143,35 +144,16 @@ LC_ALWAYS_INLINE void for_transposed_squares(const float* from, int64_t rows, in
   }
 }
 
-// The patch rows of output row (z, i) of a forward row run, in K's order (channel c of a group,
-// kernel depth a, kernel row p): rows[r] the offset of row r's input row from its sample's
-// group's first channel (c * s.c + x_d * s.d + y * s.h; never negative, as no torch stride is),
-// or -1 where the row lies in the padding. Worked out once per run, so that the blocks read a
-// list: working them out per block (three loops and a bounds test a row) took a quarter of a
-// block's instructions where the patch is short (callgrind, cunn232_c1's AVX2 forward, 9 taps
-// a block).
-inline void run_patch_rows(const Geometry& g, const Strides5& s, int64_t z, int64_t i,
-                           int64_t* rows) {
-  const int64_t first_d = z * g.stride_d - g.pad_d, first_h = i * g.stride_h - g.pad_h;
-  for (int64_t c = 0; c < g.group_in_channels(); ++c) {
-    for (int64_t a = 0; a < g.kernel_d; ++a) {
-      const int64_t x_d = first_d + a * g.dilation_d;
-      for (int64_t p = 0; p < g.kernel_h; ++p) {
-        const int64_t y = first_h + p * g.dilation_h;
-        const bool inside = x_d >= 0 && x_d < g.in_d && y >= 0 && y < g.in_h;
-        *rows++ = inside ? c * s.c + x_d * s.d + y * s.h : -1;
-      }
-    }
-  }
-}
-
-// The row_count patch rows of a row tile block (run_patch_rows' `rows`) of `sample` over S
-// samples, samples step_n apart: each takes a step of `ahead`; a row in the padding calls
-// skipped(), any other row(pointer to its input row of sample 0) after fetching the part of each
-// sample's row that a tile kRowTilePrefetchTiles on reads (each sample's row is a stream of its
-// own, a whole sample from the next, more streams than the hardware prefetchers follow:
-// genomics_1d_50k, 32). `ahead` is stepped as a local copy: the fetcher's stores might alias
-// what the loop reads as far as the compiler knows.
+// The row_count patch rows of a row tile block of `sample` over S samples, samples step_n apart:
+// `rows` the output row's, listed once per forward row run (for_each_patch_row's starts, -1 in
+// the padding; worked out per block, three loops and a bounds test a row had taken a quarter of
+// a block's instructions where the patch is short: callgrind, cunn232_c1's AVX2 forward, 9
+// taps a block). Each row takes a step of `ahead`; a row in the padding calls skipped(), any
+// other row(pointer to its input row of sample 0) after fetching the part of each sample's row
+// that a tile kRowTilePrefetchTiles on reads (each sample's row is a stream of its own, a whole
+// sample from the next, more streams than the hardware prefetchers follow: genomics_1d_50k,
+// 32). `ahead` is stepped as a local copy: the fetcher's stores might alias what the loop reads
+// as far as the compiler knows.
 template <int S, typename T, typename Row, typename Skipped>
 LC_ALWAYS_INLINE void for_row_tile_patch_rows(const int64_t* rows, int64_t row_count,
                                               int64_t step_n, int64_t j0, const T* sample,

@@ -1001,10 +1001,10 @@ LC_VECTOR_TARGET void grad_filters_in_place(int64_t out_channels, int64_t sample
 // bias[f*kRowTileLocations + t] likewise. S samples at once, sample s at sample + s*s.n, its
 // outputs at out + s*sample_out; `sample` starts at the filters' channel group. The input row of
 // (c, a, p) read by kernel column q is one vector over t under columns[q], its lanes inside the
-// tile and the input row; `rows` the output row's patch rows (run_patch_rows). `stream`: each
-// output vector fills whole cache lines that nothing reads back here, so it goes to memory
-// without first reading them. Each patch row takes a step of `ahead` (forward_row_run's next
-// banks).
+// tile and the input row; `rows` the output row's patch rows (for_row_tile_patch_rows).
+// `stream`: each output vector fills whole cache lines that nothing reads back here, so it goes
+// to memory without first reading them. Each patch row takes a step of `ahead`
+// (forward_row_run's next banks).
 template <typename V, typename T, int FB, int S>
 LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const Geometry& g,
                                      const int64_t* rows, int64_t j0,
@@ -1018,7 +1018,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
 #pragma GCC unroll 16
     for (int f = 0; f < FB; ++f) acc[n][f] = V::load(bias + f * kRowTileLocations);
   int64_t k = 0;
-  // In locals, as for_row_tile_patch_rows' own.
+  // In locals: read once, not once per patch row (a store might alias them).
   const int64_t kernel_w = g.kernel_w, first_x = j0 - g.pad_w, dilation_w = g.dilation_w;
   const int64_t step_n = s.n;
   for_row_tile_patch_rows<S>(
@@ -1202,7 +1202,7 @@ LC_VECTOR_TARGET void forward_row_run(const T* input, const Strides5& s, const G
   const int64_t row_first = (z * g.out_h + i) * g.out_w;
   // The run's patch rows, then its tiles (row_run_scratch).
   int64_t* rows = reinterpret_cast<int64_t*>(scratch);
-  run_patch_rows(g, s, z, i, rows);
+  for_each_patch_row(g, s, z, i, [&](int64_t r, int64_t start) { rows[r] = start; });
   scratch += row_run_rows_floats(g);
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t t0 = tile * kRowTileLocations;
