@@ -507,7 +507,7 @@ LC_AVX512_BF16 void pair_row_tile_block(const c10::BFloat16* sample, const Strid
   };
   int64_t kp = 0;
   for_row_tile_patch_rows<S>(
-      rows, g.group_in_channels() * g.kernel_d * g.kernel_h, s.n, j0, sample, ahead,
+      rows, patch_row_count(g), s.n, j0, sample, ahead,
       [&](const c10::BFloat16* row) LC_AVX512_BF16 {
         for (int64_t q = 0; q < 2 * full; q += 2, ++kp) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.

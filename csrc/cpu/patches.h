@@ -25,7 +25,9 @@ inline Strides5 strides5(const at::Tensor& tensor) {
 
 // The rows of one group's patch: (c, a, p) over the group's channels and the kernel's depth and
 // height; each row holds kernel_w columns.
-inline int64_t patch_row_count(const Geometry& g) { return g.patch_size() / g.kernel_w; }
+inline int64_t patch_row_count(const Geometry& g) {
+  return g.group_in_channels() * g.kernel_d * g.kernel_h;  // patch_size / kernel_w, no division
+}
 
 // The kernel columns q whose input column j*stride_w + q*dilation_w - pad_w lies inside the input:
 // [first, last); the others read the zero padding.

@@ -1022,7 +1022,7 @@ LC_VECTOR_TARGET void row_tile_block(const T* sample, const Strides5& s, const G
   const int64_t kernel_w = g.kernel_w, first_x = j0 - g.pad_w, dilation_w = g.dilation_w;
   const int64_t step_n = s.n;
   for_row_tile_patch_rows<S>(
-      rows, g.group_in_channels() * g.kernel_d * g.kernel_h, step_n, j0, sample, ahead,
+      rows, patch_row_count(g), step_n, j0, sample, ahead,
       [&](const T* row) LC_VECTOR_TARGET {
         for (int64_t q = 0; q < kernel_w; ++q, ++k) {
           // Location j0 + t reads input column x + t; lanes outside the row read the padding.
