@@ -77,7 +77,9 @@ def test_matches_reference_under_blocking(budget, dtype, bias, name):
 # input row of one chunk, K = 27 in uneven blocks, no padding: sources before the output row);
 # and patch rows longer than a 16-bit line (67 columns, over three lines of 32 16-bit elements or
 # five of 16 floats, cut by the padding at either end) and rows cut at both ends (a kernel wider
-# than the input), packed per location (K > 64, 6 filters, 7 and 3 samples: blocks of 4 and 3).
+# than the input), packed per location (K > 64, 6 filters, 7 and 3 samples: blocks of 4 and 3);
+# and grad_input's runs of locations over two vectors (AVX2: rows of 14, runs of 2 spanning 15 of
+# the 16 columns, a run of 4 would not fit), cut by the padding at either end.
 # n, c_in, (h, w), c_out, kernel, stride, padding, dilation
 VECTOR_PATH_GEOMETRIES = {
     "whole_lines": (7, 2, (32, 64), 14, (3, 3), (1, 1), (1, 1), (1, 1)),
@@ -96,6 +98,7 @@ VECTOR_PATH_GEOMETRIES = {
     "source_sums_dilated": (9, 3, (6, 21), 16, (3, 3), (1, 1), (1, 0), (1, 2)),
     "rows_over_lines": (7, 2, (3, 70), 6, (2, 67), (1, 1), (0, 1), (1, 1)),
     "rows_cut_both_ends": (3, 5, (4, 5), 6, (2, 7), (1, 1), (0, 3), (1, 1)),
+    "two_vector_runs": (5, 3, (4, 30), 6, (2, 14), (1, 1), (0, 3), (1, 1)),
 }
 # (LC_CUDA_CPU_ISA, dtype): every product path of the CPU kernels. float32 on AVX-512 and AVX2;
 # bfloat16 by vdpbf16ps (avx512_bf16) and widened to float (avx512, avx2); float16 widened to

@@ -50,14 +50,20 @@ constexpr int64_t kScatterRun = 4;
 
 // The locations scatter_add_run takes at once on an ISA of `lanes` float lanes: the largest power
 // of two, at most kScatterRun, that keeps the span of their patch rows, (run - 1) * stride_w +
-// kernel_w input columns, within a vector; 1 (per location) where kernel columns are dilated or a
-// row alone is wider. A power of two divides kMaxTile, so runs cut from a tile's start start at
-// multiples of it in the output row, whatever the tile.
+// kernel_w input columns, within a vector, or where no two locations fit one, within two side
+// by side (AVX2's 8 lanes: DeepFace L4's rows of 9, L5's 7 at stride 2); 1 (per location) where
+// kernel columns are dilated or no two locations fit two vectors. A power of two divides kMaxTile,
+// so runs cut from a tile's start start at multiples of it in the output row, whatever the tile.
 inline int64_t scatter_run_locations(const Geometry& g, int64_t lanes) {
-  if (g.dilation_w != 1 || g.kernel_w > lanes) return 1;
-  const int64_t fit = std::min<int64_t>(kScatterRun, (lanes - g.kernel_w) / g.stride_w + 1);
+  if (g.dilation_w != 1) return 1;
+  const auto fit = [&](int64_t window) {
+    return g.kernel_w > window
+               ? int64_t(1)
+               : std::min<int64_t>(kScatterRun, (window - g.kernel_w) / g.stride_w + 1);
+  };
+  const int64_t most = fit(lanes) > 1 ? fit(lanes) : fit(2 * lanes);
   int64_t run = 1;
-  while (2 * run <= fit) run *= 2;
+  while (2 * run <= most) run *= 2;
   return run;
 }
 
@@ -504,8 +510,9 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                on (run at most scatter_run_locations), location u's patch gradients at
 //                grad_patches + u * samples * K, one channel group's (`dest`:
 //                grad_input_row_destinations): per sample and patch row, the run's rows summed
-//                in registers, each u * stride_w lanes on, then one load-add-store of the
-//                input columns they span, not one per location.
+//                in registers (one vector, or two where the span is wider), each u * stride_w
+//                lanes on, then one load-add-store of the input columns they span, not one per
+//                location.
 // scatter_run_length: scatter_run_locations for the ISA's vectors of floats.
 // forward_in_place: forward's out (n < samples) for float without packing: `filters` (C_out x K)
 //                transposed into filters_t (K x C_out floats of scratch), each patch element

@@ -573,21 +573,22 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
   });
 }
 
-// scatter_add_run (vector_kernels.h): lane l of a patch row's vector is input column
-// x0 + l, x0 the column the run's first location's kernel column 0 reads; location u's kernel
-// column q is lane u * stride_w + q. Each location's row is one load under reads[u] (its
-// kernel_w lanes), from shifts[u] elements on from the first location's row (u * stride_w before
-// its own row: masked-off lanes are not read); the destination one masked load-add-store under
-// `write`, the columns inside the input, which drops the columns in the padding. Accesses of the
-// first Lanes lanes: a run that spans at most half a vector goes by half-vector accesses
-// (AVX-512, one process: bfloat16 grad_input of DeepFace L6 0.89x and convnet_local3 0.90x
-// against whole vectors).
-template <typename V, int Lanes>
+// scatter_add_run (vector_kernels.h): lane l of a patch row's window (`Vectors` vectors side by
+// side) is input column x0 + l, x0 the column the run's first location's kernel column 0 reads;
+// location u's kernel column q is lane u * stride_w + q. Each location's row is one load per
+// vector under reads[u][v] (its kernel_w lanes), from shifts[u] elements on from the first
+// location's row (u * stride_w before its own row: masked-off lanes are not read); the
+// destination one masked load-add-store per vector under write[v], the columns inside the
+// input, which drops the columns in the padding. Accesses of the first Lanes lanes: a run that
+// spans at most half a vector goes by half-vector accesses (AVX-512, one process: bfloat16
+// grad_input of DeepFace L6 0.89x and convnet_local3 0.90x against whole vectors).
+template <typename V, int Lanes, int Vectors>
 LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t* dest,
                                        const Geometry& g, int64_t x0, int64_t run,
-                                       int64_t samples, const typename V::Mask* reads,
-                                       const int64_t* shifts, typename V::Mask write,
+                                       int64_t samples, const typename V::Mask (*reads)[2],
+                                       const int64_t* shifts, const typename V::Mask* write,
                                        float* grad_input) {
+  static_assert(Vectors == 1 || Lanes == V::kLanes, "a window of vectors takes whole ones");
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t sample_size = g.input_sample(), patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
@@ -598,10 +599,19 @@ LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t*
       float* to = grad_input + n0 * sample_size + dest[r] + x0;
       for (int64_t n = 0; n < group; ++n) {
         const float* row = from + n * patch_size;
-        auto sum = V::template load_part<Lanes>(reads[0], row);
-        for (int64_t u = 1; u < run; ++u)
-          sum = V::add(sum, V::template load_part<Lanes>(reads[u], row + shifts[u]));
-        V::template add_onto<Lanes>(write, to + n * sample_size, sum);
+        decltype(V::template load_part<Lanes>(reads[0][0], row)) sum[Vectors];
+#pragma GCC unroll 2
+        for (int v = 0; v < Vectors; ++v)
+          sum[v] = V::template load_part<Lanes>(reads[0][v], row + v * V::kLanes);
+        for (int64_t u = 1; u < run; ++u) {
+#pragma GCC unroll 2
+          for (int v = 0; v < Vectors; ++v)
+            sum[v] = V::add(sum[v], V::template load_part<Lanes>(
+                                        reads[u][v], row + shifts[u] + v * V::kLanes));
+        }
+#pragma GCC unroll 2
+        for (int v = 0; v < Vectors; ++v)
+          V::template add_onto<Lanes>(write[v], to + n * sample_size + v * V::kLanes, sum[v]);
       }
     }
   }
@@ -613,21 +623,27 @@ LC_VECTOR_TARGET void scatter_add_run(const float* grad_patches, const int64_t* 
                                       float* grad_input) {
   const int64_t x0 = j * g.stride_w - g.pad_w;
   const int64_t span = (run - 1) * g.stride_w + g.kernel_w;
-  typename V::Mask reads[kScatterRun];
+  const int64_t first = std::max<int64_t>(x0, 0), last = std::min(x0 + span, g.in_w);
+  typename V::Mask reads[kScatterRun][2], write[2];
   int64_t shifts[kScatterRun];
   for (int64_t u = 0; u < run; ++u) {
     shifts[u] = u * (samples * g.patch_size() - g.stride_w);
-    reads[u] = V::columns(-u * g.stride_w, 0, g.kernel_w);
+    for (int64_t v = 0; v < 2; ++v)
+      reads[u][v] = V::columns(v * V::kLanes - u * g.stride_w, 0, g.kernel_w);
   }
-  const auto write = V::columns(x0, std::max<int64_t>(x0, 0), std::min(x0 + span, g.in_w));
+  for (int64_t v = 0; v < 2; ++v) write[v] = V::columns(x0 + v * V::kLanes, first, last);
+  if (span > V::kLanes) {
+    return scatter_run_rows<V, V::kLanes, 2>(grad_patches, dest, g, x0, run, samples, reads,
+                                             shifts, write, grad_input);
+  }
   if constexpr (V::kLanes == 16) {
     if (span <= V::kLanes / 2) {
-      return scatter_run_rows<V, V::kLanes / 2>(grad_patches, dest, g, x0, run, samples, reads,
-                                                shifts, write, grad_input);
+      return scatter_run_rows<V, V::kLanes / 2, 1>(grad_patches, dest, g, x0, run, samples,
+                                                   reads, shifts, write, grad_input);
     }
   }
-  scatter_run_rows<V, V::kLanes>(grad_patches, dest, g, x0, run, samples, reads, shifts, write,
-                                 grad_input);
+  scatter_run_rows<V, V::kLanes, 1>(grad_patches, dest, g, x0, run, samples, reads, shifts,
+                                    write, grad_input);
 }
 
 // How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
