@@ -582,13 +582,14 @@ LC_VECTOR_TARGET void scatter_add_patches(const float* grad_patches, const Patch
 // input, which drops the columns in the padding. Accesses of the first Lanes lanes: a run that
 // spans at most half a vector goes by half-vector accesses (AVX-512, one process: bfloat16
 // grad_input of DeepFace L6 0.89x and convnet_local3 0.90x against whole vectors).
-template <typename V, int Lanes, int Vectors>
+template <typename V, int Lanes, int Vectors, int Run>
 LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t* dest,
                                        const Geometry& g, int64_t x0, int64_t run,
                                        int64_t samples, const typename V::Mask (*reads)[2],
                                        const int64_t* shifts, const typename V::Mask* write,
                                        float* grad_input) {
   static_assert(Vectors == 1 || Lanes == V::kLanes, "a window of vectors takes whole ones");
+  const int64_t locations = Run > 0 ? Run : run;
   const int64_t row_count = patch_row_count(g), kernel_w = g.kernel_w;
   const int64_t sample_size = g.input_sample(), patch_size = g.patch_size();
   for (int64_t n0 = 0; n0 < samples; n0 += kSampleGroup) {
@@ -603,7 +604,8 @@ LC_VECTOR_TARGET void scatter_run_rows(const float* grad_patches, const int64_t*
 #pragma GCC unroll 2
         for (int v = 0; v < Vectors; ++v)
           sum[v] = V::template load_part<Lanes>(reads[0][v], row + v * V::kLanes);
-        for (int64_t u = 1; u < run; ++u) {
+#pragma GCC unroll 4
+        for (int64_t u = 1; u < locations; ++u) {
 #pragma GCC unroll 2
           for (int v = 0; v < Vectors; ++v)
             sum[v] = V::add(sum[v], V::template load_part<Lanes>(
@@ -632,18 +634,25 @@ LC_VECTOR_TARGET void scatter_add_run(const float* grad_patches, const int64_t* 
       reads[u][v] = V::columns(v * V::kLanes - u * g.stride_w, 0, g.kernel_w);
   }
   for (int64_t v = 0; v < 2; ++v) write[v] = V::columns(x0 + v * V::kLanes, first, last);
+  // Whole runs with their locations unrolled; a row's last, shorter run by a count.
+  const auto rows = [&](auto lanes, auto vectors) LC_VECTOR_TARGET {
+    constexpr int kLanesOf = decltype(lanes)::value, kVectorsOf = decltype(vectors)::value;
+    if (run == kScatterRun) {
+      return scatter_run_rows<V, kLanesOf, kVectorsOf, kScatterRun>(
+          grad_patches, dest, g, x0, run, samples, reads, shifts, write, grad_input);
+    }
+    scatter_run_rows<V, kLanesOf, kVectorsOf, 0>(grad_patches, dest, g, x0, run, samples, reads,
+                                                shifts, write, grad_input);
+  };
   if (span > V::kLanes) {
-    return scatter_run_rows<V, V::kLanes, 2>(grad_patches, dest, g, x0, run, samples, reads,
-                                             shifts, write, grad_input);
+    return rows(std::integral_constant<int, V::kLanes>{}, std::integral_constant<int, 2>{});
   }
   if constexpr (V::kLanes == 16) {
     if (span <= V::kLanes / 2) {
-      return scatter_run_rows<V, V::kLanes / 2, 1>(grad_patches, dest, g, x0, run, samples,
-                                                   reads, shifts, write, grad_input);
+      return rows(std::integral_constant<int, V::kLanes / 2>{}, std::integral_constant<int, 1>{});
     }
   }
-  scatter_run_rows<V, V::kLanes, 1>(grad_patches, dest, g, x0, run, samples, reads, shifts,
-                                    write, grad_input);
+  rows(std::integral_constant<int, V::kLanes>{}, std::integral_constant<int, 1>{});
 }
 
 // How many rows on in its order a staging of short rows of grad_output (a row tile's, or a
