@@ -141,7 +141,7 @@ struct Avx512 {
   // store that wide (add_onto: on Zen 4 a 512-bit masked store takes 2.3 times as long as a
   // 256-bit one, which takes 1.4 times a 128-bit one); to[t] += from[t] (add_part).
   // scatter_add_rows' rows and scatter_add_run's runs of patch rows take the narrowest that spans
-  // them.
+  // them (a run wider than a vector: two whole ones).
   template <int Lanes>
   using Part =
       std::conditional_t<Lanes == 16, __m512, std::conditional_t<Lanes == 8, __m256, __m128>>;

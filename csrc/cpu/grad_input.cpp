@@ -70,8 +70,9 @@ at::Tensor cpu_grad_input(const at::Tensor& grad_output, const at::Tensor& weigh
                 shared(1) <=
             cpu::scratch_budget_bytes();
     // Per location, the patch gradients of `run` neighbouring locations at a time, added onto
-    // the sums together (scatter_run) where the ISA's vectors span their rows: one load-add-store
-    // of grad_input per patch row and sample for the run, not one per location.
+    // the sums together (scatter_run) where one or two of the ISA's vectors span their rows: one
+    // load-add-store of grad_input per vector, patch row and sample for the run, not one per
+    // location.
     const int64_t run = std::is_same_v<opmath_t, float> ? cpu::scatter_run_length(isa, g) : 1;
     // Per thread: by rows, the staged filters and grad_output and the patch rows' destinations;
     // per location, a tile's staged grad_output, the patch rows (by runs, every group's

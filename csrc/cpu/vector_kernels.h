@@ -511,8 +511,8 @@ inline bool forward_pairs_in_place_fits(const Geometry& g, const Strides5& s, in
 //                grad_patches + u * samples * K, one channel group's (`dest`:
 //                grad_input_row_destinations): per sample and patch row, the run's rows summed
 //                in registers (one vector, or two where the span is wider), each u * stride_w
-//                lanes on, then one load-add-store of the input columns they span, not one per
-//                location.
+//                lanes on, then one load-add-store of the input columns they span per vector, not
+//                one per location.
 // scatter_run_length: scatter_run_locations for the ISA's vectors of floats.
 // forward_in_place: forward's out (n < samples) for float without packing: `filters` (C_out x K)
 //                transposed into filters_t (K x C_out floats of scratch), each patch element

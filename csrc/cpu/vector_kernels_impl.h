@@ -634,7 +634,8 @@ LC_VECTOR_TARGET void scatter_add_run(const float* grad_patches, const int64_t* 
       reads[u][v] = V::columns(v * V::kLanes - u * g.stride_w, 0, g.kernel_w);
   }
   for (int64_t v = 0; v < 2; ++v) write[v] = V::columns(x0 + v * V::kLanes, first, last);
-  // Whole runs with their locations unrolled; a row's last, shorter run by a count.
+  // Runs of kScatterRun with their locations unrolled; others (a row's last, shorter one, or
+  // every run where runs are shorter) by a count.
   const auto rows = [&](auto lanes, auto vectors) LC_VECTOR_TARGET {
     constexpr int kLanesOf = decltype(lanes)::value, kVectorsOf = decltype(vectors)::value;
     if (run == kScatterRun) {
