@@ -61,7 +61,7 @@ inline int64_t scatter_run_locations(const Geometry& g, int64_t lanes) {
                ? int64_t(1)
                : std::min<int64_t>(kScatterRun, (window - g.kernel_w) / g.stride_w + 1);
   };
-  const int64_t most = fit(lanes) > 1 ? fit(lanes) : fit(2 * lanes);
+  const int64_t in_one = fit(lanes), most = in_one > 1 ? in_one : fit(2 * lanes);
   int64_t run = 1;
   while (2 * run <= most) run *= 2;
   return run;
