@@ -1,8 +1,10 @@
 #include "backend_choice.h"
 
-#include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/randn.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -82,7 +84,7 @@ double tolerance(at::ScalarType dtype, bool tf32) {
 double relative_difference(const at::Tensor& got, const at::Tensor& expected) {
   const at::Tensor reference = expected.to(at::kDouble);
   const double scale = reference.abs().max().item<double>();
-  return (got.to(at::kDouble) - reference).abs().max().item<double>() / std::max(scale, 1e-30);
+  return got.to(at::kDouble).sub(reference).abs().max().item<double>() / std::max(scale, 1e-30);
 }
 
 std::string path_name(const PathKey& key) {
@@ -118,7 +120,7 @@ std::pair<double, const char*> compare_with_fallback(const at::Tensor& like,
                                   kernels.grad_input(grad_output, weight, g, backend),
                                   kernels.grad_weight(grad_output, input, g, backend)};
     if (perturb) {
-      for (auto& result : got) result = result * 1.5;  // a kernel that computes the wrong thing
+      for (auto& result : got) result = result.mul(1.5);  // a kernel that computes the wrong thing
     }
     const std::array<at::Tensor, 3> expected{unfold_forward(input, weight, bias, g),
                                              unfold_grad_input(grad_output, weight, g),

@@ -1,8 +1,6 @@
 // The argument checks every backend runs first, and the Geometry they return.
 #include "geometry.h"
 
-#include <ATen/ATen.h>
-
 #include <string>
 
 namespace lc_cuda {

@@ -1,6 +1,10 @@
 #include "regions.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 
 namespace lc_cuda {
 namespace {
@@ -67,9 +71,10 @@ at::Tensor empty_slot_rows(const Geometry& g, at::Device device) {
   std::array<at::Tensor, 3> real;
   for (int64_t d = 0; d < 3; ++d) {
     const RegionAxis& a = axes[d];
-    const at::Tensor position = at::arange(a.regions, at::kLong).mul_(a.region_step).unsqueeze(1) +
-                                at::arange(a.members, at::kLong).mul_(a.member_step);
-    real[d] = position < out[d];
+    const at::Tensor region_start = at::arange(a.regions, at::kLong).mul_(a.region_step);
+    const at::Tensor member_offset = at::arange(a.members, at::kLong).mul_(a.member_step);
+    const at::Tensor position = region_start.unsqueeze(1).add(member_offset);
+    real[d] = position.lt(out[d]);
   }
   const auto shaped = [&](int64_t d) {
     std::vector<int64_t> shape(7, 1);
@@ -78,7 +83,9 @@ at::Tensor empty_slot_rows(const Geometry& g, at::Device device) {
     return real[d].view(shape);
   };
   const at::Tensor slot_is_real =
-      (shaped(0) & shaped(1) & shaped(2))
+      shaped(0)
+          .logical_and(shaped(1))
+          .logical_and(shaped(2))
           .expand({axes[0].regions, axes[1].regions, axes[2].regions, g.groups,
                    axes[0].members, axes[1].members, axes[2].members});
   return slot_is_real.logical_not().flatten().nonzero().squeeze(1).to(device);

@@ -1,5 +1,5 @@
 // The transposed op's bias, the one step of that op that is not the forward op's grad_input.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "local_conv.h"
 

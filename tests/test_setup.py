@@ -133,6 +133,16 @@ def test_cpu_only_build_and_debug_flags(setup_module, monkeypatch, tmp_path):
     assert "build_ext" in cmdclass
 
 
+def test_release_build_has_no_debug_information(setup_module, monkeypatch, tmp_path):
+    """Python's CFLAGS carry -g; a release build overrides it (-g0 after it), so that torch's
+    headers' debug information neither slows the build nor swells the library."""
+    monkeypatch.setenv("FORCE_CUDA", "0")
+    monkeypatch.delenv("DEBUG", raising=False)
+    (extension,), _ = setup_module.extension_modules(tmp_path)
+    assert extension.extra_compile_args["cxx"][:2] == ["-O3", "-g0"]
+    assert "#define LC_CUDA_BUILD_DEBUG 0" in build_record(tmp_path)
+
+
 def test_force_cuda_must_be_0_or_1(setup_module, monkeypatch, tmp_path):
     monkeypatch.setenv("FORCE_CUDA", "yes")
     with pytest.raises(RuntimeError, match="FORCE_CUDA must be 0 or 1, got 'yes'"):

@@ -12,8 +12,10 @@
 // blocks two apart never meet. Each gradient sums its terms in the order of its separate pass
 // (grad_input in the phases' order, grad_weight and the bias over the samples in order), so the
 // results are those of cpu_grad_input, cpu_grad_weight and cpu_grad_bias to the bit.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
 
 #include <type_traits>
 

@@ -1,7 +1,8 @@
 // The scratch budget of the CPU kernels and the block sizes that keep each pass inside it.
 #include "cpu_blocking.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <cmath>
 #include <cstdlib>

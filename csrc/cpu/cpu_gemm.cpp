@@ -4,7 +4,9 @@
 // cblas_gemm_f16f16f32), found through weak symbols, and to at::mm on views otherwise.
 #include "cpu_gemm.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 
 #include <limits>

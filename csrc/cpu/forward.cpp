@@ -8,8 +8,9 @@
 // contiguous runs (bfloat16 and float16 rounded by vectors, write_tile).
 // Short patches on the vector kernels go by runs of whole tiles instead (forward_row_run: one
 // vector over a tile's locations, written in place).
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include "cpu_blocking.h"
 #include "location_products.h"

@@ -4,10 +4,12 @@
 // Threads take pieces of a channel's locations (at most kBiasColumns of them), so the order does
 // not depend on the thread count, and a single channel (genomics_1d_50k's 50,000 locations)
 // still goes to every thread.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 

@@ -12,8 +12,10 @@
 // same order (the locations' order, the blocks following from the geometry alone), so the result
 // does not depend on the thread count; except where the rows' staging fits the scratch budget at
 // one thread count and not at another, which changes the path, and the rounding with it.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
 
 #include <type_traits>
 

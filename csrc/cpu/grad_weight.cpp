@@ -29,8 +29,9 @@
 // thread count by floating-point reassociation; and so does bfloat16 on AVX512-BF16 where a whole
 // row tile fits the budget at one thread count and not at another (the row tiles add one sample
 // at a time, the per-location product two).
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <immintrin.h>
 
 #include <type_traits>

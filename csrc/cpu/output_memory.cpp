@@ -1,8 +1,9 @@
 // Huge-page blocks for the CPU kernels' large outputs, kept for reuse when their tensors are freed.
 #include "output_memory.h"
 
-#include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 

@@ -1,7 +1,8 @@
 // The CPU implementations of the lc_cuda operators: the CPU kernels, or the unfold fallback where
 // the caller forces it (unfold_local_conv*), LC_CUDA_BACKEND=unfold is set, or the kernels do not
 // take the geometry yet (choose_backend()).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "backend_choice.h"

@@ -12,8 +12,13 @@
 // grow with the batch without limit, so the batch goes through in blocks whose patches fit
 // LC_CUDA_CPU_SCRATCH_MB (the CPU kernels' bound, on every device the fallback runs on); the
 // layers' usual batches are one block.
-#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include "cpu_blocking.h"
 #include "local_conv.h"

@@ -3,7 +3,8 @@
 // fallback where the caller forces it (unfold_local_conv*), LC_CUDA_BACKEND=unfold is set, or the
 // first-use check switched the path off (choose_backend()). LC_CUDA_BACKEND=ffma keeps every dtype
 // on the FFMA kernels (no tensor cores).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
