@@ -91,6 +91,42 @@ def test_best_ceilings_and_their_wording():
     assert "the better of each at its start and its end" in both and "32 and 43 GB/s" in both
 
 
+@pytest.mark.parametrize("bfloat16_ms", [400.0, 2.0])
+def test_a_16_bit_rate_below_float32s_is_timed_once(monkeypatch, bfloat16_ms):
+    """measure_ceilings times a 16-bit product once, after a warm-up, where that is slower than
+    float32's best (the floor takes float32's rate then), and five times more where it is not;
+    float32 first, whatever the order asked. The times are made up, by the precision timed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import contextlib
+
+    import ceilings
+    import torch
+
+    timed = {"float32": 0, "bfloat16": 0}
+    keys = []
+    real_precision = ceilings.precision
+
+    @contextlib.contextmanager
+    def noted_precision(key):
+        with real_precision(key) as dtype:
+            keys.append(key)
+            yield dtype
+
+    def made_up_timings(run, repeats, device, warmup=3):
+        timed[keys[-1]] += repeats
+        return [{"float32": 20.0, "bfloat16": bfloat16_ms}[keys[-1]]] * repeats
+
+    monkeypatch.setattr(ceilings, "precision", noted_precision)
+    monkeypatch.setattr(ceilings, "_copy_GBps", lambda device, elements: 30.0)
+    monkeypatch.setattr(ceilings, "timings_ms", made_up_timings)
+    result = ceilings.measure_ceilings(torch.device("cpu"), ["bfloat16", "float32"])
+    assert keys == ["float32", "bfloat16"]
+    assert timed["float32"] == 1 + 5
+    assert timed["bfloat16"] == (1 if bfloat16_ms > 20.0 else 1 + 5)
+    rate = 2 * 1024**3 / bfloat16_ms / 1e9
+    assert result["matmul_TFLOPs"]["bfloat16"] == pytest.approx(rate)
+
+
 def test_floor_takes_float32s_rate_where_16_bit_is_slower():
     """A CPU without bfloat16 arithmetic multiplies bfloat16 slower than float32 in torch; the
     floor of a 16-bit case takes float32's rate there (kernels that widen to float reach it),
