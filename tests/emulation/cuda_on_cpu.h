@@ -1,6 +1,14 @@
 // Just enough of CUDA to run lc_cuda's kernels on the CPU, for testing their index arithmetic
-// and tiling without a GPU. A CTA's threads are std::threads that meet at a barrier in
-// __syncthreads; CTAs run one after another, so __shared__ can be a function-static array.
+// and tiling without a GPU. A CTA's threads meet at a barrier in __syncthreads; CTAs run one
+// after another, so __shared__ can be a function-static array. Under ThreadSanitizer a CTA's
+// threads are std::threads, so that it sees their races; elsewhere they are fibers on the
+// launching thread, each run up to its next barrier in turn (threads 0, 1, 2, ...): hundreds of
+// std::threads on two cores had spent most of the emulation's time in the kernel, sleeping and
+// waking at every barrier (CI's cases, one completion mode, on a 2-core Zen 3: 40 s with
+// threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as fibers). A kernel
+// whose threads wait at barriers that can never all be reached fails there, rather than hanging.
+// In turn, a race between two threads that no barrier orders shows only where the later
+// thread in that order writes what the earlier one reads; finding races is ThreadSanitizer's.
 //
 // As strict as the hardware where kernels go wrong (tests/test_kernel_emulation.py runs each):
 //   - cp.async completes as early (at the copy) or as late (at the cp.async.wait_group that
@@ -22,6 +30,8 @@
 #define LC_CUDA_EMULATION 1
 
 #include <sanitizer/asan_interface.h>  // ASAN_(UN)POISON_MEMORY_REGION: no-ops without ASan
+#include <sanitizer/common_interface_defs.h>  // the fiber switch annotations, ASan only
+#include <sys/mman.h>
 
 #include <atomic>
 #include <cmath>
@@ -33,6 +43,17 @@
 #include <memory>
 #include <thread>
 #include <vector>
+
+// Fibers need the x86-64 stack switch below.
+#if defined(__SANITIZE_THREAD__) || !defined(__x86_64__)
+#define LC_EMULATION_FIBERS 0
+#define LC_EMULATION_THREAD_LOCAL thread_local
+#else
+#define LC_EMULATION_FIBERS 1
+// One launching thread runs every fiber; the scheduler swaps each fiber's own values of these
+// in and out at every switch (FiberLane).
+#define LC_EMULATION_THREAD_LOCAL
+#endif
 
 #define __global__
 #define __device__
@@ -48,16 +69,38 @@ struct uint4 {
   unsigned int x, y, z, w;
 };
 
-// A barrier for a fixed number of threads: the last to arrive starts a new generation and wakes
-// the others. Its acquire-release atomics give ThreadSanitizer the happens-before a __syncthreads
-// gives (and nothing more). Waiters sleep in the kernel (std::atomic::wait, a futex on Linux)
-// rather than spin: the emulation runs hundreds of threads on a few cores.
+inline void fail(const char* what) {
+  std::fprintf(stderr, "emulated CUDA fault: %s\n", what);
+  std::abort();
+}
+
+#if LC_EMULATION_FIBERS
+// Arrivals at any barrier, so far: the scheduler's measure of progress (launch_on_cpu).
+inline unsigned long barrier_arrivals = 0;
+// The running fiber gives the launching thread back to the scheduler (defined below).
+void yield_to_scheduler();
+#endif
+
+// A barrier for a fixed number of threads: the last to arrive starts a new generation, which
+// lets the others go on. With threads, its acquire-release atomics give ThreadSanitizer the
+// happens-before a __syncthreads gives (and nothing more), and waiters sleep in the kernel
+// (std::atomic::wait, a futex on Linux) rather than spin. With fibers, a waiter hands the
+// launching thread on until the generation changes.
 class Barrier {
  public:
   explicit Barrier(unsigned int count) : count_(count) {}
 
   void arrive_and_wait() {
     const unsigned int generation = generation_.load(std::memory_order_relaxed);
+#if LC_EMULATION_FIBERS
+    ++barrier_arrivals;
+    if (arrived_.fetch_add(1) + 1 == count_) {
+      arrived_.store(0);
+      generation_.store(generation + 1);
+      return;
+    }
+    while (generation_.load() == generation) yield_to_scheduler();
+#else
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
@@ -66,6 +109,7 @@ class Barrier {
       while (generation_.load(std::memory_order_acquire) == generation)
         generation_.wait(generation, std::memory_order_acquire);
     }
+#endif
   }
 
  private:
@@ -74,7 +118,7 @@ class Barrier {
 };
 
 inline dim3 gridDim;
-inline thread_local dim3 blockIdx, threadIdx;
+inline LC_EMULATION_THREAD_LOCAL dim3 blockIdx, threadIdx;
 inline Barrier* cta_barrier = nullptr;
 
 inline void __syncthreads() { cta_barrier->arrive_and_wait(); }
@@ -93,12 +137,7 @@ struct WarpExchange {
 };
 inline std::vector<WarpExchange> warps;
 // The warp-level instructions this thread has run; every lane of a warp runs the same ones.
-inline thread_local unsigned long warp_instructions = 0;
-
-inline void fail(const char* what) {
-  std::fprintf(stderr, "emulated CUDA fault: %s\n", what);
-  std::abort();
-}
+inline LC_EMULATION_THREAD_LOCAL unsigned long warp_instructions = 0;
 
 // Dynamic shared memory: the most an sm_90 CTA may have. The bytes a launch asks for are set to
 // 0xFF (float16, bfloat16 and float NaNs) before every CTA, so that a kernel that reads shared
@@ -120,8 +159,8 @@ struct CopyInFlight {
 };
 // This thread's copies in flight, late mode: those not yet committed, then the committed groups,
 // oldest first.
-inline thread_local std::vector<CopyInFlight> uncommitted_copies;
-inline thread_local std::deque<std::vector<CopyInFlight>> committed_copy_groups;
+inline LC_EMULATION_THREAD_LOCAL std::vector<CopyInFlight> uncommitted_copies;
+inline LC_EMULATION_THREAD_LOCAL std::deque<std::vector<CopyInFlight>> committed_copy_groups;
 
 inline void check_aligned(const void* pointer, std::uintptr_t bytes, const char* what) {
   if (reinterpret_cast<std::uintptr_t>(pointer) % bytes != 0) fail(what);
@@ -133,22 +172,180 @@ inline void sync_warp() { this_warp().barrier->arrive_and_wait(); }
 // The slots of this warp-level instruction.
 inline WarpSlots& next_warp_slots() { return this_warp().turns[warp_instructions++ % 2]; }
 
+#if LC_EMULATION_FIBERS
+// switch_stack(&from, to): pushes the callee-saved registers on this stack, saves its pointer
+// in `from`, takes `to` as the stack and pops what a switch away from it pushed. Not
+// swapcontext: that saves the signal mask, a system call at every switch (8.5 s of the CI
+// cases' 21.6). Weak: every binary that includes this header defines it.
+extern "C" void lc_emulation_switch_stack(void** from, void* to);
+asm(R"(
+  .text
+  .weak lc_emulation_switch_stack
+  .type lc_emulation_switch_stack, @function
+lc_emulation_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size lc_emulation_switch_stack, .-lc_emulation_switch_stack
+)");
+
+// A CTA thread as a fiber: its saved stack pointer and stack, and its own values of the
+// per-thread variables, swapped with the globals while it runs (FiberLane::swap).
+struct FiberLane {
+  void* stack_pointer = nullptr;
+  unsigned char* stack = nullptr;
+  dim3 thread_index;
+  unsigned long instructions = 0;
+  std::vector<CopyInFlight> uncommitted;
+  std::deque<std::vector<CopyInFlight>> committed;
+  void* fake_stack = nullptr;  // ASan's, while the fiber is switched out
+  bool done = false;
+
+  void swap() {
+    std::swap(threadIdx, thread_index);
+    std::swap(warp_instructions, instructions);
+    std::swap(uncommitted_copies, uncommitted);
+    std::swap(committed_copy_groups, committed);
+  }
+};
+
+// A fiber's stack: four times what the kernels' frames take under ASan (every case ran in 64 KB),
+// with a guard page below it, so that an overflow faults. Not more: under ASan each CTA clears
+// its fibers' stacks (fresh_fiber_stack), and at 1 MB that took a fifth of the time.
+constexpr size_t kFiberStackBytes = size_t(1) << 18;
+constexpr size_t kGuardBytes = 4096;
+
+inline void* scheduler_stack_pointer = nullptr;
+inline FiberLane* running_lane = nullptr;
+inline void (*fiber_body)(void*) = nullptr;
+inline void* fiber_argument = nullptr;
+// The launching thread's stack, for ASan's annotations of switches back to it.
+inline const void* scheduler_stack = nullptr;
+inline size_t scheduler_stack_bytes = 0;
+inline void* scheduler_fake_stack = nullptr;
+
+// ASan keeps a shadow of each stack: every switch between stacks is announced before and
+// confirmed after, or it would see the fibers' frames as overflows of the launching thread's.
+inline void starting_switch(void** fake_stack, const void* stack, size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack, stack, bytes);
+#else
+  (void)fake_stack, (void)stack, (void)bytes;
+#endif
+}
+inline void finished_switch(void* fake_stack, const void** from, size_t* from_bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack, from, from_bytes);
+#else
+  (void)fake_stack, (void)from, (void)from_bytes;
+#endif
+}
+
+inline void yield_to_scheduler() {
+  FiberLane& lane = *running_lane;
+  starting_switch(&lane.fake_stack, scheduler_stack, scheduler_stack_bytes);
+  lc_emulation_switch_stack(&lane.stack_pointer, scheduler_stack_pointer);
+  finished_switch(lane.fake_stack, &scheduler_stack, &scheduler_stack_bytes);
+}
+
+// Where a fiber starts (the first switch to it "returns" here); it never returns, and once its
+// thread has ended it is never switched to again.
+[[noreturn]] inline void fiber_start() {
+  finished_switch(nullptr, &scheduler_stack, &scheduler_stack_bytes);
+  fiber_body(fiber_argument);
+  running_lane->done = true;
+  starting_switch(nullptr, scheduler_stack, scheduler_stack_bytes);  // this fiber's end
+  void* ended;
+  lc_emulation_switch_stack(&ended, scheduler_stack_pointer);
+  __builtin_unreachable();
+}
+
+// A fresh fiber's stack as a switch away from it would have left it: six registers' slots,
+// then fiber_start as the return address, 16-byte aligned as at a call's entry. Under ASan the
+// redzones of the frames a thread of the last CTA left there (a fiber's frames never return)
+// are cleared first.
+inline void* fresh_fiber_stack(unsigned char* stack) {
+  ASAN_UNPOISON_MEMORY_REGION(stack, kFiberStackBytes);
+  auto** top = reinterpret_cast<void**>(stack + kFiberStackBytes);
+  *--top = nullptr;  // fiber_start's own return address: it never returns
+  *--top = reinterpret_cast<void*>(&fiber_start);
+  for (int r = 0; r < 6; ++r) *--top = nullptr;
+  return top;
+}
+
+// The CTAs one after another; within one, each thread runs as a fiber until it waits at a
+// barrier (or ends), threads 0, 1, 2, ... in turn, round after round until all have ended. A
+// round in which no thread arrives at a barrier or ends can only repeat: the threads wait at
+// barriers that not all of them reach.
+template <typename Kernel, typename... Args>
+void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
+              Args... args) {
+  const size_t lane_bytes = kFiberStackBytes + kGuardBytes;
+  void* mapped = mmap(nullptr, threads * lane_bytes, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mapped == MAP_FAILED) fail("no memory for the fibers' stacks");
+  auto* stacks = static_cast<unsigned char*>(mapped);
+  std::vector<FiberLane> lanes(threads);
+  for (unsigned int t = 0; t < threads; ++t) {
+    mprotect(stacks + t * lane_bytes, kGuardBytes, PROT_NONE);
+    lanes[t].stack = stacks + t * lane_bytes + kGuardBytes;
+  }
+  auto body = [&] { kernel(args...); };
+  fiber_body = [](void* run) { (*static_cast<decltype(body)*>(run))(); };
+  fiber_argument = &body;
+  for (unsigned int z = 0; z < grid.z; ++z)
+    for (unsigned int y = 0; y < grid.y; ++y)
+      for (unsigned int x = 0; x < grid.x; ++x) {
+        blockIdx = {x, y, z};
+        if (shared_bytes > 0) std::memset(dynamic_shared_bytes, 0xFF, shared_bytes);
+        for (unsigned int t = 0; t < threads; ++t) {
+          FiberLane& lane = lanes[t];
+          lane.thread_index = {t, 0, 0};
+          lane.instructions = 0;
+          lane.uncommitted.clear();
+          lane.committed.clear();
+          lane.done = false;
+          lane.stack_pointer = fresh_fiber_stack(lane.stack);
+        }
+        for (unsigned int live = threads; live > 0;) {
+          const unsigned long arrivals = barrier_arrivals;
+          const unsigned int live_before = live;
+          for (FiberLane& lane : lanes) {
+            if (lane.done) continue;
+            running_lane = &lane;
+            lane.swap();
+            starting_switch(&scheduler_fake_stack, lane.stack, kFiberStackBytes);
+            lc_emulation_switch_stack(&scheduler_stack_pointer, lane.stack_pointer);
+            finished_switch(scheduler_fake_stack, nullptr, nullptr);
+            lane.swap();
+            live -= lane.done;
+          }
+          if (live > 0 && live == live_before && barrier_arrivals == arrivals)
+            fail("deadlock: the CTA's threads wait at barriers that not all of them reach");
+        }
+      }
+  running_lane = nullptr;
+  munmap(mapped, threads * lane_bytes);
+}
+#else
 // The same `threads` threads run every CTA in turn, meeting at the barrier after each, so that
 // no thread starts the next CTA (and reuses the static shared memory) before all are done.
-// shared_bytes: the dynamic shared memory the launch asks for, as in <<<grid, threads, bytes>>>.
 template <typename Kernel, typename... Args>
-void launch_on_cpu(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
-                   Args... args) {
-  if (shared_bytes > sizeof dynamic_shared_bytes) fail("more dynamic shared memory than sm_90 has");
-  if (threads % 32 != 0) fail("the emulation runs whole warps only");
-  ASAN_UNPOISON_MEMORY_REGION(dynamic_shared_bytes, shared_bytes);
-  ASAN_POISON_MEMORY_REGION(dynamic_shared_bytes + shared_bytes,
-                            sizeof dynamic_shared_bytes - shared_bytes);
-  gridDim = grid;
+void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
+              Args... args) {
   Barrier barrier(threads);
-  cta_barrier = &barrier;
-  warps = std::vector<WarpExchange>(threads / 32);
-  for (auto& warp : warps) warp.barrier = std::make_unique<Barrier>(32);
   std::vector<std::thread> cta;
   for (unsigned int t = 0; t < threads; ++t)
     cta.emplace_back([&, t] {
@@ -168,6 +365,25 @@ void launch_on_cpu(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel 
           }
     });
   for (auto& thread : cta) thread.join();
+}
+#endif
+
+// A launch: <<<grid, threads, shared_bytes>>>, the dynamic shared memory the launch asks for
+// set up as the hardware would check it, then the CTAs in turn (run_ctas).
+template <typename Kernel, typename... Args>
+void launch_on_cpu(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
+                   Args... args) {
+  if (shared_bytes > sizeof dynamic_shared_bytes) fail("more dynamic shared memory than sm_90 has");
+  if (threads % 32 != 0) fail("the emulation runs whole warps only");
+  ASAN_UNPOISON_MEMORY_REGION(dynamic_shared_bytes, shared_bytes);
+  ASAN_POISON_MEMORY_REGION(dynamic_shared_bytes + shared_bytes,
+                            sizeof dynamic_shared_bytes - shared_bytes);
+  gridDim = grid;
+  Barrier barrier(threads);
+  cta_barrier = &barrier;
+  warps = std::vector<WarpExchange>(threads / 32);
+  for (auto& warp : warps) warp.barrier = std::make_unique<Barrier>(32);
+  run_ctas(grid, threads, shared_bytes, kernel, args...);
 }
 
 namespace lc_cuda {
