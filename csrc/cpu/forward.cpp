@@ -9,6 +9,7 @@
 // Short patches on the vector kernels go by runs of whole tiles instead (forward_row_run: one
 // vector over a tile's locations, written in place).
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 

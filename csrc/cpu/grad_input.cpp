@@ -13,6 +13,7 @@
 // does not depend on the thread count; except where the rows' staging fits the scratch budget at
 // one thread count and not at another, which changes the path, and the rounding with it.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>

@@ -30,6 +30,7 @@
 // row tile fits the budget at one thread count and not at another (the row tiles add one sample
 // at a time, the per-location product two).
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <immintrin.h>

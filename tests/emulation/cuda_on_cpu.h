@@ -1,12 +1,13 @@
 // Just enough of CUDA to run lc_cuda's kernels on the CPU, for testing their index arithmetic
 // and tiling without a GPU. A CTA's threads meet at a barrier in __syncthreads; CTAs run one
-// after another, so __shared__ can be a function-static array. Under ThreadSanitizer a CTA's
-// threads are std::threads, so that it sees their races; elsewhere they are fibers on the
-// launching thread, each run up to its next barrier in turn (threads 0, 1, 2, ...): hundreds of
+// after another, so __shared__ can be a function-static array. Under ThreadSanitizer (and off
+// x86-64) a CTA's threads are std::threads, so that it sees their races; elsewhere they are
+// fibers on the launching thread, each run up to its next barrier in turn (threads 0, 1, 2, ...): hundreds of
 // std::threads on two cores had spent most of the emulation's time in the kernel, sleeping and
 // waking at every barrier (CI's cases, one completion mode, on a 2-core Zen 3: 40 s with
-// threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as fibers). A kernel
-// whose threads wait at barriers that can never all be reached fails there, rather than hanging.
+// threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as fibers). With
+// fibers, a kernel whose threads wait at barriers that can never all be reached fails there,
+// rather than hanging.
 // In turn, a race between two threads that no barrier orders shows only where the later
 // thread in that order writes what the earlier one reads; finding races is ThreadSanitizer's.
 //
@@ -44,14 +45,21 @@
 #include <thread>
 #include <vector>
 
-// Fibers need the x86-64 stack switch below.
-#if defined(__SANITIZE_THREAD__) || !defined(__x86_64__)
+#if defined(__SANITIZE_THREAD__)  // GCC's
+#define LC_EMULATION_TSAN 1
+#elif defined(__has_feature)  // clang's
+#if __has_feature(thread_sanitizer)
+#define LC_EMULATION_TSAN 1
+#endif
+#endif
+// Fibers need the x86-64 (LP64) stack switch below.
+#if defined(LC_EMULATION_TSAN) || !defined(__x86_64__) || !defined(__LP64__)
 #define LC_EMULATION_FIBERS 0
 #define LC_EMULATION_THREAD_LOCAL thread_local
 #else
 #define LC_EMULATION_FIBERS 1
-// One launching thread runs every fiber; the scheduler swaps each fiber's own values of these
-// in and out at every switch (FiberLane).
+// One launching thread runs every fiber; the scheduler swaps each fiber's own values of the
+// per-thread variables in and out at every switch (FiberLane). blockIdx is the CTA's.
 #define LC_EMULATION_THREAD_LOCAL
 #endif
 
@@ -78,7 +86,7 @@ inline void fail(const char* what) {
 // Arrivals at any barrier, so far: the scheduler's measure of progress (launch_on_cpu).
 inline unsigned long barrier_arrivals = 0;
 // The running fiber gives the launching thread back to the scheduler (defined below).
-void yield_to_scheduler();
+inline void yield_to_scheduler();
 #endif
 
 // A barrier for a fixed number of threads: the last to arrive starts a new generation, which
@@ -176,10 +184,12 @@ inline WarpSlots& next_warp_slots() { return this_warp().turns[warp_instructions
 // switch_stack(&from, to): pushes the callee-saved registers on this stack, saves its pointer
 // in `from`, takes `to` as the stack and pops what a switch away from it pushed. Not
 // swapcontext: that saves the signal mask, a system call at every switch (8.5 s of the CI
-// cases' 21.6). Weak: every binary that includes this header defines it.
+// cases' 21.6). Weak: every binary that includes this header defines it. (A ret onto another
+// stack: a process that turns on CET shadow stacks could not run it.)
 extern "C" void lc_emulation_switch_stack(void** from, void* to);
 asm(R"(
-  .text
+  .pushsection .text, "ax", @progbits
+  .p2align 4
   .weak lc_emulation_switch_stack
   .type lc_emulation_switch_stack, @function
 lc_emulation_switch_stack:
@@ -199,6 +209,7 @@ lc_emulation_switch_stack:
   popq %rbp
   ret
   .size lc_emulation_switch_stack, .-lc_emulation_switch_stack
+  .popsection
 )");
 
 // A CTA thread as a fiber: its saved stack pointer and stack, and its own values of the
@@ -299,7 +310,8 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
   auto* stacks = static_cast<unsigned char*>(mapped);
   std::vector<FiberLane> lanes(threads);
   for (unsigned int t = 0; t < threads; ++t) {
-    mprotect(stacks + t * lane_bytes, kGuardBytes, PROT_NONE);
+    if (mprotect(stacks + t * lane_bytes, kGuardBytes, PROT_NONE) != 0)
+      fail("cannot protect a fiber stack's guard page");
     lanes[t].stack = stacks + t * lane_bytes + kGuardBytes;
   }
   auto body = [&] { kernel(args...); };
@@ -337,7 +349,9 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
         }
       }
   running_lane = nullptr;
-  munmap(mapped, threads * lane_bytes);
+  // Unpoisoned for what maps these pages next (the last CTA's frames left redzones).
+  ASAN_UNPOISON_MEMORY_REGION(mapped, threads * lane_bytes);
+  if (munmap(mapped, threads * lane_bytes) != 0) fail("cannot unmap the fibers' stacks");
 }
 #else
 // The same `threads` threads run every CTA in turn, meeting at the barrier after each, so that

@@ -14,6 +14,8 @@
 // First every header that the emulation and the kernel headers include, so that the anonymous
 // namespace below holds only their own code. (A header first included inside it would break.)
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <array>
