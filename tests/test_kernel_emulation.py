@@ -156,6 +156,13 @@ def test_cuda_kernels_under_thread_sanitizer(tmp_path):
 # The planted bugs, each in the tensor-core forward, on case 0 (its forward has one stage).
 
 
+def run_planted_forward_bug(tmp_path: Path, sanitizer: str, old: str, new: str):
+    """Case 0, cp.async landing late, built with `sanitizer` from csrc/ with one edit (`old` to
+    `new`) in the tensor-core forward."""
+    csrc = mutated_csrc(tmp_path, "forward_tensor_core.cuh", old, new)
+    return run(build(tmp_path, sanitizer, csrc), "late", ["0"])
+
+
 @harness_check
 def test_late_completion_catches_a_stage_read_before_its_wait(tmp_path):
     """The pipeline waits for all but the last two copy groups instead of all but the last one,
@@ -173,13 +180,12 @@ def test_late_completion_catches_a_stage_read_before_its_wait(tmp_path):
 def test_address_sanitizer_catches_shared_memory_past_the_request(tmp_path):
     """The launch asks for 16 bytes less than the kernel uses: its zero row (16 bytes past the
     two buffers) lies past the request, inside the emulation's 227 KB array."""
-    csrc = mutated_csrc(
+    asan = run_planted_forward_bug(
         tmp_path,
-        "forward_tensor_core.cuh",
+        "asan",
         "return 2 * tensor_core_buffer_bytes<T>(s, stage_k) + 16;",
         "return 2 * tensor_core_buffer_bytes<T>(s, stage_k);",
     )
-    asan = run(build(tmp_path, "asan", csrc), "late", ["0"])
     assert asan.returncode != 0
     assert "AddressSanitizer: use-after-poison" in asan.stderr
     assert "forward_tensor_core.cuh" in asan.stderr
@@ -193,13 +199,12 @@ def test_a_barrier_not_every_thread_reaches_fails_rather_than_hangs(tmp_path):
     """Thread 0 skips a stage's __syncthreads, so the others' last one can never complete: the
     fibers' scheduler sees a round in which no thread moves and fails (std::threads would wait
     for ever)."""
-    csrc = mutated_csrc(
+    stuck = run_planted_forward_bug(
         tmp_path,
-        "forward_tensor_core.cuh",
+        "plain",
         "wait_async_copies<1>();\n    __syncthreads();\n",
         "wait_async_copies<1>();\n    if (threadIdx.x != 0) __syncthreads();\n",
     )
-    stuck = run(build(tmp_path, "plain", csrc), "late", ["0"])
     assert stuck.returncode != 0
     assert "emulated CUDA fault: deadlock" in stuck.stderr
 
@@ -207,13 +212,12 @@ def test_a_barrier_not_every_thread_reaches_fails_rather_than_hangs(tmp_path):
 @harness_check
 def test_thread_sanitizer_catches_a_missing_barrier(tmp_path):
     """No __syncthreads between a stage's copies (and table) and the reads of other threads."""
-    csrc = mutated_csrc(
+    tsan = run_planted_forward_bug(
         tmp_path,
-        "forward_tensor_core.cuh",
+        "tsan",
         "wait_async_copies<1>();\n    __syncthreads();\n",
         "wait_async_copies<1>();\n",
     )
-    tsan = run(build(tmp_path, "tsan", csrc), "late", ["0"])
     assert tsan.returncode != 0
     assert "ThreadSanitizer: data race" in tsan.stderr
     assert "forward_tensor_core" in tsan.stderr

@@ -2,14 +2,14 @@
 // and tiling without a GPU. A CTA's threads meet at a barrier in __syncthreads; CTAs run one
 // after another, so __shared__ can be a function-static array. Under ThreadSanitizer (and off
 // x86-64) a CTA's threads are std::threads, so that it sees their races; elsewhere they are
-// fibers on the launching thread, each run up to its next barrier in turn (threads 0, 1, 2, ...): hundreds of
-// std::threads on two cores had spent most of the emulation's time in the kernel, sleeping and
-// waking at every barrier (CI's cases, one completion mode, on a 2-core Zen 3: 40 s with
-// threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as fibers). With
-// fibers, a kernel whose threads wait at barriers that can never all be reached fails there,
-// rather than hanging.
-// In turn, a race between two threads that no barrier orders shows only where the later
-// thread in that order writes what the earlier one reads; finding races is ThreadSanitizer's.
+// fibers on the launching thread, each run up to its next barrier in turn (threads 0, 1, 2,
+// ...): hundreds of std::threads on two cores had spent most of the emulation's time in the
+// kernel, sleeping and waking at every barrier (CI's cases, one completion mode, on a 2-core
+// Zen 3: 40 s with threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as
+// fibers). With fibers, a kernel whose threads wait at barriers that can never all be reached
+// fails there, rather than hanging. In turn, a race between two threads that no barrier orders
+// shows only where the later thread in that order writes what the earlier one reads; finding
+// races is ThreadSanitizer's.
 //
 // As strict as the hardware where kernels go wrong (tests/test_kernel_emulation.py runs each):
 //   - cp.async completes as early (at the copy) or as late (at the cp.async.wait_group that
@@ -83,7 +83,7 @@ inline void fail(const char* what) {
 }
 
 #if LC_EMULATION_FIBERS
-// Arrivals at any barrier, so far: the scheduler's measure of progress (launch_on_cpu).
+// Arrivals at any barrier, so far: the scheduler's measure of progress (run_ctas).
 inline unsigned long barrier_arrivals = 0;
 // The running fiber gives the launching thread back to the scheduler (defined below).
 inline void yield_to_scheduler();
@@ -354,12 +354,12 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
   if (munmap(mapped, threads * lane_bytes) != 0) fail("cannot unmap the fibers' stacks");
 }
 #else
-// The same `threads` threads run every CTA in turn, meeting at the barrier after each, so that
-// no thread starts the next CTA (and reuses the static shared memory) before all are done.
+// The same `threads` threads run every CTA in turn, meeting at the CTA's barrier after each, so
+// that no thread starts the next CTA (and reuses the static shared memory) before all are done.
 template <typename Kernel, typename... Args>
 void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
               Args... args) {
-  Barrier barrier(threads);
+  Barrier& barrier = *cta_barrier;
   std::vector<std::thread> cta;
   for (unsigned int t = 0; t < threads; ++t)
     cta.emplace_back([&, t] {
