@@ -1,15 +1,15 @@
 // Just enough of CUDA to run lc_cuda's kernels on the CPU, for testing their index arithmetic
 // and tiling without a GPU. A CTA's threads meet at a barrier in __syncthreads; CTAs run one
-// after another, so __shared__ can be a function-static array. Under ThreadSanitizer (and off
-// x86-64) a CTA's threads are std::threads, so that it sees their races; elsewhere they are
+// after another, so __shared__ can be a function-static array. On x86-64 a CTA's threads are
 // fibers on the launching thread, each run up to its next barrier in turn (threads 0, 1, 2,
 // ...): hundreds of std::threads on two cores had spent most of the emulation's time in the
 // kernel, sleeping and waking at every barrier (CI's cases, one completion mode, on a 2-core
 // Zen 3: 40 s with threads, 54 s of system time over the 2 cores against 22 of user; 7.3 s as
-// fibers). With fibers, a kernel whose threads wait at barriers that can never all be reached
-// fails there, rather than hanging. In turn, a race between two threads that no barrier orders
-// shows only where the later thread in that order writes what the earlier one reads; finding
-// races is ThreadSanitizer's.
+// fibers). Elsewhere they are std::threads. With fibers, a kernel whose threads wait at barriers
+// that can never all be reached fails there, rather than hanging. In turn, a race between two
+// threads that no barrier orders shows in the results only where the later thread in that order
+// writes what the earlier one reads; finding races is ThreadSanitizer's, which is told of every
+// switch and sees each fiber as a thread of its own (run_ctas).
 //
 // As strict as the hardware where kernels go wrong (tests/test_kernel_emulation.py runs each):
 //   - cp.async completes as early (at the copy) or as late (at the cp.async.wait_group that
@@ -31,7 +31,7 @@
 #define LC_CUDA_EMULATION 1
 
 #include <sanitizer/asan_interface.h>  // ASAN_(UN)POISON_MEMORY_REGION: no-ops without ASan
-#include <sanitizer/common_interface_defs.h>  // the fiber switch annotations, ASan only
+#include <sanitizer/common_interface_defs.h>  // ASan's fiber switch annotations
 #include <sys/mman.h>
 
 #include <atomic>
@@ -52,14 +52,17 @@
 #define LC_EMULATION_TSAN 1
 #endif
 #endif
+#if defined(LC_EMULATION_TSAN)
+#include <sanitizer/tsan_interface.h>  // its fibers, and happens-before between them
+#endif
 // Fibers need the x86-64 (LP64) stack switch below.
-#if defined(LC_EMULATION_TSAN) || !defined(__x86_64__) || !defined(__LP64__)
+#if !defined(__x86_64__) || !defined(__LP64__)
 #define LC_EMULATION_FIBERS 0
 #define LC_EMULATION_THREAD_LOCAL thread_local
 #else
 #define LC_EMULATION_FIBERS 1
-// One launching thread runs every fiber; the scheduler swaps each fiber's own values of the
-// per-thread variables in and out at every switch (FiberLane). blockIdx is the CTA's.
+// One launching thread runs every fiber: blockIdx is the CTA's, and the scheduler points
+// running_thread at each fiber's own variables before it switches to it.
 #define LC_EMULATION_THREAD_LOCAL
 #endif
 
@@ -83,17 +86,18 @@ inline void fail(const char* what) {
 }
 
 #if LC_EMULATION_FIBERS
-// Arrivals at any barrier, so far: the scheduler's measure of progress (run_ctas).
-inline unsigned long barrier_arrivals = 0;
+// Arrivals at any barrier, so far: the scheduler's measure of progress (run_ctas). Fibers and
+// scheduler share it unordered, as relaxed atomics (ThreadSanitizer checks no atomic for races).
+inline std::atomic<unsigned long> barrier_arrivals{0};
 // The running fiber gives the launching thread back to the scheduler (defined below).
 inline void yield_to_scheduler();
 #endif
 
 // A barrier for a fixed number of threads: the last to arrive starts a new generation, which
-// lets the others go on. With threads, its acquire-release atomics give ThreadSanitizer the
-// happens-before a __syncthreads gives (and nothing more), and waiters sleep in the kernel
-// (std::atomic::wait, a futex on Linux) rather than spin. With fibers, a waiter hands the
-// launching thread on until the generation changes.
+// lets the others go on. Its acquire-release atomics give ThreadSanitizer the happens-before a
+// __syncthreads gives (and nothing more). With fibers, a waiter hands the launching thread on
+// until the generation changes; with threads, waiters sleep in the kernel (std::atomic::wait, a
+// futex on Linux) rather than spin.
 class Barrier {
  public:
   explicit Barrier(unsigned int count) : count_(count) {}
@@ -101,13 +105,13 @@ class Barrier {
   void arrive_and_wait() {
     const unsigned int generation = generation_.load(std::memory_order_relaxed);
 #if LC_EMULATION_FIBERS
-    ++barrier_arrivals;
-    if (arrived_.fetch_add(1) + 1 == count_) {
-      arrived_.store(0);
-      generation_.store(generation + 1);
+    barrier_arrivals.fetch_add(1, std::memory_order_relaxed);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
       return;
     }
-    while (generation_.load() == generation) yield_to_scheduler();
+    while (generation_.load(std::memory_order_acquire) == generation) yield_to_scheduler();
 #else
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
       arrived_.store(0, std::memory_order_relaxed);
@@ -126,7 +130,7 @@ class Barrier {
 };
 
 inline dim3 gridDim;
-inline LC_EMULATION_THREAD_LOCAL dim3 blockIdx, threadIdx;
+inline LC_EMULATION_THREAD_LOCAL dim3 blockIdx;
 inline Barrier* cta_barrier = nullptr;
 
 inline void __syncthreads() { cta_barrier->arrive_and_wait(); }
@@ -144,8 +148,6 @@ struct WarpExchange {
   WarpSlots turns[2];
 };
 inline std::vector<WarpExchange> warps;
-// The warp-level instructions this thread has run; every lane of a warp runs the same ones.
-inline LC_EMULATION_THREAD_LOCAL unsigned long warp_instructions = 0;
 
 // Dynamic shared memory: the most an sm_90 CTA may have. The bytes a launch asks for are set to
 // 0xFF (float16, bfloat16 and float NaNs) before every CTA, so that a kernel that reads shared
@@ -165,10 +167,22 @@ struct CopyInFlight {
   void* shared;
   unsigned char bytes[16];
 };
-// This thread's copies in flight, late mode: those not yet committed, then the committed groups,
-// oldest first.
-inline LC_EMULATION_THREAD_LOCAL std::vector<CopyInFlight> uncommitted_copies;
-inline LC_EMULATION_THREAD_LOCAL std::deque<std::vector<CopyInFlight>> committed_copy_groups;
+
+// What each emulated thread has of its own.
+struct ThreadOwn {
+  dim3 index;
+  // The warp-level instructions it has run; every lane of a warp runs the same ones.
+  unsigned long warp_instructions = 0;
+  // Its copies in flight, late mode: those not yet committed, then the committed groups, oldest
+  // first.
+  std::vector<CopyInFlight> uncommitted_copies;
+  std::deque<std::vector<CopyInFlight>> committed_copy_groups;
+};
+// The running thread's. A fiber reads it while the scheduler writes it between fibers: a relaxed
+// atomic, so that ThreadSanitizer does not take that for a race.
+inline LC_EMULATION_THREAD_LOCAL std::atomic<ThreadOwn*> running_thread{nullptr};
+inline ThreadOwn& this_cuda_thread() { return *running_thread.load(std::memory_order_relaxed); }
+#define threadIdx (this_cuda_thread().index)
 
 inline void check_aligned(const void* pointer, std::uintptr_t bytes, const char* what) {
   if (reinterpret_cast<std::uintptr_t>(pointer) % bytes != 0) fail(what);
@@ -178,7 +192,9 @@ inline WarpExchange& this_warp() { return warps[threadIdx.x / 32]; }
 inline int lane_id() { return static_cast<int>(threadIdx.x % 32); }
 inline void sync_warp() { this_warp().barrier->arrive_and_wait(); }
 // The slots of this warp-level instruction.
-inline WarpSlots& next_warp_slots() { return this_warp().turns[warp_instructions++ % 2]; }
+inline WarpSlots& next_warp_slots() {
+  return this_warp().turns[this_cuda_thread().warp_instructions++ % 2];
+}
 
 #if LC_EMULATION_FIBERS
 // switch_stack(&from, to): pushes the callee-saved registers on this stack, saves its pointer
@@ -212,24 +228,14 @@ lc_emulation_switch_stack:
   .popsection
 )");
 
-// A CTA thread as a fiber: its saved stack pointer and stack, and its own values of the
-// per-thread variables, swapped with the globals while it runs (FiberLane::swap).
+// A CTA thread as a fiber: its saved stack pointer and stack, and its own variables.
 struct FiberLane {
   void* stack_pointer = nullptr;
   unsigned char* stack = nullptr;
-  dim3 thread_index;
-  unsigned long instructions = 0;
-  std::vector<CopyInFlight> uncommitted;
-  std::deque<std::vector<CopyInFlight>> committed;
+  ThreadOwn own;
   void* fake_stack = nullptr;  // ASan's, while the fiber is switched out
-  bool done = false;
-
-  void swap() {
-    std::swap(threadIdx, thread_index);
-    std::swap(warp_instructions, instructions);
-    std::swap(uncommitted_copies, uncommitted);
-    std::swap(committed_copy_groups, committed);
-  }
+  void* tsan_fiber = nullptr;  // ThreadSanitizer's
+  std::atomic<bool> done{false};  // set by the fiber, read by the scheduler (see running_thread)
 };
 
 // A fiber's stack: four times what the kernels' frames take under ASan (every case ran in 64 KB),
@@ -238,14 +244,36 @@ struct FiberLane {
 constexpr size_t kFiberStackBytes = size_t(1) << 18;
 constexpr size_t kGuardBytes = 4096;
 
+// The lanes, kept from launch to launch (a deque grows without moving them). Stacks mapped and
+// unmapped at every launch, and ThreadSanitizer's fibers made and destroyed, had taken more than
+// a third of ThreadSanitizer's time (CI's cases 25 -> 16 s, 9 s of them system time): each
+// unmapping clears the stack's shadow, which the next launch's fibers fault back in.
+inline std::deque<FiberLane> fiber_lanes;
+
+inline void make_lanes(unsigned int threads) {
+  while (fiber_lanes.size() < threads) {
+    FiberLane& lane = fiber_lanes.emplace_back();
+    void* mapped = mmap(nullptr, kGuardBytes + kFiberStackBytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mapped == MAP_FAILED) fail("no memory for a fiber's stack");
+    if (mprotect(mapped, kGuardBytes, PROT_NONE) != 0)
+      fail("cannot protect a fiber stack's guard page");
+    lane.stack = static_cast<unsigned char*>(mapped) + kGuardBytes;
+#if defined(LC_EMULATION_TSAN)
+    lane.tsan_fiber = __tsan_create_fiber(0);
+#endif
+  }
+}
+
 inline void* scheduler_stack_pointer = nullptr;
-inline FiberLane* running_lane = nullptr;
+inline std::atomic<FiberLane*> running_lane{nullptr};  // as running_thread
 inline void (*fiber_body)(void*) = nullptr;
 inline void* fiber_argument = nullptr;
 // The launching thread's stack, for ASan's annotations of switches back to it.
 inline const void* scheduler_stack = nullptr;
 inline size_t scheduler_stack_bytes = 0;
 inline void* scheduler_fake_stack = nullptr;
+inline void* scheduler_tsan_fiber = nullptr;  // the launching thread, to ThreadSanitizer
 
 // ASan keeps a shadow of each stack: every switch between stacks is announced before and
 // confirmed after, or it would see the fibers' frames as overflows of the launching thread's.
@@ -264,19 +292,51 @@ inline void finished_switch(void* fake_stack, const void** from, size_t* from_by
 #endif
 }
 
+// ThreadSanitizer is told of each switch just before it, and sees each fiber as a thread. A
+// switch into a fiber orders what the scheduler did before it (a CTA's shared memory set to
+// 0xFF, the lanes reset) before what the fiber does next. A switch back orders nothing, so that
+// the fibers are ordered among themselves by the barriers' atomics alone, as a GPU's threads
+// are by __syncthreads: two threads' accesses between the same two barriers stay unordered,
+// whichever ran first here. What a fiber did reaches the scheduler when its CTA ends (run_ctas).
+// Always inlined: the frame that calls it must be the one that switches stacks, or its return
+// would pop an entry from the other fiber's shadow call stack.
+__attribute__((always_inline)) inline void tsan_switch_to(void* fiber, bool ordering) {
+#if defined(LC_EMULATION_TSAN)
+  __tsan_switch_to_fiber(fiber, ordering ? 0 : __tsan_switch_to_fiber_no_sync);
+#else
+  (void)fiber, (void)ordering;
+#endif
+}
+
 inline void yield_to_scheduler() {
-  FiberLane& lane = *running_lane;
+  FiberLane& lane = *running_lane.load(std::memory_order_relaxed);
+  tsan_switch_to(scheduler_tsan_fiber, false);
   starting_switch(&lane.fake_stack, scheduler_stack, scheduler_stack_bytes);
   lc_emulation_switch_stack(&lane.stack_pointer, scheduler_stack_pointer);
   finished_switch(lane.fake_stack, &scheduler_stack, &scheduler_stack_bytes);
 }
 
+inline void switch_to_fiber(FiberLane& lane) {
+  running_lane.store(&lane, std::memory_order_relaxed);
+  running_thread.store(&lane.own, std::memory_order_relaxed);
+  tsan_switch_to(lane.tsan_fiber, true);
+  starting_switch(&scheduler_fake_stack, lane.stack, kFiberStackBytes);
+  lc_emulation_switch_stack(&scheduler_stack_pointer, lane.stack_pointer);
+  finished_switch(scheduler_fake_stack, nullptr, nullptr);
+}
+
 // Where a fiber starts (the first switch to it "returns" here); it never returns, and once its
-// thread has ended it is never switched to again.
-[[noreturn]] inline void fiber_start() {
+// thread has ended it is never switched to again. Not instrumented by ThreadSanitizer: each CTA
+// would leave one more entry of it on the fiber's shadow call stack.
+[[noreturn]] __attribute__((no_sanitize("thread"))) inline void fiber_start() {
   finished_switch(nullptr, &scheduler_stack, &scheduler_stack_bytes);
   fiber_body(fiber_argument);
-  running_lane->done = true;
+  FiberLane& lane = *running_lane.load(std::memory_order_relaxed);
+  lane.done.store(true, std::memory_order_relaxed);
+#if defined(LC_EMULATION_TSAN)
+  __tsan_release(&lane);  // what this thread did, for the scheduler at the CTA's end
+#endif
+  tsan_switch_to(scheduler_tsan_fiber, false);
   starting_switch(nullptr, scheduler_stack, scheduler_stack_bytes);  // this fiber's end
   void* ended;
   lc_emulation_switch_stack(&ended, scheduler_stack_pointer);
@@ -303,17 +363,10 @@ inline void* fresh_fiber_stack(unsigned char* stack) {
 template <typename Kernel, typename... Args>
 void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kernel,
               Args... args) {
-  const size_t lane_bytes = kFiberStackBytes + kGuardBytes;
-  void* mapped = mmap(nullptr, threads * lane_bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mapped == MAP_FAILED) fail("no memory for the fibers' stacks");
-  auto* stacks = static_cast<unsigned char*>(mapped);
-  std::vector<FiberLane> lanes(threads);
-  for (unsigned int t = 0; t < threads; ++t) {
-    if (mprotect(stacks + t * lane_bytes, kGuardBytes, PROT_NONE) != 0)
-      fail("cannot protect a fiber stack's guard page");
-    lanes[t].stack = stacks + t * lane_bytes + kGuardBytes;
-  }
+  make_lanes(threads);
+#if defined(LC_EMULATION_TSAN)
+  scheduler_tsan_fiber = __tsan_get_current_fiber();
+#endif
   auto body = [&] { kernel(args...); };
   fiber_body = [](void* run) { (*static_cast<decltype(body)*>(run))(); };
   fiber_argument = &body;
@@ -323,35 +376,32 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
         blockIdx = {x, y, z};
         if (shared_bytes > 0) std::memset(dynamic_shared_bytes, 0xFF, shared_bytes);
         for (unsigned int t = 0; t < threads; ++t) {
-          FiberLane& lane = lanes[t];
-          lane.thread_index = {t, 0, 0};
-          lane.instructions = 0;
-          lane.uncommitted.clear();
-          lane.committed.clear();
-          lane.done = false;
+          FiberLane& lane = fiber_lanes[t];
+          lane.own = ThreadOwn{};
+          lane.own.index = {t, 0, 0};
+          lane.done.store(false, std::memory_order_relaxed);
           lane.stack_pointer = fresh_fiber_stack(lane.stack);
         }
         for (unsigned int live = threads; live > 0;) {
-          const unsigned long arrivals = barrier_arrivals;
+          const unsigned long arrivals = barrier_arrivals.load(std::memory_order_relaxed);
           const unsigned int live_before = live;
-          for (FiberLane& lane : lanes) {
-            if (lane.done) continue;
-            running_lane = &lane;
-            lane.swap();
-            starting_switch(&scheduler_fake_stack, lane.stack, kFiberStackBytes);
-            lc_emulation_switch_stack(&scheduler_stack_pointer, lane.stack_pointer);
-            finished_switch(scheduler_fake_stack, nullptr, nullptr);
-            lane.swap();
-            live -= lane.done;
+          for (unsigned int t = 0; t < threads; ++t) {
+            FiberLane& lane = fiber_lanes[t];
+            if (lane.done.load(std::memory_order_relaxed)) continue;
+            switch_to_fiber(lane);
+            live -= lane.done.load(std::memory_order_relaxed);
           }
-          if (live > 0 && live == live_before && barrier_arrivals == arrivals)
+          if (live > 0 && live == live_before &&
+              barrier_arrivals.load(std::memory_order_relaxed) == arrivals)
             fail("deadlock: the CTA's threads wait at barriers that not all of them reach");
         }
+#if defined(LC_EMULATION_TSAN)
+        for (unsigned int t = 0; t < threads; ++t)
+          __tsan_acquire(&fiber_lanes[t]);  // the CTA's end (fiber_start)
+#endif
       }
-  running_lane = nullptr;
-  // Unpoisoned for what maps these pages next (the last CTA's frames left redzones).
-  ASAN_UNPOISON_MEMORY_REGION(mapped, threads * lane_bytes);
-  if (munmap(mapped, threads * lane_bytes) != 0) fail("cannot unmap the fibers' stacks");
+  running_lane.store(nullptr, std::memory_order_relaxed);
+  running_thread.store(nullptr, std::memory_order_relaxed);
 }
 #else
 // The same `threads` threads run every CTA in turn, meeting at the CTA's barrier after each, so
@@ -363,7 +413,9 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
   std::vector<std::thread> cta;
   for (unsigned int t = 0; t < threads; ++t)
     cta.emplace_back([&, t] {
-      threadIdx = {t, 0, 0};
+      ThreadOwn own;
+      own.index = {t, 0, 0};
+      running_thread.store(&own, std::memory_order_relaxed);
       for (unsigned int z = 0; z < grid.z; ++z)
         for (unsigned int y = 0; y < grid.y; ++y)
           for (unsigned int x = 0; x < grid.x; ++x) {
@@ -373,8 +425,8 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
               barrier.arrive_and_wait();
             }
             kernel(args...);
-            uncommitted_copies.clear();
-            committed_copy_groups.clear();
+            own.uncommitted_copies.clear();
+            own.committed_copy_groups.clear();
             barrier.arrive_and_wait();
           }
     });
@@ -416,23 +468,24 @@ inline void copy_16_bytes_async(void* shared, const void* global, bool valid) {
     std::memcpy(shared, copy.bytes, 16);
   } else {
     std::memset(shared, 0xFF, 16);
-    uncommitted_copies.push_back(copy);
+    this_cuda_thread().uncommitted_copies.push_back(copy);
   }
 }
 
 inline void commit_async_copies() {
   if (copy_completion == CopyCompletion::immediate) return;
-  committed_copy_groups.push_back(std::move(uncommitted_copies));
-  uncommitted_copies.clear();
+  ThreadOwn& own = this_cuda_thread();
+  own.committed_copy_groups.push_back(std::move(own.uncommitted_copies));
+  own.uncommitted_copies.clear();
 }
 
 // cp.async.wait_group PENDING: lands all but the PENDING most recent committed groups.
 template <int PENDING>
 void wait_async_copies() {
-  while (committed_copy_groups.size() > PENDING) {
-    for (const CopyInFlight& copy : committed_copy_groups.front())
-      std::memcpy(copy.shared, copy.bytes, 16);
-    committed_copy_groups.pop_front();
+  auto& groups = this_cuda_thread().committed_copy_groups;
+  while (groups.size() > PENDING) {
+    for (const CopyInFlight& copy : groups.front()) std::memcpy(copy.shared, copy.bytes, 16);
+    groups.pop_front();
   }
 }
 
