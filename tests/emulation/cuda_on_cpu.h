@@ -9,7 +9,7 @@
 // that can never all be reached fails there, rather than hanging. In turn, a race between two
 // threads that no barrier orders shows in the results only where the later thread in that order
 // writes what the earlier one reads; finding races is ThreadSanitizer's, which is told of every
-// switch and sees each fiber as a thread of its own (run_ctas).
+// switch and sees each fiber as a thread of its own (tsan_switch_to).
 //
 // As strict as the hardware where kernels go wrong (tests/test_kernel_emulation.py runs each):
 //   - cp.async completes as early (at the copy) or as late (at the cp.async.wait_group that
@@ -95,7 +95,7 @@ inline void yield_to_scheduler();
 
 // A barrier for a fixed number of threads: the last to arrive starts a new generation, which
 // lets the others go on. Its acquire-release atomics give ThreadSanitizer the happens-before a
-// __syncthreads gives (and nothing more). With fibers, a waiter hands the launching thread on
+// __syncthreads gives. With fibers, a waiter hands the launching thread on
 // until the generation changes; with threads, waiters sleep in the kernel (std::atomic::wait, a
 // futex on Linux) rather than spin.
 class Barrier {
@@ -377,8 +377,10 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
         if (shared_bytes > 0) std::memset(dynamic_shared_bytes, 0xFF, shared_bytes);
         for (unsigned int t = 0; t < threads; ++t) {
           FiberLane& lane = fiber_lanes[t];
-          lane.own = ThreadOwn{};
           lane.own.index = {t, 0, 0};
+          lane.own.warp_instructions = 0;
+          lane.own.uncommitted_copies.clear();
+          lane.own.committed_copy_groups.clear();
           lane.done.store(false, std::memory_order_relaxed);
           lane.stack_pointer = fresh_fiber_stack(lane.stack);
         }
