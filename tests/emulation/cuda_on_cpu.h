@@ -95,9 +95,9 @@ inline void yield_to_scheduler();
 
 // A barrier for a fixed number of threads: the last to arrive starts a new generation, which
 // lets the others go on. Its acquire-release atomics give ThreadSanitizer the happens-before a
-// __syncthreads gives. With fibers, a waiter hands the launching thread on
-// until the generation changes; with threads, waiters sleep in the kernel (std::atomic::wait, a
-// futex on Linux) rather than spin.
+// __syncthreads gives. Until the generation changes, a waiting fiber hands the launching thread
+// on; a waiting thread sleeps in the kernel (std::atomic::wait, a futex on Linux) rather than
+// spin.
 class Barrier {
  public:
   explicit Barrier(unsigned int count) : count_(count) {}
@@ -106,22 +106,22 @@ class Barrier {
     const unsigned int generation = generation_.load(std::memory_order_relaxed);
 #if LC_EMULATION_FIBERS
     barrier_arrivals.fetch_add(1, std::memory_order_relaxed);
+#endif
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
+#if !LC_EMULATION_FIBERS
+      generation_.notify_all();
+#endif
       return;
     }
-    while (generation_.load(std::memory_order_acquire) == generation) yield_to_scheduler();
+    while (generation_.load(std::memory_order_acquire) == generation) {
+#if LC_EMULATION_FIBERS
+      yield_to_scheduler();
 #else
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      generation_.store(generation + 1, std::memory_order_release);
-      generation_.notify_all();
-    } else {
-      while (generation_.load(std::memory_order_acquire) == generation)
-        generation_.wait(generation, std::memory_order_acquire);
-    }
+      generation_.wait(generation, std::memory_order_acquire);
 #endif
+    }
   }
 
  private:
@@ -177,6 +177,14 @@ struct ThreadOwn {
   // first.
   std::vector<CopyInFlight> uncommitted_copies;
   std::deque<std::vector<CopyInFlight>> committed_copy_groups;
+
+  // As thread `t` of a new CTA: what the last one left in flight never lands.
+  void start_cta(unsigned int t) {
+    index = {t, 0, 0};
+    warp_instructions = 0;
+    uncommitted_copies.clear();
+    committed_copy_groups.clear();
+  }
 };
 // The running thread's. A fiber reads it while the scheduler writes it between fibers: a relaxed
 // atomic, so that ThreadSanitizer does not take that for a race.
@@ -377,10 +385,7 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
         if (shared_bytes > 0) std::memset(dynamic_shared_bytes, 0xFF, shared_bytes);
         for (unsigned int t = 0; t < threads; ++t) {
           FiberLane& lane = fiber_lanes[t];
-          lane.own.index = {t, 0, 0};
-          lane.own.warp_instructions = 0;
-          lane.own.uncommitted_copies.clear();
-          lane.own.committed_copy_groups.clear();
+          lane.own.start_cta(t);
           lane.done.store(false, std::memory_order_relaxed);
           lane.stack_pointer = fresh_fiber_stack(lane.stack);
         }
@@ -416,19 +421,17 @@ void run_ctas(dim3 grid, unsigned int threads, size_t shared_bytes, Kernel kerne
   for (unsigned int t = 0; t < threads; ++t)
     cta.emplace_back([&, t] {
       ThreadOwn own;
-      own.index = {t, 0, 0};
       running_thread.store(&own, std::memory_order_relaxed);
       for (unsigned int z = 0; z < grid.z; ++z)
         for (unsigned int y = 0; y < grid.y; ++y)
           for (unsigned int x = 0; x < grid.x; ++x) {
             blockIdx = {x, y, z};
+            own.start_cta(t);
             if (shared_bytes > 0) {
               if (t == 0) std::memset(dynamic_shared_bytes, 0xFF, shared_bytes);
               barrier.arrive_and_wait();
             }
             kernel(args...);
-            own.uncommitted_copies.clear();
-            own.committed_copy_groups.clear();
             barrier.arrive_and_wait();
           }
     });
